@@ -1,0 +1,21 @@
+//! The seed example: var1 = 10.0, loss = var1^2 / 2 (so the gradient is var1), learning_rate 0.1.
+//! One step returns step count 1 and leaves var1 = 9.683772.
+
+use wgpu_rmsprop::{GpuContext, RmsProp, RmsPropConfig, Slot};
+
+fn main() -> Result<(), wgpu_rmsprop::Error> {
+    env_logger::init();
+    let ctx = GpuContext::new()?;
+    println!("adapter: {}", ctx.adapter_description());
+    let config = RmsPropConfig::builder().learning_rate(0.1).build()?;
+    let mut opt = RmsProp::new(&ctx, config)?;
+    let var1 = opt.add_variable("var1", &[], &[10.0])?;
+    let x = opt.read_variable(var1)?[0];
+    let step = opt.apply_gradients(&[(var1, &[x])])?;
+    let x = opt.read_variable(var1)?[0];
+    let v = opt.read_slot(var1, Slot::Velocity)?[0];
+    println!("step count: {step}");
+    println!("var1: {x}");
+    println!("velocity: {v}");
+    Ok(())
+}

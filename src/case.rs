@@ -1,0 +1,503 @@
+//! Golden conformance cases (`rmsprop-case/1`): reading, validating, running on the GPU or on the CPU
+//! reference, judging, and emitting results. This is the engine of the `replay` example and of the
+//! golden tests.
+//!
+//! A case records the starting variables, the gradients of every step and (optionally) the state
+//! expected after every step; see `tests/golden/FORMAT.md` in the repository for the format.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::RmsPropConfig;
+use crate::context::GpuContext;
+use crate::error::{Error, Result};
+use crate::optimizer::RmsProp;
+use crate::pool::Slot;
+use crate::reference::ReferenceState;
+
+/// One variable of a case.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CaseVariable {
+    /// Name.
+    pub name: String,
+    /// Shape (`[]` = scalar).
+    pub shape: Vec<usize>,
+    /// `prod(shape)` initial values, row-major.
+    pub init: Vec<f32>,
+}
+
+/// The gradient of one variable at one step.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CaseGradient {
+    /// `prod(shape)` values.
+    Dense {
+        /// The values.
+        values: Vec<f32>,
+    },
+    /// Row indices along axis 0 and one row of values per index.
+    Sparse {
+        /// Row indices (may repeat, be unsorted, be empty).
+        indices: Vec<i64>,
+        /// `len(indices) * row_len` values.
+        values: Vec<f32>,
+    },
+}
+
+/// One step of a case.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CaseStep {
+    /// One gradient per variable, in the order of the case's variables.
+    pub grads: Vec<CaseGradient>,
+}
+
+/// The state after one step: what a case expects, or what an implementation computed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    /// 1-based step number.
+    pub step: u64,
+    /// The learning rate used at that step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
+    /// One flat array per variable.
+    pub variables: Vec<Vec<f32>>,
+    /// Slot name (`velocity`, `momentum`, `average_gradient`) to one flat array per variable.
+    #[serde(default)]
+    pub slots: BTreeMap<String, Vec<Vec<f32>>>,
+}
+
+/// `|actual - expected| <= atol + rtol * |expected|`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct Tolerance {
+    /// Relative tolerance.
+    pub rtol: f64,
+    /// Absolute tolerance.
+    pub atol: f64,
+}
+
+/// A golden case, parsed and checked for internal consistency.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Case {
+    /// Unique name.
+    pub name: String,
+    /// The framework whose behaviour the case records.
+    #[serde(default)]
+    pub source: String,
+    /// Which update rule applies (`keras`, `keras_legacy`, `tf_raw`, `tf1`, `torch`, `optax`).
+    pub semantics: String,
+    /// Hyperparameters, as in the file (`null` = not used).
+    pub config: BTreeMap<String, Value>,
+    /// The variables.
+    pub variables: Vec<CaseVariable>,
+    /// The steps.
+    pub steps: Vec<CaseStep>,
+    /// The state expected after each step (absent in blind cases).
+    #[serde(default)]
+    pub expected: Option<Vec<StepState>>,
+    /// Tolerance of the comparison.
+    pub tolerance: Tolerance,
+}
+
+fn invalid(name: &str, message: impl Into<String>) -> Error {
+    Error::InvalidCase {
+        name: name.to_string(),
+        message: message.into(),
+    }
+}
+
+impl Case {
+    /// Parses and validates a case from JSON text.
+    pub fn from_json(text: &str) -> Result<Case> {
+        let case: Case = serde_json::from_str(text).map_err(|e| {
+            // Name the case if at least its name can be read.
+            let name = serde_json::from_str::<Value>(text)
+                .ok()
+                .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_else(|| "?".into());
+            invalid(&name, e.to_string())
+        })?;
+        case.validate()?;
+        Ok(case)
+    }
+
+    /// Reads a case from a file.
+    pub fn from_path(path: &std::path::Path) -> Result<Case> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+            invalid(
+                &stem.unwrap_or_default(),
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        Case::from_json(&text)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let n = &self.name;
+        for v in &self.variables {
+            let len: usize = v.shape.iter().product();
+            if v.init.len() != len {
+                return Err(invalid(
+                    n,
+                    format!(
+                        "variable {:?}: shape {:?} needs {len} values, init has {}",
+                        v.name,
+                        v.shape,
+                        v.init.len()
+                    ),
+                ));
+            }
+        }
+        for (t, step) in self.steps.iter().enumerate() {
+            if step.grads.len() != self.variables.len() {
+                return Err(invalid(
+                    n,
+                    format!(
+                        "step {}: {} gradients for {} variables",
+                        t + 1,
+                        step.grads.len(),
+                        self.variables.len()
+                    ),
+                ));
+            }
+            for (g, v) in step.grads.iter().zip(&self.variables) {
+                let len: usize = v.shape.iter().product();
+                match g {
+                    CaseGradient::Dense { values } if values.len() != len => return Err(invalid(
+                        n,
+                        format!(
+                            "step {}: dense gradient of {:?} has {} values, shape {:?} needs {len}",
+                            t + 1,
+                            v.name,
+                            values.len(),
+                            v.shape
+                        ),
+                    )),
+                    CaseGradient::Sparse { indices, values } => {
+                        let Some(&rows) = v.shape.first() else {
+                            return Err(invalid(
+                                n,
+                                format!("step {}: sparse gradient of scalar {:?}", t + 1, v.name),
+                            ));
+                        };
+                        let row_len: usize = v.shape[1..].iter().product();
+                        if let Some(&bad) =
+                            indices.iter().find(|&&i| i < 0 || i as u64 >= rows as u64)
+                        {
+                            return Err(invalid(
+                                n,
+                                format!(
+                                    "step {}: index {bad} of {:?} is outside [0, {rows})",
+                                    t + 1,
+                                    v.name
+                                ),
+                            ));
+                        }
+                        if values.len() != indices.len() * row_len {
+                            return Err(invalid(
+                                n,
+                                format!(
+                                    "step {}: sparse gradient of {:?} has {} values, {} indices x row length {row_len} need {}",
+                                    t + 1,
+                                    v.name,
+                                    values.len(),
+                                    indices.len(),
+                                    indices.len() * row_len
+                                ),
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(expected) = &self.expected {
+            if expected.len() != self.steps.len() {
+                return Err(invalid(
+                    n,
+                    format!(
+                        "{} expected entries for {} steps",
+                        expected.len(),
+                        self.steps.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn number(&self, key: &str) -> Option<f64> {
+        self.config.get(key).and_then(Value::as_f64)
+    }
+
+    fn is_set(&self, key: &str) -> bool {
+        self.config
+            .get(key)
+            .is_some_and(|v| !v.is_null() && *v != Value::Bool(false))
+    }
+
+    /// Why this crate cannot run the case yet, or `None` when it can.
+    pub fn unsupported(&self) -> Option<String> {
+        let mut missing = Vec::new();
+        if self.semantics != "keras" {
+            missing.push(format!("semantics {:?}", self.semantics));
+        }
+        if !self
+            .config
+            .get("learning_rate")
+            .is_some_and(Value::is_number)
+        {
+            missing.push("learning-rate schedules".to_string());
+        }
+        for key in ["clipnorm", "clipvalue", "global_clipnorm"] {
+            if self.is_set(key) {
+                missing.push(key.to_string());
+            }
+        }
+        if self.is_set("weight_decay") {
+            missing.push("weight_decay".to_string());
+        }
+        if self
+            .number("initial_accumulator_value")
+            .is_some_and(|v| v != 0.0)
+        {
+            missing.push("initial_accumulator_value".to_string());
+        }
+        for key in ["eps_in_sqrt", "bias_correction", "nesterov", "maximize"] {
+            if self.is_set(key) {
+                missing.push(key.to_string());
+            }
+        }
+        let sparse = self
+            .steps
+            .iter()
+            .flat_map(|s| &s.grads)
+            .any(|g| matches!(g, CaseGradient::Sparse { .. }));
+        if sparse {
+            missing.push("sparse gradients".to_string());
+        }
+        (!missing.is_empty()).then(|| missing.join(", "))
+    }
+
+    /// The optimizer configuration the case describes (Keras semantics).
+    pub fn optimizer_config(&self) -> Result<RmsPropConfig> {
+        let mut b = RmsPropConfig::builder();
+        if let Some(lr) = self.number("learning_rate") {
+            b = b.learning_rate(lr);
+        }
+        if let Some(x) = self.number("rho") {
+            b = b.rho(x);
+        }
+        if let Some(x) = self.number("momentum") {
+            b = b.momentum(x);
+        }
+        if let Some(x) = self.number("epsilon") {
+            b = b.epsilon(x);
+        }
+        if let Some(c) = self.config.get("centered").and_then(Value::as_bool) {
+            b = b.centered(c);
+        }
+        b.build().map_err(|e| invalid(&self.name, e.to_string()))
+    }
+
+    fn dense_grads(&self, t: usize) -> Vec<&[f32]> {
+        self.steps[t]
+            .grads
+            .iter()
+            .map(|g| match g {
+                CaseGradient::Dense { values } => values.as_slice(),
+                CaseGradient::Sparse { values, .. } => values.as_slice(),
+            })
+            .collect()
+    }
+
+    fn check_supported(&self) -> Result<()> {
+        match self.unsupported() {
+            Some(what) => Err(Error::Unsupported {
+                name: self.name.clone(),
+                what,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the case on the GPU, reading back every variable and slot after every step.
+    pub fn run_gpu(&self, ctx: &GpuContext) -> Result<Vec<StepState>> {
+        self.check_supported()?;
+        let config = self.optimizer_config()?;
+        let mut opt = RmsProp::new(ctx, config)?;
+        let ids = self
+            .variables
+            .iter()
+            .map(|v| opt.add_variable(&v.name, &v.shape, &v.init))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(self.steps.len());
+        for t in 0..self.steps.len() {
+            let lr = opt.learning_rate();
+            let grads: Vec<_> = ids.iter().copied().zip(self.dense_grads(t)).collect();
+            let step = opt.apply_gradients(&grads)?;
+            let mut state = StepState {
+                step,
+                learning_rate: Some(f64::from(lr)),
+                variables: Vec::new(),
+                slots: BTreeMap::new(),
+            };
+            for &id in &ids {
+                state.variables.push(opt.read_variable(id)?);
+                for slot in opt.slots() {
+                    let values = opt.read_slot(id, slot)?;
+                    state
+                        .slots
+                        .entry(slot.name().to_string())
+                        .or_default()
+                        .push(values);
+                }
+            }
+            out.push(state);
+        }
+        Ok(out)
+    }
+
+    /// Runs the case on the CPU reference.
+    pub fn run_reference(&self) -> Result<Vec<StepState>> {
+        self.check_supported()?;
+        let config = self.optimizer_config()?;
+        let mut vars: Vec<ReferenceState> = self
+            .variables
+            .iter()
+            .map(|v| ReferenceState::new(&config, &v.init))
+            .collect();
+        let mut out = Vec::with_capacity(self.steps.len());
+        for t in 0..self.steps.len() {
+            let step = t as u64 + 1;
+            let scalars = config.scalars(step);
+            for (var, g) in vars.iter_mut().zip(self.dense_grads(t)) {
+                var.dense_step(&scalars, g);
+            }
+            let mut slots: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
+            for var in &vars {
+                slots
+                    .entry(Slot::Velocity.name().into())
+                    .or_default()
+                    .push(var.v.clone());
+                if let Some(m) = &var.m {
+                    slots
+                        .entry(Slot::Momentum.name().into())
+                        .or_default()
+                        .push(m.clone());
+                }
+                if let Some(a) = &var.a {
+                    slots
+                        .entry(Slot::AverageGradient.name().into())
+                        .or_default()
+                        .push(a.clone());
+                }
+            }
+            out.push(StepState {
+                step,
+                learning_rate: Some(f64::from(scalars.lr)),
+                variables: vars.iter().map(|v| v.x.clone()).collect(),
+                slots,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Compares `actual` with the case's `expected` (every variable and every listed slot at every
+    /// step). `None` when the case has no expected values.
+    pub fn judge(&self, actual: &[StepState]) -> Option<Verdict> {
+        let expected = self.expected.as_ref()?;
+        let tol = self.tolerance;
+        let mut v = Verdict {
+            pass: true,
+            max_abs: 0.0,
+            max_rel: 0.0,
+            worst: None,
+        };
+        if actual.len() != expected.len() {
+            v.fail(format!(
+                "{} steps computed, {} expected",
+                actual.len(),
+                expected.len()
+            ));
+            return Some(v);
+        }
+        for (e, a) in expected.iter().zip(actual) {
+            let t = e.step;
+            v.arrays(
+                &format!("step {t} variables"),
+                &e.variables,
+                &a.variables,
+                tol,
+            );
+            for (slot, exp) in &e.slots {
+                match a.slots.get(slot) {
+                    Some(act) => v.arrays(&format!("step {t} {slot}"), exp, act, tol),
+                    None => v.fail(format!("step {t}: slot {slot} not computed")),
+                }
+            }
+        }
+        Some(v)
+    }
+}
+
+/// The outcome of [`Case::judge`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// Every element within tolerance.
+    pub pass: bool,
+    /// Largest absolute error.
+    pub max_abs: f64,
+    /// Largest relative error (over non-zero expected values).
+    pub max_rel: f64,
+    /// The first problem found, if any.
+    pub worst: Option<String>,
+}
+
+impl Verdict {
+    fn fail(&mut self, why: String) {
+        self.pass = false;
+        self.worst.get_or_insert(why);
+    }
+
+    fn arrays(&mut self, label: &str, expected: &[Vec<f32>], actual: &[Vec<f32>], tol: Tolerance) {
+        if expected.len() != actual.len() {
+            self.fail(format!(
+                "{label}: {} arrays computed, {} expected",
+                actual.len(),
+                expected.len()
+            ));
+            return;
+        }
+        for (k, (e, a)) in expected.iter().zip(actual).enumerate() {
+            if e.len() != a.len() {
+                self.fail(format!(
+                    "{label}[{k}]: {} values computed, {} expected",
+                    a.len(),
+                    e.len()
+                ));
+                continue;
+            }
+            for (i, (&ev, &av)) in e.iter().zip(a).enumerate() {
+                let (ev, av) = (f64::from(ev), f64::from(av));
+                let d = (av - ev).abs();
+                if !av.is_finite() || d > tol.atol + tol.rtol * ev.abs() {
+                    self.fail(format!("{label}[{k}][{i}]: expected {ev}, got {av}"));
+                }
+                if d.is_finite() {
+                    self.max_abs = self.max_abs.max(d);
+                    if ev != 0.0 {
+                        self.max_rel = self.max_rel.max(d / ev.abs());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The JSON object `replay --emit` writes: `{"name": ..., "expected": [...]}`.
+pub fn emit_json(name: &str, states: &[StepState]) -> String {
+    serde_json::json!({ "name": name, "expected": states }).to_string()
+}

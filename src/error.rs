@@ -1,0 +1,158 @@
+//! The crate's error type.
+//!
+//! Every fallible entry point returns [`Error`]. Errors that come from caller input are raised on the host,
+//! before any GPU work is encoded, so a call that returns one of them has left every variable, every slot
+//! and the step count exactly as they were.
+
+use thiserror::Error as ThisError;
+
+/// Shorthand for `Result<T, wgpu_rmsprop::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, Clone, PartialEq, ThisError)]
+#[non_exhaustive]
+pub enum Error {
+    /// A hyperparameter is out of range. Names the field and echoes the value received (Keras style).
+    #[error("`{field}` {requirement}. Received: {field}={value}")]
+    InvalidConfig {
+        /// The offending field, by its Keras name (`rho`, `epsilon`, ...).
+        field: &'static str,
+        /// The value received, as text.
+        value: String,
+        /// What the value must satisfy, e.g. "must be in [0, 1)".
+        requirement: &'static str,
+    },
+    /// No adapter matched the request (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME` or the given options).
+    #[error("no GPU adapter found (wanted {wanted}); available: [{}]", available.join(", "))]
+    NoAdapter {
+        /// What was asked for.
+        wanted: String,
+        /// The adapters that were seen, as `name (backend)`.
+        available: Vec<String>,
+    },
+    /// The adapter refused to create a device.
+    #[error("could not create a device on adapter {adapter}: {message}")]
+    RequestDevice {
+        /// The adapter's name.
+        adapter: String,
+        /// wgpu's message.
+        message: String,
+    },
+    /// The device lacks a limit the kernels need.
+    #[error("the device's `{limit}` is {have}, the kernels need at least {need}")]
+    DeviceLimit {
+        /// Name of the `wgpu::Limits` field.
+        limit: &'static str,
+        /// The device's value.
+        have: u64,
+        /// The value needed.
+        need: u64,
+    },
+    /// A variable with this name already exists.
+    #[error("a variable named {name:?} already exists")]
+    DuplicateVariable {
+        /// The repeated name.
+        name: String,
+    },
+    /// A variable's shape is unusable (its element count overflows, or exceeds what the crate can index).
+    #[error("variable {name:?}: shape {shape:?} {reason}")]
+    InvalidShape {
+        /// The variable's name.
+        name: String,
+        /// The shape received.
+        shape: Vec<usize>,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// The initial values do not match the shape.
+    #[error(
+        "variable {name:?}: shape {shape:?} has {expected} elements, {got} initial values given"
+    )]
+    InitLength {
+        /// The variable's name.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Elements the shape holds.
+        expected: usize,
+        /// Values received.
+        got: usize,
+    },
+    /// A variable handle or name that this optimizer does not know.
+    #[error("unknown variable {0}")]
+    UnknownVariable(String),
+    /// A gradient whose length does not match its variable.
+    #[error("gradient for variable {name:?} has {got} elements, the variable has {expected}")]
+    GradientLength {
+        /// The variable's name.
+        name: String,
+        /// The variable's element count.
+        expected: usize,
+        /// The gradient's element count.
+        got: usize,
+    },
+    /// The same variable appears twice in one step.
+    #[error("variable {name:?} is given two gradients in one step")]
+    DuplicateGradient {
+        /// The variable's name.
+        name: String,
+    },
+    /// A caller's GPU gradient buffer cannot be used as given.
+    #[error("gradient buffer for variable {name:?}: {reason}")]
+    GradientBuffer {
+        /// The variable's name.
+        name: String,
+        /// What is wrong (usage flags, alignment, size).
+        reason: String,
+    },
+    /// The requested slot is not kept with this configuration (momentum needs `momentum > 0`,
+    /// average_gradient needs `centered`).
+    #[error("slot {slot} is not kept by this optimizer ({why})")]
+    SlotNotPresent {
+        /// The slot's name.
+        slot: &'static str,
+        /// Which setting would create it.
+        why: &'static str,
+    },
+    /// A GPU allocation failed (out of memory or over a device limit).
+    #[error("could not allocate {what} ({bytes} bytes): {message}")]
+    Allocation {
+        /// What was being allocated.
+        what: String,
+        /// Its size.
+        bytes: u64,
+        /// The device's message.
+        message: String,
+    },
+    /// A shader failed to compile or a pipeline failed to build.
+    #[error("kernel {kernel}: {message}")]
+    Kernel {
+        /// The kernel's name.
+        kernel: &'static str,
+        /// The compiler's message.
+        message: String,
+    },
+    /// The device was lost; the optimizer's GPU state is gone.
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
+    /// A golden case is malformed or inconsistent.
+    #[error("{message}")]
+    InvalidCase {
+        /// The case's name (`?` when unreadable).
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A golden case needs a feature this crate does not have yet.
+    #[error("{what}")]
+    Unsupported {
+        /// The case's name.
+        name: String,
+        /// The missing features.
+        what: String,
+    },
+    /// Waiting on or reading from the GPU failed.
+    #[error("GPU operation failed: {0}")]
+    Gpu(String),
+}

@@ -1,0 +1,301 @@
+//! Buffer pools: every variable and each kind of optimizer state live in large storage buffers ("chunks"),
+//! each variable a slice of one chunk (or of several, when it is larger than one binding may be).
+//!
+//! All kinds share one layout: element `i` of a variable sits at the same place in the variable pool, the
+//! gradient pool and every slot pool. That is what lets one dispatch per chunk update every variable in it.
+//! Variables start on vec4 (16-byte) boundaries; the pad lanes after a variable's last element stay zero.
+
+use crate::error::{Error, Result};
+
+/// Bytes in one vec4 of f32.
+pub(crate) const VEC4_BYTES: u64 = 16;
+/// Smallest chunk the pool allocates, in vec4 (64 KiB), so that small variables share buffers.
+const MIN_CHUNK_VEC4: u64 = 4096;
+
+/// An optimizer state buffer ("slot"), by its Keras name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Slot {
+    /// Moving average of squared gradients (always kept).
+    Velocity,
+    /// Momentum buffer (kept when `momentum > 0`).
+    Momentum,
+    /// Moving average of gradients (kept when `centered`).
+    AverageGradient,
+}
+
+impl Slot {
+    /// The slot's name as in Keras and the golden cases.
+    pub fn name(self) -> &'static str {
+        match self {
+            Slot::Velocity => "velocity",
+            Slot::Momentum => "momentum",
+            Slot::AverageGradient => "average_gradient",
+        }
+    }
+}
+
+/// The kinds of pooled buffer, in the order of the dense kernel's storage bindings (1..=5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Variable = 0,
+    Gradient = 1,
+    Velocity = 2,
+    Momentum = 3,
+    AverageGradient = 4,
+}
+
+impl Kind {
+    pub(crate) const ALL: [Kind; 5] = [
+        Kind::Variable,
+        Kind::Gradient,
+        Kind::Velocity,
+        Kind::Momentum,
+        Kind::AverageGradient,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Variable => "variables",
+            Kind::Gradient => "gradients",
+            Kind::Velocity => "velocity",
+            Kind::Momentum => "momentum",
+            Kind::AverageGradient => "average_gradient",
+        }
+    }
+}
+
+impl From<Slot> for Kind {
+    fn from(s: Slot) -> Kind {
+        match s {
+            Slot::Velocity => Kind::Velocity,
+            Slot::Momentum => Kind::Momentum,
+            Slot::AverageGradient => Kind::AverageGradient,
+        }
+    }
+}
+
+/// A contiguous piece of a variable inside one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Segment {
+    /// Index of the chunk.
+    pub chunk: usize,
+    /// Start inside the chunk, in vec4.
+    pub offset: u64,
+    /// Index of the variable's first element held here.
+    pub first_elem: usize,
+    /// Number of the variable's elements held here.
+    pub elems: usize,
+}
+
+impl Segment {
+    /// Vec4 slots the segment occupies (its elements rounded up to 4).
+    pub fn vec4s(&self) -> u64 {
+        (self.elems as u64).div_ceil(4)
+    }
+    /// Byte offset of the segment in each pooled buffer of its chunk.
+    pub fn byte_offset(&self) -> u64 {
+        self.offset * VEC4_BYTES
+    }
+}
+
+/// Places `elems` elements after the chunks whose fill levels (in vec4) are `used`, with at most `limit`
+/// vec4 per chunk. A variable that fits in one chunk never straddles two: it goes at the end of the last
+/// chunk if there is room, else into a new chunk. A variable larger than a chunk fills the last chunk's
+/// free space, then whole chunks. Returns the segments and updates `used` (pushing new chunks).
+pub(crate) fn place(used: &mut Vec<u64>, limit: u64, elems: usize) -> Vec<Segment> {
+    let mut segments = Vec::new();
+    let mut remaining = (elems as u64).div_ceil(4);
+    let mut first_elem = 0usize;
+    while remaining > 0 {
+        let free = used.last().map_or(0, |u| limit - u);
+        if free == 0 || (remaining <= limit && remaining > free) {
+            used.push(0);
+        }
+        let chunk = used.len() - 1;
+        let take = remaining.min(limit - used[chunk]);
+        let seg_elems = ((take * 4) as usize).min(elems - first_elem);
+        segments.push(Segment {
+            chunk,
+            offset: used[chunk],
+            first_elem,
+            elems: seg_elems,
+        });
+        used[chunk] += take;
+        remaining -= take;
+        first_elem += seg_elems;
+    }
+    segments
+}
+
+/// The capacity (vec4) a chunk gets when it must hold `needed` vec4: doubling, at least
+/// [`MIN_CHUNK_VEC4`], never past `limit`.
+pub(crate) fn grown_capacity(current: u64, needed: u64, limit: u64) -> u64 {
+    needed.max(current * 2).max(MIN_CHUNK_VEC4).min(limit)
+}
+
+/// One chunk: a buffer per kind kept by the optimizer, all with the same capacity.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    /// Capacity of each buffer, in vec4.
+    pub capacity: u64,
+    /// Vec4 in use.
+    pub used: u64,
+    /// One buffer per [`Kind`] (by its index); `None` for slots this configuration does not keep.
+    pub buffers: [Option<wgpu::Buffer>; 5],
+    /// Bind group of the dense kernel over this chunk's buffers.
+    pub bind_group: Option<wgpu::BindGroup>,
+    /// `(begin, end, variable)` in vec4, in placement order.
+    pub segments: Vec<(u64, u64, usize)>,
+}
+
+impl Chunk {
+    pub fn buffer(&self, kind: Kind) -> Option<&wgpu::Buffer> {
+        self.buffers[kind as usize].as_ref()
+    }
+}
+
+/// Allocates the buffers of one chunk of `capacity` vec4 for the kinds in `kinds`, reporting failures
+/// (out of memory, over a limit) as [`Error::Allocation`] through a wgpu error scope.
+pub(crate) fn allocate_chunk_buffers(
+    device: &wgpu::Device,
+    prefix: &str,
+    index: usize,
+    capacity: u64,
+    kinds: &[Kind],
+) -> Result<[Option<wgpu::Buffer>; 5]> {
+    let bytes = capacity * VEC4_BYTES;
+    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let mut buffers: [Option<wgpu::Buffer>; 5] = Default::default();
+    for &kind in kinds {
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        buffers[kind as usize] = Some(device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(&format!("{prefix}/{}[{index}]", kind.name())),
+            size: bytes,
+            usage,
+            mapped_at_creation: false,
+        }));
+    }
+    let errors = [
+        pollster::block_on(validation.pop()),
+        pollster::block_on(oom.pop()),
+    ];
+    match errors.into_iter().flatten().next() {
+        None => Ok(buffers),
+        Some(e) => Err(Error::Allocation {
+            what: format!("{prefix} pool chunk {index} ({} buffers)", kinds.len()),
+            bytes: bytes * kinds.len() as u64,
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Bytes held by the optimizer's GPU buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolStats {
+    /// Number of chunks (each one buffer per kept kind).
+    pub chunks: usize,
+    /// Bytes of all pooled buffers (variables, gradients and slots, capacity included).
+    pub pool_bytes: u64,
+    /// Bytes of the uniform, staging and placeholder buffers.
+    pub other_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_variables_share_a_chunk_and_start_on_vec4() {
+        let mut used = Vec::new();
+        let a = place(&mut used, 100, 3);
+        let b = place(&mut used, 100, 5);
+        assert_eq!(
+            a,
+            vec![Segment {
+                chunk: 0,
+                offset: 0,
+                first_elem: 0,
+                elems: 3
+            }]
+        );
+        assert_eq!(
+            b,
+            vec![Segment {
+                chunk: 0,
+                offset: 1,
+                first_elem: 0,
+                elems: 5
+            }]
+        );
+        assert_eq!(used, vec![3]);
+    }
+
+    #[test]
+    fn a_variable_that_does_not_fit_starts_a_new_chunk() {
+        let mut used = vec![90];
+        let s = place(&mut used, 100, 40);
+        assert_eq!(
+            s,
+            vec![Segment {
+                chunk: 1,
+                offset: 0,
+                first_elem: 0,
+                elems: 40
+            }]
+        );
+        assert_eq!(used, vec![90, 10]);
+    }
+
+    #[test]
+    fn a_variable_larger_than_a_chunk_is_split() {
+        let mut used = vec![8];
+        let s = place(&mut used, 10, 101);
+        assert_eq!(
+            s,
+            vec![
+                Segment {
+                    chunk: 0,
+                    offset: 8,
+                    first_elem: 0,
+                    elems: 8
+                },
+                Segment {
+                    chunk: 1,
+                    offset: 0,
+                    first_elem: 8,
+                    elems: 40
+                },
+                Segment {
+                    chunk: 2,
+                    offset: 0,
+                    first_elem: 48,
+                    elems: 40
+                },
+                Segment {
+                    chunk: 3,
+                    offset: 0,
+                    first_elem: 88,
+                    elems: 13
+                },
+            ]
+        );
+        assert_eq!(used, vec![10, 10, 10, 4]);
+    }
+
+    #[test]
+    fn empty_variables_take_no_space() {
+        let mut used = vec![5];
+        assert!(place(&mut used, 10, 0).is_empty());
+        assert_eq!(used, vec![5]);
+    }
+
+    #[test]
+    fn growth_doubles_within_limit() {
+        assert_eq!(grown_capacity(0, 10, 1 << 20), MIN_CHUNK_VEC4);
+        assert_eq!(grown_capacity(5000, 5001, 1 << 20), 10000);
+        assert_eq!(grown_capacity(5000, 5001, 6000), 6000);
+        assert_eq!(grown_capacity(10, 20, 15), 15);
+    }
+}
