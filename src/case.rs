@@ -165,16 +165,18 @@ impl Case {
             for (g, v) in step.grads.iter().zip(&self.variables) {
                 let len: usize = v.shape.iter().product();
                 match g {
-                    CaseGradient::Dense { values } if values.len() != len => return Err(invalid(
-                        n,
-                        format!(
+                    CaseGradient::Dense { values } if values.len() != len => {
+                        return Err(invalid(
+                            n,
+                            format!(
                             "step {}: dense gradient of {:?} has {} values, shape {:?} needs {len}",
                             t + 1,
                             v.name,
                             values.len(),
                             v.shape
                         ),
-                    )),
+                        ))
+                    }
                     CaseGradient::Sparse { indices, values } => {
                         let Some(&rows) = v.shape.first() else {
                             return Err(invalid(

@@ -1,0 +1,117 @@
+//! Shared test helpers: one GPU context per test process (lavapipe leaks when many devices are made),
+//! a deterministic generator, and comparisons with stated tolerances.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use wgpu_rmsprop::reference::ReferenceState;
+use wgpu_rmsprop::{GpuContext, RmsProp, Slot, VarId};
+
+/// The process's context. A missing adapter fails the test (never a skip).
+pub fn ctx() -> &'static GpuContext {
+    static CTX: OnceLock<GpuContext> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let _ = env_logger::builder().is_test(true).try_init();
+        GpuContext::new().expect("a GPU adapter is required (lavapipe in CI)")
+    })
+}
+
+/// xorshift64*: deterministic values in [-scale, scale), with about one in `zero_every` exactly 0.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_f32(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let bits = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
+        bits as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    pub fn vec(&mut self, n: usize, scale: f32, zero_every: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let x = self.next_f32() * scale;
+                if zero_every > 0 && i as u32 % zero_every == zero_every - 1 {
+                    0.0
+                } else {
+                    x
+                }
+            })
+            .collect()
+    }
+}
+
+/// Relative and absolute tolerance of GPU-vs-reference comparisons: |a - e| <= ATOL + RTOL * |e|.
+/// Lavapipe is bit-exact with the reference; the margin is for GPUs that contract a*b+c into fma.
+pub const RTOL: f32 = 2e-5;
+pub const ATOL: f32 = 1e-7;
+
+pub fn assert_close(label: &str, actual: &[f32], expected: &[f32]) {
+    assert_eq!(actual.len(), expected.len(), "{label}: length");
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        assert!(
+            (a - e).abs() <= ATOL + RTOL * e.abs(),
+            "{label}[{i}]: gpu {a} vs reference {e} (|diff| {} > {ATOL} + {RTOL}*|e|)",
+            (a - e).abs()
+        );
+    }
+}
+
+/// Compares a variable and every slot the optimizer keeps with the reference.
+pub fn assert_matches(opt: &mut RmsProp, id: VarId, r: &ReferenceState, label: &str) {
+    assert_close(&format!("{label} x"), &opt.read_variable(id).unwrap(), &r.x);
+    assert_close(
+        &format!("{label} velocity"),
+        &opt.read_slot(id, Slot::Velocity).unwrap(),
+        &r.v,
+    );
+    match &r.m {
+        Some(m) => assert_close(
+            &format!("{label} momentum"),
+            &opt.read_slot(id, Slot::Momentum).unwrap(),
+            m,
+        ),
+        None => assert!(
+            opt.read_slot(id, Slot::Momentum).is_err(),
+            "{label}: unexpected momentum slot"
+        ),
+    }
+    match &r.a {
+        Some(a) => assert_close(
+            &format!("{label} average_gradient"),
+            &opt.read_slot(id, Slot::AverageGradient).unwrap(),
+            a,
+        ),
+        None => assert!(
+            opt.read_slot(id, Slot::AverageGradient).is_err(),
+            "{label}: unexpected average_gradient slot"
+        ),
+    }
+}
+
+/// Bit patterns of a variable, every kept slot, and the step count: for "nothing changed" checks.
+pub fn snapshot(opt: &mut RmsProp, ids: &[VarId]) -> (u64, Vec<Vec<u32>>) {
+    let mut out = Vec::new();
+    for &id in ids {
+        out.push(
+            opt.read_variable(id)
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect(),
+        );
+        for slot in opt.slots() {
+            out.push(
+                opt.read_slot(id, slot)
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect(),
+            );
+        }
+    }
+    (opt.iterations(), out)
+}

@@ -1,0 +1,288 @@
+//! Dense RMSprop on the GPU against the CPU reference: variables and every slot, after several steps,
+//! for all four variants with non-default hyperparameters, at sizes that break tiling.
+
+mod common;
+
+use common::{assert_matches, ctx, Rng};
+use wgpu_rmsprop::reference::ReferenceState;
+use wgpu_rmsprop::{GpuGradient, OptimizerOptions, RmsProp, RmsPropConfig, VarId};
+
+const STEPS: usize = 4;
+
+fn variants() -> Vec<(&'static str, RmsPropConfig)> {
+    let base = || {
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .rho(0.8)
+            .epsilon(1e-6)
+    };
+    vec![
+        ("plain", base().build().unwrap()),
+        ("momentum", base().momentum(0.7).build().unwrap()),
+        ("centered", base().centered(true).build().unwrap()),
+        (
+            "centered_momentum",
+            base().momentum(0.6).centered(true).build().unwrap(),
+        ),
+    ]
+}
+
+/// Adds variables of the given sizes, runs STEPS steps of random gradients (about 1 in 7 elements
+/// zero, so decay without gradient is exercised) and compares every variable and slot after each of
+/// the first and the last step.
+fn run(config: &RmsPropConfig, options: OptimizerOptions, sizes: &[usize], seed: u64) -> RmsProp {
+    let mut rng = Rng::new(seed);
+    let mut opt = RmsProp::with_options(ctx(), config.clone(), options).unwrap();
+    let mut vars: Vec<(VarId, ReferenceState)> = Vec::new();
+    for (k, &n) in sizes.iter().enumerate() {
+        let init = rng.vec(n, 2.0, 0);
+        let id = opt.add_variable(&format!("v{k}"), &[n], &init).unwrap();
+        vars.push((id, ReferenceState::new(config, &init)));
+    }
+    for t in 1..=STEPS {
+        let grads: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n, 3.0, 7)).collect();
+        let pairs: Vec<(VarId, &[f32])> = vars
+            .iter()
+            .map(|v| v.0)
+            .zip(grads.iter().map(|g| g.as_slice()))
+            .collect();
+        assert_eq!(opt.apply_gradients(&pairs).unwrap(), t as u64);
+        let s = config.scalars(t as u64);
+        for ((_, r), g) in vars.iter_mut().zip(&grads) {
+            r.dense_step(&s, g);
+        }
+        if t == 1 || t == STEPS {
+            for (k, (id, r)) in vars.iter().enumerate() {
+                assert_matches(&mut opt, *id, r, &format!("size {} step {t}", sizes[k]));
+            }
+        }
+    }
+    assert_eq!(opt.iterations(), STEPS as u64);
+    opt
+}
+
+#[test]
+fn each_size_alone_all_variants() {
+    for (name, cfg) in variants() {
+        for (i, &n) in [1usize, 3, 63, 64, 65, 255, 256, 257, 4097]
+            .iter()
+            .enumerate()
+        {
+            eprintln!("{name} n={n}");
+            run(&cfg, OptimizerOptions::default(), &[n], 100 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn about_one_million_elements_all_variants() {
+    for (i, (_, cfg)) in variants().into_iter().enumerate() {
+        run(
+            &cfg,
+            OptimizerOptions::default(),
+            &[1_000_003],
+            7 + i as u64,
+        );
+    }
+}
+
+#[test]
+fn many_sizes_in_one_pool_one_dispatch() {
+    let sizes = [1, 3, 63, 64, 65, 255, 256, 257, 4097, 10, 1];
+    for (i, (_, cfg)) in variants().into_iter().enumerate() {
+        let opt = run(&cfg, OptimizerOptions::default(), &sizes, 50 + i as u64);
+        assert_eq!(opt.pool_stats().chunks, 1);
+        assert_eq!(
+            opt.last_step_dispatches(),
+            1,
+            "one fused dispatch for all variables"
+        );
+    }
+}
+
+#[test]
+fn pools_split_across_buffers_with_small_limits() {
+    // 1 KiB per buffer = 256 elements: variables of 1000 and 4097 elements span several chunks.
+    let options = OptimizerOptions {
+        max_chunk_bytes: Some(1024),
+        ..Default::default()
+    };
+    let sizes = [3, 1000, 257, 100, 4097, 1, 255];
+    for (i, (_, cfg)) in variants().into_iter().enumerate() {
+        let opt = run(&cfg, options, &sizes, 70 + i as u64);
+        let stats = opt.pool_stats();
+        assert!(stats.chunks >= 20, "expected a split pool, got {stats:?}");
+        assert_eq!(
+            opt.last_step_dispatches(),
+            stats.chunks,
+            "one dispatch per pool buffer"
+        );
+    }
+}
+
+#[test]
+fn dispatch_folding_with_a_small_workgroup_limit() {
+    // At most 3 workgroups per dimension and 64 invocations per group: a dispatch covers at most
+    // 3*3*64 vec4, so large variables need 2-D grids and several dispatches.
+    let options = OptimizerOptions {
+        workgroup_size: 64,
+        max_workgroups_per_dimension: Some(3),
+        ..Default::default()
+    };
+    for (i, (_, cfg)) in variants().into_iter().enumerate() {
+        let opt = run(&cfg, options, &[4097, 3, 20_000], 90 + i as u64);
+        assert!(opt.last_step_dispatches() > 1);
+    }
+}
+
+#[test]
+fn dispatch_folding_past_65535_workgroups() {
+    // With 32 invocations per workgroup, each on a vec4, 65,535 workgroups cover 8,386,560 elements:
+    // this variable needs 65,541 workgroups, folded into a 2-D grid on the real device limit.
+    let n = 65_535 * 32 * 4 + 5 * 32 * 4 + 3;
+    let options = OptimizerOptions {
+        workgroup_size: 32,
+        ..Default::default()
+    };
+    let cfg = variants().pop().unwrap().1;
+    let opt = run(&cfg, options, &[n], 99);
+    assert_eq!(opt.last_step_dispatches(), 1);
+}
+
+#[test]
+fn steps_with_a_subset_of_variables_leave_the_others_untouched() {
+    let cfg = variants()[3].1.clone();
+    let mut rng = Rng::new(5);
+    let mut opt = RmsProp::new(ctx(), cfg.clone()).unwrap();
+    let sizes = [5usize, 7, 9];
+    let mut vars = Vec::new();
+    for (k, &n) in sizes.iter().enumerate() {
+        let init = rng.vec(n, 1.0, 0);
+        vars.push((
+            opt.add_variable(&format!("v{k}"), &[n], &init).unwrap(),
+            ReferenceState::new(&cfg, &init),
+        ));
+    }
+    for t in 1..=3u64 {
+        // Step 1: all; steps 2, 3: only v0 and v2 (v1 in between must not move or decay).
+        let g: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n, 1.0, 0)).collect();
+        let listed: Vec<usize> = if t == 1 { vec![0, 1, 2] } else { vec![0, 2] };
+        let pairs: Vec<(VarId, &[f32])> = listed
+            .iter()
+            .map(|&k| (vars[k].0, g[k].as_slice()))
+            .collect();
+        opt.apply_gradients(&pairs).unwrap();
+        for &k in &listed {
+            vars[k].1.dense_step(&cfg.scalars(t), &g[k]);
+        }
+        if t > 1 {
+            assert_eq!(
+                opt.last_step_dispatches(),
+                2,
+                "v0 and v2 are not adjacent: two ranges"
+            );
+        }
+    }
+    for (k, (id, r)) in vars.iter().enumerate() {
+        assert_matches(&mut opt, *id, r, &format!("v{k}"));
+    }
+}
+
+#[test]
+fn gradients_from_a_gpu_buffer_match_host_gradients() {
+    let ctx = ctx();
+    for (name, cfg) in variants() {
+        let mut rng = Rng::new(11);
+        let sizes = [3usize, 257, 1];
+        let mut opt = RmsProp::new(ctx, cfg.clone()).unwrap();
+        let mut vars = Vec::new();
+        for (k, &n) in sizes.iter().enumerate() {
+            let init = rng.vec(n, 1.0, 0);
+            vars.push((
+                opt.add_variable(&format!("v{k}"), &[n], &init).unwrap(),
+                ReferenceState::new(&cfg, &init),
+            ));
+        }
+        // All gradients packed in one caller buffer, starting 12 bytes in (not 16-aligned).
+        let total: usize = sizes.iter().sum::<usize>() + 3;
+        let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("caller gradients"),
+            size: total as u64 * 4,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        for t in 1..=3u64 {
+            let g: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n, 2.0, 5)).collect();
+            let mut packed = vec![0.0f32; 3];
+            let mut offsets = Vec::new();
+            for gk in &g {
+                offsets.push(packed.len() as u64 * 4);
+                packed.extend_from_slice(gk);
+            }
+            ctx.queue()
+                .write_buffer(&buffer, 0, bytemuck::cast_slice(&packed));
+            let pairs: Vec<_> = vars
+                .iter()
+                .zip(&offsets)
+                .map(|(v, &offset)| {
+                    (
+                        v.0,
+                        GpuGradient {
+                            buffer: &buffer,
+                            offset,
+                        },
+                    )
+                })
+                .collect();
+            assert_eq!(opt.apply_gpu_gradients(&pairs).unwrap(), t);
+            for ((_, r), gk) in vars.iter_mut().zip(&g) {
+                r.dense_step(&cfg.scalars(t), gk);
+            }
+        }
+        for (k, (id, r)) in vars.iter().enumerate() {
+            assert_matches(&mut opt, *id, r, &format!("{name} v{k}"));
+        }
+    }
+}
+
+#[test]
+fn variables_added_after_steps_grow_the_pool_and_keep_state() {
+    let cfg = variants()[1].1.clone();
+    let mut rng = Rng::new(21);
+    let mut opt = RmsProp::new(ctx(), cfg.clone()).unwrap();
+    let init0 = rng.vec(1000, 1.0, 0);
+    let a = opt.add_variable("a", &[10, 100], &init0).unwrap();
+    let mut ra = ReferenceState::new(&cfg, &init0);
+    let g = rng.vec(1000, 1.0, 0);
+    opt.apply_gradients(&[(a, &g)]).unwrap();
+    ra.dense_step(&cfg.scalars(1), &g);
+    // 200,000 elements do not fit the first 64 KiB chunk: it grows (a GPU copy of its contents).
+    let init1 = rng.vec(200_000, 1.0, 0);
+    let b = opt.add_variable("b", &[200_000], &init1).unwrap();
+    let mut rb = ReferenceState::new(&cfg, &init1);
+    let (ga, gb) = (rng.vec(1000, 1.0, 0), rng.vec(200_000, 1.0, 0));
+    opt.apply_gradients(&[(a, &ga), (b, &gb)]).unwrap();
+    ra.dense_step(&cfg.scalars(2), &ga);
+    rb.dense_step(&cfg.scalars(2), &gb);
+    assert_matches(&mut opt, a, &ra, "a");
+    assert_matches(&mut opt, b, &rb, "b");
+    assert_eq!(opt.variable("b").unwrap(), b);
+    assert_eq!(opt.variable_info(a).unwrap(), ("a", &[10usize, 100][..]));
+}
+
+#[test]
+fn scalar_and_empty_variables() {
+    let cfg = variants()[2].1.clone();
+    let mut opt = RmsProp::new(ctx(), cfg.clone()).unwrap();
+    let s = opt.add_variable("s", &[], &[1.5]).unwrap();
+    let e = opt.add_variable("e", &[0, 4], &[]).unwrap();
+    let mut r = ReferenceState::new(&cfg, &[1.5]);
+    for t in 1..=3 {
+        opt.apply_gradients(&[(s, &[0.25]), (e, &[])]).unwrap();
+        r.dense_step(&cfg.scalars(t), &[0.25]);
+    }
+    assert_matches(&mut opt, s, &r, "scalar");
+    assert!(opt.read_variable(e).unwrap().is_empty());
+}
