@@ -1,0 +1,90 @@
+//! The public golden cases (copied from the conformance set into tests/golden/cases): every case whose
+//! features the crate has must pass on the GPU and on the CPU reference; the rest must say what is
+//! missing (UNSUPPORTED), never fail silently.
+
+mod common;
+
+use std::path::PathBuf;
+
+use wgpu_rmsprop::case::{Case, CaseGradient};
+
+fn cases() -> Vec<Case> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/cases");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    assert_eq!(paths.len(), 66, "the 66 public cases are in {}", dir.display());
+    paths.iter().map(|p| Case::from_path(p).unwrap()).collect()
+}
+
+/// Keras semantics, dense gradients, constant learning rate, no clipping or weight decay: what the dense
+/// foundation must pass. Decided from the case files themselves, not from `Case::unsupported`.
+fn is_keras_dense_constant(c: &Case) -> bool {
+    let unset = |k: &str| c.config.get(k).is_none_or(|v| v.is_null());
+    c.semantics == "keras"
+        && c.config["learning_rate"].is_number()
+        && ["clipnorm", "clipvalue", "global_clipnorm", "weight_decay"].iter().all(|k| unset(k))
+        && c.steps.iter().flat_map(|s| &s.grads).all(|g| matches!(g, CaseGradient::Dense { .. }))
+}
+
+#[test]
+fn supported_cases_pass_on_the_gpu_and_the_reference() {
+    let ctx = common::ctx();
+    let mut passed = Vec::new();
+    for case in cases() {
+        if !is_keras_dense_constant(&case) {
+            continue;
+        }
+        assert_eq!(case.unsupported(), None, "{} must be supported", case.name);
+        let gpu = case.run_gpu(ctx).unwrap();
+        let v = case.judge(&gpu).unwrap();
+        assert!(v.pass, "{} on the GPU: {:?}", case.name, v);
+        let cpu = case.run_reference().unwrap();
+        let v = case.judge(&cpu).unwrap();
+        assert!(v.pass, "{} on the reference: {:?}", case.name, v);
+        passed.push(case.name);
+    }
+    assert_eq!(passed.len(), 9, "{passed:?}");
+}
+
+#[test]
+fn other_cases_are_reported_unsupported_with_a_reason() {
+    for case in cases() {
+        if is_keras_dense_constant(&case) {
+            continue;
+        }
+        let why = case.unsupported().unwrap_or_else(|| panic!("{} should be unsupported", case.name));
+        assert!(!why.is_empty());
+        assert!(case.run_reference().is_err());
+    }
+}
+
+#[test]
+fn the_judge_catches_an_error_just_past_tolerance() {
+    let case = cases().into_iter().find(|c| c.name == "keras_centered_momentum").unwrap();
+    let mut states = case.run_reference().unwrap();
+    assert!(case.judge(&states).unwrap().pass);
+    let e = case.expected.as_ref().unwrap()[4].slots["momentum"][0][0];
+    let allowed = case.tolerance.atol + case.tolerance.rtol * f64::from(e).abs();
+    states[4].slots.get_mut("momentum").unwrap()[0][0] = (f64::from(e) + 1.5 * allowed) as f32;
+    let v = case.judge(&states).unwrap();
+    assert!(!v.pass, "{v:?}");
+    assert!(v.worst.unwrap().contains("step 5 momentum"));
+}
+
+#[test]
+fn malformed_cases_are_errors_not_panics() {
+    let good = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/cases/keras_seed_example_1step.json"),
+    )
+    .unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    v["variables"][0]["init"] = serde_json::json!([1.0, 2.0]);
+    let err = Case::from_json(&v.to_string()).unwrap_err().to_string();
+    assert!(err.contains("init has 2"), "{err}");
+    assert!(Case::from_json("{").is_err());
+    assert!(Case::from_json(&good[..good.len() / 2]).is_err());
+}
