@@ -19,14 +19,20 @@ fn bad_hyperparameters_are_rejected_with_field_and_value() {
         (b().epsilon(f64::INFINITY).build(), "epsilon", "inf"),
         (b().learning_rate(-0.1).build(), "learning_rate", "-0.1"),
         (b().learning_rate(f64::NAN).build(), "learning_rate", "NaN"),
-        (b().learning_rate(1e40).build(), "learning_rate", "10000000000000000000000000000000000000000"),
+        (
+            b().learning_rate(1e40).build(),
+            "learning_rate",
+            "10000000000000000000000000000000000000000",
+        ),
         (b().momentum(-0.5).build(), "momentum", "-0.5"),
         (b().momentum(f64::NEG_INFINITY).build(), "momentum", "-inf"),
         (b().name("").build(), "name", "\"\""),
     ];
     for (result, field, value) in cases {
         match result {
-            Err(Error::InvalidConfig { field: f, value: v, .. }) => {
+            Err(Error::InvalidConfig {
+                field: f, value: v, ..
+            }) => {
                 assert_eq!((f, v.as_str()), (field, value));
             }
             other => panic!("{field}={value}: expected InvalidConfig, got {other:?}"),
@@ -35,14 +41,28 @@ fn bad_hyperparameters_are_rejected_with_field_and_value() {
     let msg = b().rho(1.5).build().unwrap_err().to_string();
     assert_eq!(msg, "`rho` must be in [0, 1). Received: rho=1.5");
     // Edge values that are valid.
-    assert!(b().rho(0.0).epsilon(0.0).momentum(0.0).learning_rate(0.0).build().is_ok());
+    assert!(b()
+        .rho(0.0)
+        .epsilon(0.0)
+        .momentum(0.0)
+        .learning_rate(0.0)
+        .build()
+        .is_ok());
     let d = RmsPropConfig::default();
-    assert_eq!((d.rho(), d.momentum(), d.epsilon(), d.centered()), (0.9, 0.0, 1e-7, false));
+    assert_eq!(
+        (d.rho(), d.momentum(), d.epsilon(), d.centered()),
+        (0.9, 0.0, 1e-7, false)
+    );
 }
 
 /// An optimizer with two variables after two steps, and its reference.
 fn setup() -> (RmsProp, Vec<VarId>, Vec<ReferenceState>, RmsPropConfig) {
-    let cfg = RmsPropConfig::builder().learning_rate(0.05).momentum(0.5).centered(true).build().unwrap();
+    let cfg = RmsPropConfig::builder()
+        .learning_rate(0.05)
+        .momentum(0.5)
+        .centered(true)
+        .build()
+        .unwrap();
     let mut opt = RmsProp::new(ctx(), cfg.clone()).unwrap();
     let mut rng = Rng::new(3);
     let mut ids = Vec::new();
@@ -54,7 +74,8 @@ fn setup() -> (RmsProp, Vec<VarId>, Vec<ReferenceState>, RmsPropConfig) {
     }
     for t in 1..=2 {
         let g: Vec<Vec<f32>> = [6, 9].iter().map(|&n| rng.vec(n, 1.0, 0)).collect();
-        opt.apply_gradients(&[(ids[0], &g[0]), (ids[1], &g[1])]).unwrap();
+        opt.apply_gradients(&[(ids[0], &g[0]), (ids[1], &g[1])])
+            .unwrap();
         for (r, gk) in refs.iter_mut().zip(&g) {
             r.dense_step(&cfg.scalars(t), gk);
         }
@@ -70,27 +91,55 @@ fn bad_steps_change_nothing() {
     let good9 = [0.25f32; 9];
 
     // Wrong length, listed after a valid gradient: nothing of the valid one may be written either.
-    let e = opt.apply_gradients(&[(ids[0], &good6), (ids[1], &[1.0; 8])]).unwrap_err();
-    assert_eq!(e, Error::GradientLength { name: "w1".into(), expected: 9, got: 8 });
+    let e = opt
+        .apply_gradients(&[(ids[0], &good6), (ids[1], &[1.0; 8])])
+        .unwrap_err();
+    assert_eq!(
+        e,
+        Error::GradientLength {
+            name: "w1".into(),
+            expected: 9,
+            got: 8
+        }
+    );
     assert!(e.to_string().contains("has 8 elements, the variable has 9"));
 
     // The same variable twice.
-    let e = opt.apply_gradients(&[(ids[0], &good6), (ids[0], &good6)]).unwrap_err();
+    let e = opt
+        .apply_gradients(&[(ids[0], &good6), (ids[0], &good6)])
+        .unwrap_err();
     assert_eq!(e, Error::DuplicateGradient { name: "w0".into() });
 
     // A handle of another optimizer.
     let mut other = RmsProp::new(ctx(), cfg.clone()).unwrap();
     let foreign = other.add_variable("w0", &[6], &[0.0; 6]).unwrap();
-    let e = opt.apply_gradients(&[(ids[1], &good9), (foreign, &good6)]).unwrap_err();
+    let e = opt
+        .apply_gradients(&[(ids[1], &good9), (foreign, &good6)])
+        .unwrap_err();
     assert!(matches!(e, Error::UnknownVariable(_)), "{e:?}");
-    assert!(matches!(opt.read_variable(foreign), Err(Error::UnknownVariable(_))));
-    assert!(matches!(opt.variable("nope"), Err(Error::UnknownVariable(ref n)) if n.contains("nope")));
+    assert!(matches!(
+        opt.read_variable(foreign),
+        Err(Error::UnknownVariable(_))
+    ));
+    assert!(
+        matches!(opt.variable("nope"), Err(Error::UnknownVariable(ref n)) if n.contains("nope"))
+    );
 
     // Bad variables.
     let e = opt.add_variable("w0", &[2], &[0.0; 2]).unwrap_err();
     assert_eq!(e, Error::DuplicateVariable { name: "w0".into() });
     let e = opt.add_variable("w2", &[2, 3], &[0.0; 5]).unwrap_err();
-    assert!(matches!(e, Error::InitLength { expected: 6, got: 5, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::InitLength {
+                expected: 6,
+                got: 5,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     let e = opt.add_variable("w3", &[usize::MAX, 2], &[]).unwrap_err();
     assert!(matches!(e, Error::InvalidShape { .. }), "{e:?}");
 
@@ -112,10 +161,22 @@ fn bad_steps_change_nothing() {
         (&ok_buf, 32, "exceeds the buffer's 64 bytes"),
     ] {
         let e = opt
-            .apply_gpu_gradients(&[(ids[0], GpuGradient { buffer: &ok_buf, offset: 0 }), (ids[1], GpuGradient { buffer, offset })])
+            .apply_gpu_gradients(&[
+                (
+                    ids[0],
+                    GpuGradient {
+                        buffer: &ok_buf,
+                        offset: 0,
+                    },
+                ),
+                (ids[1], GpuGradient { buffer, offset }),
+            ])
             .unwrap_err();
         match e {
-            Error::GradientBuffer { ref name, ref reason } => {
+            Error::GradientBuffer {
+                ref name,
+                ref reason,
+            } => {
                 assert_eq!(name, "w1");
                 assert!(reason.contains(needle), "{reason}");
             }
@@ -126,13 +187,24 @@ fn bad_steps_change_nothing() {
     // An absent slot is a typed error too.
     let mut plain = RmsProp::new(ctx(), RmsPropConfig::default()).unwrap();
     let p = plain.add_variable("p", &[2], &[1.0, 2.0]).unwrap();
-    assert!(matches!(plain.read_slot(p, Slot::Momentum), Err(Error::SlotNotPresent { slot: "momentum", .. })));
+    assert!(matches!(
+        plain.read_slot(p, Slot::Momentum),
+        Err(Error::SlotNotPresent {
+            slot: "momentum",
+            ..
+        })
+    ));
 
-    assert_eq!(snapshot(&mut opt, &ids), before, "state changed after rejected calls");
+    assert_eq!(
+        snapshot(&mut opt, &ids),
+        before,
+        "state changed after rejected calls"
+    );
     assert_eq!(opt.iterations(), 2);
 
     // And the optimizer still works, in step with the reference.
-    opt.apply_gradients(&[(ids[0], &good6), (ids[1], &good9)]).unwrap();
+    opt.apply_gradients(&[(ids[0], &good6), (ids[1], &good9)])
+        .unwrap();
     refs[0].dense_step(&cfg.scalars(3), &good6);
     refs[1].dense_step(&cfg.scalars(3), &good9);
     for (k, (&id, r)) in ids.iter().zip(&refs).enumerate() {
@@ -144,10 +216,34 @@ fn bad_steps_change_nothing() {
 fn invalid_tuning_options_are_rejected() {
     use wgpu_rmsprop::OptimizerOptions;
     for (options, field) in [
-        (OptimizerOptions { workgroup_size: 0, ..Default::default() }, "workgroup_size"),
-        (OptimizerOptions { workgroup_size: 1 << 20, ..Default::default() }, "workgroup_size"),
-        (OptimizerOptions { max_chunk_bytes: Some(8), ..Default::default() }, "max_chunk_bytes"),
-        (OptimizerOptions { max_workgroups_per_dimension: Some(0), ..Default::default() }, "max_workgroups_per_dimension"),
+        (
+            OptimizerOptions {
+                workgroup_size: 0,
+                ..Default::default()
+            },
+            "workgroup_size",
+        ),
+        (
+            OptimizerOptions {
+                workgroup_size: 1 << 20,
+                ..Default::default()
+            },
+            "workgroup_size",
+        ),
+        (
+            OptimizerOptions {
+                max_chunk_bytes: Some(8),
+                ..Default::default()
+            },
+            "max_chunk_bytes",
+        ),
+        (
+            OptimizerOptions {
+                max_workgroups_per_dimension: Some(0),
+                ..Default::default()
+            },
+            "max_workgroups_per_dimension",
+        ),
     ] {
         match RmsProp::with_options(ctx(), RmsPropConfig::default(), options) {
             Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field),

@@ -16,7 +16,12 @@ fn cases() -> Vec<Case> {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     paths.sort();
-    assert_eq!(paths.len(), 66, "the 66 public cases are in {}", dir.display());
+    assert_eq!(
+        paths.len(),
+        66,
+        "the 66 public cases are in {}",
+        dir.display()
+    );
     paths.iter().map(|p| Case::from_path(p).unwrap()).collect()
 }
 
@@ -26,8 +31,13 @@ fn is_keras_dense_constant(c: &Case) -> bool {
     let unset = |k: &str| c.config.get(k).is_none_or(|v| v.is_null());
     c.semantics == "keras"
         && c.config["learning_rate"].is_number()
-        && ["clipnorm", "clipvalue", "global_clipnorm", "weight_decay"].iter().all(|k| unset(k))
-        && c.steps.iter().flat_map(|s| &s.grads).all(|g| matches!(g, CaseGradient::Dense { .. }))
+        && ["clipnorm", "clipvalue", "global_clipnorm", "weight_decay"]
+            .iter()
+            .all(|k| unset(k))
+        && c.steps
+            .iter()
+            .flat_map(|s| &s.grads)
+            .all(|g| matches!(g, CaseGradient::Dense { .. }))
 }
 
 #[test]
@@ -56,7 +66,9 @@ fn other_cases_are_reported_unsupported_with_a_reason() {
         if is_keras_dense_constant(&case) {
             continue;
         }
-        let why = case.unsupported().unwrap_or_else(|| panic!("{} should be unsupported", case.name));
+        let why = case
+            .unsupported()
+            .unwrap_or_else(|| panic!("{} should be unsupported", case.name));
         assert!(!why.is_empty());
         assert!(case.run_reference().is_err());
     }
@@ -64,7 +76,10 @@ fn other_cases_are_reported_unsupported_with_a_reason() {
 
 #[test]
 fn the_judge_catches_an_error_just_past_tolerance() {
-    let case = cases().into_iter().find(|c| c.name == "keras_centered_momentum").unwrap();
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name == "keras_centered_momentum")
+        .unwrap();
     let mut states = case.run_reference().unwrap();
     assert!(case.judge(&states).unwrap().pass);
     let e = case.expected.as_ref().unwrap()[4].slots["momentum"][0][0];
@@ -78,7 +93,8 @@ fn the_judge_catches_an_error_just_past_tolerance() {
 #[test]
 fn malformed_cases_are_errors_not_panics() {
     let good = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/cases/keras_seed_example_1step.json"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/cases/keras_seed_example_1step.json"),
     )
     .unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
