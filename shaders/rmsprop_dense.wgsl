@@ -1,46 +1,16 @@
-// Dense RMSprop, TensorFlow/Keras semantics (see src/reference.rs for the CPU twin, line by line).
-//
-//   v = rho*v + (1-rho)*g^2
-//   a = rho*a + (1-rho)*g                      (CENTERED)
-//   d = sqrt(v - a^2 + eps)  (CENTERED)   |  sqrt(v + eps)
-//   inc = lr*g / d
-//   HAS_MOMENTUM:  m = momentum*m + inc ; x = x - m
-//   otherwise:     x = x - inc
-//
-// One dispatch updates the range [begin, end) (in vec4 units) of one pool buffer: every variable placed
-// there, whatever their number (a fused multi-tensor step). Variables start on vec4 boundaries; the pad
-// lanes after a variable's last element hold x = g = v = m = a = 0 and stay 0 (for eps > 0).
-// The workgroup grid is folded into (x, y) so that no dimension exceeds the device limit.
-// Variants are chosen by pipeline-overridable constants, never by formatting WGSL text.
+// Dense RMSprop over a range [begin, end) of vec4 of one pool buffer: every variable placed there,
+// whatever their number (a fused multi-tensor step). Variables start on vec4 boundaries; the pad lanes
+// after a variable's last element hold zeros and are never read back. The workgroup grid is folded into
+// (x, y) so that no dimension exceeds the device limit.
+// (Prepended: common.wgsl, rmsprop_update.wgsl.)
 
-override WORKGROUP_SIZE: u32 = 256u;
-override CENTERED: bool = false;
-override HAS_MOMENTUM: bool = false;
-
-struct Params {
-    lr: f32,
-    rho: f32,
-    one_minus_rho: f32,
-    momentum: f32,
-    epsilon: f32,
-    // 1-based number of the step being applied (room for bias correction and schedules).
-    step: u32,
-    // Range of this dispatch, in vec4 units of the bound pool buffers.
-    begin: u32,
-    end: u32,
-    // Workgroups along x in this dispatch (the fold width).
-    groups_x: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> g: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> v: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> m: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> a: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> var_info: array<VarInfo>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -51,23 +21,48 @@ fn main(
     if i >= p.end {
         return;
     }
-    let grad = g[i];
-    let vel = p.rho * v[i] + p.one_minus_rho * (grad * grad);
-    v[i] = vel;
-    var den: vec4<f32>;
-    if CENTERED {
-        let avg = p.rho * a[i] + p.one_minus_rho * grad;
-        a[i] = avg;
-        den = vel - avg * avg + p.epsilon;
-    } else {
-        den = vel + p.epsilon;
+    var gv = g[i];
+    var qv = vec4<f32>(0.0);
+    var use_q = false;
+    if PER_VAR {
+        let info = var_info[p.var_index];
+        if (info.flags & PRECLIPPED) == 0u {
+            for (var c = 0u; c < 4u; c++) {
+                gv[c] = clip_gradient(gv[c], info);
+            }
+        }
+        use_q = (info.flags & USE_SQUARES) != 0u;
+        if use_q {
+            qv = q[i];
+        }
     }
-    let inc = (p.lr * grad) / sqrt(den);
+    let xv = x[i];
+    let vv = v[i];
+    var mv = vec4<f32>(0.0);
     if HAS_MOMENTUM {
-        let mom = p.momentum * m[i] + inc;
-        m[i] = mom;
-        x[i] = x[i] - mom;
-    } else {
-        x[i] = x[i] - inc;
+        mv = m[i];
+    }
+    var av = vec4<f32>(0.0);
+    if CENTERED {
+        av = a[i];
+    }
+    var xo: vec4<f32>;
+    var vo: vec4<f32>;
+    var mo: vec4<f32>;
+    var ao: vec4<f32>;
+    for (var c = 0u; c < 4u; c++) {
+        let s = rmsprop(State(xv[c], vv[c], mv[c], av[c]), gv[c], qv[c], use_q);
+        xo[c] = s.x;
+        vo[c] = s.v;
+        mo[c] = s.m;
+        ao[c] = s.a;
+    }
+    x[i] = xo;
+    v[i] = vo;
+    if HAS_MOMENTUM {
+        m[i] = mo;
+    }
+    if CENTERED {
+        a[i] = ao;
     }
 }

@@ -10,12 +10,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::RmsPropConfig;
+use crate::config::{DuplicateIndices, EpsilonPlacement, Preset, RmsPropConfig, SparseMode};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::optimizer::RmsProp;
+use crate::optimizer::{Gradient, Indices, RmsProp, VarId};
 use crate::pool::Slot;
-use crate::reference::ReferenceState;
+use crate::reference::{RefGradient, Reference};
+use crate::schedule::Schedule;
 
 /// One variable of a case.
 #[derive(Debug, Clone, Deserialize)]
@@ -234,60 +235,32 @@ impl Case {
         self.config.get(key).and_then(Value::as_f64)
     }
 
-    fn is_set(&self, key: &str) -> bool {
-        self.config
-            .get(key)
-            .is_some_and(|v| !v.is_null() && *v != Value::Bool(false))
+    fn flag(&self, key: &str) -> Option<bool> {
+        self.config.get(key).and_then(Value::as_bool)
     }
 
-    /// Why this crate cannot run the case yet, or `None` when it can.
+    /// Why this crate cannot run the case, or `None` when it can.
     pub fn unsupported(&self) -> Option<String> {
-        let mut missing = Vec::new();
-        if self.semantics != "keras" {
-            missing.push(format!("semantics {:?}", self.semantics));
-        }
-        if !self
-            .config
-            .get("learning_rate")
-            .is_some_and(Value::is_number)
-        {
-            missing.push("learning-rate schedules".to_string());
-        }
-        for key in ["clipnorm", "clipvalue", "global_clipnorm"] {
-            if self.is_set(key) {
-                missing.push(key.to_string());
-            }
-        }
-        if self.is_set("weight_decay") {
-            missing.push("weight_decay".to_string());
-        }
-        if self
-            .number("initial_accumulator_value")
-            .is_some_and(|v| v != 0.0)
-        {
-            missing.push("initial_accumulator_value".to_string());
-        }
-        for key in ["eps_in_sqrt", "bias_correction", "nesterov", "maximize"] {
-            if self.is_set(key) {
-                missing.push(key.to_string());
-            }
-        }
-        let sparse = self
-            .steps
-            .iter()
-            .flat_map(|s| &s.grads)
-            .any(|g| matches!(g, CaseGradient::Sparse { .. }));
-        if sparse {
-            missing.push("sparse gradients".to_string());
-        }
-        (!missing.is_empty()).then(|| missing.join(", "))
+        None
     }
 
-    /// The optimizer configuration the case describes (Keras semantics).
+    /// The optimizer configuration the case describes: its semantics as a [`Preset`], every key of its
+    /// `config` as the matching knob.
     pub fn optimizer_config(&self) -> Result<RmsPropConfig> {
-        let mut b = RmsPropConfig::builder();
-        if let Some(lr) = self.number("learning_rate") {
-            b = b.learning_rate(lr);
+        let n = &self.name;
+        let preset = Preset::from_name(&self.semantics)
+            .ok_or_else(|| invalid(n, format!("unknown semantics {:?}", self.semantics)))?;
+        let mut b = RmsPropConfig::preset(preset);
+        match self.config.get("learning_rate") {
+            Some(Value::Number(x)) => b = b.learning_rate(x.as_f64().unwrap_or(f64::NAN)),
+            Some(v @ Value::Object(_)) => b = b.learning_rate(parse_schedule(n, v)?),
+            Some(Value::Null) | None => {}
+            Some(v) => {
+                return Err(invalid(
+                    n,
+                    format!("learning_rate {v} is neither a number nor a schedule"),
+                ))
+            }
         }
         if let Some(x) = self.number("rho") {
             b = b.rho(x);
@@ -298,21 +271,54 @@ impl Case {
         if let Some(x) = self.number("epsilon") {
             b = b.epsilon(x);
         }
-        if let Some(c) = self.config.get("centered").and_then(Value::as_bool) {
+        if let Some(c) = self.flag("centered") {
             b = b.centered(c);
         }
-        b.build().map_err(|e| invalid(&self.name, e.to_string()))
-    }
-
-    fn dense_grads(&self, t: usize) -> Vec<&[f32]> {
-        self.steps[t]
-            .grads
-            .iter()
-            .map(|g| match g {
-                CaseGradient::Dense { values } => values.as_slice(),
-                CaseGradient::Sparse { values, .. } => values.as_slice(),
-            })
-            .collect()
+        if let Some(x) = self.number("clipnorm") {
+            b = b.clipnorm(x);
+        }
+        if let Some(x) = self.number("clipvalue") {
+            b = b.clipvalue(x);
+        }
+        if let Some(x) = self.number("global_clipnorm") {
+            b = b.global_clipnorm(x);
+        }
+        if let Some(x) = self.number("weight_decay") {
+            b = b.weight_decay(x);
+        }
+        if let Some(x) = self.number("initial_accumulator_value") {
+            b = b.initial_accumulator_value(x);
+        }
+        if let Some(inside) = self.flag("eps_in_sqrt") {
+            b = b.epsilon_placement(if inside {
+                EpsilonPlacement::InsideSqrt
+            } else {
+                EpsilonPlacement::OutsideSqrt
+            });
+        }
+        if let Some(x) = self.flag("bias_correction") {
+            b = b.bias_correction(x);
+        }
+        if let Some(x) = self.flag("nesterov") {
+            b = b.nesterov(x);
+        }
+        if let Some(x) = self.flag("maximize") {
+            b = b.maximize(x);
+        }
+        match self.config.get("sparse_mode").and_then(Value::as_str) {
+            Some("lazy") => b = b.sparse_mode(SparseMode::Lazy),
+            Some("dense") => b = b.sparse_mode(SparseMode::Dense),
+            Some(other) => return Err(invalid(n, format!("unknown sparse_mode {other:?}"))),
+            None => {}
+        }
+        match self.config.get("duplicate_indices").and_then(Value::as_str) {
+            Some("sum") => b = b.duplicate_indices(DuplicateIndices::Sum),
+            Some("sequential") => b = b.duplicate_indices(DuplicateIndices::Sequential),
+            Some("keras3") => b = b.duplicate_indices(DuplicateIndices::Keras3),
+            Some(other) => return Err(invalid(n, format!("unknown duplicate_indices {other:?}"))),
+            None => {}
+        }
+        b.build().map_err(|e| invalid(n, e.to_string()))
     }
 
     fn check_supported(&self) -> Result<()> {
@@ -322,6 +328,21 @@ impl Case {
                 what,
             }),
             None => Ok(()),
+        }
+    }
+
+    fn record_state(
+        &self,
+        step: u64,
+        lr: f32,
+        vars: Vec<Vec<f32>>,
+        slots: BTreeMap<String, Vec<Vec<f32>>>,
+    ) -> StepState {
+        StepState {
+            step,
+            learning_rate: Some(f64::from(lr)),
+            variables: vars,
+            slots,
         }
     }
 
@@ -336,28 +357,42 @@ impl Case {
             .map(|v| opt.add_variable(&v.name, &v.shape, &v.init))
             .collect::<Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(self.steps.len());
-        for t in 0..self.steps.len() {
-            let lr = opt.learning_rate();
-            let grads: Vec<_> = ids.iter().copied().zip(self.dense_grads(t)).collect();
-            let step = opt.apply_gradients(&grads)?;
-            let mut state = StepState {
-                step,
-                learning_rate: Some(f64::from(lr)),
-                variables: Vec::new(),
-                slots: BTreeMap::new(),
-            };
+        for step in &self.steps {
+            let grads: Vec<(VarId, Gradient)> = ids
+                .iter()
+                .zip(&step.grads)
+                .map(|(&id, g)| {
+                    (
+                        id,
+                        match g {
+                            CaseGradient::Dense { values } => Gradient::Dense(values),
+                            CaseGradient::Sparse { indices, values } => Gradient::Sparse {
+                                indices: Indices::I64(indices),
+                                values,
+                            },
+                        },
+                    )
+                })
+                .collect();
+            let t = opt.apply(&grads)?;
+            let mut vars = Vec::new();
+            let mut slots: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
             for &id in &ids {
-                state.variables.push(opt.read_variable(id)?);
+                vars.push(opt.read_variable(id)?);
                 for slot in opt.slots() {
                     let values = opt.read_slot(id, slot)?;
-                    state
-                        .slots
+                    slots
                         .entry(slot.name().to_string())
                         .or_default()
                         .push(values);
                 }
             }
-            out.push(state);
+            out.push(self.record_state(
+                t,
+                opt.last_learning_rate().unwrap_or(f32::NAN),
+                vars,
+                slots,
+            ));
         }
         Ok(out)
     }
@@ -366,20 +401,40 @@ impl Case {
     pub fn run_reference(&self) -> Result<Vec<StepState>> {
         self.check_supported()?;
         let config = self.optimizer_config()?;
-        let mut vars: Vec<ReferenceState> = self
-            .variables
-            .iter()
-            .map(|v| ReferenceState::new(&config, &v.init))
-            .collect();
+        let mut r = Reference::new(config.clone());
+        for v in &self.variables {
+            r.add_variable(&v.shape, &v.init);
+        }
         let mut out = Vec::with_capacity(self.steps.len());
-        for t in 0..self.steps.len() {
-            let step = t as u64 + 1;
-            let scalars = config.scalars(step);
-            for (var, g) in vars.iter_mut().zip(self.dense_grads(t)) {
-                var.dense_step(&scalars, g);
-            }
+        for step in &self.steps {
+            let indices: Vec<Vec<usize>> = step
+                .grads
+                .iter()
+                .map(|g| match g {
+                    CaseGradient::Sparse { indices, .. } => {
+                        indices.iter().map(|&i| i as usize).collect()
+                    }
+                    CaseGradient::Dense { .. } => Vec::new(),
+                })
+                .collect();
+            let grads: Vec<Option<RefGradient>> = step
+                .grads
+                .iter()
+                .zip(&indices)
+                .map(|(g, idx)| {
+                    Some(match g {
+                        CaseGradient::Dense { values } => RefGradient::Dense(values),
+                        CaseGradient::Sparse { values, .. } => RefGradient::Sparse {
+                            indices: idx,
+                            values,
+                        },
+                    })
+                })
+                .collect();
+            let lr = config.scalars(r.iterations + 1)?.lr;
+            r.step(&grads)?;
             let mut slots: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
-            for var in &vars {
+            for var in &r.vars {
                 slots
                     .entry(Slot::Velocity.name().into())
                     .or_default()
@@ -397,12 +452,8 @@ impl Case {
                         .push(a.clone());
                 }
             }
-            out.push(StepState {
-                step,
-                learning_rate: Some(f64::from(scalars.lr)),
-                variables: vars.iter().map(|v| v.x.clone()).collect(),
-                slots,
-            });
+            let vars = r.vars.iter().map(|v| v.x.clone()).collect();
+            out.push(self.record_state(r.iterations, lr, vars, slots));
         }
         Ok(out)
     }
@@ -497,6 +548,69 @@ impl Verdict {
             }
         }
     }
+}
+
+/// Parses a Keras schedule object (`{"schedule": name, ...constructor arguments...}`) with Keras's defaults.
+fn parse_schedule(case: &str, v: &Value) -> Result<Schedule> {
+    let name = v.get("schedule").and_then(Value::as_str).unwrap_or("");
+    let num = |k: &str| v.get(k).and_then(Value::as_f64);
+    let need = |k: &str| {
+        num(k).ok_or_else(|| invalid(case, format!("schedule {name}: missing number {k:?}")))
+    };
+    let flag = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let list = |k: &str| -> Result<Vec<f64>> {
+        v.get(k)
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(Value::as_f64).collect::<Option<Vec<f64>>>())
+            .ok_or_else(|| {
+                invalid(
+                    case,
+                    format!("schedule {name}: {k:?} must be a list of numbers"),
+                )
+            })
+    };
+    let s = match name {
+        "ExponentialDecay" => Schedule::ExponentialDecay {
+            initial_learning_rate: need("initial_learning_rate")?,
+            decay_steps: need("decay_steps")?,
+            decay_rate: need("decay_rate")?,
+            staircase: flag("staircase"),
+        },
+        "PiecewiseConstantDecay" => Schedule::PiecewiseConstantDecay {
+            boundaries: list("boundaries")?,
+            values: list("values")?,
+        },
+        "PolynomialDecay" => Schedule::PolynomialDecay {
+            initial_learning_rate: need("initial_learning_rate")?,
+            decay_steps: need("decay_steps")?,
+            end_learning_rate: num("end_learning_rate").unwrap_or(1e-4),
+            power: num("power").unwrap_or(1.0),
+            cycle: flag("cycle"),
+        },
+        "InverseTimeDecay" => Schedule::InverseTimeDecay {
+            initial_learning_rate: need("initial_learning_rate")?,
+            decay_steps: need("decay_steps")?,
+            decay_rate: need("decay_rate")?,
+            staircase: flag("staircase"),
+        },
+        "CosineDecay" => Schedule::CosineDecay {
+            initial_learning_rate: need("initial_learning_rate")?,
+            decay_steps: need("decay_steps")?,
+            alpha: num("alpha").unwrap_or(0.0),
+            warmup_target: num("warmup_target"),
+            warmup_steps: num("warmup_steps").unwrap_or(0.0),
+        },
+        "CosineDecayRestarts" => Schedule::CosineDecayRestarts {
+            initial_learning_rate: need("initial_learning_rate")?,
+            first_decay_steps: need("first_decay_steps")?,
+            t_mul: num("t_mul").unwrap_or(2.0),
+            m_mul: num("m_mul").unwrap_or(1.0),
+            alpha: num("alpha").unwrap_or(0.0),
+        },
+        other => return Err(invalid(case, format!("unknown schedule {other:?}"))),
+    };
+    s.validate().map_err(|e| invalid(case, e.to_string()))?;
+    Ok(s)
 }
 
 /// The JSON object `replay --emit` writes: `{"name": ..., "expected": [...]}`.

@@ -98,6 +98,44 @@ pub enum Error {
         /// The variable's name.
         name: String,
     },
+    /// A sparse gradient for a scalar variable (sparse rows need at least one dimension).
+    #[error("variable {name:?} is a scalar: it cannot take a sparse (row) gradient")]
+    SparseScalar {
+        /// The variable's name.
+        name: String,
+    },
+    /// A sparse gradient whose values are not `len(indices) * row_len` long (or too many to index).
+    #[error("sparse gradient for variable {name:?}: {indices} indices x row length {row_len} need {} values, {got} given", indices * row_len)]
+    SparseValuesLength {
+        /// The variable's name.
+        name: String,
+        /// Number of indices.
+        indices: usize,
+        /// Elements per row.
+        row_len: usize,
+        /// Values received.
+        got: usize,
+    },
+    /// A sparse row index outside `[0, rows)`.
+    #[error("sparse gradient for variable {name:?}: index {index} at position {position} is outside [0, {rows})")]
+    IndexOutOfRange {
+        /// The variable's name.
+        name: String,
+        /// The bad index.
+        index: i64,
+        /// Its position in the index list.
+        position: usize,
+        /// Rows of the variable.
+        rows: usize,
+    },
+    /// A learning-rate schedule or closure produced a negative or non-finite rate for a step.
+    #[error("the learning rate for step {step} is {value}: it must be a finite number >= 0")]
+    InvalidLearningRate {
+        /// The 1-based step.
+        step: u64,
+        /// The rate produced.
+        value: f64,
+    },
     /// A caller's GPU gradient buffer cannot be used as given.
     #[error("gradient buffer for variable {name:?}: {reason}")]
     GradientBuffer {

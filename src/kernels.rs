@@ -1,14 +1,34 @@
-//! The shader table: WGSL sources (one file per kernel family), their bind-group layouts declared in Rust,
-//! and pipeline creation with `override` constants.
+//! The shader table: WGSL sources (one file per kernel family, with shared declarations prepended at
+//! build time by `concat!`), their bindings declared in Rust as short lists, and pipeline creation with
+//! `override` constants. Nothing formats WGSL text at run time.
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::config::{AverageForm, EpsilonPlacement, MomentumForm, RmsPropConfig, WeightDecay};
 use crate::error::{Error, Result};
 
-/// `shaders/rmsprop_dense.wgsl`.
-pub const RMSPROP_DENSE_WGSL: &str = include_str!("../shaders/rmsprop_dense.wgsl");
+/// Module of the dense kernel (`common.wgsl` + `rmsprop_update.wgsl` + `rmsprop_dense.wgsl`).
+pub const DENSE_WGSL: &str = concat!(
+    include_str!("../shaders/common.wgsl"),
+    include_str!("../shaders/params_uniform.wgsl"),
+    include_str!("../shaders/rmsprop_update.wgsl"),
+    include_str!("../shaders/rmsprop_dense.wgsl")
+);
+/// Module of the sparse kernels `lazy` and `scatter`.
+pub const SPARSE_WGSL: &str = concat!(
+    include_str!("../shaders/common.wgsl"),
+    include_str!("../shaders/params_uniform.wgsl"),
+    include_str!("../shaders/rmsprop_update.wgsl"),
+    include_str!("../shaders/rmsprop_sparse.wgsl")
+);
+/// Module of the norm reductions `partial_dense`, `partial_sparse` and `finalize`.
+pub const REDUCE_WGSL: &str = concat!(
+    include_str!("../shaders/common.wgsl"),
+    include_str!("../shaders/params_uniform.wgsl"),
+    include_str!("../shaders/reduce_norm.wgsl")
+);
 
-/// How a binding of a kernel is declared.
+/// How a binding is declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindingKind {
     /// `var<uniform>` with a dynamic offset (one slot per dispatch).
@@ -19,20 +39,128 @@ pub enum BindingKind {
     ReadWrite,
 }
 
-/// Bindings of group 0 of `rmsprop_dense.wgsl`, in binding order: params, x, g, v, m, a.
-pub const DENSE_BINDINGS: [BindingKind; 6] = [
-    BindingKind::UniformDynamic,
-    BindingKind::ReadWrite,
-    BindingKind::ReadOnly,
-    BindingKind::ReadWrite,
-    BindingKind::ReadWrite,
-    BindingKind::ReadWrite,
+use BindingKind::{ReadOnly as R, ReadWrite as RW, UniformDynamic as U};
+
+/// Binding numbers shared by every module.
+pub mod binding {
+    /// `p: Params`.
+    pub const PARAMS: u32 = 0;
+    /// Variables.
+    pub const X: u32 = 1;
+    /// Gradients.
+    pub const G: u32 = 2;
+    /// Velocity.
+    pub const V: u32 = 3;
+    /// Momentum.
+    pub const M: u32 = 4;
+    /// Average gradient.
+    pub const A: u32 = 5;
+    /// Sums of squares (Keras 3 sparse duplicates).
+    pub const Q: u32 = 6;
+    /// Per-variable clipping state (read).
+    pub const VAR_INFO: u32 = 7;
+    /// The step's sparse values.
+    pub const VALUES: u32 = 8;
+    /// The step's grouped sparse indices.
+    pub const INDEX: u32 = 9;
+    /// Norm jobs.
+    pub const JOBS: u32 = 10;
+    /// Norm partial sums.
+    pub const PARTIALS: u32 = 11;
+    /// Per-variable step table (jobs, flags).
+    pub const VAR_STEP: u32 = 12;
+    /// Per-variable clipping state (written).
+    pub const VAR_INFO_OUT: u32 = 13;
+}
+
+/// A compute entry point: its module, name and bindings (group 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Kernel {
+    /// Name used in labels and errors.
+    pub name: &'static str,
+    /// WGSL source of the module.
+    pub source: &'static str,
+    /// Entry point.
+    pub entry: &'static str,
+    /// `(binding, kind)` of every binding the entry point uses.
+    pub bindings: &'static [(u32, BindingKind)],
+}
+
+/// The dense update.
+pub const DENSE: Kernel = Kernel {
+    name: "rmsprop_dense",
+    source: DENSE_WGSL,
+    entry: "main",
+    bindings: &[
+        (0, U),
+        (1, RW),
+        (2, R),
+        (3, RW),
+        (4, RW),
+        (5, RW),
+        (6, R),
+        (7, R),
+    ],
+};
+/// The lazy sparse update.
+pub const LAZY: Kernel = Kernel {
+    name: "rmsprop_sparse::lazy",
+    source: SPARSE_WGSL,
+    entry: "lazy",
+    bindings: &[
+        (0, U),
+        (1, RW),
+        (3, RW),
+        (4, RW),
+        (5, RW),
+        (7, R),
+        (8, R),
+        (9, R),
+    ],
+};
+/// Merging sparse rows into the gradient pool.
+pub const SCATTER: Kernel = Kernel {
+    name: "rmsprop_sparse::scatter",
+    source: SPARSE_WGSL,
+    entry: "scatter",
+    bindings: &[(0, U), (2, RW), (6, RW), (7, R), (8, R), (9, R)],
+};
+/// Norm partial sums over a pool's gradients.
+pub const PARTIAL_DENSE: Kernel = Kernel {
+    name: "reduce_norm::partial_dense",
+    source: REDUCE_WGSL,
+    entry: "partial_dense",
+    bindings: &[(0, U), (2, R), (10, R), (11, RW)],
+};
+/// Norm partial sums over the step's sparse values.
+pub const PARTIAL_SPARSE: Kernel = Kernel {
+    name: "reduce_norm::partial_sparse",
+    source: REDUCE_WGSL,
+    entry: "partial_sparse",
+    bindings: &[(0, U), (8, R), (10, R), (11, RW)],
+};
+/// Per-variable and global norms to clipping state.
+pub const FINALIZE: Kernel = Kernel {
+    name: "reduce_norm::finalize",
+    source: REDUCE_WGSL,
+    entry: "finalize",
+    bindings: &[(0, U), (11, RW), (12, R), (13, RW)],
+};
+
+/// Every kernel, for validation.
+pub const ALL: [Kernel; 6] = [
+    DENSE,
+    LAZY,
+    SCATTER,
+    PARTIAL_DENSE,
+    PARTIAL_SPARSE,
+    FINALIZE,
 ];
 
-/// The `Params` uniform of `rmsprop_dense.wgsl` (48 bytes).
+/// The `Params` uniform of `common.wgsl` (80 bytes).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Pod, Zeroable, PartialEq)]
-pub struct DenseParams {
+#[derive(Debug, Clone, Copy, Pod, Zeroable, PartialEq, Default)]
+pub struct Params {
     /// Learning rate of the step.
     pub lr: f32,
     /// `rho`.
@@ -43,54 +171,64 @@ pub struct DenseParams {
     pub momentum: f32,
     /// Epsilon.
     pub epsilon: f32,
-    /// 1-based step number (wraps at 2^32 on the GPU).
+    /// Weight decay coefficient.
+    pub weight_decay: f32,
+    /// `clipvalue` (infinite when none).
+    pub clipvalue: f32,
+    /// `1 - rho^t` (1 when bias correction is off).
+    pub bias_correction: f32,
+    /// 1-based step number (wraps at 2^32).
     pub step: u32,
-    /// First vec4 of the dispatch's range.
+    /// Start of the dispatch's range.
     pub begin: u32,
-    /// One past the last vec4 of the range.
+    /// End of the dispatch's range.
     pub end: u32,
-    /// Workgroups along x (the fold width).
+    /// Workgroups along x.
     pub groups_x: u32,
-    /// Padding to 16 bytes.
-    pub pad: [u32; 3],
+    /// Variable of a per-variable dispatch.
+    pub var_index: u32,
+    /// Sparse: elements per row.
+    pub row_len: u32,
+    /// Sparse: offset of the variable's values in the step's values buffer.
+    pub values_base: u32,
+    /// Sparse: offset of the variable's grouped indices in the step's index buffer.
+    pub index_base: u32,
+    /// Sparse: distinct rows.
+    pub unique_rows: u32,
+    /// Sparse: first element of the variable in the bound pool buffer.
+    pub seg_first: u32,
+    /// Sparse: elements of the variable in the bound pool buffer.
+    pub seg_len: u32,
+    /// Sparse: element offset of that part in the pool buffer.
+    pub seg_base: u32,
 }
 
-/// Variant of the dense kernel, mapped to its `override` constants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DenseVariant {
-    /// `CENTERED`.
-    pub centered: bool,
-    /// `HAS_MOMENTUM`.
-    pub momentum: bool,
-    /// `WORKGROUP_SIZE`.
-    pub workgroup_size: u32,
-}
+/// Per-variable clipping state (`VarInfo` in `common.wgsl`), 16 bytes.
+pub const VAR_INFO_BYTES: u64 = 16;
 
 pub(crate) fn bind_group_layout(
     device: &wgpu::Device,
     label: &str,
-    bindings: &[BindingKind],
-    uniform_size: u64,
+    kernel: &Kernel,
 ) -> wgpu::BindGroupLayout {
-    let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+        .bindings
         .iter()
-        .enumerate()
-        .map(|(i, kind)| wgpu::BindGroupLayoutEntry {
-            binding: i as u32,
+        .map(|&(binding, kind)| wgpu::BindGroupLayoutEntry {
+            binding,
             visibility: wgpu::ShaderStages::COMPUTE,
-            ty: match kind {
-                BindingKind::UniformDynamic => wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Uniform,
-                    has_dynamic_offset: true,
-                    min_binding_size: wgpu::BufferSize::new(uniform_size),
+            ty: wgpu::BindingType::Buffer {
+                ty: match kind {
+                    U => wgpu::BufferBindingType::Uniform,
+                    R => wgpu::BufferBindingType::Storage { read_only: true },
+                    RW => wgpu::BufferBindingType::Storage { read_only: false },
                 },
-                BindingKind::ReadOnly | BindingKind::ReadWrite => wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage {
-                        read_only: *kind == BindingKind::ReadOnly,
-                    },
-                    has_dynamic_offset: false,
-                    min_binding_size: wgpu::BufferSize::new(16),
-                },
+                has_dynamic_offset: kind == U,
+                min_binding_size: wgpu::BufferSize::new(if kind == U {
+                    std::mem::size_of::<Params>() as u64
+                } else {
+                    16
+                }),
             },
             count: None,
         })
@@ -101,35 +239,99 @@ pub(crate) fn bind_group_layout(
     })
 }
 
-/// Builds the dense pipeline for `variant`; compilation or validation failures become [`Error::Kernel`].
-pub(crate) fn dense_pipeline(
+/// The `override` constants that select `config`'s variant.
+pub fn constants(config: &RmsPropConfig, workgroup_size: u32) -> Vec<(&'static str, f64)> {
+    let b = |x: bool| if x { 1.0 } else { 0.0 };
+    let (norm_mode, clip_norm) = match (config.clipnorm(), config.global_clipnorm()) {
+        (Some(c), _) => (1.0, c),
+        (None, Some(c)) => (2.0, c),
+        _ => (0.0, 1.0),
+    };
+    vec![
+        ("WORKGROUP_SIZE", f64::from(workgroup_size)),
+        ("CENTERED", b(config.centered())),
+        ("HAS_MOMENTUM", b(config.has_momentum())),
+        (
+            "EPS_OUTSIDE",
+            b(config.epsilon_placement() == EpsilonPlacement::OutsideSqrt),
+        ),
+        (
+            "MOMENTUM_FORM",
+            match config.momentum_form() {
+                MomentumForm::LrInside => 0.0,
+                MomentumForm::LrAfter => 1.0,
+                MomentumForm::NegatedTrace => 2.0,
+            },
+        ),
+        ("NESTEROV", b(config.nesterov())),
+        (
+            "LERP_AVERAGE",
+            b(config.average_form() == AverageForm::Lerp),
+        ),
+        ("BIAS_CORRECTION", b(config.bias_correction())),
+        (
+            "DECOUPLED_DECAY",
+            b(matches!(config.weight_decay(), WeightDecay::Decoupled(_))),
+        ),
+        (
+            "L2_DECAY",
+            b(matches!(config.weight_decay(), WeightDecay::L2(_))),
+        ),
+        ("MAXIMIZE", b(config.maximize())),
+        ("PER_VAR", b(per_var(config))),
+        (
+            "SEQUENTIAL",
+            b(config.duplicate_indices() == crate::config::DuplicateIndices::Sequential),
+        ),
+        (
+            "HAS_SQUARES",
+            b(config.duplicate_indices() == crate::config::DuplicateIndices::Keras3),
+        ),
+        ("NORM_MODE", norm_mode),
+        ("CLIP_NORM", clip_norm),
+    ]
+}
+
+/// Whether the update kernels read per-variable clipping state.
+pub(crate) fn per_var(config: &RmsPropConfig) -> bool {
+    config.clips() || config.duplicate_indices() == crate::config::DuplicateIndices::Keras3
+}
+
+/// Names of the `override` constants a module declares, so that each pipeline gets only its own.
+fn declared(source: &str, name: &str) -> bool {
+    source.contains(&format!("override {name}:"))
+}
+
+/// Builds the pipeline of `kernel`; compilation or validation failures become [`Error::Kernel`].
+pub(crate) fn pipeline(
     device: &wgpu::Device,
     prefix: &str,
+    kernel: &Kernel,
     layout: &wgpu::BindGroupLayout,
-    variant: DenseVariant,
+    constants: &[(&'static str, f64)],
 ) -> Result<wgpu::ComputePipeline> {
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(&format!("{prefix}/rmsprop_dense.wgsl")),
-        source: wgpu::ShaderSource::Wgsl(RMSPROP_DENSE_WGSL.into()),
+        label: Some(&format!("{prefix}/{}", kernel.name)),
+        source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
     });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: Some(&format!("{prefix}/rmsprop_dense layout")),
+        label: Some(&format!("{prefix}/{} layout", kernel.name)),
         bind_group_layouts: &[Some(layout)],
         immediate_size: 0,
     });
-    let constants = [
-        ("WORKGROUP_SIZE", f64::from(variant.workgroup_size)),
-        ("CENTERED", if variant.centered { 1.0 } else { 0.0 }),
-        ("HAS_MOMENTUM", if variant.momentum { 1.0 } else { 0.0 }),
-    ];
+    let own: Vec<(&str, f64)> = constants
+        .iter()
+        .copied()
+        .filter(|(n, _)| declared(kernel.source, n))
+        .collect();
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(&format!("{prefix}/rmsprop_dense")),
+        label: Some(&format!("{prefix}/{}", kernel.name)),
         layout: Some(&pipeline_layout),
         module: &module,
-        entry_point: Some("main"),
+        entry_point: Some(kernel.entry),
         compilation_options: wgpu::PipelineCompilationOptions {
-            constants: &constants,
+            constants: &own,
             zero_initialize_workgroup_memory: false,
         },
         cache: None,
@@ -137,8 +339,66 @@ pub(crate) fn dense_pipeline(
     match pollster::block_on(scope.pop()) {
         None => Ok(pipeline),
         Some(e) => Err(Error::Kernel {
-            kernel: "rmsprop_dense",
+            kernel: kernel.name,
             message: e.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every module parses and validates with naga, and every binding the Rust table lists is declared in
+    /// the WGSL with the same access (no GPU needed).
+    #[test]
+    fn shaders_validate_and_match_the_binding_tables() {
+        for k in ALL {
+            let module = naga::front::wgsl::parse_str(k.source)
+                .unwrap_or_else(|e| panic!("{}: {e}", k.name));
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::all(),
+            )
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}: {e:?}", k.name));
+            assert!(
+                module.entry_points.iter().any(|e| e.name == k.entry),
+                "{}",
+                k.name
+            );
+            for &(b, kind) in k.bindings {
+                let var = module
+                    .global_variables
+                    .iter()
+                    .map(|(_, v)| v)
+                    .find(|v| {
+                        v.binding
+                            .as_ref()
+                            .is_some_and(|r| r.group == 0 && r.binding == b)
+                    })
+                    .unwrap_or_else(|| panic!("{}: binding {b} not declared", k.name));
+                let ok = match (kind, var.space) {
+                    (U, naga::AddressSpace::Uniform) => true,
+                    (R, naga::AddressSpace::Storage { access }) => {
+                        !access.contains(naga::StorageAccess::STORE)
+                    }
+                    (RW, naga::AddressSpace::Storage { access }) => {
+                        access.contains(naga::StorageAccess::STORE)
+                    }
+                    _ => false,
+                };
+                assert!(
+                    ok,
+                    "{}: binding {b} declared as {:?}, table says {kind:?}",
+                    k.name, var.space
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn params_match_the_wgsl_struct_size() {
+        assert_eq!(std::mem::size_of::<Params>(), 80);
     }
 }

@@ -44,9 +44,14 @@ pub mod kernels;
 pub mod optimizer;
 pub mod pool;
 pub mod reference;
+pub mod schedule;
 
-pub use config::{LearningRate, RmsPropConfig, RmsPropConfigBuilder, StepScalars};
+pub use config::{
+    AverageForm, ClipRules, DuplicateIndices, EpsilonPlacement, MomentumForm, Preset,
+    RmsPropConfig, RmsPropConfigBuilder, SparseMode, StepScalars, WeightDecay,
+};
 pub use context::{ContextOptions, GpuContext};
 pub use error::{Error, Result};
-pub use optimizer::{GpuGradient, OptimizerOptions, RmsProp, VarId};
+pub use optimizer::{GpuGradient, Gradient, Indices, OptimizerOptions, RmsProp, VarId};
 pub use pool::{PoolStats, Slot};
+pub use schedule::{LearningRate, Schedule};

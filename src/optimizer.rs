@@ -1,14 +1,20 @@
-//! [`RmsProp`]: variables in, dense gradients in, one fused GPU step out.
+//! [`RmsProp`]: variables in, dense and sparse gradients in, one encoded GPU step out.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::config::RmsPropConfig;
+use crate::config::{DuplicateIndices, RmsPropConfig, SparseMode};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::kernels::{self, DenseParams, DenseVariant, DENSE_BINDINGS};
+use crate::kernels::{self, binding, Kernel, Params, VAR_INFO_BYTES};
 use crate::pool::{self, Chunk, Kind, PoolStats, Segment, Slot, VEC4_BYTES};
 
 static NEXT_OPTIMIZER_ID: AtomicU32 = AtomicU32::new(1);
+
+/// Elements one norm job (one workgroup) sums at most.
+const NORM_TILE: u64 = 1 << 16;
+/// `PRECLIPPED` and `USE_SQUARES` in `common.wgsl`.
+const FLAG_PRECLIPPED: u32 = 1;
+const FLAG_USE_SQUARES: u32 = 2;
 
 /// Handle of a variable inside one [`RmsProp`]. A handle from another optimizer is refused with
 /// [`Error::UnknownVariable`].
@@ -37,10 +43,62 @@ pub struct GpuGradient<'a> {
     pub offset: u64,
 }
 
+/// Row indices of a sparse gradient, in any of the usual integer types.
+#[derive(Debug, Clone, Copy)]
+pub enum Indices<'a> {
+    /// `i32` (TensorFlow's default).
+    I32(&'a [i32]),
+    /// `i64` (PyTorch's default).
+    I64(&'a [i64]),
+    /// `u32`.
+    U32(&'a [u32]),
+}
+
+impl Indices<'_> {
+    /// Number of indices.
+    pub fn len(&self) -> usize {
+        match self {
+            Indices::I32(s) => s.len(),
+            Indices::I64(s) => s.len(),
+            Indices::U32(s) => s.len(),
+        }
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The `k`-th index, widened.
+    pub fn get(&self, k: usize) -> i64 {
+        match self {
+            Indices::I32(s) => i64::from(s[k]),
+            Indices::I64(s) => s[k],
+            Indices::U32(s) => i64::from(s[k]),
+        }
+    }
+}
+
+/// The gradient of one variable in one step.
+#[derive(Debug, Clone, Copy)]
+pub enum Gradient<'a> {
+    /// `len(variable)` values on the host.
+    Dense(&'a [f32]),
+    /// `len(variable)` values on the GPU.
+    Gpu(GpuGradient<'a>),
+    /// IndexedSlices: rows along axis 0 (unsorted, repeated or empty) and `len(indices) * row_len`
+    /// values, row-major. How absent rows and duplicates are treated is the configuration's
+    /// [`SparseMode`] and [`DuplicateIndices`].
+    Sparse {
+        /// Row indices.
+        indices: Indices<'a>,
+        /// One row of values per index.
+        values: &'a [f32],
+    },
+}
+
 /// Tuning knobs; the defaults suit every adapter. The limits here can only lower the device's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptimizerOptions {
-    /// Invocations per workgroup of the dense kernel (each handles one vec4). Default 256.
+    /// Invocations per workgroup (dense: each handles one vec4). Default 256.
     pub workgroup_size: u32,
     /// Cap on the bytes of one pooled buffer, below the device's `max_storage_buffer_binding_size` and
     /// `max_buffer_size` (useful to test splitting, or to keep allocations small). Rounded down to 16.
@@ -65,20 +123,123 @@ struct Variable {
     name: String,
     shape: Vec<usize>,
     len: usize,
+    /// Elements per row along axis 0 (the whole variable for a scalar).
+    row_len: usize,
     segments: Vec<Segment>,
 }
 
-/// One dispatch of a step: a range of one chunk, and its workgroup grid.
+impl Variable {
+    fn rows(&self) -> usize {
+        self.shape.first().copied().unwrap_or(1)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Dense,
+    Lazy,
+    Scatter,
+    PartialDense,
+    PartialSparse,
+    Finalize,
+}
+
+/// One dispatch of a step.
 #[derive(Debug, Clone, Copy)]
 struct Dispatch {
+    which: Which,
     chunk: usize,
-    begin: u64,
-    end: u64,
-    groups_x: u32,
+    params: Params,
     groups_y: u32,
 }
 
-/// The RMSprop optimizer (TensorFlow/Keras semantics) with its variables and state on the GPU.
+/// How a variable takes part in the current step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Absent,
+    Dense,
+    Sparse,
+}
+
+/// A sparse gradient of the current step, as placed in the step's sparse buffers.
+#[derive(Debug, Clone, Copy)]
+struct SparseStep {
+    var: usize,
+    index_base: u32,
+    values_base: u32,
+    unique_rows: u32,
+    listed: u32,
+}
+
+#[derive(Debug)]
+struct Pipelines {
+    layouts: Vec<wgpu::BindGroupLayout>,
+    pipelines: Vec<wgpu::ComputePipeline>,
+}
+
+const KERNELS: [(Which, Kernel); 6] = [
+    (Which::Dense, kernels::DENSE),
+    (Which::Lazy, kernels::LAZY),
+    (Which::Scatter, kernels::SCATTER),
+    (Which::PartialDense, kernels::PARTIAL_DENSE),
+    (Which::PartialSparse, kernels::PARTIAL_SPARSE),
+    (Which::Finalize, kernels::FINALIZE),
+];
+
+/// A growable storage buffer of the step machinery (allocated when it must grow, reused otherwise).
+#[derive(Debug)]
+struct StepBuffer {
+    buffer: wgpu::Buffer,
+    usage: wgpu::BufferUsages,
+    label: String,
+}
+
+impl StepBuffer {
+    fn new(device: &wgpu::Device, label: String, usage: wgpu::BufferUsages, size: u64) -> Self {
+        StepBuffer {
+            buffer: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&label),
+                size: size.max(16).next_multiple_of(16),
+                usage,
+                mapped_at_creation: false,
+            }),
+            usage,
+            label,
+        }
+    }
+
+    /// Makes room for `size` bytes; returns whether a new buffer was allocated. Fails (and keeps the old
+    /// buffer) when the device cannot allocate.
+    fn reserve(&mut self, device: &wgpu::Device, size: u64) -> Result<bool> {
+        if size <= self.buffer.size() {
+            return Ok(false);
+        }
+        let size = size.max(self.buffer.size() * 2).next_multiple_of(16);
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(&self.label),
+            size,
+            usage: self.usage,
+            mapped_at_creation: false,
+        });
+        let errors = [
+            pollster::block_on(validation.pop()),
+            pollster::block_on(oom.pop()),
+        ];
+        if let Some(e) = errors.into_iter().flatten().next() {
+            return Err(Error::Allocation {
+                what: self.label.clone(),
+                bytes: size,
+                message: e.to_string(),
+            });
+        }
+        self.buffer = buffer;
+        Ok(true)
+    }
+}
+
+/// The RMSprop optimizer with its variables and state on the GPU.
 ///
 /// ```no_run
 /// use wgpu_rmsprop::{GpuContext, RmsProp, RmsPropConfig};
@@ -98,27 +259,40 @@ pub struct RmsProp {
     config: RmsPropConfig,
     id: u32,
     kinds: Vec<Kind>,
+    per_var: bool,
     workgroup_size: u32,
     max_groups: u32,
     /// Capacity of one chunk, in vec4.
     chunk_limit: u64,
-    layout: wgpu::BindGroupLayout,
-    pipeline: wgpu::ComputePipeline,
-    /// Stand-in bound where a slot is not kept (never read or written by the kernel variant).
-    placeholder: wgpu::Buffer,
-    uniform: wgpu::Buffer,
+    pipelines: Pipelines,
+    /// Stand-ins bound where a pooled kind is not kept, one per kind so that no two bindings of a
+    /// dispatch alias (never read or written by the kernel variant).
+    placeholders: Vec<wgpu::Buffer>,
+    uniform: StepBuffer,
     uniform_stride: u64,
-    uniform_slots: u64,
-    /// Dispatches a step may need at most (sizes `uniform`).
-    max_dispatches: u64,
+    var_info: StepBuffer,
+    var_step: StepBuffer,
+    jobs: StepBuffer,
+    partials: StepBuffer,
+    sparse_values: StepBuffer,
+    sparse_index: StepBuffer,
+    global_bind_groups: Vec<wgpu::BindGroup>,
     staging: Option<wgpu::Buffer>,
     variables: Vec<Variable>,
     chunks: Vec<Chunk>,
     iterations: u64,
-    // Reused per step, so that steps do not allocate.
-    scratch_included: Vec<bool>,
+    last_lr: Option<f32>,
+    // Reused per step, so that steady-state steps do not allocate.
+    scratch_parts: Vec<Part>,
+    scratch_sparse: Vec<SparseStep>,
+    scratch_keys: Vec<u64>,
+    scratch_index: Vec<u32>,
+    scratch_values: Vec<f32>,
+    scratch_jobs: Vec<[u32; 4]>,
+    scratch_var_step: Vec<[u32; 4]>,
     scratch_dispatches: Vec<Dispatch>,
     scratch_uniform: Vec<u8>,
+    last_dispatches: usize,
 }
 
 impl RmsProp {
@@ -164,8 +338,8 @@ impl RmsProp {
         if let Some(b) = options.max_chunk_bytes {
             chunk_bytes = chunk_bytes.min(b);
         }
-        // Vec4 indices are u32 in the kernel: keep a chunk below 2^31 vec4 (32 GiB).
-        let chunk_limit = (chunk_bytes / VEC4_BYTES).min(1 << 31);
+        // Element indices are u32 in the kernels: keep a chunk below 2^32 elements (16 GiB).
+        let chunk_limit = (chunk_bytes / VEC4_BYTES).min(1 << 30);
         if chunk_limit == 0 {
             return Err(Error::InvalidConfig {
                 field: "max_chunk_bytes",
@@ -182,55 +356,81 @@ impl RmsProp {
         if config.centered() {
             kinds.push(Kind::AverageGradient);
         }
-        let params_size = std::mem::size_of::<DenseParams>() as u64;
-        let layout = kernels::bind_group_layout(
-            device,
-            &format!("{prefix}/rmsprop_dense bind group layout"),
-            &DENSE_BINDINGS,
-            params_size,
-        );
-        let pipeline = kernels::dense_pipeline(
-            device,
-            &prefix,
-            &layout,
-            DenseVariant {
-                centered: config.centered(),
-                momentum: config.has_momentum(),
-                workgroup_size: wg,
-            },
-        )?;
-        let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(&format!("{prefix}/absent slot")),
-            size: VEC4_BYTES,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
+        if config.duplicate_indices() == DuplicateIndices::Keras3 {
+            kinds.push(Kind::Squares);
+        }
+        let constants = kernels::constants(&config, wg);
+        let mut layouts = Vec::new();
+        let mut pipelines = Vec::new();
+        for (_, k) in KERNELS {
+            let layout = kernels::bind_group_layout(
+                device,
+                &format!("{prefix}/{} bind group layout", k.name),
+                &k,
+            );
+            pipelines.push(kernels::pipeline(device, &prefix, &k, &layout, &constants)?);
+            layouts.push(layout);
+        }
+        let placeholders = Kind::ALL
+            .iter()
+            .map(|k| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("{prefix}/absent {k:?}")),
+                    size: VEC4_BYTES,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
+        let params_size = std::mem::size_of::<Params>() as u64;
         let uniform_stride =
             params_size.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
-        let uniform = create_uniform(device, &prefix, uniform_stride, 1);
-        Ok(RmsProp {
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let mk = |name: &str, usage, size| {
+            StepBuffer::new(device, format!("{prefix}/{name}"), usage, size)
+        };
+        let mut opt = RmsProp {
             ctx: ctx.clone(),
-            config,
+            per_var: kernels::per_var(&config),
             id: NEXT_OPTIMIZER_ID.fetch_add(1, Ordering::Relaxed),
             kinds,
             workgroup_size: wg,
             max_groups,
             chunk_limit,
-            layout,
-            pipeline,
-            placeholder,
-            uniform,
+            pipelines: Pipelines { layouts, pipelines },
+            placeholders,
+            uniform: mk(
+                "step uniforms",
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                uniform_stride * 4,
+            ),
             uniform_stride,
-            uniform_slots: 1,
-            max_dispatches: 0,
+            var_info: mk("var_info", wgpu::BufferUsages::STORAGE, VAR_INFO_BYTES),
+            var_step: mk("var_step", storage, 16),
+            jobs: mk("norm jobs", storage, 16),
+            partials: mk("norm partials", wgpu::BufferUsages::STORAGE, 16),
+            sparse_values: mk("sparse values", storage, 4096),
+            sparse_index: mk("sparse indices", storage, 4096),
+            global_bind_groups: Vec::new(),
             staging: None,
             variables: Vec::new(),
             chunks: Vec::new(),
             iterations: 0,
-            scratch_included: Vec::new(),
+            last_lr: None,
+            scratch_parts: Vec::new(),
+            scratch_sparse: Vec::new(),
+            scratch_keys: Vec::new(),
+            scratch_index: Vec::new(),
+            scratch_values: Vec::new(),
+            scratch_jobs: Vec::new(),
+            scratch_var_step: Vec::new(),
             scratch_dispatches: Vec::new(),
             scratch_uniform: Vec::new(),
-        })
+            last_dispatches: 0,
+            config,
+        };
+        opt.rebuild_bind_groups();
+        Ok(opt)
     }
 
     /// The configuration.
@@ -248,9 +448,14 @@ impl RmsProp {
         self.iterations
     }
 
-    /// The learning rate the next step will use.
-    pub fn learning_rate(&self) -> f32 {
+    /// The learning rate the next step will use (the schedule at `iterations()`).
+    pub fn learning_rate(&self) -> Result<f32> {
         self.config.learning_rate().at_step(self.iterations + 1)
+    }
+
+    /// The learning rate the last applied step used (`None` before the first step).
+    pub fn last_learning_rate(&self) -> Option<f32> {
+        self.last_lr
     }
 
     /// Number of variables.
@@ -258,8 +463,8 @@ impl RmsProp {
         self.variables.len()
     }
 
-    /// The slots this configuration keeps: velocity, then momentum (if `momentum > 0`), then
-    /// average_gradient (if centered).
+    /// The slots this configuration keeps: velocity, then momentum (if kept), then average_gradient (if
+    /// centered).
     pub fn slots(&self) -> Vec<Slot> {
         let mut s = vec![Slot::Velocity];
         if self.config.has_momentum() {
@@ -273,6 +478,15 @@ impl RmsProp {
 
     /// Bytes held on the GPU.
     pub fn pool_stats(&self) -> PoolStats {
+        let step_buffers = [
+            &self.uniform,
+            &self.var_info,
+            &self.var_step,
+            &self.jobs,
+            &self.partials,
+            &self.sparse_values,
+            &self.sparse_index,
+        ];
         PoolStats {
             chunks: self.chunks.len(),
             pool_bytes: self
@@ -280,8 +494,8 @@ impl RmsProp {
                 .iter()
                 .map(|c| c.capacity * VEC4_BYTES * self.kinds.len() as u64)
                 .sum(),
-            other_bytes: self.uniform.size()
-                + self.placeholder.size()
+            other_bytes: step_buffers.iter().map(|b| b.buffer.size()).sum::<u64>()
+                + self.placeholders.iter().map(|p| p.size()).sum::<u64>()
                 + self.staging.as_ref().map_or(0, |s| s.size()),
         }
     }
@@ -316,8 +530,8 @@ impl RmsProp {
     }
 
     /// Adds a variable with its initial values (row-major, `prod(shape)` of them; `[]` is a scalar) and
-    /// zero-initialised slots. Its state is placed in the pools, which grow (on the GPU, copying what they
-    /// hold) when full; nothing is allocated by later steps.
+    /// freshly initialised slots. Its state is placed in the pools, which grow (on the GPU, copying what
+    /// they hold) when full; steady-state steps allocate nothing.
     pub fn add_variable(&mut self, name: &str, shape: &[usize], init: &[f32]) -> Result<VarId> {
         self.ctx.check_alive()?;
         if self.variables.iter().any(|v| v.name == name) {
@@ -326,11 +540,11 @@ impl RmsProp {
         let len = shape
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .filter(|&n| (n as u64) <= u64::from(u32::MAX) * 4)
+            .filter(|&n| (n as u64) <= u64::from(u32::MAX))
             .ok_or_else(|| Error::InvalidShape {
                 name: name.into(),
                 shape: shape.to_vec(),
-                reason: "has more elements than the crate can index (2^34)",
+                reason: "has more elements than the kernels can index (2^32 - 1)",
             })?;
         if init.len() != len {
             return Err(Error::InitLength {
@@ -340,7 +554,7 @@ impl RmsProp {
                 got: init.len(),
             });
         }
-        if self.variables.len() >= u32::MAX as usize {
+        if self.variables.len() >= (u32::MAX / 2) as usize {
             return Err(Error::InvalidShape {
                 name: name.into(),
                 shape: shape.to_vec(),
@@ -363,24 +577,14 @@ impl RmsProp {
                 new_buffers.push((index, capacity, buffers));
             }
         }
-        let extra_dispatches: u64 = segments
-            .iter()
-            .map(|s| self.dispatches_for(s.vec4s()))
-            .sum();
-        let needed_slots = self.max_dispatches + extra_dispatches;
-        let new_uniform = (needed_slots > self.uniform_slots).then(|| {
-            let slots = needed_slots.max(self.uniform_slots * 2);
-            (
-                create_uniform(&device, &prefix, self.uniform_stride, slots),
-                slots,
-            )
-        });
+        let nvars = self.variables.len() as u64 + 1;
+        self.var_info.reserve(&device, nvars * VAR_INFO_BYTES)?;
+        self.var_step.reserve(&device, nvars * 16)?;
 
-        // Commit: copy grown chunks' contents on the GPU, swap buffers, rebuild bind groups.
+        // Commit: copy grown chunks' contents on the GPU, swap buffers.
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some(&format!("{prefix}/grow pools")),
         });
-        let mut rebind = Vec::new();
         for (index, capacity, buffers) in new_buffers {
             if let Some(old) = self.chunks.get_mut(index) {
                 for &kind in &self.kinds {
@@ -397,45 +601,54 @@ impl RmsProp {
                     capacity,
                     used: 0,
                     buffers,
-                    bind_group: None,
+                    bind_groups: Vec::new(),
                     segments: Vec::new(),
                 });
             }
-            rebind.push(index);
         }
         self.ctx.queue().submit([encoder.finish()]);
-        if let Some((buffer, slots)) = new_uniform {
-            self.uniform = buffer;
-            self.uniform_slots = slots;
-            rebind = (0..self.chunks.len()).collect();
-        }
-        for index in rebind {
-            let bg = self.bind_group(index);
-            self.chunks[index].bind_group = Some(bg);
-        }
         let var_index = self.variables.len();
         for (chunk, u) in self.chunks.iter_mut().zip(&used) {
             chunk.used = *u;
         }
+        let accumulator = self.config.initial_accumulator_value() as f32;
         for s in &segments {
             self.chunks[s.chunk]
                 .segments
                 .push((s.offset, s.offset + s.vec4s(), var_index));
-            let dst = self.chunks[s.chunk]
-                .buffer(Kind::Variable)
-                .ok_or_else(missing_buffer)?;
             let values = &init[s.first_elem..s.first_elem + s.elems];
-            self.ctx
-                .queue()
-                .write_buffer(dst, s.byte_offset(), bytemuck::cast_slice(values));
+            let queue = self.ctx.queue();
+            queue.write_buffer(
+                self.chunks[s.chunk]
+                    .buffer(Kind::Variable)
+                    .ok_or_else(missing_buffer)?,
+                s.byte_offset(),
+                bytemuck::cast_slice(values),
+            );
+            if accumulator != 0.0 {
+                let v = vec![accumulator; s.elems];
+                queue.write_buffer(
+                    self.chunks[s.chunk]
+                        .buffer(Kind::Velocity)
+                        .ok_or_else(missing_buffer)?,
+                    s.byte_offset(),
+                    bytemuck::cast_slice(&v),
+                );
+            }
         }
-        self.max_dispatches = needed_slots;
+        let row_len = if shape.is_empty() || shape[0] == 0 {
+            len.max(1)
+        } else {
+            len / shape[0]
+        };
         self.variables.push(Variable {
             name: name.into(),
             shape: shape.to_vec(),
             len,
+            row_len,
             segments,
         });
+        self.rebuild_bind_groups();
         log::debug!("{prefix}: added variable {name:?} {shape:?} ({len} elements)");
         Ok(VarId {
             optimizer: self.id,
@@ -443,74 +656,74 @@ impl RmsProp {
         })
     }
 
-    /// Dispatches needed for a range of `vec4s` (more than one only past `max_groups^2` workgroups).
-    fn dispatches_for(&self, vec4s: u64) -> u64 {
-        vec4s.div_ceil(self.per_dispatch_limit()).max(1)
-    }
-
-    fn per_dispatch_limit(&self) -> u64 {
-        u64::from(self.max_groups) * u64::from(self.max_groups) * u64::from(self.workgroup_size)
-    }
-
-    fn bind_group(&self, index: usize) -> wgpu::BindGroup {
-        let chunk = &self.chunks[index];
-        let storage = |kind: Kind| {
-            chunk
-                .buffer(kind)
-                .unwrap_or(&self.placeholder)
-                .as_entire_binding()
-        };
+    /// Recreates every bind group (after a buffer was replaced; never in a steady-state step).
+    fn rebuild_bind_groups(&mut self) {
+        let device = self.ctx.device();
+        let prefix = self.config.name();
         let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: &self.uniform,
+            buffer: &self.uniform.buffer,
             offset: 0,
-            size: wgpu::BufferSize::new(std::mem::size_of::<DenseParams>() as u64),
+            size: wgpu::BufferSize::new(std::mem::size_of::<Params>() as u64),
         });
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform,
-        }];
-        for kind in Kind::ALL {
-            entries.push(wgpu::BindGroupEntry {
-                binding: kind as u32 + 1,
-                resource: storage(kind),
-            });
-        }
-        self.ctx
-            .device()
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(&format!("{}/rmsprop_dense[{index}]", self.config.name())),
-                layout: &self.layout,
+        let global = |b: u32| -> Option<&wgpu::Buffer> {
+            Some(match b {
+                binding::VAR_INFO | binding::VAR_INFO_OUT => &self.var_info.buffer,
+                binding::VALUES => &self.sparse_values.buffer,
+                binding::INDEX => &self.sparse_index.buffer,
+                binding::JOBS => &self.jobs.buffer,
+                binding::PARTIALS => &self.partials.buffer,
+                binding::VAR_STEP => &self.var_step.buffer,
+                _ => return None,
+            })
+        };
+        let make = |k: usize, chunk: Option<&Chunk>, label: String| {
+            let entries: Vec<wgpu::BindGroupEntry> = KERNELS[k]
+                .1
+                .bindings
+                .iter()
+                .map(|&(b, _)| wgpu::BindGroupEntry {
+                    binding: b,
+                    resource: if b == binding::PARAMS {
+                        uniform.clone()
+                    } else {
+                        let pooled =
+                            Kind::ALL
+                                .iter()
+                                .find(|kind| kind.binding() == b)
+                                .map(|&kind| {
+                                    chunk
+                                        .and_then(|c| c.buffer(kind))
+                                        .unwrap_or(&self.placeholders[kind as usize])
+                                });
+                        pooled
+                            .or_else(|| global(b))
+                            .unwrap_or(&self.placeholders[0])
+                            .as_entire_binding()
+                    },
+                })
+                .collect();
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&label),
+                layout: &self.pipelines.layouts[k],
                 entries: &entries,
             })
-    }
-
-    /// Checks a step's variable list: known handles, no variable twice, `len` matching. Marks the
-    /// variables in `scratch_included`.
-    fn validate_step<T>(
-        &mut self,
-        grads: &[(VarId, T)],
-        len_of: impl Fn(&T) -> Option<usize>,
-    ) -> Result<()> {
-        self.ctx.check_alive()?;
-        self.scratch_included.clear();
-        self.scratch_included.resize(self.variables.len(), false);
-        for (id, g) in grads {
-            let v = self.var(*id)?;
-            if let Some(got) = len_of(g).filter(|&got| got != v.len) {
-                return Err(Error::GradientLength {
-                    name: v.name.clone(),
-                    expected: v.len,
-                    got,
-                });
-            }
-            if self.scratch_included[id.index as usize] {
-                return Err(Error::DuplicateGradient {
-                    name: v.name.clone(),
-                });
-            }
-            self.scratch_included[id.index as usize] = true;
+        };
+        let per_chunk: Vec<Vec<wgpu::BindGroup>> = self
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(ci, c)| {
+                (0..4)
+                    .map(|k| make(k, Some(c), format!("{prefix}/{}[{ci}]", KERNELS[k].1.name)))
+                    .collect()
+            })
+            .collect();
+        self.global_bind_groups = (4..6)
+            .map(|k| make(k, None, format!("{prefix}/{}", KERNELS[k].1.name)))
+            .collect();
+        for (c, bgs) in self.chunks.iter_mut().zip(per_chunk) {
+            c.bind_groups = bgs;
         }
-        Ok(())
     }
 
     /// Applies one step of dense gradients given as host slices, one per variable listed (variables not
@@ -518,73 +731,28 @@ impl RmsProp {
     ///
     /// Everything is checked before anything is written: on error no variable, slot or counter changes.
     pub fn apply_gradients(&mut self, grads: &[(VarId, &[f32])]) -> Result<u64> {
-        self.validate_step(grads, |g| Some(g.len()))?;
-        for (id, g) in grads {
-            let v = &self.variables[id.index as usize];
-            for s in &v.segments {
-                let dst = self.chunks[s.chunk]
-                    .buffer(Kind::Gradient)
-                    .ok_or_else(missing_buffer)?;
-                let values = &g[s.first_elem..s.first_elem + s.elems];
-                self.ctx
-                    .queue()
-                    .write_buffer(dst, s.byte_offset(), bytemuck::cast_slice(values));
-            }
-        }
-        let mut encoder = self.encoder("step");
-        self.encode_update(&mut encoder)?;
-        self.ctx.queue().submit([encoder.finish()]);
-        Ok(self.iterations)
+        let g: Vec<(VarId, Gradient)> = grads
+            .iter()
+            .map(|&(id, g)| (id, Gradient::Dense(g)))
+            .collect();
+        self.apply(&g)
     }
 
     /// Applies one step of dense gradients that are already on the GPU (see [`GpuGradient`]). The values
     /// are copied GPU-to-GPU into the gradient pool in the same submission as the update.
     pub fn apply_gpu_gradients(&mut self, grads: &[(VarId, GpuGradient<'_>)]) -> Result<u64> {
-        self.validate_step(grads, |_| None)?;
-        for (id, g) in grads {
-            let v = &self.variables[id.index as usize];
-            let reason = if !g.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
-                Some(format!("usage {:?} lacks COPY_SRC", g.buffer.usage()))
-            } else if g.offset % 4 != 0 {
-                Some(format!("offset {} is not a multiple of 4", g.offset))
-            } else if g
-                .offset
-                .checked_add(v.len as u64 * 4)
-                .is_none_or(|end| end > g.buffer.size())
-            {
-                Some(format!(
-                    "offset {} + {} values x 4 bytes exceeds the buffer's {} bytes",
-                    g.offset,
-                    v.len,
-                    g.buffer.size()
-                ))
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                return Err(Error::GradientBuffer {
-                    name: v.name.clone(),
-                    reason,
-                });
-            }
-        }
-        let mut encoder = self.encoder("step (gpu gradients)");
-        for (id, g) in grads {
-            let v = &self.variables[id.index as usize];
-            for s in &v.segments {
-                let dst = self.chunks[s.chunk]
-                    .buffer(Kind::Gradient)
-                    .ok_or_else(missing_buffer)?;
-                encoder.copy_buffer_to_buffer(
-                    g.buffer,
-                    g.offset + s.first_elem as u64 * 4,
-                    dst,
-                    s.byte_offset(),
-                    s.elems as u64 * 4,
-                );
-            }
-        }
-        self.encode_update(&mut encoder)?;
+        let g: Vec<(VarId, Gradient)> = grads
+            .iter()
+            .map(|&(id, g)| (id, Gradient::Gpu(g)))
+            .collect();
+        self.apply(&g)
+    }
+
+    /// Applies one step of any mix of dense, GPU and sparse gradients (one per variable listed) and
+    /// submits it. Returns the new step count. On error nothing is written.
+    pub fn apply(&mut self, grads: &[(VarId, Gradient<'_>)]) -> Result<u64> {
+        let mut encoder = self.encoder("step");
+        self.record(&mut encoder, grads)?;
         self.ctx.queue().submit([encoder.finish()]);
         Ok(self.iterations)
     }
@@ -597,35 +765,197 @@ impl RmsProp {
             })
     }
 
-    /// Plans the dispatches over the variables marked in `scratch_included`, writes their uniforms and
-    /// records one compute pass. Advances the step counter.
-    fn encode_update(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+    /// Checks a step: known handles, no variable twice, lengths, sparse indices, GPU buffers. Fills
+    /// `scratch_parts`.
+    fn validate(&mut self, grads: &[(VarId, Gradient<'_>)]) -> Result<()> {
+        self.ctx.check_alive()?;
+        self.scratch_parts.clear();
+        self.scratch_parts
+            .resize(self.variables.len(), Part::Absent);
+        for (id, g) in grads {
+            let v = self.var(*id)?;
+            let name = || v.name.clone();
+            match g {
+                Gradient::Dense(values) => {
+                    if values.len() != v.len {
+                        return Err(Error::GradientLength {
+                            name: name(),
+                            expected: v.len,
+                            got: values.len(),
+                        });
+                    }
+                }
+                Gradient::Gpu(gg) => {
+                    let reason = if !gg.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+                        Some(format!("usage {:?} lacks COPY_SRC", gg.buffer.usage()))
+                    } else if gg.offset % 4 != 0 {
+                        Some(format!("offset {} is not a multiple of 4", gg.offset))
+                    } else if gg
+                        .offset
+                        .checked_add(v.len as u64 * 4)
+                        .is_none_or(|end| end > gg.buffer.size())
+                    {
+                        Some(format!(
+                            "offset {} + {} values x 4 bytes exceeds the buffer's {} bytes",
+                            gg.offset,
+                            v.len,
+                            gg.buffer.size()
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = reason {
+                        return Err(Error::GradientBuffer {
+                            name: name(),
+                            reason,
+                        });
+                    }
+                }
+                Gradient::Sparse { indices, values } => {
+                    if v.shape.is_empty() {
+                        return Err(Error::SparseScalar { name: name() });
+                    }
+                    let expected = indices.len().checked_mul(v.row_len);
+                    if expected != Some(values.len()) {
+                        return Err(Error::SparseValuesLength {
+                            name: name(),
+                            indices: indices.len(),
+                            row_len: v.row_len,
+                            got: values.len(),
+                        });
+                    }
+                    if values.len() as u64 >= u64::from(u32::MAX)
+                        || indices.len() as u64 >= u64::from(u32::MAX / 4)
+                    {
+                        return Err(Error::SparseValuesLength {
+                            name: name(),
+                            indices: indices.len(),
+                            row_len: v.row_len,
+                            got: values.len(),
+                        });
+                    }
+                    let rows = v.rows() as i64;
+                    for k in 0..indices.len() {
+                        let i = indices.get(k);
+                        if i < 0 || i >= rows {
+                            return Err(Error::IndexOutOfRange {
+                                name: name(),
+                                index: i,
+                                position: k,
+                                rows: v.rows(),
+                            });
+                        }
+                    }
+                }
+            }
+            if self.scratch_parts[id.index as usize] != Part::Absent {
+                return Err(Error::DuplicateGradient {
+                    name: v.name.clone(),
+                });
+            }
+            self.scratch_parts[id.index as usize] = match g {
+                Gradient::Sparse { .. } => Part::Sparse,
+                _ => Part::Dense,
+            };
+        }
+        Ok(())
+    }
+
+    /// Records one step into `encoder` without submitting it (the caller submits, e.g. together with its
+    /// forward and backward passes). Host gradients and the step's parameters are written with
+    /// `queue.write_buffer`, which lands at the next submit: record at most one step per submit.
+    /// Returns the new step count. On error nothing is written or recorded.
+    pub fn record(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        grads: &[(VarId, Gradient<'_>)],
+    ) -> Result<u64> {
         let step = self.iterations + 1;
-        let s = self.config.scalars(step);
-        self.plan_dispatches();
-        if self.scratch_dispatches.len() as u64 > self.uniform_slots {
-            return Err(Error::Gpu(format!(
-                "internal: {} dispatches planned for {} uniform slots",
-                self.scratch_dispatches.len(),
-                self.uniform_slots
-            )));
+        let scalars = self.config.scalars(step)?;
+        self.validate(grads)?;
+        self.prepare_sparse(grads);
+        self.plan(step, &scalars);
+        self.reserve_step_buffers()?;
+
+        // Writes (they land before this submission's commands run).
+        let queue = self.ctx.queue().clone();
+        for (id, g) in grads {
+            let v = &self.variables[id.index as usize];
+            match g {
+                Gradient::Dense(values) => {
+                    for s in &v.segments {
+                        let dst = self.chunks[s.chunk]
+                            .buffer(Kind::Gradient)
+                            .ok_or_else(missing_buffer)?;
+                        let part = &values[s.first_elem..s.first_elem + s.elems];
+                        queue.write_buffer(dst, s.byte_offset(), bytemuck::cast_slice(part));
+                    }
+                }
+                Gradient::Gpu(gg) => {
+                    for s in &v.segments {
+                        let dst = self.chunks[s.chunk]
+                            .buffer(Kind::Gradient)
+                            .ok_or_else(missing_buffer)?;
+                        let src = gg.offset + s.first_elem as u64 * 4;
+                        encoder.copy_buffer_to_buffer(
+                            gg.buffer,
+                            src,
+                            dst,
+                            s.byte_offset(),
+                            s.elems as u64 * 4,
+                        );
+                    }
+                }
+                Gradient::Sparse { .. } => {
+                    if self.config.sparse_mode() == SparseMode::Dense {
+                        // The merged rows are scattered into a cleared gradient region.
+                        for s in &v.segments {
+                            for kind in [Kind::Gradient, Kind::Squares] {
+                                if let Some(b) = self.chunks[s.chunk].buffer(kind) {
+                                    encoder.clear_buffer(
+                                        b,
+                                        s.byte_offset(),
+                                        Some(s.vec4s() * VEC4_BYTES),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !self.scratch_values.is_empty() {
+            queue.write_buffer(
+                &self.sparse_values.buffer,
+                0,
+                bytemuck::cast_slice(&self.scratch_values),
+            );
+        }
+        if !self.scratch_index.is_empty() {
+            queue.write_buffer(
+                &self.sparse_index.buffer,
+                0,
+                bytemuck::cast_slice(&self.scratch_index),
+            );
+        }
+        if !self.scratch_jobs.is_empty() {
+            queue.write_buffer(
+                &self.jobs.buffer,
+                0,
+                bytemuck::cast_slice(&self.scratch_jobs),
+            );
+        }
+        if self.per_var && !self.scratch_var_step.is_empty() {
+            queue.write_buffer(
+                &self.var_step.buffer,
+                0,
+                bytemuck::cast_slice(&self.scratch_var_step),
+            );
         }
         self.scratch_uniform.clear();
         for d in &self.scratch_dispatches {
-            let p = DenseParams {
-                lr: s.lr,
-                rho: s.rho,
-                one_minus_rho: s.one_minus_rho,
-                momentum: s.momentum,
-                epsilon: s.epsilon,
-                step: step as u32,
-                begin: d.begin as u32,
-                end: d.end as u32,
-                groups_x: d.groups_x,
-                pad: [0; 3],
-            };
             self.scratch_uniform
-                .extend_from_slice(bytemuck::bytes_of(&p));
+                .extend_from_slice(bytemuck::bytes_of(&d.params));
             self.scratch_uniform.resize(
                 self.scratch_uniform
                     .len()
@@ -634,76 +964,297 @@ impl RmsProp {
             );
         }
         if !self.scratch_uniform.is_empty() {
-            self.ctx
-                .queue()
-                .write_buffer(&self.uniform, 0, &self.scratch_uniform);
+            queue.write_buffer(&self.uniform.buffer, 0, &self.scratch_uniform);
         }
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("rmsprop_dense"),
+                label: Some(&format!("{}/rmsprop step", self.config.name())),
                 timestamp_writes: None,
             });
-            pass.set_pipeline(&self.pipeline);
             for (slot, d) in self.scratch_dispatches.iter().enumerate() {
-                let bg = self.chunks[d.chunk]
-                    .bind_group
-                    .as_ref()
-                    .ok_or_else(missing_buffer)?;
+                let k = KERNELS.iter().position(|(w, _)| *w == d.which).unwrap_or(0);
+                let bg = match d.which {
+                    Which::PartialSparse => &self.global_bind_groups[0],
+                    Which::Finalize => &self.global_bind_groups[1],
+                    _ => &self.chunks[d.chunk].bind_groups[k],
+                };
+                pass.set_pipeline(&self.pipelines.pipelines[k]);
                 pass.set_bind_group(0, bg, &[(slot as u64 * self.uniform_stride) as u32]);
-                pass.dispatch_workgroups(d.groups_x, d.groups_y, 1);
+                pass.dispatch_workgroups(d.params.groups_x, d.groups_y, 1);
             }
         }
+        self.last_dispatches = self.scratch_dispatches.len();
         self.iterations = step;
-        Ok(())
+        self.last_lr = Some(scalars.lr);
+        Ok(step)
     }
 
-    /// Fills `scratch_dispatches`: per chunk, maximal runs of adjacent included segments, each split so
-    /// that its folded grid stays within `max_groups` per dimension.
-    fn plan_dispatches(&mut self) {
-        self.scratch_dispatches.clear();
+    /// Groups each sparse gradient's indices by row on the host (indices only; values are copied as
+    /// they are) into `scratch_index` / `scratch_values`.
+    fn prepare_sparse(&mut self, grads: &[(VarId, Gradient<'_>)]) {
+        self.scratch_sparse.clear();
+        self.scratch_index.clear();
+        self.scratch_values.clear();
+        for (id, g) in grads {
+            let Gradient::Sparse { indices, values } = g else {
+                continue;
+            };
+            self.scratch_keys.clear();
+            self.scratch_keys
+                .extend((0..indices.len()).map(|k| ((indices.get(k) as u64) << 32) | k as u64));
+            self.scratch_keys.sort_unstable();
+            let index_base = self.scratch_index.len() as u32;
+            // Distinct rows, then offsets, then positions.
+            let mut unique = 0u32;
+            let mut prev = u64::MAX;
+            for &key in &self.scratch_keys {
+                if key >> 32 != prev {
+                    prev = key >> 32;
+                    self.scratch_index.push(prev as u32);
+                    unique += 1;
+                }
+            }
+            let mut prev = u64::MAX;
+            for (k, &key) in self.scratch_keys.iter().enumerate() {
+                if key >> 32 != prev {
+                    prev = key >> 32;
+                    self.scratch_index.push(k as u32);
+                }
+            }
+            self.scratch_index.push(self.scratch_keys.len() as u32);
+            self.scratch_index.extend(
+                self.scratch_keys
+                    .iter()
+                    .map(|&key| (key & 0xffff_ffff) as u32),
+            );
+            let values_base = self.scratch_values.len() as u32;
+            self.scratch_values.extend_from_slice(values);
+            self.scratch_sparse.push(SparseStep {
+                var: id.index as usize,
+                index_base,
+                values_base,
+                unique_rows: unique,
+                listed: indices.len() as u32,
+            });
+        }
+    }
+
+    /// Plans the step's dispatches (and norm jobs) into the scratch lists.
+    fn plan(&mut self, step: u64, s: &crate::config::StepScalars) {
+        let base = Params {
+            lr: s.lr,
+            rho: s.rho,
+            one_minus_rho: s.one_minus_rho,
+            momentum: s.momentum,
+            epsilon: s.epsilon,
+            weight_decay: s.weight_decay,
+            clipvalue: s.clipvalue,
+            bias_correction: s.bias_correction,
+            step: step as u32,
+            ..Params::default()
+        };
         let wg = u64::from(self.workgroup_size);
         let max_groups = u64::from(self.max_groups);
-        let per_dispatch = self.per_dispatch_limit();
+        let mut out = std::mem::take(&mut self.scratch_dispatches);
+        out.clear();
+        // Splits [begin, end) into dispatches of at most max_groups^2 groups of `per_group` items.
+        let push = |out: &mut Vec<Dispatch>,
+                    which,
+                    chunk,
+                    params: Params,
+                    begin: u64,
+                    end: u64,
+                    per_group: u64| {
+            let per_dispatch = max_groups * max_groups * per_group;
+            let mut b = begin;
+            while b < end {
+                let e = end.min(b + per_dispatch);
+                let groups = (e - b).div_ceil(per_group);
+                let gx = groups.min(max_groups);
+                out.push(Dispatch {
+                    which,
+                    chunk,
+                    params: Params {
+                        begin: b as u32,
+                        end: e as u32,
+                        groups_x: gx as u32,
+                        ..params
+                    },
+                    groups_y: groups.div_ceil(gx) as u32,
+                });
+                b = e;
+            }
+        };
+        let lazy = self.config.sparse_mode() == SparseMode::Lazy;
+        // Variables the dense kernel updates: dense gradients, and sparse ones in dense mode.
+        let dense_updated = |part: Part| part == Part::Dense || (part == Part::Sparse && !lazy);
+
+        // 1. Norms: jobs in (chunk, offset) order for dense gradients, then the sparse values.
+        self.scratch_jobs.clear();
+        self.scratch_var_step.clear();
+        self.scratch_var_step.resize(self.variables.len(), [0; 4]);
+        let norms = self.config.clipnorm().is_some() || self.config.global_clipnorm().is_some();
+        if norms {
+            for (ci, chunk) in self.chunks.iter().enumerate() {
+                let first = self.scratch_jobs.len() as u64;
+                for &(begin, _, var) in &chunk.segments {
+                    if self.scratch_parts[var] != Part::Dense {
+                        continue;
+                    }
+                    let seg = self.variables[var]
+                        .segments
+                        .iter()
+                        .find(|s| s.chunk == ci && s.offset == begin)
+                        .copied()
+                        .unwrap_or(Segment {
+                            chunk: ci,
+                            offset: begin,
+                            first_elem: 0,
+                            elems: 0,
+                        });
+                    let vs = &mut self.scratch_var_step[var];
+                    if vs[1] == 0 {
+                        vs[0] = self.scratch_jobs.len() as u32;
+                    }
+                    let mut k = 0;
+                    while k < seg.elems as u64 {
+                        let n = NORM_TILE.min(seg.elems as u64 - k);
+                        self.scratch_jobs.push([
+                            (seg.offset * 4 + k) as u32,
+                            n as u32,
+                            var as u32,
+                            0,
+                        ]);
+                        vs[1] += 1;
+                        k += n;
+                    }
+                }
+                let last = self.scratch_jobs.len() as u64;
+                push(&mut out, Which::PartialDense, ci, base, first, last, 1);
+            }
+            let first = self.scratch_jobs.len() as u64;
+            for sp in &self.scratch_sparse {
+                let n = u64::from(sp.listed) * self.variables[sp.var].row_len as u64;
+                let vs = &mut self.scratch_var_step[sp.var];
+                vs[0] = self.scratch_jobs.len() as u32;
+                let mut k = 0;
+                while k < n {
+                    let len = NORM_TILE.min(n - k);
+                    self.scratch_jobs.push([
+                        (u64::from(sp.values_base) + k) as u32,
+                        len as u32,
+                        sp.var as u32,
+                        0,
+                    ]);
+                    vs[1] += 1;
+                    k += len;
+                }
+            }
+            let last = self.scratch_jobs.len() as u64;
+            push(&mut out, Which::PartialSparse, 0, base, first, last, 1);
+        }
+        // 2. Per-variable clipping state.
+        if self.per_var {
+            let squares = self.config.duplicate_indices() == DuplicateIndices::Keras3
+                && self.config.global_clipnorm().is_none();
+            for sp in &self.scratch_sparse {
+                if !lazy {
+                    self.scratch_var_step[sp.var][2] =
+                        FLAG_PRECLIPPED | if squares { FLAG_USE_SQUARES } else { 0 };
+                }
+            }
+            out.push(Dispatch {
+                which: Which::Finalize,
+                chunk: 0,
+                params: Params {
+                    end: self.variables.len() as u32,
+                    groups_x: 1,
+                    ..base
+                },
+                groups_y: 1,
+            });
+        }
+        // 3. Sparse rows: merged into the gradient pool (dense mode) or updated in place (lazy).
+        for sp in &self.scratch_sparse {
+            let v = &self.variables[sp.var];
+            let items = u64::from(sp.unique_rows) * v.row_len as u64;
+            for seg in &v.segments {
+                let params = Params {
+                    var_index: sp.var as u32,
+                    row_len: v.row_len as u32,
+                    values_base: sp.values_base,
+                    index_base: sp.index_base,
+                    unique_rows: sp.unique_rows,
+                    seg_first: seg.first_elem as u32,
+                    seg_len: seg.elems as u32,
+                    seg_base: (seg.offset * 4) as u32,
+                    ..base
+                };
+                let which = if lazy { Which::Lazy } else { Which::Scatter };
+                push(&mut out, which, seg.chunk, params, 0, items, wg);
+            }
+        }
+        // 4. The dense update: maximal runs of adjacent variables per chunk (one dispatch per pool buffer
+        //    when every variable is in the step), or one range per variable when clipping state is read.
         for (ci, chunk) in self.chunks.iter().enumerate() {
             let mut run: Option<(u64, u64)> = None;
-            let flush = |run: (u64, u64), out: &mut Vec<Dispatch>| {
-                let mut begin = run.0;
-                while begin < run.1 {
-                    let end = run.1.min(begin + per_dispatch);
-                    let groups = (end - begin).div_ceil(wg);
-                    let groups_x = groups.min(max_groups);
-                    out.push(Dispatch {
-                        chunk: ci,
-                        begin,
-                        end,
-                        groups_x: groups_x as u32,
-                        groups_y: groups.div_ceil(groups_x) as u32,
-                    });
-                    begin = end;
-                }
-            };
             for &(begin, end, var) in &chunk.segments {
-                if !self.scratch_included[var] {
+                if !dense_updated(self.scratch_parts[var]) {
+                    continue;
+                }
+                if self.per_var {
+                    let params = Params {
+                        var_index: var as u32,
+                        ..base
+                    };
+                    push(&mut out, Which::Dense, ci, params, begin, end, wg);
                     continue;
                 }
                 run = match run {
                     Some((b, e)) if e == begin => Some((b, end)),
-                    Some(r) => {
-                        flush(r, &mut self.scratch_dispatches);
+                    Some((b, e)) => {
+                        push(&mut out, Which::Dense, ci, base, b, e, wg);
                         Some((begin, end))
                     }
                     None => Some((begin, end)),
                 };
             }
-            if let Some(r) = run {
-                flush(r, &mut self.scratch_dispatches);
+            if let Some((b, e)) = run {
+                push(&mut out, Which::Dense, ci, base, b, e, wg);
             }
         }
+        self.scratch_dispatches = out;
+    }
+
+    /// Grows the step buffers when this step needs more than any before (then rebinds).
+    fn reserve_step_buffers(&mut self) -> Result<()> {
+        let device = self.ctx.device().clone();
+        let mut grown = false;
+        grown |= self.uniform.reserve(
+            &device,
+            self.scratch_dispatches.len() as u64 * self.uniform_stride,
+        )?;
+        grown |= self
+            .jobs
+            .reserve(&device, self.scratch_jobs.len() as u64 * 16)?;
+        grown |= self
+            .partials
+            .reserve(&device, self.scratch_jobs.len() as u64 * 4)?;
+        grown |= self
+            .sparse_values
+            .reserve(&device, self.scratch_values.len() as u64 * 4)?;
+        grown |= self
+            .sparse_index
+            .reserve(&device, self.scratch_index.len() as u64 * 4)?;
+        if grown {
+            self.rebuild_bind_groups();
+        }
+        Ok(())
     }
 
     /// Number of dispatches the last step recorded.
     pub fn last_step_dispatches(&self) -> usize {
-        self.scratch_dispatches.len()
+        self.last_dispatches
     }
 
     /// Reads a variable back to the host (waits for the GPU).
@@ -719,7 +1270,7 @@ impl RmsProp {
             return Err(Error::SlotNotPresent {
                 slot: slot.name(),
                 why: match slot {
-                    Slot::Momentum => "it needs momentum > 0",
+                    Slot::Momentum => "it needs momentum > 0, or a preset that always keeps it",
                     Slot::AverageGradient => "it needs centered = true",
                     Slot::Velocity => "internal",
                 },
@@ -788,15 +1339,6 @@ impl RmsProp {
         self.ctx.check_alive()?;
         Ok(out)
     }
-}
-
-fn create_uniform(device: &wgpu::Device, prefix: &str, stride: u64, slots: u64) -> wgpu::Buffer {
-    device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(&format!("{prefix}/step uniforms")),
-        size: stride * slots.max(1),
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
 }
 
 fn missing_buffer() -> Error {

@@ -34,7 +34,7 @@ impl Slot {
     }
 }
 
-/// The kinds of pooled buffer, in the order of the dense kernel's storage bindings (1..=5).
+/// The kinds of pooled buffer, in the order of the kernels' pool bindings (1..=6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     Variable = 0,
@@ -42,16 +42,23 @@ pub(crate) enum Kind {
     Velocity = 2,
     Momentum = 3,
     AverageGradient = 4,
+    /// Sums of squares of merged sparse rows (Keras 3 duplicates only).
+    Squares = 5,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 5] = [
+    pub(crate) const ALL: [Kind; 6] = [
         Kind::Variable,
         Kind::Gradient,
         Kind::Velocity,
         Kind::Momentum,
         Kind::AverageGradient,
+        Kind::Squares,
     ];
+    /// The kernels' binding number of this kind.
+    pub(crate) fn binding(self) -> u32 {
+        self as u32 + 1
+    }
     fn name(self) -> &'static str {
         match self {
             Kind::Variable => "variables",
@@ -59,6 +66,7 @@ impl Kind {
             Kind::Velocity => "velocity",
             Kind::Momentum => "momentum",
             Kind::AverageGradient => "average_gradient",
+            Kind::Squares => "squares",
         }
     }
 }
@@ -140,9 +148,9 @@ pub(crate) struct Chunk {
     /// Vec4 in use.
     pub used: u64,
     /// One buffer per [`Kind`] (by its index); `None` for slots this configuration does not keep.
-    pub buffers: [Option<wgpu::Buffer>; 5],
-    /// Bind group of the dense kernel over this chunk's buffers.
-    pub bind_group: Option<wgpu::BindGroup>,
+    pub buffers: [Option<wgpu::Buffer>; 6],
+    /// Bind groups over this chunk's buffers: dense, lazy, scatter, partial_dense.
+    pub bind_groups: Vec<wgpu::BindGroup>,
     /// `(begin, end, variable)` in vec4, in placement order.
     pub segments: Vec<(u64, u64, usize)>,
 }
@@ -161,11 +169,11 @@ pub(crate) fn allocate_chunk_buffers(
     index: usize,
     capacity: u64,
     kinds: &[Kind],
-) -> Result<[Option<wgpu::Buffer>; 5]> {
+) -> Result<[Option<wgpu::Buffer>; 6]> {
     let bytes = capacity * VEC4_BYTES;
     let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let mut buffers: [Option<wgpu::Buffer>; 5] = Default::default();
+    let mut buffers: [Option<wgpu::Buffer>; 6] = Default::default();
     for &kind in kinds {
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
@@ -235,17 +243,17 @@ mod tests {
     #[test]
     fn a_variable_that_does_not_fit_starts_a_new_chunk() {
         let mut used = vec![90];
-        let s = place(&mut used, 100, 40);
+        let s = place(&mut used, 100, 41);
         assert_eq!(
             s,
             vec![Segment {
                 chunk: 1,
                 offset: 0,
                 first_elem: 0,
-                elems: 40
+                elems: 41
             }]
         );
-        assert_eq!(used, vec![90, 10]);
+        assert_eq!(used, vec![90, 11]);
     }
 
     #[test]

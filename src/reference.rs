@@ -1,62 +1,350 @@
-//! The CPU reference: the same update as `shaders/rmsprop_dense.wgsl`, in the same order, on `f32`, written
-//! to read like the shader so the two can be compared line by line.
+//! The CPU reference: the same update as the shaders, in the same order, on `f32`, written to read like
+//! them so the two can be compared line by line ([`rmsprop`] is `rmsprop_update.wgsl::rmsprop`;
+//! [`Reference::step`] follows the kernels' sequence: norms, finalize, scatter / lazy, dense).
 //!
 //! It is the oracle of the tests and is public so that users can check their own runs.
 
-use crate::config::{RmsPropConfig, StepScalars};
+use crate::config::{
+    AverageForm, DuplicateIndices, EpsilonPlacement, MomentumForm, RmsPropConfig, SparseMode,
+    StepScalars, WeightDecay,
+};
+use crate::error::Result;
+
+/// One element's state (`State` in the shader).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct State {
+    /// Variable.
+    pub x: f32,
+    /// Velocity.
+    pub v: f32,
+    /// Momentum (0 when not kept).
+    pub m: f32,
+    /// Average gradient (0 when not centered).
+    pub a: f32,
+}
+
+fn torch_lerp(a: f32, g: f32, w: f32) -> f32 {
+    if w < 0.5 {
+        a + w * (g - a)
+    } else {
+        g - (g - a) * (1.0 - w)
+    }
+}
+
+/// The update of one element (`rmsprop` in `shaders/rmsprop_update.wgsl`).
+pub fn rmsprop(
+    c: &RmsPropConfig,
+    p: &StepScalars,
+    s_in: State,
+    g_in: f32,
+    q: f32,
+    use_q: bool,
+) -> State {
+    let mut s = s_in;
+    let mut g = g_in;
+    if c.maximize() {
+        g = -g;
+    }
+    if matches!(c.weight_decay(), WeightDecay::L2(_)) {
+        g += p.weight_decay * s.x;
+    }
+    if matches!(c.weight_decay(), WeightDecay::Decoupled(_)) {
+        s.x = s.x - s.x * p.weight_decay * p.lr;
+    }
+    let g2 = if use_q { q } else { g * g };
+    s.v = p.rho * s.v + p.one_minus_rho * g2;
+    let mut vh = s.v;
+    if c.bias_correction() {
+        vh /= p.bias_correction;
+    }
+    let eps_outside = c.epsilon_placement() == EpsilonPlacement::OutsideSqrt;
+    let d = if c.centered() {
+        s.a = match c.average_form() {
+            AverageForm::Lerp => torch_lerp(s.a, g, p.one_minus_rho),
+            AverageForm::Ema => p.rho * s.a + p.one_minus_rho * g,
+        };
+        let mut ah = s.a;
+        if c.bias_correction() {
+            ah /= p.bias_correction;
+        }
+        let var_est = vh - ah * ah;
+        if eps_outside {
+            var_est.max(0.0).sqrt() + p.epsilon
+        } else {
+            let t = var_est + p.epsilon;
+            (if t < 0.0 { p.epsilon } else { t }).sqrt()
+        }
+    } else if eps_outside {
+        vh.sqrt() + p.epsilon
+    } else {
+        (vh + p.epsilon).sqrt()
+    };
+    let has_m = c.has_momentum();
+    match c.momentum_form() {
+        MomentumForm::LrAfter => {
+            if has_m {
+                s.m = p.momentum * s.m + g / d;
+                s.x -= p.lr * s.m;
+            } else {
+                s.x -= p.lr * (g / d);
+            }
+        }
+        form => {
+            let inc = (p.lr * g) / d;
+            if !has_m {
+                s.x -= inc;
+            } else if form == MomentumForm::NegatedTrace {
+                s.m = -inc + p.momentum * s.m;
+                s.x += if c.nesterov() {
+                    -inc + p.momentum * s.m
+                } else {
+                    s.m
+                };
+            } else {
+                s.m = p.momentum * s.m + inc;
+                s.x -= if c.nesterov() {
+                    inc + p.momentum * s.m
+                } else {
+                    s.m
+                };
+            }
+        }
+    }
+    s
+}
 
 /// One variable and its optimizer state on the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReferenceState {
+    /// Shape.
+    pub shape: Vec<usize>,
     /// The variable.
     pub x: Vec<f32>,
-    /// `velocity`: moving average of squared gradients.
+    /// `velocity`.
     pub v: Vec<f32>,
-    /// `momentum` (present when `momentum > 0`).
+    /// `momentum` (when kept).
     pub m: Option<Vec<f32>>,
-    /// `average_gradient` (present when centered).
+    /// `average_gradient` (when centered).
     pub a: Option<Vec<f32>>,
 }
 
 impl ReferenceState {
     /// A variable with freshly initialised slots, as the optimizer creates them for `config`.
-    pub fn new(config: &RmsPropConfig, init: &[f32]) -> Self {
+    pub fn new(config: &RmsPropConfig, shape: &[usize], init: &[f32]) -> Self {
         let n = init.len();
         ReferenceState {
+            shape: shape.to_vec(),
             x: init.to_vec(),
-            v: vec![0.0; n],
+            v: vec![config.initial_accumulator_value() as f32; n],
             m: config.has_momentum().then(|| vec![0.0; n]),
             a: config.centered().then(|| vec![0.0; n]),
         }
     }
 
-    /// One dense step with gradient `g` and the step's scalars `p`.
+    fn state(&self, i: usize) -> State {
+        State {
+            x: self.x[i],
+            v: self.v[i],
+            m: self.m.as_ref().map_or(0.0, |m| m[i]),
+            a: self.a.as_ref().map_or(0.0, |a| a[i]),
+        }
+    }
+
+    fn set(&mut self, i: usize, s: State) {
+        self.x[i] = s.x;
+        self.v[i] = s.v;
+        if let Some(m) = self.m.as_mut() {
+            m[i] = s.m;
+        }
+        if let Some(a) = self.a.as_mut() {
+            a[i] = s.a;
+        }
+    }
+
+    fn row_len(&self) -> usize {
+        self.shape.iter().skip(1).product()
+    }
+}
+
+/// A gradient for the reference.
+#[derive(Debug, Clone, Copy)]
+pub enum RefGradient<'a> {
+    /// `len(variable)` values.
+    Dense(&'a [f32]),
+    /// Rows along axis 0 (validated by the caller) and one row of values per index.
+    Sparse {
+        /// Row indices.
+        indices: &'a [usize],
+        /// `len(indices) * row_len` values.
+        values: &'a [f32],
+    },
+}
+
+/// Clipping state of one variable in one step (`VarInfo` in `common.wgsl`).
+#[derive(Debug, Clone, Copy)]
+struct VarInfo {
+    mul: f32,
+    div: f32,
+    clipvalue: f32,
+}
+
+impl VarInfo {
+    fn clip(&self, g: f32) -> f32 {
+        (g.clamp(-self.clipvalue, self.clipvalue) * self.mul) / self.div
+    }
+}
+
+/// Distinct rows of `indices` in first-appearance-independent sorted order, each with the positions of its
+/// duplicates in list order (what the host prepares for the sparse kernels).
+pub fn group_rows(indices: &[usize]) -> Vec<(usize, Vec<usize>)> {
+    let mut order: Vec<usize> = (0..indices.len()).collect();
+    order.sort_by_key(|&k| indices[k]);
+    let mut out: Vec<(usize, Vec<usize>)> = Vec::new();
+    for k in order {
+        match out.last_mut() {
+            Some((r, ks)) if *r == indices[k] => ks.push(k),
+            _ => out.push((indices[k], vec![k])),
+        }
+    }
+    out
+}
+
+/// A whole optimizer on the host.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    /// The configuration.
+    pub config: RmsPropConfig,
+    /// The variables, in order.
+    pub vars: Vec<ReferenceState>,
+    /// Steps applied.
+    pub iterations: u64,
+}
+
+impl Reference {
+    /// An empty reference optimizer.
+    pub fn new(config: RmsPropConfig) -> Self {
+        Reference {
+            config,
+            vars: Vec::new(),
+            iterations: 0,
+        }
+    }
+
+    /// Adds a variable; returns its index.
+    pub fn add_variable(&mut self, shape: &[usize], init: &[f32]) -> usize {
+        self.vars
+            .push(ReferenceState::new(&self.config, shape, init));
+        self.vars.len() - 1
+    }
+
+    /// One step; `grads[i]` is the gradient of variable `i` (`None`: not in this step).
     ///
     /// # Panics
-    /// If `g` is not as long as the variable (the reference is a test oracle, not a checked API).
-    pub fn dense_step(&mut self, p: &StepScalars, g: &[f32]) {
-        assert_eq!(g.len(), self.x.len(), "gradient length");
-        for i in 0..self.x.len() {
-            let grad = g[i];
-            let vel = p.rho * self.v[i] + p.one_minus_rho * (grad * grad);
-            self.v[i] = vel;
-            let den = match self.a.as_mut() {
-                Some(a) => {
-                    let avg = p.rho * a[i] + p.one_minus_rho * grad;
-                    a[i] = avg;
-                    vel - avg * avg + p.epsilon
+    /// On lengths or indices that do not fit (the reference is an oracle, not a checked API).
+    pub fn step(&mut self, grads: &[Option<RefGradient<'_>>]) -> Result<()> {
+        let c = self.config.clone();
+        let step = self.iterations + 1;
+        let p = c.scalars(step)?;
+        // Norms over the listed values as given (clipvalue first), then each variable's clipping.
+        let sumsq: Vec<f32> = grads
+            .iter()
+            .map(|g| {
+                let values = match g {
+                    None => &[][..],
+                    Some(RefGradient::Dense(v)) => v,
+                    Some(RefGradient::Sparse { values, .. }) => values,
+                };
+                values
+                    .iter()
+                    .map(|&x| {
+                        let y = x.clamp(-p.clipvalue, p.clipvalue);
+                        y * y
+                    })
+                    .sum()
+            })
+            .collect();
+        let total: f32 = sumsq.iter().sum();
+        let info: Vec<VarInfo> = sumsq
+            .iter()
+            .map(|&s| {
+                let mut info = VarInfo {
+                    mul: 1.0,
+                    div: 1.0,
+                    clipvalue: p.clipvalue,
+                };
+                if let Some(cn) = c.clipnorm() {
+                    let cn = cn as f32;
+                    info.mul = cn;
+                    info.div = s.sqrt().max(cn);
+                } else if let Some(cn) = c.global_clipnorm() {
+                    let cn = cn as f32;
+                    let n = total.sqrt();
+                    info.mul = if n > 0.0 {
+                        cn * (1.0 / n).min(1.0 / cn)
+                    } else {
+                        cn * (1.0 / cn)
+                    };
                 }
-                None => vel + p.epsilon,
-            };
-            let inc = (p.lr * grad) / den.sqrt();
-            match self.m.as_mut() {
-                Some(m) => {
-                    let mom = p.momentum * m[i] + inc;
-                    m[i] = mom;
-                    self.x[i] -= mom;
+                info
+            })
+            .collect();
+        for ((var, g), info) in self.vars.iter_mut().zip(grads).zip(&info) {
+            match g {
+                None => {}
+                Some(RefGradient::Dense(g)) => {
+                    for (i, &gi) in g.iter().enumerate() {
+                        let s = rmsprop(&c, &p, var.state(i), info.clip(gi), 0.0, false);
+                        var.set(i, s);
+                    }
                 }
-                None => self.x[i] -= inc,
+                Some(RefGradient::Sparse { indices, values }) => {
+                    let row_len = var.row_len();
+                    let rows = group_rows(indices);
+                    match c.sparse_mode() {
+                        SparseMode::Lazy => {
+                            for (row, ks) in &rows {
+                                for col in 0..row_len {
+                                    let i = row * row_len + col;
+                                    let mut s = var.state(i);
+                                    let listed = |k: usize| info.clip(values[k * row_len + col]);
+                                    if c.duplicate_indices() == DuplicateIndices::Sequential {
+                                        for &k in ks {
+                                            s = rmsprop(&c, &p, s, listed(k), 0.0, false);
+                                        }
+                                    } else {
+                                        let sum: f32 =
+                                            ks.iter().fold(0.0, |acc, &k| acc + listed(k));
+                                        s = rmsprop(&c, &p, s, sum, 0.0, false);
+                                    }
+                                    var.set(i, s);
+                                }
+                            }
+                        }
+                        SparseMode::Dense => {
+                            let n = var.x.len();
+                            let (mut gsum, mut q) = (vec![0.0f32; n], vec![0.0f32; n]);
+                            for (row, ks) in &rows {
+                                for col in 0..row_len {
+                                    let i = row * row_len + col;
+                                    for &k in ks {
+                                        let gk = info.clip(values[k * row_len + col]);
+                                        gsum[i] += gk;
+                                        q[i] += gk * gk;
+                                    }
+                                }
+                            }
+                            let use_q = c.duplicate_indices() == DuplicateIndices::Keras3
+                                && c.global_clipnorm().is_none();
+                            for i in 0..n {
+                                let s = rmsprop(&c, &p, var.state(i), gsum[i], q[i], use_q);
+                                var.set(i, s);
+                            }
+                        }
+                    }
+                }
             }
         }
+        self.iterations = step;
+        Ok(())
     }
 }

@@ -4,10 +4,14 @@
 mod common;
 
 use common::{assert_matches, ctx, Rng};
-use wgpu_rmsprop::reference::ReferenceState;
+use wgpu_rmsprop::reference::{RefGradient, Reference};
 use wgpu_rmsprop::{GpuGradient, OptimizerOptions, RmsProp, RmsPropConfig, VarId};
 
 const STEPS: usize = 4;
+
+fn dense(grads: &[Vec<f32>]) -> Vec<Option<RefGradient<'_>>> {
+    grads.iter().map(|g| Some(RefGradient::Dense(g))).collect()
+}
 
 fn variants() -> Vec<(&'static str, RmsPropConfig)> {
     let base = || {
@@ -27,33 +31,46 @@ fn variants() -> Vec<(&'static str, RmsPropConfig)> {
     ]
 }
 
-/// Adds variables of the given sizes, runs STEPS steps of random gradients (about 1 in 7 elements
-/// zero, so decay without gradient is exercised) and compares every variable and slot after each of
-/// the first and the last step.
-fn run(config: &RmsPropConfig, options: OptimizerOptions, sizes: &[usize], seed: u64) -> RmsProp {
-    let mut rng = Rng::new(seed);
+/// An optimizer and its reference with variables of the given sizes.
+fn setup(
+    config: &RmsPropConfig,
+    options: OptimizerOptions,
+    sizes: &[usize],
+    rng: &mut Rng,
+) -> (RmsProp, Vec<VarId>, Reference) {
     let mut opt = RmsProp::with_options(ctx(), config.clone(), options).unwrap();
-    let mut vars: Vec<(VarId, ReferenceState)> = Vec::new();
+    let mut r = Reference::new(config.clone());
+    let mut ids = Vec::new();
     for (k, &n) in sizes.iter().enumerate() {
         let init = rng.vec(n, 2.0, 0);
-        let id = opt.add_variable(&format!("v{k}"), &[n], &init).unwrap();
-        vars.push((id, ReferenceState::new(config, &init)));
+        ids.push(opt.add_variable(&format!("v{k}"), &[n], &init).unwrap());
+        r.add_variable(&[n], &init);
     }
+    (opt, ids, r)
+}
+
+/// Runs STEPS steps of random gradients (about 1 in 7 elements zero, so decay without gradient is
+/// exercised) and compares every variable and slot after the first and the last step.
+fn run(config: &RmsPropConfig, options: OptimizerOptions, sizes: &[usize], seed: u64) -> RmsProp {
+    let mut rng = Rng::new(seed);
+    let (mut opt, ids, mut r) = setup(config, options, sizes, &mut rng);
     for t in 1..=STEPS {
         let grads: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n, 3.0, 7)).collect();
-        let pairs: Vec<(VarId, &[f32])> = vars
+        let pairs: Vec<(VarId, &[f32])> = ids
             .iter()
-            .map(|v| v.0)
+            .copied()
             .zip(grads.iter().map(|g| g.as_slice()))
             .collect();
         assert_eq!(opt.apply_gradients(&pairs).unwrap(), t as u64);
-        let s = config.scalars(t as u64);
-        for ((_, r), g) in vars.iter_mut().zip(&grads) {
-            r.dense_step(&s, g);
-        }
+        r.step(&dense(&grads)).unwrap();
         if t == 1 || t == STEPS {
-            for (k, (id, r)) in vars.iter().enumerate() {
-                assert_matches(&mut opt, *id, r, &format!("size {} step {t}", sizes[k]));
+            for (k, &id) in ids.iter().enumerate() {
+                assert_matches(
+                    &mut opt,
+                    id,
+                    &r.vars[k],
+                    &format!("size {} step {t}", sizes[k]),
+                );
             }
         }
     }
@@ -153,28 +170,19 @@ fn dispatch_folding_past_65535_workgroups() {
 fn steps_with_a_subset_of_variables_leave_the_others_untouched() {
     let cfg = variants()[3].1.clone();
     let mut rng = Rng::new(5);
-    let mut opt = RmsProp::new(ctx(), cfg.clone()).unwrap();
     let sizes = [5usize, 7, 9];
-    let mut vars = Vec::new();
-    for (k, &n) in sizes.iter().enumerate() {
-        let init = rng.vec(n, 1.0, 0);
-        vars.push((
-            opt.add_variable(&format!("v{k}"), &[n], &init).unwrap(),
-            ReferenceState::new(&cfg, &init),
-        ));
-    }
+    let (mut opt, ids, mut r) = setup(&cfg, OptimizerOptions::default(), &sizes, &mut rng);
     for t in 1..=3u64 {
         // Step 1: all; steps 2, 3: only v0 and v2 (v1 in between must not move or decay).
         let g: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n, 1.0, 0)).collect();
         let listed: Vec<usize> = if t == 1 { vec![0, 1, 2] } else { vec![0, 2] };
-        let pairs: Vec<(VarId, &[f32])> = listed
-            .iter()
-            .map(|&k| (vars[k].0, g[k].as_slice()))
-            .collect();
+        let pairs: Vec<(VarId, &[f32])> =
+            listed.iter().map(|&k| (ids[k], g[k].as_slice())).collect();
         opt.apply_gradients(&pairs).unwrap();
-        for &k in &listed {
-            vars[k].1.dense_step(&cfg.scalars(t), &g[k]);
-        }
+        let rg: Vec<Option<RefGradient>> = (0..3)
+            .map(|k| listed.contains(&k).then(|| RefGradient::Dense(&g[k])))
+            .collect();
+        r.step(&rg).unwrap();
         if t > 1 {
             assert_eq!(
                 opt.last_step_dispatches(),
@@ -183,8 +191,8 @@ fn steps_with_a_subset_of_variables_leave_the_others_untouched() {
             );
         }
     }
-    for (k, (id, r)) in vars.iter().enumerate() {
-        assert_matches(&mut opt, *id, r, &format!("v{k}"));
+    for (k, &id) in ids.iter().enumerate() {
+        assert_matches(&mut opt, id, &r.vars[k], &format!("v{k}"));
     }
 }
 
@@ -194,15 +202,7 @@ fn gradients_from_a_gpu_buffer_match_host_gradients() {
     for (name, cfg) in variants() {
         let mut rng = Rng::new(11);
         let sizes = [3usize, 257, 1];
-        let mut opt = RmsProp::new(ctx, cfg.clone()).unwrap();
-        let mut vars = Vec::new();
-        for (k, &n) in sizes.iter().enumerate() {
-            let init = rng.vec(n, 1.0, 0);
-            vars.push((
-                opt.add_variable(&format!("v{k}"), &[n], &init).unwrap(),
-                ReferenceState::new(&cfg, &init),
-            ));
-        }
+        let (mut opt, ids, mut r) = setup(&cfg, OptimizerOptions::default(), &sizes, &mut rng);
         // All gradients packed in one caller buffer, starting 12 bytes in (not 16-aligned).
         let total: usize = sizes.iter().sum::<usize>() + 3;
         let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
@@ -223,12 +223,12 @@ fn gradients_from_a_gpu_buffer_match_host_gradients() {
             }
             ctx.queue()
                 .write_buffer(&buffer, 0, bytemuck::cast_slice(&packed));
-            let pairs: Vec<_> = vars
+            let pairs: Vec<_> = ids
                 .iter()
                 .zip(&offsets)
-                .map(|(v, &offset)| {
+                .map(|(&id, &offset)| {
                     (
-                        v.0,
+                        id,
                         GpuGradient {
                             buffer: &buffer,
                             offset,
@@ -237,12 +237,10 @@ fn gradients_from_a_gpu_buffer_match_host_gradients() {
                 })
                 .collect();
             assert_eq!(opt.apply_gpu_gradients(&pairs).unwrap(), t);
-            for ((_, r), gk) in vars.iter_mut().zip(&g) {
-                r.dense_step(&cfg.scalars(t), gk);
-            }
+            r.step(&dense(&g)).unwrap();
         }
-        for (k, (id, r)) in vars.iter().enumerate() {
-            assert_matches(&mut opt, *id, r, &format!("{name} v{k}"));
+        for (k, &id) in ids.iter().enumerate() {
+            assert_matches(&mut opt, id, &r.vars[k], &format!("{name} v{k}"));
         }
     }
 }
@@ -252,22 +250,23 @@ fn variables_added_after_steps_grow_the_pool_and_keep_state() {
     let cfg = variants()[1].1.clone();
     let mut rng = Rng::new(21);
     let mut opt = RmsProp::new(ctx(), cfg.clone()).unwrap();
+    let mut r = Reference::new(cfg.clone());
     let init0 = rng.vec(1000, 1.0, 0);
     let a = opt.add_variable("a", &[10, 100], &init0).unwrap();
-    let mut ra = ReferenceState::new(&cfg, &init0);
+    r.add_variable(&[10, 100], &init0);
     let g = rng.vec(1000, 1.0, 0);
     opt.apply_gradients(&[(a, &g)]).unwrap();
-    ra.dense_step(&cfg.scalars(1), &g);
+    r.step(&[Some(RefGradient::Dense(&g))]).unwrap();
     // 200,000 elements do not fit the first 64 KiB chunk: it grows (a GPU copy of its contents).
     let init1 = rng.vec(200_000, 1.0, 0);
     let b = opt.add_variable("b", &[200_000], &init1).unwrap();
-    let mut rb = ReferenceState::new(&cfg, &init1);
+    r.add_variable(&[200_000], &init1);
     let (ga, gb) = (rng.vec(1000, 1.0, 0), rng.vec(200_000, 1.0, 0));
     opt.apply_gradients(&[(a, &ga), (b, &gb)]).unwrap();
-    ra.dense_step(&cfg.scalars(2), &ga);
-    rb.dense_step(&cfg.scalars(2), &gb);
-    assert_matches(&mut opt, a, &ra, "a");
-    assert_matches(&mut opt, b, &rb, "b");
+    r.step(&[Some(RefGradient::Dense(&ga)), Some(RefGradient::Dense(&gb))])
+        .unwrap();
+    assert_matches(&mut opt, a, &r.vars[0], "a");
+    assert_matches(&mut opt, b, &r.vars[1], "b");
     assert_eq!(opt.variable("b").unwrap(), b);
     assert_eq!(opt.variable_info(a).unwrap(), ("a", &[10usize, 100][..]));
 }
@@ -278,11 +277,12 @@ fn scalar_and_empty_variables() {
     let mut opt = RmsProp::new(ctx(), cfg.clone()).unwrap();
     let s = opt.add_variable("s", &[], &[1.5]).unwrap();
     let e = opt.add_variable("e", &[0, 4], &[]).unwrap();
-    let mut r = ReferenceState::new(&cfg, &[1.5]);
-    for t in 1..=3 {
+    let mut r = Reference::new(cfg.clone());
+    r.add_variable(&[], &[1.5]);
+    for _ in 1..=3 {
         opt.apply_gradients(&[(s, &[0.25]), (e, &[])]).unwrap();
-        r.dense_step(&cfg.scalars(t), &[0.25]);
+        r.step(&[Some(RefGradient::Dense(&[0.25]))]).unwrap();
     }
-    assert_matches(&mut opt, s, &r, "scalar");
+    assert_matches(&mut opt, s, &r.vars[0], "scalar");
     assert!(opt.read_variable(e).unwrap().is_empty());
 }

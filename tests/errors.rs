@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_matches, ctx, snapshot, Rng};
-use wgpu_rmsprop::reference::ReferenceState;
+use wgpu_rmsprop::reference::{RefGradient, Reference};
 use wgpu_rmsprop::{Error, GpuGradient, RmsProp, RmsPropConfig, Slot, VarId};
 
 #[test]
@@ -56,7 +56,7 @@ fn bad_hyperparameters_are_rejected_with_field_and_value() {
 }
 
 /// An optimizer with two variables after two steps, and its reference.
-fn setup() -> (RmsProp, Vec<VarId>, Vec<ReferenceState>, RmsPropConfig) {
+fn setup() -> (RmsProp, Vec<VarId>, Reference, RmsPropConfig) {
     let cfg = RmsPropConfig::builder()
         .learning_rate(0.05)
         .momentum(0.5)
@@ -66,19 +66,21 @@ fn setup() -> (RmsProp, Vec<VarId>, Vec<ReferenceState>, RmsPropConfig) {
     let mut opt = RmsProp::new(ctx(), cfg.clone()).unwrap();
     let mut rng = Rng::new(3);
     let mut ids = Vec::new();
-    let mut refs = Vec::new();
+    let mut refs = Reference::new(cfg.clone());
     for (k, n) in [6usize, 9].into_iter().enumerate() {
         let init = rng.vec(n, 1.0, 0);
         ids.push(opt.add_variable(&format!("w{k}"), &[n], &init).unwrap());
-        refs.push(ReferenceState::new(&cfg, &init));
+        refs.add_variable(&[n], &init);
     }
-    for t in 1..=2 {
+    for _ in 1..=2 {
         let g: Vec<Vec<f32>> = [6, 9].iter().map(|&n| rng.vec(n, 1.0, 0)).collect();
         opt.apply_gradients(&[(ids[0], &g[0]), (ids[1], &g[1])])
             .unwrap();
-        for (r, gk) in refs.iter_mut().zip(&g) {
-            r.dense_step(&cfg.scalars(t), gk);
-        }
+        refs.step(&[
+            Some(RefGradient::Dense(&g[0])),
+            Some(RefGradient::Dense(&g[1])),
+        ])
+        .unwrap();
     }
     (opt, ids, refs, cfg)
 }
@@ -205,10 +207,13 @@ fn bad_steps_change_nothing() {
     // And the optimizer still works, in step with the reference.
     opt.apply_gradients(&[(ids[0], &good6), (ids[1], &good9)])
         .unwrap();
-    refs[0].dense_step(&cfg.scalars(3), &good6);
-    refs[1].dense_step(&cfg.scalars(3), &good9);
-    for (k, (&id, r)) in ids.iter().zip(&refs).enumerate() {
-        assert_matches(&mut opt, id, r, &format!("w{k}"));
+    refs.step(&[
+        Some(RefGradient::Dense(&good6)),
+        Some(RefGradient::Dense(&good9)),
+    ])
+    .unwrap();
+    for (k, &id) in ids.iter().enumerate() {
+        assert_matches(&mut opt, id, &refs.vars[k], &format!("w{k}"));
     }
 }
 

@@ -1,0 +1,109 @@
+// Gradient norms for clipnorm / global_clipnorm, computed and used on the GPU (no read-back).
+//   partial_*: one workgroup per job (a range of one variable's gradient in the bound buffer) writes the
+//              sum of squares of the (clipvalue-clipped) values to partials[index_base + job].
+//   finalize:  one workgroup: per variable, the sum of its jobs' partials in order; the global norm;
+//              then each variable's VarInfo (mul, div, clipvalue, flags) for the update kernels.
+// Fixed reduction trees: the same inputs give bit-identical norms on every run.
+// (Prepended: common.wgsl.)
+
+override REDUCE_SIZE: u32 = 256u;
+// 0: no norm clip; 1: clipnorm (per variable); 2: global_clipnorm.
+override NORM_MODE: u32 = 0u;
+override CLIP_NORM: f32 = 1.0;
+
+@group(0) @binding(2) var<storage, read> g: array<f32>;
+@group(0) @binding(8) var<storage, read> values: array<f32>;
+// Per job: (first element, element count, variable, 0).
+@group(0) @binding(10) var<storage, read> jobs: array<vec4<u32>>;
+@group(0) @binding(11) var<storage, read_write> partials: array<f32>;
+// Per variable: (first job, job count, flags, 0).
+@group(0) @binding(12) var<storage, read> var_step: array<vec4<u32>>;
+@group(0) @binding(13) var<storage, read_write> var_info_out: array<VarInfo>;
+
+var<workgroup> scratch: array<f32, REDUCE_SIZE>;
+
+fn tree_sum(lid: u32, value: f32) -> f32 {
+    scratch[lid] = value;
+    workgroupBarrier();
+    for (var stride = REDUCE_SIZE / 2u; stride > 0u; stride /= 2u) {
+        if lid < stride {
+            scratch[lid] += scratch[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = scratch[0];
+    workgroupBarrier();
+    return total;
+}
+
+fn clipped_square(x: f32) -> f32 {
+    let c = clamp(x, -p.clipvalue, p.clipvalue);
+    return c * c;
+}
+
+@compute @workgroup_size(REDUCE_SIZE)
+fn partial_dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let j = p.begin + wid.y * p.groups_x + wid.x;
+    if j >= p.end {
+        return;
+    }
+    let job = jobs[j];
+    var acc = 0.0;
+    for (var k = lid; k < job.y; k += REDUCE_SIZE) {
+        acc += clipped_square(g[job.x + k]);
+    }
+    let total = tree_sum(lid, acc);
+    if lid == 0u {
+        partials[j] = total;
+    }
+}
+
+@compute @workgroup_size(REDUCE_SIZE)
+fn partial_sparse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let j = p.begin + wid.y * p.groups_x + wid.x;
+    if j >= p.end {
+        return;
+    }
+    let job = jobs[j];
+    var acc = 0.0;
+    for (var k = lid; k < job.y; k += REDUCE_SIZE) {
+        acc += clipped_square(values[job.x + k]);
+    }
+    let total = tree_sum(lid, acc);
+    if lid == 0u {
+        partials[j] = total;
+    }
+}
+
+// p.end = number of variables.
+@compute @workgroup_size(REDUCE_SIZE)
+fn finalize(@builtin(local_invocation_index) lid: u32) {
+    var local = 0.0;
+    for (var var_i = lid; var_i < p.end; var_i += REDUCE_SIZE) {
+        let s = var_step[var_i];
+        var sum = 0.0;
+        for (var k = 0u; k < s.y; k++) {
+            sum += partials[s.x + k];
+        }
+        local += sum;
+        var info = VarInfo(1.0, 1.0, p.clipvalue, s.z);
+        if NORM_MODE == 1u {
+            // Keras: g * c / max(||g||, c), with ||g|| = 0 when the sum is 0.
+            info.mul = CLIP_NORM;
+            info.div = max(sqrt(sum), CLIP_NORM);
+        }
+        var_info_out[var_i] = info;
+    }
+    let total = tree_sum(lid, local);
+    if NORM_MODE == 2u {
+        // Keras / TF: g * c * min(1/n, 1/c).
+        let n = sqrt(total);
+        var scale = CLIP_NORM * (1.0 / CLIP_NORM);
+        if n > 0.0 {
+            scale = CLIP_NORM * min(1.0 / n, 1.0 / CLIP_NORM);
+        }
+        for (var var_i = lid; var_i < p.end; var_i += REDUCE_SIZE) {
+            var_info_out[var_i].mul = scale;
+        }
+    }
+}

@@ -1,0 +1,114 @@
+// Sparse (IndexedSlices) RMSprop. The host has grouped the step's indices of one variable by row:
+// `index[index_base ..]` holds `unique_rows` distinct rows, then `unique_rows + 1` offsets, then the
+// positions (into the listed rows) of each distinct row's duplicates, in list order. One invocation
+// handles one element of one distinct row, so no two invocations write the same element and no atomics
+// are needed: results are deterministic.
+//   lazy:    only listed rows change; duplicates summed (or applied one after another if SEQUENTIAL).
+//   scatter: writes the merged gradient row (and, Keras 3, the sum of squares) into the gradient pool,
+//            for the dense kernel to update every row.
+// The pool buffers are seen as scalars here (rows need not be vec4-aligned).
+// (Prepended: common.wgsl, rmsprop_update.wgsl.)
+
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> g: array<f32>;
+@group(0) @binding(3) var<storage, read_write> v: array<f32>;
+@group(0) @binding(4) var<storage, read_write> m: array<f32>;
+@group(0) @binding(5) var<storage, read_write> a: array<f32>;
+@group(0) @binding(6) var<storage, read_write> q: array<f32>;
+@group(0) @binding(7) var<storage, read> var_info: array<VarInfo>;
+@group(0) @binding(8) var<storage, read> values: array<f32>;
+@group(0) @binding(9) var<storage, read> index: array<u32>;
+
+struct Item {
+    // Element of the pool buffer, or 0xffffffff when this invocation has nothing to do.
+    elem: u32,
+    col: u32,
+    first: u32,
+    last: u32,
+}
+
+fn item(wid: vec3<u32>, lid: u32) -> Item {
+    var it = Item(0xffffffffu, 0u, 0u, 0u);
+    let t = p.begin + (wid.y * p.groups_x + wid.x) * WORKGROUP_SIZE + lid;
+    if t >= p.end {
+        return it;
+    }
+    let u = t / p.row_len;
+    let col = t % p.row_len;
+    let row = index[p.index_base + u];
+    let e = row * p.row_len + col;
+    // Only the part of the variable that lives in the bound pool buffer.
+    if e < p.seg_first || e - p.seg_first >= p.seg_len {
+        return it;
+    }
+    it.elem = p.seg_base + (e - p.seg_first);
+    it.col = col;
+    it.first = index[p.index_base + p.unique_rows + u];
+    it.last = index[p.index_base + p.unique_rows + u + 1u];
+    return it;
+}
+
+fn listed(it: Item, k: u32) -> f32 {
+    let pos = index[p.index_base + 2u * p.unique_rows + 1u + k];
+    let gk = values[p.values_base + pos * p.row_len + it.col];
+    if PER_VAR {
+        return clip_gradient(gk, var_info[p.var_index]);
+    }
+    return gk;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let it = item(wid, lid);
+    if it.elem == 0xffffffffu {
+        return;
+    }
+    let i = it.elem;
+    var s = State(x[i], v[i], 0.0, 0.0);
+    if HAS_MOMENTUM {
+        s.m = m[i];
+    }
+    if CENTERED {
+        s.a = a[i];
+    }
+    if SEQUENTIAL {
+        for (var k = it.first; k < it.last; k++) {
+            s = rmsprop(s, listed(it, k), 0.0, false);
+        }
+    } else {
+        var sum = 0.0;
+        for (var k = it.first; k < it.last; k++) {
+            sum += listed(it, k);
+        }
+        s = rmsprop(s, sum, 0.0, false);
+    }
+    x[i] = s.x;
+    v[i] = s.v;
+    if HAS_MOMENTUM {
+        m[i] = s.m;
+    }
+    if CENTERED {
+        a[i] = s.a;
+    }
+}
+
+override HAS_SQUARES: bool = false;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn scatter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let it = item(wid, lid);
+    if it.elem == 0xffffffffu {
+        return;
+    }
+    var sum = 0.0;
+    var squares = 0.0;
+    for (var k = it.first; k < it.last; k++) {
+        let gk = listed(it, k);
+        sum += gk;
+        squares += gk * gk;
+    }
+    g[it.elem] = sum;
+    if HAS_SQUARES {
+        q[it.elem] = squares;
+    }
+}
