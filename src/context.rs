@@ -104,6 +104,8 @@ impl GpuContext {
             info.driver_info
         );
         let limits = required_limits(&adapter.limits());
+        // Immediate data (push constants) carry each dispatch's parameters in the command stream.
+        let features = adapter.features() & wgpu::Features::IMMEDIATES;
         log::info!(
             "wgpu-rmsprop: requesting max_storage_buffer_binding_size={} max_buffer_size={} \
              max_storage_buffers_per_shader_stage={} max_compute_workgroups_per_dimension={}",
@@ -115,7 +117,7 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgpu-rmsprop"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: limits,
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -211,5 +213,6 @@ fn required_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
     l.max_compute_invocations_per_workgroup = adapter.max_compute_invocations_per_workgroup;
     l.min_uniform_buffer_offset_alignment = adapter.min_uniform_buffer_offset_alignment;
     l.min_storage_buffer_offset_alignment = adapter.min_storage_buffer_offset_alignment;
+    l.max_immediate_size = adapter.max_immediate_size;
     l
 }

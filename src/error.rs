@@ -190,6 +190,10 @@ pub enum Error {
         /// The missing features.
         what: String,
     },
+    /// A step recorded with [`crate::RmsProp::record`] would overwrite data staged for an earlier recorded
+    /// step that has not been submitted yet (call `mark_submitted` after submitting).
+    #[error("cannot record this step: {0}; submit the encoder of the earlier step and call mark_submitted() first")]
+    PendingSubmit(String),
     /// Waiting on or reading from the GPU failed.
     #[error("GPU operation failed: {0}")]
     Gpu(String),

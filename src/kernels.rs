@@ -7,26 +7,76 @@ use bytemuck::{Pod, Zeroable};
 use crate::config::{AverageForm, EpsilonPlacement, MomentumForm, RmsPropConfig, WeightDecay};
 use crate::error::{Error, Result};
 
-/// Module of the dense kernel (`common.wgsl` + `rmsprop_update.wgsl` + `rmsprop_dense.wgsl`).
-pub const DENSE_WGSL: &str = concat!(
-    include_str!("../shaders/common.wgsl"),
-    include_str!("../shaders/params_uniform.wgsl"),
-    include_str!("../shaders/rmsprop_update.wgsl"),
-    include_str!("../shaders/rmsprop_dense.wgsl")
-);
-/// Module of the sparse kernels `lazy` and `scatter`.
-pub const SPARSE_WGSL: &str = concat!(
-    include_str!("../shaders/common.wgsl"),
-    include_str!("../shaders/params_uniform.wgsl"),
-    include_str!("../shaders/rmsprop_update.wgsl"),
-    include_str!("../shaders/rmsprop_sparse.wgsl")
-);
-/// Module of the norm reductions `partial_dense`, `partial_sparse` and `finalize`.
-pub const REDUCE_WGSL: &str = concat!(
-    include_str!("../shaders/common.wgsl"),
-    include_str!("../shaders/params_uniform.wgsl"),
-    include_str!("../shaders/reduce_norm.wgsl")
-);
+macro_rules! module {
+    ($params:literal, $($file:literal),+) => {
+        concat!(
+            include_str!("../shaders/common.wgsl"),
+            include_str!(concat!("../shaders/", $params)),
+            $(include_str!(concat!("../shaders/", $file))),+
+        )
+    };
+}
+
+/// How the kernels receive the step's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParamsMode {
+    /// Immediate data (push constants), where the device has `Features::IMMEDIATES`: set per dispatch in
+    /// the command stream.
+    Immediate,
+    /// A uniform buffer with one slot per dispatch (dynamic offsets), written with `queue.write_buffer`.
+    Uniform,
+}
+
+/// A WGSL module in both parameter modes.
+#[derive(Debug, Clone, Copy)]
+pub struct Module {
+    /// With `var<uniform> p` at binding 0.
+    pub uniform: &'static str,
+    /// With `var<immediate> p`.
+    pub immediate: &'static str,
+}
+
+impl Module {
+    /// The source for `mode`.
+    pub fn source(&self, mode: ParamsMode) -> &'static str {
+        match mode {
+            ParamsMode::Uniform => self.uniform,
+            ParamsMode::Immediate => self.immediate,
+        }
+    }
+}
+
+/// The dense kernel (`common.wgsl` + parameters + `rmsprop_update.wgsl` + `rmsprop_dense.wgsl`).
+pub const DENSE_WGSL: Module = Module {
+    uniform: module!(
+        "params_uniform.wgsl",
+        "rmsprop_update.wgsl",
+        "rmsprop_dense.wgsl"
+    ),
+    immediate: module!(
+        "params_immediate.wgsl",
+        "rmsprop_update.wgsl",
+        "rmsprop_dense.wgsl"
+    ),
+};
+/// The sparse kernels `lazy` and `scatter`.
+pub const SPARSE_WGSL: Module = Module {
+    uniform: module!(
+        "params_uniform.wgsl",
+        "rmsprop_update.wgsl",
+        "rmsprop_sparse.wgsl"
+    ),
+    immediate: module!(
+        "params_immediate.wgsl",
+        "rmsprop_update.wgsl",
+        "rmsprop_sparse.wgsl"
+    ),
+};
+/// The norm reductions `partial_dense`, `partial_sparse` and `finalize`.
+pub const REDUCE_WGSL: Module = Module {
+    uniform: module!("params_uniform.wgsl", "reduce_norm.wgsl"),
+    immediate: module!("params_immediate.wgsl", "reduce_norm.wgsl"),
+};
 
 /// How a binding is declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,8 +128,8 @@ pub mod binding {
 pub struct Kernel {
     /// Name used in labels and errors.
     pub name: &'static str,
-    /// WGSL source of the module.
-    pub source: &'static str,
+    /// WGSL module.
+    pub module: Module,
     /// Entry point.
     pub entry: &'static str,
     /// `(binding, kind)` of every binding the entry point uses.
@@ -89,7 +139,7 @@ pub struct Kernel {
 /// The dense update.
 pub const DENSE: Kernel = Kernel {
     name: "rmsprop_dense",
-    source: DENSE_WGSL,
+    module: DENSE_WGSL,
     entry: "main",
     bindings: &[
         (0, U),
@@ -105,7 +155,7 @@ pub const DENSE: Kernel = Kernel {
 /// The lazy sparse update.
 pub const LAZY: Kernel = Kernel {
     name: "rmsprop_sparse::lazy",
-    source: SPARSE_WGSL,
+    module: SPARSE_WGSL,
     entry: "lazy",
     bindings: &[
         (0, U),
@@ -121,28 +171,28 @@ pub const LAZY: Kernel = Kernel {
 /// Merging sparse rows into the gradient pool.
 pub const SCATTER: Kernel = Kernel {
     name: "rmsprop_sparse::scatter",
-    source: SPARSE_WGSL,
+    module: SPARSE_WGSL,
     entry: "scatter",
     bindings: &[(0, U), (2, RW), (6, RW), (7, R), (8, R), (9, R)],
 };
 /// Norm partial sums over a pool's gradients.
 pub const PARTIAL_DENSE: Kernel = Kernel {
     name: "reduce_norm::partial_dense",
-    source: REDUCE_WGSL,
+    module: REDUCE_WGSL,
     entry: "partial_dense",
     bindings: &[(0, U), (2, R), (10, R), (11, RW)],
 };
 /// Norm partial sums over the step's sparse values.
 pub const PARTIAL_SPARSE: Kernel = Kernel {
     name: "reduce_norm::partial_sparse",
-    source: REDUCE_WGSL,
+    module: REDUCE_WGSL,
     entry: "partial_sparse",
     bindings: &[(0, U), (8, R), (10, R), (11, RW)],
 };
 /// Per-variable and global norms to clipping state.
 pub const FINALIZE: Kernel = Kernel {
     name: "reduce_norm::finalize",
-    source: REDUCE_WGSL,
+    module: REDUCE_WGSL,
     entry: "finalize",
     bindings: &[(0, U), (11, RW), (12, R), (13, RW)],
 };
@@ -206,15 +256,25 @@ pub struct Params {
 /// Per-variable clipping state (`VarInfo` in `common.wgsl`), 16 bytes.
 pub const VAR_INFO_BYTES: u64 = 16;
 
+impl Kernel {
+    /// The bindings used in `mode` (no uniform with immediates).
+    pub fn bindings_for(&self, mode: ParamsMode) -> impl Iterator<Item = (u32, BindingKind)> + '_ {
+        self.bindings
+            .iter()
+            .copied()
+            .filter(move |&(b, _)| !(mode == ParamsMode::Immediate && b == binding::PARAMS))
+    }
+}
+
 pub(crate) fn bind_group_layout(
     device: &wgpu::Device,
     label: &str,
     kernel: &Kernel,
+    mode: ParamsMode,
 ) -> wgpu::BindGroupLayout {
     let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
-        .bindings
-        .iter()
-        .map(|&(binding, kind)| wgpu::BindGroupLayoutEntry {
+        .bindings_for(mode)
+        .map(|(binding, kind)| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
@@ -307,23 +367,28 @@ pub(crate) fn pipeline(
     device: &wgpu::Device,
     prefix: &str,
     kernel: &Kernel,
+    mode: ParamsMode,
     layout: &wgpu::BindGroupLayout,
     constants: &[(&'static str, f64)],
 ) -> Result<wgpu::ComputePipeline> {
+    let source = kernel.module.source(mode);
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(&format!("{prefix}/{}", kernel.name)),
-        source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
     });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(&format!("{prefix}/{} layout", kernel.name)),
         bind_group_layouts: &[Some(layout)],
-        immediate_size: 0,
+        immediate_size: match mode {
+            ParamsMode::Immediate => std::mem::size_of::<Params>() as u32,
+            ParamsMode::Uniform => 0,
+        },
     });
     let own: Vec<(&str, f64)> = constants
         .iter()
         .copied()
-        .filter(|(n, _)| declared(kernel.source, n))
+        .filter(|(n, _)| declared(source, n))
         .collect();
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(&format!("{prefix}/{}", kernel.name)),
@@ -353,9 +418,10 @@ mod tests {
     /// the WGSL with the same access (no GPU needed).
     #[test]
     fn shaders_validate_and_match_the_binding_tables() {
-        for k in ALL {
-            let module = naga::front::wgsl::parse_str(k.source)
-                .unwrap_or_else(|e| panic!("{}: {e}", k.name));
+        let modes = [ParamsMode::Uniform, ParamsMode::Immediate];
+        for (k, mode) in ALL.iter().flat_map(|k| modes.map(|m| (k, m))) {
+            let module = naga::front::wgsl::parse_str(k.module.source(mode))
+                .unwrap_or_else(|e| panic!("{} ({mode:?}): {e}", k.name));
             naga::valid::Validator::new(
                 naga::valid::ValidationFlags::all(),
                 naga::valid::Capabilities::all(),
@@ -367,7 +433,7 @@ mod tests {
                 "{}",
                 k.name
             );
-            for &(b, kind) in k.bindings {
+            for (b, kind) in k.bindings_for(mode) {
                 let var = module
                     .global_variables
                     .iter()

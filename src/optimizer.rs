@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::config::{DuplicateIndices, RmsPropConfig, SparseMode};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::kernels::{self, binding, Kernel, Params, VAR_INFO_BYTES};
+use crate::kernels::{self, binding, Kernel, Params, ParamsMode, VAR_INFO_BYTES};
 use crate::pool::{self, Chunk, Kind, PoolStats, Segment, Slot, VEC4_BYTES};
 
 static NEXT_OPTIMIZER_ID: AtomicU32 = AtomicU32::new(1);
@@ -15,6 +15,8 @@ const NORM_TILE: u64 = 1 << 16;
 /// `PRECLIPPED` and `USE_SQUARES` in `common.wgsl`.
 const FLAG_PRECLIPPED: u32 = 1;
 const FLAG_USE_SQUARES: u32 = 2;
+/// Steps whose uniforms can wait for one submit on the uniform path.
+const UNIFORM_RING: u64 = 4;
 
 /// Handle of a variable inside one [`RmsProp`]. A handle from another optimizer is refused with
 /// [`Error::UnknownVariable`].
@@ -106,6 +108,9 @@ pub struct OptimizerOptions {
     /// Cap on workgroups per dispatch dimension, below the device's
     /// `max_compute_workgroups_per_dimension` (useful to test folding at small sizes).
     pub max_workgroups_per_dimension: Option<u32>,
+    /// Pass each dispatch's parameters as immediate data (push constants) where the device has
+    /// `Features::IMMEDIATES` (default); `false` forces the uniform-buffer path.
+    pub use_immediates: bool,
 }
 
 impl Default for OptimizerOptions {
@@ -114,6 +119,7 @@ impl Default for OptimizerOptions {
             workgroup_size: 256,
             max_chunk_bytes: None,
             max_workgroups_per_dimension: None,
+            use_immediates: true,
         }
     }
 }
@@ -260,6 +266,7 @@ pub struct RmsProp {
     id: u32,
     kinds: Vec<Kind>,
     per_var: bool,
+    mode: ParamsMode,
     workgroup_size: u32,
     max_groups: u32,
     /// Capacity of one chunk, in vec4.
@@ -282,6 +289,12 @@ pub struct RmsProp {
     chunks: Vec<Chunk>,
     iterations: u64,
     last_lr: Option<f32>,
+    /// Steps recorded since the last known submit, and whether one of them staged host data.
+    pending_steps: u64,
+    pending_host_data: bool,
+    /// What the jobs / var_step buffers hold, to skip rewriting them when unchanged.
+    written_jobs: Vec<[u32; 4]>,
+    written_var_step: Vec<[u32; 4]>,
     // Reused per step, so that steady-state steps do not allocate.
     scratch_parts: Vec<Part>,
     scratch_sparse: Vec<SparseStep>,
@@ -360,15 +373,23 @@ impl RmsProp {
             kinds.push(Kind::Squares);
         }
         let constants = kernels::constants(&config, wg);
+        let immediates = options.use_immediates
+            && device.features().contains(wgpu::Features::IMMEDIATES)
+            && limits.max_immediate_size as usize >= std::mem::size_of::<Params>();
+        let mode = if immediates {
+            ParamsMode::Immediate
+        } else {
+            ParamsMode::Uniform
+        };
+        log::debug!("{prefix}: step parameters as {mode:?}");
         let mut layouts = Vec::new();
         let mut pipelines = Vec::new();
         for (_, k) in KERNELS {
-            let layout = kernels::bind_group_layout(
-                device,
-                &format!("{prefix}/{} bind group layout", k.name),
-                &k,
-            );
-            pipelines.push(kernels::pipeline(device, &prefix, &k, &layout, &constants)?);
+            let label = format!("{prefix}/{} bind group layout", k.name);
+            let layout = kernels::bind_group_layout(device, &label, &k, mode);
+            pipelines.push(kernels::pipeline(
+                device, &prefix, &k, mode, &layout, &constants,
+            )?);
             layouts.push(layout);
         }
         let placeholders = Kind::ALL
@@ -392,6 +413,7 @@ impl RmsProp {
         let mut opt = RmsProp {
             ctx: ctx.clone(),
             per_var: kernels::per_var(&config),
+            mode,
             id: NEXT_OPTIMIZER_ID.fetch_add(1, Ordering::Relaxed),
             kinds,
             workgroup_size: wg,
@@ -417,6 +439,10 @@ impl RmsProp {
             chunks: Vec::new(),
             iterations: 0,
             last_lr: None,
+            pending_steps: 0,
+            pending_host_data: false,
+            written_jobs: Vec::new(),
+            written_var_step: Vec::new(),
             scratch_parts: Vec::new(),
             scratch_sparse: Vec::new(),
             scratch_keys: Vec::new(),
@@ -579,7 +605,9 @@ impl RmsProp {
         }
         let nvars = self.variables.len() as u64 + 1;
         self.var_info.reserve(&device, nvars * VAR_INFO_BYTES)?;
-        self.var_step.reserve(&device, nvars * 16)?;
+        if self.var_step.reserve(&device, nvars * 16)? {
+            self.written_var_step.clear();
+        }
 
         // Commit: copy grown chunks' contents on the GPU, swap buffers.
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -679,9 +707,8 @@ impl RmsProp {
         let make = |k: usize, chunk: Option<&Chunk>, label: String| {
             let entries: Vec<wgpu::BindGroupEntry> = KERNELS[k]
                 .1
-                .bindings
-                .iter()
-                .map(|&(b, _)| wgpu::BindGroupEntry {
+                .bindings_for(self.mode)
+                .map(|(b, _)| wgpu::BindGroupEntry {
                     binding: b,
                     resource: if b == binding::PARAMS {
                         uniform.clone()
@@ -754,7 +781,15 @@ impl RmsProp {
         let mut encoder = self.encoder("step");
         self.record(&mut encoder, grads)?;
         self.ctx.queue().submit([encoder.finish()]);
+        self.mark_submitted();
         Ok(self.iterations)
+    }
+
+    /// Tells the optimizer that every step recorded with [`RmsProp::record`] so far has been submitted,
+    /// so that the data they staged may be reused.
+    pub fn mark_submitted(&mut self) {
+        self.pending_steps = 0;
+        self.pending_host_data = false;
     }
 
     fn encoder(&self, what: &str) -> wgpu::CommandEncoder {
@@ -862,9 +897,15 @@ impl RmsProp {
     }
 
     /// Records one step into `encoder` without submitting it (the caller submits, e.g. together with its
-    /// forward and backward passes). Host gradients and the step's parameters are written with
-    /// `queue.write_buffer`, which lands at the next submit: record at most one step per submit.
-    /// Returns the new step count. On error nothing is written or recorded.
+    /// forward and backward passes, then calls [`RmsProp::mark_submitted`]). Returns the new step count.
+    /// On error nothing is written or recorded.
+    ///
+    /// Each step's parameters (its learning rate among them) travel as immediate data in the command
+    /// stream where the device has them, so any number of steps with GPU gradients can be recorded
+    /// before one submit, each with its own learning rate (on the uniform path: up to 4). Host data
+    /// (host or sparse gradients, clipping tables that changed) is staged with `queue.write_buffer`,
+    /// which lands at the next submit: a second step staging host data before a submit is refused with
+    /// [`Error::PendingSubmit`] instead of silently overwriting the first one's.
     pub fn record(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -875,6 +916,19 @@ impl RmsProp {
         self.validate(grads)?;
         self.prepare_sparse(grads);
         self.plan(step, &scalars);
+        let stages_host_data = grads.iter().any(|(_, g)| !matches!(g, Gradient::Gpu(_)))
+            || self.scratch_jobs != self.written_jobs
+            || (self.per_var && self.scratch_var_step != self.written_var_step);
+        if self.pending_host_data && stages_host_data {
+            return Err(Error::PendingSubmit(
+                "an earlier recorded step staged host data (host or sparse gradients, clipping tables)".into(),
+            ));
+        }
+        if self.mode == ParamsMode::Uniform && self.pending_steps >= UNIFORM_RING {
+            return Err(Error::PendingSubmit(format!(
+                "{UNIFORM_RING} steps are already waiting for a submit (uniform parameter path)"
+            )));
+        }
         self.reserve_step_buffers()?;
 
         // Writes (they land before this submission's commands run).
@@ -938,33 +992,44 @@ impl RmsProp {
                 bytemuck::cast_slice(&self.scratch_index),
             );
         }
-        if !self.scratch_jobs.is_empty() {
+        if !self.scratch_jobs.is_empty() && self.scratch_jobs != self.written_jobs {
             queue.write_buffer(
                 &self.jobs.buffer,
                 0,
                 bytemuck::cast_slice(&self.scratch_jobs),
             );
+            self.written_jobs.clone_from(&self.scratch_jobs);
         }
-        if self.per_var && !self.scratch_var_step.is_empty() {
+        if self.per_var
+            && !self.scratch_var_step.is_empty()
+            && self.scratch_var_step != self.written_var_step
+        {
             queue.write_buffer(
                 &self.var_step.buffer,
                 0,
                 bytemuck::cast_slice(&self.scratch_var_step),
             );
+            self.written_var_step.clone_from(&self.scratch_var_step);
         }
-        self.scratch_uniform.clear();
-        for d in &self.scratch_dispatches {
-            self.scratch_uniform
-                .extend_from_slice(bytemuck::bytes_of(&d.params));
-            self.scratch_uniform.resize(
+        // Uniform path: this step's slots live in ring region `pending_steps % UNIFORM_RING`.
+        let region_slots = self.uniform.buffer.size() / self.uniform_stride / UNIFORM_RING;
+        let region_base = (self.pending_steps % UNIFORM_RING) * region_slots;
+        if self.mode == ParamsMode::Uniform && !self.scratch_dispatches.is_empty() {
+            self.scratch_uniform.clear();
+            for d in &self.scratch_dispatches {
                 self.scratch_uniform
+                    .extend_from_slice(bytemuck::bytes_of(&d.params));
+                let padded = self
+                    .scratch_uniform
                     .len()
-                    .next_multiple_of(self.uniform_stride as usize),
-                0,
+                    .next_multiple_of(self.uniform_stride as usize);
+                self.scratch_uniform.resize(padded, 0);
+            }
+            queue.write_buffer(
+                &self.uniform.buffer,
+                region_base * self.uniform_stride,
+                &self.scratch_uniform,
             );
-        }
-        if !self.scratch_uniform.is_empty() {
-            queue.write_buffer(&self.uniform.buffer, 0, &self.scratch_uniform);
         }
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -979,11 +1044,22 @@ impl RmsProp {
                     _ => &self.chunks[d.chunk].bind_groups[k],
                 };
                 pass.set_pipeline(&self.pipelines.pipelines[k]);
-                pass.set_bind_group(0, bg, &[(slot as u64 * self.uniform_stride) as u32]);
+                match self.mode {
+                    ParamsMode::Immediate => {
+                        pass.set_bind_group(0, bg, &[]);
+                        pass.set_immediates(0, bytemuck::bytes_of(&d.params));
+                    }
+                    ParamsMode::Uniform => {
+                        let offset = (region_base + slot as u64) * self.uniform_stride;
+                        pass.set_bind_group(0, bg, &[offset as u32]);
+                    }
+                }
                 pass.dispatch_workgroups(d.params.groups_x, d.groups_y, 1);
             }
         }
         self.last_dispatches = self.scratch_dispatches.len();
+        self.pending_steps += 1;
+        self.pending_host_data |= stages_host_data;
         self.iterations = step;
         self.last_lr = Some(scalars.lr);
         Ok(step)
@@ -1230,13 +1306,23 @@ impl RmsProp {
     fn reserve_step_buffers(&mut self) -> Result<()> {
         let device = self.ctx.device().clone();
         let mut grown = false;
-        grown |= self.uniform.reserve(
-            &device,
-            self.scratch_dispatches.len() as u64 * self.uniform_stride,
-        )?;
-        grown |= self
+        if self.mode == ParamsMode::Uniform {
+            let ring = UNIFORM_RING * self.scratch_dispatches.len() as u64 * self.uniform_stride;
+            if ring > self.uniform.buffer.size() && self.pending_steps > 0 {
+                // Growing would move the regions of steps that wait for a submit.
+                return Err(Error::PendingSubmit(
+                    "this step needs more uniform slots than the steps already recorded".into(),
+                ));
+            }
+            grown |= self.uniform.reserve(&device, ring)?;
+        }
+        if self
             .jobs
-            .reserve(&device, self.scratch_jobs.len() as u64 * 16)?;
+            .reserve(&device, self.scratch_jobs.len() as u64 * 16)?
+        {
+            self.written_jobs.clear();
+            grown = true;
+        }
         grown |= self
             .partials
             .reserve(&device, self.scratch_jobs.len() as u64 * 4)?;
