@@ -427,7 +427,11 @@ impl RmsProp {
                 uniform_stride * 4,
             ),
             uniform_stride,
-            var_info: mk("var_info", wgpu::BufferUsages::STORAGE, VAR_INFO_BYTES),
+            var_info: mk(
+                "var_info",
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                VAR_INFO_BYTES,
+            ),
             var_step: mk("var_step", storage, 16),
             jobs: mk("norm jobs", storage, 16),
             partials: mk("norm partials", wgpu::BufferUsages::STORAGE, 16),
@@ -1368,6 +1372,50 @@ impl RmsProp {
     fn read(&mut self, id: VarId, kind: Kind) -> Result<Vec<f32>> {
         self.ctx.check_alive()?;
         let len = self.var(id)?.len;
+        let copies = self.variables[id.index as usize]
+            .segments
+            .iter()
+            .map(|s| {
+                let src = self.chunks[s.chunk]
+                    .buffer(kind)
+                    .ok_or_else(missing_buffer)?;
+                Ok((
+                    src.clone(),
+                    s.byte_offset(),
+                    s.first_elem as u64 * 4,
+                    s.elems as u64 * 4,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.read_back(&copies, len)
+    }
+
+    /// The factor each variable's gradient was scaled by in the last step by `clipnorm` or
+    /// `global_clipnorm`, as computed on the GPU (`mul / div` of its clipping state), in variable order.
+    /// `None` when the configuration reads no per-variable clipping state. Diagnostic: it waits for the
+    /// GPU.
+    pub fn last_clip_factors(&mut self) -> Result<Option<Vec<f32>>> {
+        if !self.per_var || self.variables.is_empty() {
+            return Ok(None);
+        }
+        let n = self.variables.len();
+        let copy = (
+            self.var_info.buffer.clone(),
+            0,
+            0,
+            n as u64 * VAR_INFO_BYTES,
+        );
+        let raw = self.read_back(&[copy], n * 4)?;
+        Ok(Some(raw.chunks(4).map(|info| info[0] / info[1]).collect()))
+    }
+
+    /// Copies `(source, source offset, destination offset, bytes)` ranges into the staging buffer and
+    /// reads `len` floats back.
+    fn read_back(
+        &mut self,
+        copies: &[(wgpu::Buffer, u64, u64, u64)],
+        len: usize,
+    ) -> Result<Vec<f32>> {
         if len == 0 {
             return Ok(Vec::new());
         }
@@ -1393,17 +1441,8 @@ impl RmsProp {
         }
         let staging = self.staging.as_ref().ok_or_else(missing_buffer)?;
         let mut encoder = self.encoder("read back");
-        for s in &self.variables[id.index as usize].segments {
-            let src = self.chunks[s.chunk]
-                .buffer(kind)
-                .ok_or_else(missing_buffer)?;
-            encoder.copy_buffer_to_buffer(
-                src,
-                s.byte_offset(),
-                staging,
-                s.first_elem as u64 * 4,
-                s.elems as u64 * 4,
-            );
+        for (src, src_offset, dst_offset, size) in copies {
+            encoder.copy_buffer_to_buffer(src, *src_offset, staging, *dst_offset, *size);
         }
         self.ctx.queue().submit([encoder.finish()]);
         let slice = staging.slice(0..bytes);

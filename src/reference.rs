@@ -245,8 +245,9 @@ impl Reference {
         let c = self.config.clone();
         let step = self.iterations + 1;
         let p = c.scalars(step)?;
-        // Norms over the listed values as given (clipvalue first), then each variable's clipping.
-        let sumsq: Vec<f32> = grads
+        // Norms over the listed values as given (clipvalue first), then each variable's clipping. The
+        // oracle sums squares in f64 and rounds once; the GPU's fixed reduction tree is within a few ulps.
+        let sumsq64: Vec<f64> = grads
             .iter()
             .map(|g| {
                 let values = match g {
@@ -257,13 +258,14 @@ impl Reference {
                 values
                     .iter()
                     .map(|&x| {
-                        let y = x.clamp(-p.clipvalue, p.clipvalue);
+                        let y = f64::from(x.clamp(-p.clipvalue, p.clipvalue));
                         y * y
                     })
                     .sum()
             })
             .collect();
-        let total: f32 = sumsq.iter().sum();
+        let total = sumsq64.iter().sum::<f64>() as f32;
+        let sumsq: Vec<f32> = sumsq64.iter().map(|&s| s as f32).collect();
         let info: Vec<VarInfo> = sumsq
             .iter()
             .map(|&s| {
