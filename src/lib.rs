@@ -2,13 +2,15 @@
 //!
 //! The RMSprop optimizer on the GPU through [wgpu](https://wgpu.rs): WGSL compute shaders update
 //! variables and their optimizer state in pooled storage buffers, one fused dispatch per pool buffer,
-//! with TensorFlow/Keras semantics, validated against a CPU reference ([`reference`]).
+//! validated against a CPU reference ([`mod@reference`]) and against golden cases recorded from TensorFlow,
+//! Keras, PyTorch and Optax ([`case`]).
 //!
-//! ## The update (Keras `RMSprop`)
+//! ## Presets: every framework's RMSprop, explicitly
 //!
-//! Per element, with gradient `g`, variable `x`, velocity `v`, momentum `m`, average gradient `a`, all
-//! `f32`:
+//! Per element, with gradient `g`, variable `x`, velocity `v`, momentum `m`, average gradient `a`, the
+//! step's learning rate `lr`, all `f32`. A step runs (1) clipping, (2) weight decay, (3) the update.
 //!
+//! **[`Preset::Keras`]** (default; `lr 0.001, rho 0.9, momentum 0, epsilon 1e-7`):
 //! ```text
 //! v = rho*v + (1-rho)*g^2
 //! a = rho*a + (1-rho)*g                      (centered)
@@ -17,20 +19,84 @@
 //! momentum > 0:  m = momentum*m + inc ; x = x - m
 //! momentum = 0:  x = x - inc                 (no momentum slot)
 //! ```
+//! Weight decay is decoupled (`x = x - x*wd*lr`, before the update). At most one of `clipvalue`
+//! (`clip(g, -c, c)`), `clipnorm` (per variable, `g*c / max(||g||, c)`) and `global_clipnorm`
+//! (`g * c*min(1/n, 1/c)` with `n` the joint norm of the step's gradients).
 //!
-//! Defaults: `learning_rate = 0.001`, `rho = 0.9`, `momentum = 0.0`, `epsilon = 1e-7`,
-//! `centered = false`. Dense updates decay the accumulators even where the gradient is zero. As in
-//! Keras, the centered variant takes no guard against `v - a^2 + epsilon` rounding below zero.
+//! **[`Preset::KerasLegacy`]** (Keras 2): with momentum as Keras; without momentum epsilon goes outside:
+//! `x = x - lr*g / (sqrt(v [- a^2]) + epsilon)`. Clipping: `clipvalue`, then one norm clip. Sparse steps
+//! are lazy with momentum, dense without.
+//!
+//! **[`Preset::TfRaw`]** (TF's `ApplyRMSProp` kernels): a momentum slot always exists,
+//! `m = momentum*m + lr*g / sqrt(v [- a^2] + epsilon); x = x - m`; sparse duplicates are applied one after
+//! another. **[`Preset::Tf1`]**: the same with `v` starting at 1, `epsilon 1e-10`, duplicates summed.
+//!
+//! **[`Preset::Torch`]** (`lr 0.01, rho (alpha) 0.99, epsilon 1e-8`):
+//! ```text
+//! g = -g (maximize) ;  g = g + wd*x   (L2 weight decay)
+//! v = rho*v + (1-rho)*g^2
+//! a = a + (1-rho)*(g - a)                       (centered, torch's lerp)
+//! d = sqrt(v - a^2) + epsilon  (centered)  |  sqrt(v) + epsilon
+//! momentum > 0:  m = momentum*m + g/d ;  x = x - lr*m   (learning rate after the buffer)
+//! momentum = 0:  x = x - lr*g/d
+//! ```
+//!
+//! **[`Preset::Optax`]** (`lr 0.01, rho (decay) 0.9, epsilon 1e-8, eps_in_sqrt`):
+//! ```text
+//! v = rho*v + (1-rho)*g^2        (v starts at initial_accumulator_value, optax's initial_scale)
+//! a = rho*a + (1-rho)*g          (centered)
+//! bias_correction: vh = v/(1-rho^t), ah = a/(1-rho^t)
+//! d = sqrt(vh [- ah^2] + epsilon) (eps_in_sqrt)  |  sqrt(vh [- ah^2]) + epsilon
+//! u = -lr*g/d ;  momentum > 0: m = u + momentum*m ; u = m  (nesterov: u = u + momentum*m)
+//! x = x + u                      (the momentum slot holds the trace of negative updates)
+//! ```
+//!
+//! Every knob is also settable on its own ([`RmsPropConfigBuilder`]: epsilon placement, momentum form,
+//! average form, initial accumulator, bias correction, Nesterov, weight decay mode, clipping rules, sparse
+//! mode and duplicate rule) for combinations no framework ships.
+//!
+//! **Centered guard.** `v - a^2` can round below zero. Every preset treats a negative variance estimate
+//! as zero: epsilon inside, `sqrt(max(v - a^2 + eps, eps))` only where `v - a^2 + eps < 0`; epsilon
+//! outside, `sqrt(max(v - a^2, 0)) + eps`. Wherever the framework's result is defined it is unchanged;
+//! where the framework would take the square root of a negative number (NaN), the crate gives a finite
+//! step.
+//!
+//! ## Sparse gradients (IndexedSlices)
+//!
+//! [`Gradient::Sparse`] gives row indices along axis 0 (`i32`, `i64` or `u32`; unsorted, repeated or
+//! empty) and one row of values per index. [`SparseMode::Lazy`] (the default for Keras, TF): only the
+//! listed rows change, variable and every slot; other rows stay bit for bit. [`SparseMode::Dense`]
+//! (PyTorch, Optax): every row is updated as if absent rows had gradient 0. Duplicates:
+//! [`DuplicateIndices::Sum`] (summed, then one update), [`DuplicateIndices::Sequential`] (TF's raw
+//! kernels: one full update per listed row, in list order), [`DuplicateIndices::Keras3`] (the summed rows
+//! move the variable, the sum of their squares goes into the velocity). The host groups the indices by
+//! row (indices only, `O(k log k)`); merging the values and the updates run on the GPU, one invocation per
+//! (distinct row, column), so results are deterministic without atomics.
 //!
 //! ## Example
 //!
 //! ```no_run
-//! use wgpu_rmsprop::{GpuContext, RmsProp, RmsPropConfig, Slot};
+//! use wgpu_rmsprop::{GpuContext, Gradient, Indices, Preset, RmsProp, RmsPropConfig, Schedule, Slot};
 //! let ctx = GpuContext::new()?; // honours WGPU_BACKEND and WGPU_ADAPTER_NAME
-//! let mut opt = RmsProp::new(&ctx, RmsPropConfig::builder().learning_rate(0.1).build()?)?;
-//! let var1 = opt.add_variable("var1", &[], &[10.0])?;
-//! assert_eq!(opt.apply_gradients(&[(var1, &[10.0])])?, 1);
-//! println!("{:?} {:?}", opt.read_variable(var1)?, opt.read_slot(var1, Slot::Velocity)?);
+//! let cfg = RmsPropConfig::preset(Preset::Keras)
+//!     .learning_rate(Schedule::ExponentialDecay {
+//!         initial_learning_rate: 0.1,
+//!         decay_steps: 100.0,
+//!         decay_rate: 0.9,
+//!         staircase: false,
+//!     })
+//!     .momentum(0.9)
+//!     .build()?;
+//! let mut opt = RmsProp::new(&ctx, cfg)?;
+//! let w = opt.add_variable("w", &[2], &[1.0, -1.0])?;
+//! let table = opt.add_variable("embeddings", &[1000, 16], &vec![0.0; 16_000])?;
+//! let rows = [3i64, 7, 3];
+//! let values = vec![0.1f32; 3 * 16];
+//! opt.apply(&[
+//!     (w, Gradient::Dense(&[0.5, -0.5])),
+//!     (table, Gradient::Sparse { indices: Indices::I64(&rows), values: &values }),
+//! ])?;
+//! println!("{:?} {:?}", opt.read_variable(w)?, opt.read_slot(w, Slot::Momentum)?);
 //! # Ok::<(), wgpu_rmsprop::Error>(())
 //! ```
 
