@@ -118,6 +118,6 @@ pub use config::{
 };
 pub use context::{ContextOptions, GpuContext};
 pub use error::{Error, Result};
-pub use optimizer::{GpuGradient, Gradient, Indices, OptimizerOptions, RmsProp, VarId};
+pub use optimizer::{GpuGradient, GpuSlice, Gradient, Indices, OptimizerOptions, RmsProp, VarId};
 pub use pool::{PoolStats, Slot};
 pub use schedule::{LearningRate, Schedule};

@@ -84,8 +84,11 @@ impl Indices<'_> {
 pub enum Gradient<'a> {
     /// `len(variable)` values on the host.
     Dense(&'a [f32]),
-    /// `len(variable)` values on the GPU.
+    /// `len(variable)` values on the GPU, copied GPU-to-GPU into the gradient pool.
     Gpu(GpuGradient<'a>),
+    /// The caller already wrote the gradient into the optimizer's own gradient buffer (see
+    /// [`RmsProp::gradient_slices`]), e.g. from its backward shader: nothing is copied.
+    Resident,
     /// IndexedSlices: rows along axis 0 (unsorted, repeated or empty) and `len(indices) * row_len`
     /// values, row-major. How absent rows and duplicates are treated is the configuration's
     /// [`SparseMode`] and [`DuplicateIndices`].
@@ -95,6 +98,20 @@ pub enum Gradient<'a> {
         /// One row of values per index.
         values: &'a [f32],
     },
+}
+
+/// Where part of a variable (or of its gradient) lives on the GPU: `len` f32 values from byte `offset` of
+/// `buffer`. A variable larger than one pool buffer has several slices, in element order.
+#[derive(Debug, Clone)]
+pub struct GpuSlice {
+    /// The pooled buffer.
+    pub buffer: wgpu::Buffer,
+    /// Byte offset of the first value (a multiple of 16).
+    pub offset: u64,
+    /// Index of the variable's first element held here.
+    pub first_element: usize,
+    /// Number of values.
+    pub len: usize,
 }
 
 /// Tuning knobs; the defaults suit every adapter. The limits here can only lower the device's.
@@ -542,6 +559,34 @@ impl RmsProp {
             .ok_or_else(|| Error::UnknownVariable(format!("{name:?}")))
     }
 
+    fn slices(&self, id: VarId, kind: Kind) -> Result<Vec<GpuSlice>> {
+        self.var(id)?
+            .segments
+            .iter()
+            .map(|s| {
+                Ok(GpuSlice {
+                    buffer: self.chunks[s.chunk].buffer(kind).ok_or_else(missing_buffer)?.clone(),
+                    offset: s.byte_offset(),
+                    first_element: s.first_elem,
+                    len: s.elems,
+                })
+            })
+            .collect()
+    }
+
+    /// Where a variable lives on the GPU, so that the caller's shaders can bind the parameters
+    /// directly (the buffers have `STORAGE | COPY_SRC | COPY_DST` usage). Valid until variables are
+    /// added (a pool buffer may then grow and move).
+    pub fn variable_slices(&self, id: VarId) -> Result<Vec<GpuSlice>> {
+        self.slices(id, Kind::Variable)
+    }
+
+    /// Where a variable's gradient is read from: a backward shader that writes there can step with
+    /// [`Gradient::Resident`], with no copy at all. Valid until variables are added.
+    pub fn gradient_slices(&self, id: VarId) -> Result<Vec<GpuSlice>> {
+        self.slices(id, Kind::Gradient)
+    }
+
     /// Name and shape of a variable.
     pub fn variable_info(&self, id: VarId) -> Result<(&str, &[usize])> {
         let v = self.var(id)?;
@@ -815,6 +860,7 @@ impl RmsProp {
             let v = self.var(*id)?;
             let name = || v.name.clone();
             match g {
+                Gradient::Resident => {}
                 Gradient::Dense(values) => {
                     if values.len() != v.len {
                         return Err(Error::GradientLength {
@@ -894,7 +940,7 @@ impl RmsProp {
             }
             self.scratch_parts[id.index as usize] = match g {
                 Gradient::Sparse { .. } => Part::Sparse,
-                _ => Part::Dense,
+                Gradient::Dense(_) | Gradient::Gpu(_) | Gradient::Resident => Part::Dense,
             };
         }
         Ok(())
@@ -920,7 +966,9 @@ impl RmsProp {
         self.validate(grads)?;
         self.prepare_sparse(grads);
         self.plan(step, &scalars);
-        let stages_host_data = grads.iter().any(|(_, g)| !matches!(g, Gradient::Gpu(_)))
+        let stages_host_data = grads
+            .iter()
+            .any(|(_, g)| !matches!(g, Gradient::Gpu(_) | Gradient::Resident))
             || self.scratch_jobs != self.written_jobs
             || (self.per_var && self.scratch_var_step != self.written_var_step);
         if self.pending_host_data && stages_host_data {
@@ -940,6 +988,7 @@ impl RmsProp {
         for (id, g) in grads {
             let v = &self.variables[id.index as usize];
             match g {
+                Gradient::Resident => {}
                 Gradient::Dense(values) => {
                     for s in &v.segments {
                         let dst = self.chunks[s.chunk]
