@@ -14,7 +14,9 @@
 use std::time::Instant;
 
 use serde_json::json;
-use wgpu_rmsprop::{GpuContext, Gradient, Indices, RmsProp, RmsPropConfig, VarId};
+use wgpu_rmsprop::{
+    GpuContext, Gradient, Indices, OptimizerOptions, RmsProp, RmsPropConfig, VarId,
+};
 
 const MINIMAL_WGSL: &str = include_str!("bench_minimal.wgsl");
 
@@ -126,11 +128,16 @@ fn minimal_kernel(ctx: &GpuContext, variant: &str, n: usize) -> Minimal {
         usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    ctx.queue()
-        .write_buffer(&uniform, 0, bytemuck::cast_slice(&[vec4s as u32, gx as u32, 0, 0]));
+    ctx.queue().write_buffer(
+        &uniform,
+        0,
+        bytemuck::cast_slice(&[vec4s as u32, gx as u32, 0, 0]),
+    );
     let buffers: Vec<wgpu::Buffer> = (0..5)
         .map(|k| {
-            let used = k < 3 || (k == 3 && variant.contains("momentum")) || (k == 4 && variant.contains("centered"));
+            let used = k < 3
+                || (k == 3 && variant.contains("momentum"))
+                || (k == 4 && variant.contains("centered"));
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("minimal state"),
                 size: if used { vec4s * 16 } else { 16 },
@@ -144,8 +151,22 @@ fn minimal_kernel(ctx: &GpuContext, variant: &str, n: usize) -> Minimal {
         source: wgpu::ShaderSource::Wgsl(MINIMAL_WGSL.into()),
     });
     let constants = [
-        ("CENTERED", if variant.contains("centered") { 1.0 } else { 0.0 }),
-        ("HAS_MOMENTUM", if variant.contains("momentum") { 1.0 } else { 0.0 }),
+        (
+            "CENTERED",
+            if variant.contains("centered") {
+                1.0
+            } else {
+                0.0
+            },
+        ),
+        (
+            "HAS_MOMENTUM",
+            if variant.contains("momentum") {
+                1.0
+            } else {
+                0.0
+            },
+        ),
     ];
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some("minimal"),
@@ -195,12 +216,49 @@ fn run_minimal(ctx: &GpuContext, m: &Minimal) {
 fn main() {
     env_logger::init();
     let quick = std::env::args().any(|a| a == "--quick");
+    let sweep = std::env::args().any(|a| a == "--sweep");
     let ctx = GpuContext::new().expect("a GPU adapter");
     let adapter = ctx.adapter_description();
     let reps = if quick { 5 } else { 15 };
     let emit = |v: serde_json::Value| println!("{v}");
     let variants = ["plain", "momentum", "centered", "centered_momentum"];
-    let sizes: &[usize] = if quick { &[1 << 20] } else { &[1 << 20, 16 << 20, 64 << 20] };
+    let sizes: &[usize] = if quick {
+        &[1 << 20]
+    } else {
+        &[1 << 20, 16 << 20, 64 << 20]
+    };
+
+    if sweep {
+        // What the adapter rewards: invocations per workgroup (each on one vec4).
+        for n in [16usize << 20, 64 << 20] {
+            for variant in ["plain", "centered_momentum"] {
+                for wg in [64u32, 128, 256, 512, 1024] {
+                    let options = OptimizerOptions {
+                        workgroup_size: wg,
+                        ..Default::default()
+                    };
+                    let Ok(mut opt) = RmsProp::with_options(&ctx, variant_config(variant), options)
+                    else {
+                        continue;
+                    };
+                    let init = vec![0.5f32; n];
+                    let id = opt.add_variable("w", &[n], &init).unwrap();
+                    opt.apply_gradients(&[(id, &init)]).unwrap();
+                    let grads = resident(&[id]);
+                    let s = time_gpu(&ctx, 2, reps, || {
+                        opt.apply(&grads).unwrap();
+                    });
+                    let bytes = bytes_per_element(variant) * n as f64;
+                    emit(
+                        json!({"case": "dense_workgroup_size", "variant": variant, "n": n, "workgroup_size": wg,
+                        "ms_median": s.median, "ms_min": s.min, "ms_max": s.max, "gb_s": bytes / s.median / 1e6,
+                        "adapter": adapter}),
+                    );
+                }
+            }
+        }
+        return;
+    }
 
     for &n in sizes {
         for variant in variants {
@@ -210,20 +268,28 @@ fn main() {
                 opt.apply(&grads).unwrap();
             });
             let bytes = bytes_per_element(variant) * n as f64;
-            emit(json!({"case": "dense", "variant": variant, "n": n, "tensors": 1, "rows": null, "nnz": null,
+            emit(
+                json!({"case": "dense", "variant": variant, "n": n, "tensors": 1, "rows": null, "nnz": null,
                 "ms_median": s.median, "ms_min": s.min, "ms_max": s.max, "gb_s": bytes / s.median / 1e6,
-                "host_us_per_step": null, "dispatches_per_step": opt.last_step_dispatches(), "adapter": adapter}));
+                "host_us_per_step": null, "dispatches_per_step": opt.last_step_dispatches(), "adapter": adapter}),
+            );
             drop(opt);
             let m = minimal_kernel(&ctx, variant, n);
             let s = time_gpu(&ctx, 2, reps, || run_minimal(&ctx, &m));
-            emit(json!({"case": "minimal_kernel", "variant": variant, "n": n, "tensors": 1, "rows": null, "nnz": null,
+            emit(
+                json!({"case": "minimal_kernel", "variant": variant, "n": n, "tensors": 1, "rows": null, "nnz": null,
                 "ms_median": s.median, "ms_min": s.min, "ms_max": s.max, "gb_s": bytes / s.median / 1e6,
-                "host_us_per_step": null, "dispatches_per_step": 1, "adapter": adapter}));
+                "host_us_per_step": null, "dispatches_per_step": 1, "adapter": adapter}),
+            );
         }
     }
 
     // 1,000 tensors of 16k against one of the same total size.
-    let (tensors, each) = if quick { (1000, 1 << 12) } else { (1000, 1 << 14) };
+    let (tensors, each) = if quick {
+        (1000, 1 << 12)
+    } else {
+        (1000, 1 << 14)
+    };
     for variant in ["plain", "centered_momentum"] {
         let (mut opt, ids) = dense_optimizer(&ctx, variant, &vec![each; tensors]);
         let grads = resident(&ids);
@@ -232,49 +298,75 @@ fn main() {
         });
         let n = tensors * each;
         let bytes = bytes_per_element(variant) * n as f64;
-        emit(json!({"case": "dense_many", "variant": variant, "n": n, "tensors": tensors, "rows": null, "nnz": null,
+        emit(
+            json!({"case": "dense_many", "variant": variant, "n": n, "tensors": tensors, "rows": null, "nnz": null,
             "ms_median": s.median, "ms_min": s.min, "ms_max": s.max, "gb_s": bytes / s.median / 1e6,
-            "host_us_per_step": null, "dispatches_per_step": opt.last_step_dispatches(), "adapter": adapter}));
+            "host_us_per_step": null, "dispatches_per_step": opt.last_step_dispatches(), "adapter": adapter}),
+        );
         drop(opt);
         let (mut opt, ids) = dense_optimizer(&ctx, variant, &[n]);
         let grads = resident(&ids);
         let s = time_gpu(&ctx, 2, reps, || {
             opt.apply(&grads).unwrap();
         });
-        emit(json!({"case": "dense", "variant": variant, "n": n, "tensors": 1, "rows": null, "nnz": null,
+        emit(
+            json!({"case": "dense", "variant": variant, "n": n, "tensors": 1, "rows": null, "nnz": null,
             "ms_median": s.median, "ms_min": s.min, "ms_max": s.max, "gb_s": bytes / s.median / 1e6,
-            "host_us_per_step": null, "dispatches_per_step": opt.last_step_dispatches(), "adapter": adapter}));
+            "host_us_per_step": null, "dispatches_per_step": opt.last_step_dispatches(), "adapter": adapter}),
+        );
     }
 
     // Sparse: k = 16,384 indices (about 20% repeats) on 64-column tables of 100k and 1M rows.
     let (k, cols) = (16_384usize, 64usize);
-    let row_counts: &[usize] = if quick { &[100_000] } else { &[100_000, 1_000_000] };
+    let row_counts: &[usize] = if quick {
+        &[100_000]
+    } else {
+        &[100_000, 1_000_000]
+    };
     for &rows in row_counts {
         for variant in ["plain", "centered_momentum"] {
             let mut opt = RmsProp::new(&ctx, variant_config(variant)).unwrap();
-            let table = opt.add_variable("table", &[rows, cols], &vec![0.5; rows * cols]).unwrap();
+            let table = opt
+                .add_variable("table", &[rows, cols], &vec![0.5; rows * cols])
+                .unwrap();
             let mut state = 12345u64;
             let mut indices: Vec<i64> = Vec::with_capacity(k);
             for j in 0..k {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let r = ((state >> 33) % rows as u64) as i64;
-                let idx = if j % 5 == 4 { indices[(r as usize) % indices.len()] } else { r };
+                let idx = if j % 5 == 4 {
+                    indices[(r as usize) % indices.len()]
+                } else {
+                    r
+                };
                 indices.push(idx);
             }
             let mut distinct = indices.clone();
             distinct.sort_unstable();
             distinct.dedup();
-            let values: Vec<f32> = (0..k * cols).map(|i| ((i % 11) as f32 - 5.0) * 0.01).collect();
-            let grads = [(table, Gradient::Sparse { indices: Indices::I64(&indices), values: &values })];
+            let values: Vec<f32> = (0..k * cols)
+                .map(|i| ((i % 11) as f32 - 5.0) * 0.01)
+                .collect();
+            let grads = [(
+                table,
+                Gradient::Sparse {
+                    indices: Indices::I64(&indices),
+                    values: &values,
+                },
+            )];
             let s = time_gpu(&ctx, 2, reps, || {
                 opt.apply(&grads).unwrap();
             });
             // State of the touched rows (read + write) plus the listed values and indices.
             let state_bytes = (bytes_per_element(variant) - 4.0) * (distinct.len() * cols) as f64;
             let bytes = state_bytes + (k * cols * 4 + k * 8) as f64;
-            emit(json!({"case": "sparse", "variant": variant, "n": rows * cols, "tensors": 1, "rows": rows, "nnz": k,
+            emit(
+                json!({"case": "sparse", "variant": variant, "n": rows * cols, "tensors": 1, "rows": rows, "nnz": k,
                 "ms_median": s.median, "ms_min": s.min, "ms_max": s.max, "gb_s": bytes / s.median / 1e6,
-                "host_us_per_step": null, "dispatches_per_step": opt.last_step_dispatches(), "adapter": adapter}));
+                "host_us_per_step": null, "dispatches_per_step": opt.last_step_dispatches(), "adapter": adapter}),
+            );
         }
     }
 
@@ -289,9 +381,11 @@ fn main() {
         let s = time_host(&ctx, 200, || {
             opt.apply(&grads).unwrap();
         });
-        emit(json!({"case": "host", "variant": "plain", "n": 4 * tensors, "tensors": tensors, "rows": null, "nnz": null,
+        emit(
+            json!({"case": "host", "variant": "plain", "n": 4 * tensors, "tensors": tensors, "rows": null, "nnz": null,
             "ms_median": s.median / 1e3, "ms_min": s.min / 1e3, "ms_max": s.max / 1e3, "gb_s": null,
             "host_us_per_step": s.median - empty.median, "empty_submit_us": empty.median,
-            "dispatches_per_step": opt.last_step_dispatches(), "adapter": adapter}));
+            "dispatches_per_step": opt.last_step_dispatches(), "adapter": adapter}),
+        );
     }
 }

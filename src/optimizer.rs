@@ -565,7 +565,10 @@ impl RmsProp {
             .iter()
             .map(|s| {
                 Ok(GpuSlice {
-                    buffer: self.chunks[s.chunk].buffer(kind).ok_or_else(missing_buffer)?.clone(),
+                    buffer: self.chunks[s.chunk]
+                        .buffer(kind)
+                        .ok_or_else(missing_buffer)?
+                        .clone(),
                     offset: s.byte_offset(),
                     first_element: s.first_elem,
                     len: s.elems,

@@ -45,9 +45,12 @@ impl Rng {
 }
 
 /// Relative and absolute tolerance of GPU-vs-reference comparisons: |a - e| <= ATOL + RTOL * |e|.
-/// Lavapipe is bit-exact with the reference; the margin is for GPUs that contract a*b+c into fma.
+/// Lavapipe is bit-exact with the reference in these tests. GPUs that contract a*b+c into one fma round
+/// differently; where cancellation makes a small result out of O(1) operands (the state here is O(1),
+/// gradients up to 3), that shows as an absolute difference of a few ulps of the operands (seen on an
+/// H100: 1.07e-7 on an average_gradient of 6.4e-5), hence ATOL = 1e-6 (about 8 ulps at 1.0).
 pub const RTOL: f32 = 2e-5;
-pub const ATOL: f32 = 1e-7;
+pub const ATOL: f32 = 1e-6;
 
 pub fn assert_close(label: &str, actual: &[f32], expected: &[f32]) {
     assert_eq!(actual.len(), expected.len(), "{label}: length");
