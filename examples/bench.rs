@@ -115,9 +115,19 @@ struct Minimal {
     groups: (u32, u32),
 }
 
-fn minimal_kernel(ctx: &GpuContext, variant: &str, n: usize) -> Minimal {
+/// The baseline kernel over single buffers of `n` elements, or `None` when one buffer of that size is past
+/// the device's binding limit (the optimizer splits such variables; the baseline does not).
+fn minimal_kernel(ctx: &GpuContext, variant: &str, n: usize) -> Option<Minimal> {
     let device = ctx.device();
     let vec4s = n.div_ceil(4) as u64;
+    let limits = device.limits();
+    if vec4s * 16
+        > limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+    {
+        return None;
+    }
     let max = u64::from(device.limits().max_compute_workgroups_per_dimension);
     let groups = vec4s.div_ceil(256);
     let gx = groups.min(max);
@@ -195,11 +205,11 @@ fn minimal_kernel(ctx: &GpuContext, variant: &str, n: usize) -> Minimal {
         layout: &layout,
         entries: &entries,
     });
-    Minimal {
+    Some(Minimal {
         pipeline,
         bind_group,
         groups: (gx as u32, gy as u32),
-    }
+    })
 }
 
 fn run_minimal(ctx: &GpuContext, m: &Minimal) {
@@ -274,7 +284,10 @@ fn main() {
                 "host_us_per_step": null, "dispatches_per_step": opt.last_step_dispatches(), "adapter": adapter}),
             );
             drop(opt);
-            let m = minimal_kernel(&ctx, variant, n);
+            let Some(m) = minimal_kernel(&ctx, variant, n) else {
+                eprintln!("minimal_kernel {variant} n={n}: one buffer would exceed the binding limit, skipped");
+                continue;
+            };
             let s = time_gpu(&ctx, 2, reps, || run_minimal(&ctx, &m));
             emit(
                 json!({"case": "minimal_kernel", "variant": variant, "n": n, "tensors": 1, "rows": null, "nnz": null,
