@@ -13,10 +13,11 @@ use serde_json::Value;
 use crate::config::{DuplicateIndices, EpsilonPlacement, Preset, RmsPropConfig, SparseMode};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::optimizer::{Gradient, Indices, RmsProp, VarId};
+use crate::optimizer::{Gradient, RmsProp, VarId};
 use crate::pool::Slot;
 use crate::reference::{RefGradient, Reference};
 use crate::schedule::Schedule;
+use crate::sparse::Indices;
 
 /// One variable of a case.
 #[derive(Debug, Clone, Deserialize)]

@@ -111,6 +111,7 @@ pub mod optimizer;
 pub mod pool;
 pub mod reference;
 pub mod schedule;
+pub mod sparse;
 
 pub use config::{
     AverageForm, ClipRules, DuplicateIndices, EpsilonPlacement, MomentumForm, Preset,
@@ -118,6 +119,7 @@ pub use config::{
 };
 pub use context::{ContextOptions, GpuContext};
 pub use error::{Error, Result};
-pub use optimizer::{GpuGradient, GpuSlice, Gradient, Indices, OptimizerOptions, RmsProp, VarId};
+pub use optimizer::{GpuGradient, GpuSlice, Gradient, OptimizerOptions, RmsProp, VarId};
 pub use pool::{PoolStats, Slot};
 pub use schedule::{LearningRate, Schedule};
+pub use sparse::Indices;

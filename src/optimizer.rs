@@ -7,6 +7,7 @@ use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{self, binding, Kernel, Params, ParamsMode, VAR_INFO_BYTES};
 use crate::pool::{self, Chunk, Kind, PoolStats, Segment, Slot, VEC4_BYTES};
+use crate::sparse::{self, Indices};
 
 static NEXT_OPTIMIZER_ID: AtomicU32 = AtomicU32::new(1);
 
@@ -43,40 +44,6 @@ pub struct GpuGradient<'a> {
     pub buffer: &'a wgpu::Buffer,
     /// Byte offset of the first value.
     pub offset: u64,
-}
-
-/// Row indices of a sparse gradient, in any of the usual integer types.
-#[derive(Debug, Clone, Copy)]
-pub enum Indices<'a> {
-    /// `i32` (TensorFlow's default).
-    I32(&'a [i32]),
-    /// `i64` (PyTorch's default).
-    I64(&'a [i64]),
-    /// `u32`.
-    U32(&'a [u32]),
-}
-
-impl Indices<'_> {
-    /// Number of indices.
-    pub fn len(&self) -> usize {
-        match self {
-            Indices::I32(s) => s.len(),
-            Indices::I64(s) => s.len(),
-            Indices::U32(s) => s.len(),
-        }
-    }
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// The `k`-th index, widened.
-    pub fn get(&self, k: usize) -> i64 {
-        match self {
-            Indices::I32(s) => i64::from(s[k]),
-            Indices::I64(s) => s[k],
-            Indices::U32(s) => i64::from(s[k]),
-        }
-    }
 }
 
 /// The gradient of one variable in one step.
@@ -149,12 +116,6 @@ struct Variable {
     /// Elements per row along axis 0 (the whole variable for a scalar).
     row_len: usize,
     segments: Vec<Segment>,
-}
-
-impl Variable {
-    fn rows(&self) -> usize {
-        self.shape.first().copied().unwrap_or(1)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -859,6 +820,7 @@ impl RmsProp {
         self.scratch_parts.clear();
         self.scratch_parts
             .resize(self.variables.len(), Part::Absent);
+        let mut sparse_values = 0u64;
         for (id, g) in grads {
             let v = self.var(*id)?;
             let name = || v.name.clone();
@@ -900,39 +862,15 @@ impl RmsProp {
                     }
                 }
                 Gradient::Sparse { indices, values } => {
-                    if v.shape.is_empty() {
-                        return Err(Error::SparseScalar { name: name() });
-                    }
-                    let expected = indices.len().checked_mul(v.row_len);
-                    if expected != Some(values.len()) {
+                    sparse::validate(&v.name, &v.shape, indices, values.len())?;
+                    sparse_values += values.len() as u64;
+                    if sparse_values >= u64::from(u32::MAX) {
                         return Err(Error::SparseValuesLength {
                             name: name(),
                             indices: indices.len(),
                             row_len: v.row_len,
                             got: values.len(),
                         });
-                    }
-                    if values.len() as u64 >= u64::from(u32::MAX)
-                        || indices.len() as u64 >= u64::from(u32::MAX / 4)
-                    {
-                        return Err(Error::SparseValuesLength {
-                            name: name(),
-                            indices: indices.len(),
-                            row_len: v.row_len,
-                            got: values.len(),
-                        });
-                    }
-                    let rows = v.rows() as i64;
-                    for k in 0..indices.len() {
-                        let i = indices.get(k);
-                        if i < 0 || i >= rows {
-                            return Err(Error::IndexOutOfRange {
-                                name: name(),
-                                index: i,
-                                position: k,
-                                rows: v.rows(),
-                            });
-                        }
                     }
                 }
             }
@@ -1131,34 +1069,9 @@ impl RmsProp {
             let Gradient::Sparse { indices, values } = g else {
                 continue;
             };
-            self.scratch_keys.clear();
-            self.scratch_keys
-                .extend((0..indices.len()).map(|k| ((indices.get(k) as u64) << 32) | k as u64));
-            self.scratch_keys.sort_unstable();
             let index_base = self.scratch_index.len() as u32;
-            // Distinct rows, then offsets, then positions.
-            let mut unique = 0u32;
-            let mut prev = u64::MAX;
-            for &key in &self.scratch_keys {
-                if key >> 32 != prev {
-                    prev = key >> 32;
-                    self.scratch_index.push(prev as u32);
-                    unique += 1;
-                }
-            }
-            let mut prev = u64::MAX;
-            for (k, &key) in self.scratch_keys.iter().enumerate() {
-                if key >> 32 != prev {
-                    prev = key >> 32;
-                    self.scratch_index.push(k as u32);
-                }
-            }
-            self.scratch_index.push(self.scratch_keys.len() as u32);
-            self.scratch_index.extend(
-                self.scratch_keys
-                    .iter()
-                    .map(|&key| (key & 0xffff_ffff) as u32),
-            );
+            let unique =
+                sparse::group_rows(indices, &mut self.scratch_keys, &mut self.scratch_index);
             let values_base = self.scratch_values.len() as u32;
             self.scratch_values.extend_from_slice(values);
             self.scratch_sparse.push(SparseStep {
