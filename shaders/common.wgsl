@@ -50,3 +50,8 @@ const USE_SQUARES: u32 = 2u;
 fn clip_gradient(g: f32, info: VarInfo) -> f32 {
     return (clamp(g, -info.clipvalue, info.clipvalue) * info.mul) / info.div;
 }
+
+// Finite test on the bit pattern (some shader compilers assume no NaN and fold `x != x`).
+fn is_finite_bits(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}

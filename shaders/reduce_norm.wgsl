@@ -1,8 +1,10 @@
 // Gradient norms for clipnorm / global_clipnorm, computed and used on the GPU (no read-back).
 //   partial_*: one workgroup per job (a range of one variable's gradient in the bound buffer) writes the
-//              sum of squares of the (clipvalue-clipped) values to partials[index_base + job].
+//              sum of squares of the (clipvalue-clipped) values, and whether any value is NaN or Inf
+//              (from the bit pattern), to partials[job].
 //   finalize:  one workgroup: per variable, the sum of its jobs' partials in order; the global norm;
-//              then each variable's VarInfo (mul, div, clipvalue, flags) for the update kernels.
+//              then each variable's VarInfo (mul, div, clipvalue, flags) for the update kernels; with the
+//              skip_step policy, status[0] = 1 if any value was non-finite, and status[1] counts such steps.
 // Fixed reduction trees: the same inputs give bit-identical norms on every run.
 // (Prepended: common.wgsl.)
 
@@ -10,15 +12,19 @@ override REDUCE_SIZE: u32 = 256u;
 // 0: no norm clip; 1: clipnorm (per variable); 2: global_clipnorm.
 override NORM_MODE: u32 = 0u;
 override CLIP_NORM: f32 = 1.0;
+override SKIP_NONFINITE: bool = false;
 
 @group(0) @binding(2) var<storage, read> g: array<f32>;
 @group(0) @binding(8) var<storage, read> values: array<f32>;
 // Per job: (first element, element count, variable, 0).
 @group(0) @binding(10) var<storage, read> jobs: array<vec4<u32>>;
-@group(0) @binding(11) var<storage, read_write> partials: array<f32>;
+// Per job: (sum of squares, 1 if a value was non-finite).
+@group(0) @binding(11) var<storage, read_write> partials: array<vec2<f32>>;
 // Per variable: (first job, job count, flags, 0).
 @group(0) @binding(12) var<storage, read> var_step: array<vec4<u32>>;
 @group(0) @binding(13) var<storage, read_write> var_info_out: array<VarInfo>;
+// (skip this step, steps skipped so far).
+@group(0) @binding(14) var<storage, read_write> status_out: array<u32>;
 
 var<workgroup> scratch: array<f32, REDUCE_SIZE>;
 
@@ -49,12 +55,18 @@ fn partial_dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
     let job = jobs[j];
     var acc = 0.0;
+    var bad = 0.0;
     for (var k = lid; k < job.y; k += REDUCE_SIZE) {
-        acc += clipped_square(g[job.x + k]);
+        let x = g[job.x + k];
+        acc += clipped_square(x);
+        if !is_finite_bits(x) {
+            bad = 1.0;
+        }
     }
     let total = tree_sum(lid, acc);
+    let nonfinite = tree_sum(lid, bad);
     if lid == 0u {
-        partials[j] = total;
+        partials[j] = vec2<f32>(total, nonfinite);
     }
 }
 
@@ -66,12 +78,18 @@ fn partial_sparse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     }
     let job = jobs[j];
     var acc = 0.0;
+    var bad = 0.0;
     for (var k = lid; k < job.y; k += REDUCE_SIZE) {
-        acc += clipped_square(values[job.x + k]);
+        let x = values[job.x + k];
+        acc += clipped_square(x);
+        if !is_finite_bits(x) {
+            bad = 1.0;
+        }
     }
     let total = tree_sum(lid, acc);
+    let nonfinite = tree_sum(lid, bad);
     if lid == 0u {
-        partials[j] = total;
+        partials[j] = vec2<f32>(total, nonfinite);
     }
 }
 
@@ -79,11 +97,14 @@ fn partial_sparse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 @compute @workgroup_size(REDUCE_SIZE)
 fn finalize(@builtin(local_invocation_index) lid: u32) {
     var local = 0.0;
+    var bad = 0.0;
     for (var var_i = lid; var_i < p.end; var_i += REDUCE_SIZE) {
         let s = var_step[var_i];
         var sum = 0.0;
         for (var k = 0u; k < s.y; k++) {
-            sum += partials[s.x + k];
+            let part = partials[s.x + k];
+            sum += part.x;
+            bad += part.y;
         }
         local += sum;
         var info = VarInfo(1.0, 1.0, p.clipvalue, s.z);
@@ -95,6 +116,12 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
         var_info_out[var_i] = info;
     }
     let total = tree_sum(lid, local);
+    let nonfinite = tree_sum(lid, bad);
+    if SKIP_NONFINITE && lid == 0u {
+        let skip = select(0u, 1u, nonfinite > 0.0);
+        status_out[0] = skip;
+        status_out[1] = status_out[1] + skip;
+    }
     if NORM_MODE == 2u {
         // Keras / TF: g * c * min(1/n, 1/c).
         let n = sqrt(total);

@@ -11,6 +11,7 @@
 @group(0) @binding(5) var<storage, read_write> a: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> var_info: array<VarInfo>;
+@group(0) @binding(14) var<storage, read> status: array<u32>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -19,6 +20,9 @@ fn main(
 ) {
     let i = p.begin + (wid.y * p.groups_x + wid.x) * WORKGROUP_SIZE + lid;
     if i >= p.end {
+        return;
+    }
+    if SKIP_NONFINITE && status[0] != 0u {
         return;
     }
     var gv = g[i];

@@ -18,6 +18,7 @@
 @group(0) @binding(7) var<storage, read> var_info: array<VarInfo>;
 @group(0) @binding(8) var<storage, read> values: array<f32>;
 @group(0) @binding(9) var<storage, read> index: array<u32>;
+@group(0) @binding(14) var<storage, read> status: array<u32>;
 
 struct Item {
     // Element of the pool buffer, or 0xffffffff when this invocation has nothing to do.
@@ -61,6 +62,9 @@ fn listed(it: Item, k: u32) -> f32 {
 fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let it = item(wid, lid);
     if it.elem == 0xffffffffu {
+        return;
+    }
+    if SKIP_NONFINITE && status[0] != 0u {
         return;
     }
     let i = it.elem;

@@ -22,6 +22,9 @@ override MAXIMIZE: bool = false;
 override PER_VAR: bool = false;
 // Sparse lazy kernel: each listed (index, row) is its own update, in list order.
 override SEQUENTIAL: bool = false;
+// Non-finite policy `skip_step`: `status[0] != 0` (set on the GPU by `reduce_norm::finalize` when any
+// gradient element of the step is NaN or Inf) makes every update kernel leave its elements untouched.
+override SKIP_NONFINITE: bool = false;
 
 struct State {
     x: f32,

@@ -110,6 +110,17 @@ pub enum DuplicateIndices {
     Keras3,
 }
 
+/// What a step does when a gradient holds NaN or Inf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NonFinite {
+    /// Apply the step anyway: the non-finite values flow into the state (what TensorFlow does).
+    Propagate,
+    /// Skip the whole step for every variable when any gradient element of the step is NaN or Inf, as
+    /// loss-scaling optimizers do. Detected on the GPU from the bit pattern, skipped on the GPU (no
+    /// read-back); [`crate::RmsProp::skipped_steps`] reads the count.
+    SkipStep,
+}
+
 /// How clipping options may be combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClipRules {
@@ -161,6 +172,7 @@ pub struct RmsPropConfig {
     clip_rules: ClipRules,
     sparse_mode: SparseMode,
     duplicate_indices: DuplicateIndices,
+    non_finite: NonFinite,
 }
 
 impl Default for RmsPropConfig {
@@ -209,6 +221,7 @@ impl RmsPropConfig {
             clip_rules: ClipRules::AtMostOne,
             sparse_mode: SparseMode::Lazy,
             duplicate_indices: DuplicateIndices::Sum,
+            non_finite: NonFinite::Propagate,
         };
         let cfg = match preset {
             Preset::Keras => keras,
@@ -334,6 +347,10 @@ impl RmsPropConfig {
     /// How repeated sparse indices are combined.
     pub fn duplicate_indices(&self) -> DuplicateIndices {
         self.duplicate_indices
+    }
+    /// What a step does with NaN or Inf gradients.
+    pub fn non_finite(&self) -> NonFinite {
+        self.non_finite
     }
     /// Whether a `momentum` slot is kept (Keras: only when `momentum > 0`; TF's raw kernels: always).
     pub fn has_momentum(&self) -> bool {
@@ -463,6 +480,10 @@ impl RmsPropConfigBuilder {
     setter!(
         /// Chooses how repeated sparse indices are combined.
         duplicate_indices: DuplicateIndices
+    );
+    setter!(
+        /// Chooses what a step does with NaN or Inf gradients (default: propagate, as TensorFlow).
+        non_finite: NonFinite
     );
 
     /// Validates every field and returns the configuration.

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 
 /// Storage buffers one kernel binds per stage at most (the dense and lazy kernels: pooled state, gradient
 /// or sparse rows, and per-variable clipping state).
-pub(crate) const STORAGE_BUFFERS_NEEDED: u32 = 7;
+pub(crate) const STORAGE_BUFFERS_NEEDED: u32 = 8;
 
 /// How to pick the adapter when the crate creates the device itself.
 #[derive(Debug, Clone, Default)]
@@ -143,7 +143,7 @@ impl GpuContext {
         })
     }
 
-    /// Borrows a caller's device and queue. The device must allow at least 7 storage buffers per shader
+    /// Borrows a caller's device and queue. The device must allow at least 8 storage buffers per shader
     /// stage (wgpu's defaults allow 8).
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
         let have = device.limits().max_storage_buffers_per_shader_stage;

@@ -121,6 +121,8 @@ pub mod binding {
     pub const VAR_STEP: u32 = 12;
     /// Per-variable clipping state (written).
     pub const VAR_INFO_OUT: u32 = 13;
+    /// Non-finite status: (skip this step, steps skipped so far).
+    pub const STATUS: u32 = 14;
 }
 
 /// A compute entry point: its module, name and bindings (group 0).
@@ -150,6 +152,7 @@ pub const DENSE: Kernel = Kernel {
         (5, RW),
         (6, R),
         (7, R),
+        (14, R),
     ],
 };
 /// The lazy sparse update.
@@ -166,6 +169,7 @@ pub const LAZY: Kernel = Kernel {
         (7, R),
         (8, R),
         (9, R),
+        (14, R),
     ],
 };
 /// Merging sparse rows into the gradient pool.
@@ -194,7 +198,7 @@ pub const FINALIZE: Kernel = Kernel {
     name: "reduce_norm::finalize",
     module: REDUCE_WGSL,
     entry: "finalize",
-    bindings: &[(0, U), (11, RW), (12, R), (13, RW)],
+    bindings: &[(0, U), (11, RW), (12, R), (13, RW), (14, RW)],
 };
 
 /// Every kernel, for validation.
@@ -348,6 +352,10 @@ pub fn constants(config: &RmsPropConfig, workgroup_size: u32) -> Vec<(&'static s
             b(config.duplicate_indices() == crate::config::DuplicateIndices::Keras3),
         ),
         ("NORM_MODE", norm_mode),
+        (
+            "SKIP_NONFINITE",
+            b(config.non_finite() == crate::config::NonFinite::SkipStep),
+        ),
         ("CLIP_NORM", clip_norm),
     ]
 }

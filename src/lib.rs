@@ -114,7 +114,7 @@ pub mod schedule;
 pub mod sparse;
 
 pub use config::{
-    AverageForm, ClipRules, DuplicateIndices, EpsilonPlacement, MomentumForm, Preset,
+    AverageForm, ClipRules, DuplicateIndices, EpsilonPlacement, MomentumForm, NonFinite, Preset,
     RmsPropConfig, RmsPropConfigBuilder, SparseMode, StepScalars, WeightDecay,
 };
 pub use context::{ContextOptions, GpuContext};

@@ -244,6 +244,8 @@ pub struct RmsProp {
     id: u32,
     kinds: Vec<Kind>,
     per_var: bool,
+    /// Non-finite policy `SkipStep`: gradients are checked on the GPU every step.
+    skip_nonfinite: bool,
     mode: ParamsMode,
     workgroup_size: u32,
     max_groups: u32,
@@ -261,6 +263,8 @@ pub struct RmsProp {
     partials: StepBuffer,
     sparse_values: StepBuffer,
     sparse_index: StepBuffer,
+    /// (skip this step, steps skipped so far), written on the GPU.
+    status: wgpu::Buffer,
     global_bind_groups: Vec<wgpu::BindGroup>,
     staging: Option<wgpu::Buffer>,
     variables: Vec<Variable>,
@@ -391,6 +395,7 @@ impl RmsProp {
         let mut opt = RmsProp {
             ctx: ctx.clone(),
             per_var: kernels::per_var(&config),
+            skip_nonfinite: config.non_finite() == crate::config::NonFinite::SkipStep,
             mode,
             id: NEXT_OPTIMIZER_ID.fetch_add(1, Ordering::Relaxed),
             kinds,
@@ -413,6 +418,14 @@ impl RmsProp {
             var_step: mk("var_step", storage, 16),
             jobs: mk("norm jobs", storage, 16),
             partials: mk("norm partials", wgpu::BufferUsages::STORAGE, 16),
+            status: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&format!("{prefix}/non-finite status")),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
             sparse_values: mk("sparse values", storage, 4096),
             sparse_index: mk("sparse indices", storage, 4096),
             global_bind_groups: Vec::new(),
@@ -503,6 +516,7 @@ impl RmsProp {
                 .map(|c| c.capacity * VEC4_BYTES * self.kinds.len() as u64)
                 .sum(),
             other_bytes: step_buffers.iter().map(|b| b.buffer.size()).sum::<u64>()
+                + self.status.size()
                 + self.placeholders.iter().map(|p| p.size()).sum::<u64>()
                 + self.staging.as_ref().map_or(0, |s| s.size()),
         }
@@ -714,6 +728,7 @@ impl RmsProp {
                 binding::JOBS => &self.jobs.buffer,
                 binding::PARTIALS => &self.partials.buffer,
                 binding::VAR_STEP => &self.var_step.buffer,
+                binding::STATUS => &self.status,
                 _ => return None,
             })
         };
@@ -911,7 +926,8 @@ impl RmsProp {
             .iter()
             .any(|(_, g)| !matches!(g, Gradient::Gpu(_) | Gradient::Resident))
             || self.scratch_jobs != self.written_jobs
-            || (self.per_var && self.scratch_var_step != self.written_var_step);
+            || ((self.per_var || self.skip_nonfinite)
+                && self.scratch_var_step != self.written_var_step);
         if self.pending_host_data && stages_host_data {
             return Err(Error::PendingSubmit(
                 "an earlier recorded step staged host data (host or sparse gradients, clipping tables)".into(),
@@ -994,7 +1010,7 @@ impl RmsProp {
             );
             self.written_jobs.clone_from(&self.scratch_jobs);
         }
-        if self.per_var
+        if (self.per_var || self.skip_nonfinite)
             && !self.scratch_var_step.is_empty()
             && self.scratch_var_step != self.written_var_step
         {
@@ -1138,7 +1154,10 @@ impl RmsProp {
         self.scratch_jobs.clear();
         self.scratch_var_step.clear();
         self.scratch_var_step.resize(self.variables.len(), [0; 4]);
-        let norms = self.config.clipnorm().is_some() || self.config.global_clipnorm().is_some();
+        // Jobs cover every gradient value of the step: for norms, and for the non-finite check.
+        let norms = self.config.clipnorm().is_some()
+            || self.config.global_clipnorm().is_some()
+            || self.skip_nonfinite;
         if norms {
             for (ci, chunk) in self.chunks.iter().enumerate() {
                 let first = self.scratch_jobs.len() as u64;
@@ -1199,7 +1218,7 @@ impl RmsProp {
             push(&mut out, Which::PartialSparse, 0, base, first, last, 1);
         }
         // 2. Per-variable clipping state.
-        if self.per_var {
+        if self.per_var || self.skip_nonfinite {
             let squares = self.config.duplicate_indices() == DuplicateIndices::Keras3
                 && self.config.global_clipnorm().is_none();
             for sp in &self.scratch_sparse {
@@ -1294,7 +1313,7 @@ impl RmsProp {
         }
         grown |= self
             .partials
-            .reserve(&device, self.scratch_jobs.len() as u64 * 4)?;
+            .reserve(&device, self.scratch_jobs.len() as u64 * 8)?;
         grown |= self
             .sparse_values
             .reserve(&device, self.scratch_values.len() as u64 * 4)?;
@@ -1353,6 +1372,13 @@ impl RmsProp {
             })
             .collect::<Result<Vec<_>>>()?;
         self.read_back(&copies, len)
+    }
+
+    /// Steps skipped so far by the [`crate::config::NonFinite::SkipStep`] policy (counted on the GPU;
+    /// reading waits for it). Always 0 with the default `Propagate` policy.
+    pub fn skipped_steps(&mut self) -> Result<u64> {
+        let raw = self.read_back(&[(self.status.clone(), 0, 0, 8)], 2)?;
+        Ok(u64::from(raw[1].to_bits()))
     }
 
     /// The factor each variable's gradient was scaled by in the last step by `clipnorm` or

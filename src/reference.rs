@@ -218,6 +218,8 @@ pub struct Reference {
     pub vars: Vec<ReferenceState>,
     /// Steps applied.
     pub iterations: u64,
+    /// Steps skipped by the non-finite policy.
+    pub skipped: u64,
 }
 
 impl Reference {
@@ -227,6 +229,7 @@ impl Reference {
             config,
             vars: Vec::new(),
             iterations: 0,
+            skipped: 0,
         }
     }
 
@@ -245,6 +248,18 @@ impl Reference {
         let c = self.config.clone();
         let step = self.iterations + 1;
         let p = c.scalars(step)?;
+        if c.non_finite() == crate::config::NonFinite::SkipStep {
+            let finite = grads.iter().flatten().all(|g| match g {
+                RefGradient::Dense(v) | RefGradient::Sparse { values: v, .. } => {
+                    v.iter().all(|x| x.is_finite())
+                }
+            });
+            if !finite {
+                self.iterations = step;
+                self.skipped += 1;
+                return Ok(());
+            }
+        }
         // Norms over the listed values as given (clipvalue first), then each variable's clipping. The
         // oracle sums squares in f64 and rounds once; the GPU's fixed reduction tree is within a few ulps.
         let sumsq64: Vec<f64> = grads
