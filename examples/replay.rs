@@ -1,13 +1,15 @@
 //! Conformance runner for golden cases (`rmsprop-case/1`).
 //!
 //! ```text
-//! cargo run --release --example replay -- [--emit DIR] CASE.json [CASE.json ...]
+//! cargo run --release --example replay -- [--emit DIR] [--resume-at K] CASE.json [CASE.json ...]
 //! ```
 //!
 //! Runs each case on the GPU and prints one line per case: `PASS <name> max_abs=<x> max_rel=<y>`,
 //! `FAIL <name> ...`, `RAN <name>` (no expected values to judge), `UNSUPPORTED <name>: <what>` or
 //! `ERROR <name>: <message>`. With `--emit DIR`, writes `DIR/<name>.json` with the computed states.
-//! Exits 0 only when every case passed or ran.
+//! With `--resume-at K`, each case is checkpointed after step K, dropped, restored from the file into a
+//! new optimizer and finished (the results must be the same as without). Exits 0 only when every case
+//! passed or ran.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +20,7 @@ use wgpu_rmsprop::{Error, GpuContext};
 fn main() -> ExitCode {
     env_logger::init();
     let mut emit: Option<PathBuf> = None;
+    let mut resume_at: Option<usize> = None;
     let mut paths = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -29,15 +32,22 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             },
+            "--resume-at" => match args.next().and_then(|k| k.parse().ok()) {
+                Some(k) => resume_at = Some(k),
+                None => {
+                    eprintln!("--resume-at needs a step number");
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
-                println!("usage: replay [--emit DIR] CASE.json [CASE.json ...]");
+                println!("usage: replay [--emit DIR] [--resume-at K] CASE.json [CASE.json ...]");
                 return ExitCode::SUCCESS;
             }
             _ => paths.push(PathBuf::from(a)),
         }
     }
     if paths.is_empty() {
-        eprintln!("usage: replay [--emit DIR] CASE.json [CASE.json ...]");
+        eprintln!("usage: replay [--emit DIR] [--resume-at K] CASE.json [CASE.json ...]");
         return ExitCode::from(2);
     }
     if let Some(dir) = &emit {
@@ -68,7 +78,14 @@ fn main() -> ExitCode {
                 continue;
             }
         };
-        let states = match case.run_gpu(&ctx) {
+        let file = std::env::temp_dir().join(format!(
+            "replay-{}-{}.safetensors",
+            std::process::id(),
+            case.name
+        ));
+        let result = case.run_gpu_resumed(&ctx, resume_at.map(|k| (k, file.as_path())));
+        let _ = std::fs::remove_file(&file);
+        let states = match result {
             Ok(s) => s,
             Err(Error::Unsupported { what, .. }) => {
                 println!("UNSUPPORTED {}: {what}", case.name);

@@ -349,16 +349,31 @@ impl Case {
 
     /// Runs the case on the GPU, reading back every variable and slot after every step.
     pub fn run_gpu(&self, ctx: &GpuContext) -> Result<Vec<StepState>> {
-        self.check_supported()?;
-        let config = self.optimizer_config()?;
-        let mut opt = RmsProp::new(ctx, config)?;
+        self.run_gpu_resumed(ctx, None)
+    }
+
+    fn build(&self, ctx: &GpuContext) -> Result<(RmsProp, Vec<VarId>)> {
+        let mut opt = RmsProp::new(ctx, self.optimizer_config()?)?;
         let ids = self
             .variables
             .iter()
             .map(|v| opt.add_variable(&v.name, &v.shape, &v.init))
             .collect::<Result<Vec<_>>>()?;
+        Ok((opt, ids))
+    }
+
+    /// As [`Case::run_gpu`]; with `resume = Some((k, file))`, after step `k` the state is saved to `file`
+    /// (variables included), the optimizer is dropped, a new one is built and restored from the file,
+    /// and the remaining steps run on it. The results must be bit-identical to an uninterrupted run.
+    pub fn run_gpu_resumed(
+        &self,
+        ctx: &GpuContext,
+        resume: Option<(usize, &std::path::Path)>,
+    ) -> Result<Vec<StepState>> {
+        self.check_supported()?;
+        let (mut opt, mut ids) = self.build(ctx)?;
         let mut out = Vec::with_capacity(self.steps.len());
-        for step in &self.steps {
+        for (t, step) in self.steps.iter().enumerate() {
             let grads: Vec<(VarId, Gradient)> = ids
                 .iter()
                 .zip(&step.grads)
@@ -375,7 +390,7 @@ impl Case {
                     )
                 })
                 .collect();
-            let t = opt.apply(&grads)?;
+            let n = opt.apply(&grads)?;
             let mut vars = Vec::new();
             let mut slots: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
             for &id in &ids {
@@ -389,11 +404,19 @@ impl Case {
                 }
             }
             out.push(self.record_state(
-                t,
+                n,
                 opt.last_learning_rate().unwrap_or(f32::NAN),
                 vars,
                 slots,
             ));
+            if let Some((k, file)) = resume {
+                if t + 1 == k {
+                    opt.save_checkpoint(file, true)?;
+                    drop(opt);
+                    (opt, ids) = self.build(ctx)?;
+                    opt.load_checkpoint(file)?;
+                }
+            }
         }
         Ok(out)
     }

@@ -194,6 +194,15 @@ pub enum Error {
     /// step that has not been submitted yet (call `mark_submitted` after submitting).
     #[error("cannot record this step: {0}; submit the encoder of the earlier step and call mark_submitted() first")]
     PendingSubmit(String),
+    /// A checkpoint could not be written, or read back: unreadable, truncated, corrupted, or not matching
+    /// this optimizer (preset, configuration, variables, shapes, dtypes). Nothing was restored.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Waiting on or reading from the GPU failed.
     #[error("GPU operation failed: {0}")]
     Gpu(String),

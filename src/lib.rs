@@ -103,6 +103,7 @@
 #![warn(missing_docs)]
 
 pub mod case;
+pub mod checkpoint;
 pub mod config;
 pub mod context;
 pub mod error;

@@ -1374,6 +1374,107 @@ impl RmsProp {
         self.read_back(&copies, len)
     }
 
+    /// Saves the complete optimizer state to `path` (safetensors; see [`crate::checkpoint`]): every slot,
+    /// the step count, the skipped-step count, the configuration, and the variables when
+    /// `include_variables`. Atomic: the previous file at `path` survives a crash mid-save.
+    pub fn save_checkpoint(
+        &mut self,
+        path: &std::path::Path,
+        include_variables: bool,
+    ) -> Result<()> {
+        let mut tensors = Vec::new();
+        let ids: Vec<VarId> = (0..self.variables.len())
+            .map(|i| VarId {
+                optimizer: self.id,
+                index: i as u32,
+            })
+            .collect();
+        for &id in &ids {
+            let (name, shape) = {
+                let v = &self.variables[id.index as usize];
+                (v.name.clone(), v.shape.clone())
+            };
+            if include_variables {
+                tensors.push((
+                    format!("variables/{name}"),
+                    shape.clone(),
+                    self.read_variable(id)?,
+                ));
+            }
+            for slot in self.slots() {
+                tensors.push((
+                    format!("slots/{}/{name}", slot.name()),
+                    shape.clone(),
+                    self.read_slot(id, slot)?,
+                ));
+            }
+        }
+        let skipped = self.skipped_steps()?;
+        let listed: Vec<(&str, &[usize])> = self
+            .variables
+            .iter()
+            .map(|v| (v.name.as_str(), &v.shape[..]))
+            .collect();
+        let metadata = std::collections::HashMap::from([
+            ("format".to_string(), crate::checkpoint::FORMAT.to_string()),
+            (
+                "preset".to_string(),
+                self.config.preset_kind().name().to_string(),
+            ),
+            (
+                "config".to_string(),
+                crate::checkpoint::config_json(&self.config).to_string(),
+            ),
+            ("iterations".to_string(), self.iterations.to_string()),
+            ("skipped_steps".to_string(), skipped.to_string()),
+            (
+                "variables".to_string(),
+                serde_json::to_string(&listed).unwrap_or_default(),
+            ),
+        ]);
+        crate::checkpoint::write(path, crate::checkpoint::Contents { metadata, tensors })
+    }
+
+    /// Restores a checkpoint written by [`RmsProp::save_checkpoint`] into this optimizer, which must have
+    /// the same preset, configuration and variables (names and shapes, in order). Everything is read and
+    /// checked first; on any error nothing changes. Variables are restored when the file holds them.
+    pub fn load_checkpoint(&mut self, path: &std::path::Path) -> Result<()> {
+        self.ctx.check_alive()?;
+        let vars: Vec<(String, Vec<usize>)> = self
+            .variables
+            .iter()
+            .map(|v| (v.name.clone(), v.shape.clone()))
+            .collect();
+        let slots = self.slots();
+        let names: Vec<&str> = slots.iter().map(|s| s.name()).collect();
+        let restored = crate::checkpoint::read(path, &self.config, &vars, &names)?;
+        let queue = self.ctx.queue().clone();
+        for (i, v) in self.variables.iter().enumerate() {
+            let mut writes: Vec<(Kind, &[f32])> = Vec::new();
+            if let Some(x) = &restored.variables[i] {
+                writes.push((Kind::Variable, x));
+            }
+            for (slot, values) in slots.iter().zip(&restored.slots[i]) {
+                writes.push((Kind::from(*slot), values));
+            }
+            for (kind, values) in writes {
+                for s in &v.segments {
+                    let dst = self.chunks[s.chunk]
+                        .buffer(kind)
+                        .ok_or_else(missing_buffer)?;
+                    let part = &values[s.first_elem..s.first_elem + s.elems];
+                    queue.write_buffer(dst, s.byte_offset(), bytemuck::cast_slice(part));
+                }
+            }
+        }
+        let status = [0u32, restored.skipped.min(u64::from(u32::MAX)) as u32, 0, 0];
+        queue.write_buffer(&self.status, 0, bytemuck::cast_slice(&status));
+        queue.submit([]);
+        self.iterations = restored.iterations;
+        self.last_lr = None;
+        Ok(())
+    }
+
     /// Steps skipped so far by the [`crate::config::NonFinite::SkipStep`] policy (counted on the GPU;
     /// reading waits for it). Always 0 with the default `Propagate` policy.
     pub fn skipped_steps(&mut self) -> Result<u64> {

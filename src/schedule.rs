@@ -8,7 +8,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 
 /// The six Keras learning-rate schedules, with their constructor arguments.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "schedule")]
 pub enum Schedule {
     /// `initial * decay_rate ^ (s / decay_steps)` (exponent floored if `staircase`).
     ExponentialDecay {

@@ -86,3 +86,138 @@ fn propagate_lets_nan_flow_into_the_state_as_tensorflow_does() {
     assert!(x[1].is_nan() && v[1].is_nan());
     assert_eq!(opt.skipped_steps().unwrap(), 0);
 }
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("wgpu-rmsprop-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn bits(states: &[wgpu_rmsprop::case::StepState]) -> Vec<Vec<u32>> {
+    states
+        .iter()
+        .flat_map(|s| s.variables.iter().chain(s.slots.values().flatten()))
+        .map(|v| v.iter().map(|x| x.to_bits()).collect())
+        .collect()
+}
+
+#[test]
+fn save_restore_continue_is_bit_identical_for_every_golden_case() {
+    let dir = temp_dir("resume");
+    let cases = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/cases");
+    let mut n = 0;
+    for entry in std::fs::read_dir(cases).unwrap() {
+        let case = wgpu_rmsprop::case::Case::from_path(&entry.unwrap().path()).unwrap();
+        let k = case.steps.len() / 2;
+        let straight = case.run_gpu(ctx()).unwrap();
+        let file = dir.join(format!("{}.safetensors", case.name));
+        let resumed = case.run_gpu_resumed(ctx(), Some((k, &file))).unwrap();
+        assert_eq!(
+            bits(&straight),
+            bits(&resumed),
+            "{} resumed after step {k}",
+            case.name
+        );
+        n += 1;
+    }
+    assert_eq!(n, 66);
+    // Only the checkpoints are left: no temporary files.
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        assert!(
+            name.ends_with(".safetensors") && !name.starts_with('.'),
+            "{name}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_checkpoints_are_typed_errors_and_change_nothing() {
+    let dir = temp_dir("bad");
+    let cfg = RmsPropConfig::builder()
+        .momentum(0.9)
+        .centered(true)
+        .build()
+        .unwrap();
+    let make = |cfg: &RmsPropConfig, shape: &[usize]| {
+        let mut opt = RmsProp::new(ctx(), cfg.clone()).unwrap();
+        let n: usize = shape.iter().product();
+        let id = opt.add_variable("w", shape, &vec![0.25; n]).unwrap();
+        opt.apply_gradients(&[(id, &vec![0.5; n])]).unwrap();
+        (opt, id)
+    };
+    let (mut src, _) = make(&cfg, &[3, 4]);
+    let good = dir.join("good.safetensors");
+    src.save_checkpoint(&good, true).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+
+    let (mut opt, id) = make(&cfg, &[3, 4]);
+    opt.apply_gradients(&[(id, &[1.0; 12])]).unwrap();
+    let before = snapshot(&mut opt, &[id]);
+
+    let mut files: Vec<(std::path::PathBuf, &str)> = Vec::new();
+    let write = |name: &str, data: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, data).unwrap();
+        p
+    };
+    files.push((
+        write("truncated.safetensors", &bytes[..bytes.len() - 7]),
+        "",
+    ));
+    files.push((write("header-only.safetensors", &bytes[..20]), ""));
+    let mut flipped = bytes.clone();
+    flipped[3] ^= 0x55;
+    files.push((write("flipped-length.safetensors", &flipped), ""));
+    files.push((write("garbage.safetensors", b"not a checkpoint at all"), ""));
+    files.push((dir.join("missing.safetensors"), ""));
+    // Valid files that do not match this optimizer.
+    let other_rho = RmsPropConfig::builder()
+        .momentum(0.9)
+        .centered(true)
+        .rho(0.8)
+        .build()
+        .unwrap();
+    let (mut o, _) = make(&other_rho, &[3, 4]);
+    let p = dir.join("rho.safetensors");
+    o.save_checkpoint(&p, false).unwrap();
+    files.push((p, "config `rho`"));
+    let (mut o, _) = make(&cfg, &[4, 3]);
+    let p = dir.join("shape.safetensors");
+    o.save_checkpoint(&p, false).unwrap();
+    files.push((p, "variables"));
+    let torch = RmsPropConfig::preset(wgpu_rmsprop::Preset::Torch)
+        .momentum(0.9)
+        .centered(true)
+        .build()
+        .unwrap();
+    let (mut o, _) = make(&torch, &[3, 4]);
+    let p = dir.join("preset.safetensors");
+    o.save_checkpoint(&p, false).unwrap();
+    files.push((p, "preset"));
+
+    for (file, needle) in &files {
+        match opt.load_checkpoint(file) {
+            Err(wgpu_rmsprop::Error::Checkpoint { message, .. }) => {
+                assert!(message.contains(needle), "{}: {message}", file.display())
+            }
+            other => panic!(
+                "{}: expected a checkpoint error, got {other:?}",
+                file.display()
+            ),
+        }
+        assert_eq!(
+            snapshot(&mut opt, &[id]),
+            before,
+            "{} changed the state",
+            file.display()
+        );
+    }
+    // The good file restores the source's state exactly.
+    opt.load_checkpoint(&good).unwrap();
+    let src_id = src.variable("w").unwrap();
+    assert_eq!(snapshot(&mut opt, &[id]).1, snapshot(&mut src, &[src_id]).1);
+    assert_eq!(opt.iterations(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,230 @@
+//! Checkpoints: the complete optimizer state (every slot, the step count, the skipped-step count, the
+//! configuration and preset, and optionally the variables) in the safetensors format, so that Python
+//! users can open it (`safetensors.numpy.load_file`).
+//!
+//! Tensors are named `slots/<slot>/<variable>` and `variables/<variable>` (f32, the variable's shape).
+//! The metadata holds `format`, `preset`, `config` (JSON), `iterations`, `skipped_steps` and `variables`
+//! (JSON list of names and shapes). Writing is atomic: a temporary file beside the target is written,
+//! flushed to disk and renamed over it, so a crash mid-save leaves the previous checkpoint intact.
+//! Restoring reads and checks everything (format, preset, configuration, names, shapes, dtypes, sizes)
+//! before it writes anything to the GPU: a truncated, corrupted or mismatched file is an
+//! [`Error::Checkpoint`] and the optimizer is left exactly as it was.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde_json::{json, Value};
+
+use crate::config::{LearningRate, RmsPropConfig, WeightDecay};
+use crate::error::{Error, Result};
+
+/// The `format` metadata value this crate writes and reads.
+pub const FORMAT: &str = "wgpu-rmsprop-checkpoint/1";
+
+fn fail(path: &Path, message: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// The configuration as JSON, every knob that changes the numbers (closures as `"closure"`).
+pub fn config_json(c: &RmsPropConfig) -> Value {
+    let lr = match c.learning_rate() {
+        LearningRate::Constant(x) => json!(x),
+        LearningRate::Schedule(s) => serde_json::to_value(s).unwrap_or(Value::Null),
+        LearningRate::FnOfStep(_) | LearningRate::Callable(_) => json!("closure"),
+    };
+    let (wd_mode, wd) = match c.weight_decay() {
+        WeightDecay::None => ("none", 0.0),
+        WeightDecay::Decoupled(x) => ("decoupled", x),
+        WeightDecay::L2(x) => ("l2", x),
+    };
+    json!({
+        "learning_rate": lr,
+        "rho": c.rho(),
+        "momentum": c.momentum(),
+        "epsilon": c.epsilon(),
+        "centered": c.centered(),
+        "epsilon_placement": format!("{:?}", c.epsilon_placement()),
+        "momentum_form": format!("{:?}", c.momentum_form()),
+        "average_form": format!("{:?}", c.average_form()),
+        "momentum_slot": c.has_momentum(),
+        "initial_accumulator_value": c.initial_accumulator_value(),
+        "bias_correction": c.bias_correction(),
+        "nesterov": c.nesterov(),
+        "maximize": c.maximize(),
+        "weight_decay_mode": wd_mode,
+        "weight_decay": wd,
+        "clipvalue": c.clipvalue(),
+        "clipnorm": c.clipnorm(),
+        "global_clipnorm": c.global_clipnorm(),
+        "sparse_mode": format!("{:?}", c.sparse_mode()),
+        "duplicate_indices": format!("{:?}", c.duplicate_indices()),
+        "non_finite": format!("{:?}", c.non_finite()),
+    })
+}
+
+/// What [`crate::RmsProp::save_checkpoint`] gathers: metadata and named f32 tensors.
+pub(crate) struct Contents {
+    pub metadata: HashMap<String, String>,
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+/// Writes `contents` to `path` atomically (temporary file, flush, rename, directory sync).
+pub(crate) fn write(path: &Path, contents: Contents) -> Result<()> {
+    let views: Vec<(String, TensorView)> = contents
+        .tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
+                .map(|v| (name.clone(), v))
+                .map_err(|e| fail(path, format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::serialize(views, Some(contents.metadata))
+        .map_err(|e| fail(path, e.to_string()))?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| fail(path, "not a file path"))?
+        .to_string_lossy();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    let io = |e: std::io::Error| fail(path, e.to_string());
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// A checkpoint read and checked against an optimizer's configuration and variables.
+pub(crate) struct Restored {
+    pub iterations: u64,
+    pub skipped: u64,
+    /// Per variable (in the optimizer's order): its values if saved, then each kept slot's values.
+    pub variables: Vec<Option<Vec<f32>>>,
+    pub slots: Vec<Vec<Vec<f32>>>,
+}
+
+/// Reads `path` and checks it against `config`, the variables (`(name, shape)`) and the slot names.
+pub(crate) fn read(
+    path: &Path,
+    config: &RmsPropConfig,
+    variables: &[(String, Vec<usize>)],
+    slots: &[&str],
+) -> Result<Restored> {
+    let bytes = std::fs::read(path).map_err(|e| fail(path, e.to_string()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| fail(path, format!("not a valid safetensors file: {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| fail(path, e.to_string()))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let get = |k: &str| {
+        meta.get(k)
+            .ok_or_else(|| fail(path, format!("metadata `{k}` is missing")))
+    };
+    if get("format")? != FORMAT {
+        return Err(fail(
+            path,
+            format!("format {:?}, expected {FORMAT:?}", get("format")?),
+        ));
+    }
+    let preset = get("preset")?;
+    if preset != config.preset_kind().name() {
+        return Err(fail(
+            path,
+            format!(
+                "preset {preset:?} in the checkpoint, {:?} here",
+                config.preset_kind().name()
+            ),
+        ));
+    }
+    let saved: Value =
+        serde_json::from_str(get("config")?).map_err(|e| fail(path, format!("config: {e}")))?;
+    let here = config_json(config);
+    if let (Value::Object(saved), Value::Object(here)) = (&saved, &here) {
+        for (k, v) in here {
+            let s = saved.get(k).unwrap_or(&Value::Null);
+            let closure = *v == json!("closure") || *s == json!("closure");
+            if s != v && !closure {
+                return Err(fail(
+                    path,
+                    format!("config `{k}` is {s} in the checkpoint, {v} here"),
+                ));
+            }
+        }
+    } else {
+        return Err(fail(path, "config is not a JSON object"));
+    }
+    let number = |k: &str| -> Result<u64> {
+        get(k)?
+            .parse::<u64>()
+            .map_err(|e| fail(path, format!("metadata `{k}`: {e}")))
+    };
+    let iterations = number("iterations")?;
+    let skipped = number("skipped_steps")?;
+    let listed: Vec<(String, Vec<usize>)> = serde_json::from_str(get("variables")?)
+        .map_err(|e| fail(path, format!("variables: {e}")))?;
+    if listed != variables {
+        return Err(fail(
+            path,
+            format!("variables {listed:?} in the checkpoint, {variables:?} here"),
+        ));
+    }
+    let tensor = |name: &str, shape: &[usize], required: bool| -> Result<Option<Vec<f32>>> {
+        match st.tensor(name) {
+            Ok(t) => {
+                if t.dtype() != Dtype::F32 {
+                    return Err(fail(
+                        path,
+                        format!("tensor {name} is {:?}, expected F32", t.dtype()),
+                    ));
+                }
+                if t.shape() != shape {
+                    return Err(fail(
+                        path,
+                        format!(
+                            "tensor {name} has shape {:?}, expected {shape:?}",
+                            t.shape()
+                        ),
+                    ));
+                }
+                let data = t.data();
+                let values = data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                Ok(Some(values))
+            }
+            Err(_) if !required => Ok(None),
+            Err(e) => Err(fail(path, format!("tensor {name}: {e}"))),
+        }
+    };
+    let mut out = Restored {
+        iterations,
+        skipped,
+        variables: Vec::new(),
+        slots: Vec::new(),
+    };
+    for (name, shape) in variables {
+        out.variables
+            .push(tensor(&format!("variables/{name}"), shape, false)?);
+        let mut per = Vec::new();
+        for slot in slots {
+            per.push(tensor(&format!("slots/{slot}/{name}"), shape, true)?.unwrap_or_default());
+        }
+        out.slots.push(per);
+    }
+    Ok(out)
+}
