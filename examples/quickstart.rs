@@ -1,5 +1,5 @@
 //! The seed example: var1 = 10.0, loss = var1^2 / 2 (so the gradient is var1), learning_rate 0.1.
-//! One step returns step count 1 and leaves var1 = 9.683772.
+//! One step returns step count 1 and leaves var1 = 9.683772. `--checkpoint PATH` saves the state.
 
 use wgpu_rmsprop::{GpuContext, RmsProp, RmsPropConfig, Slot};
 
@@ -17,5 +17,15 @@ fn main() -> Result<(), wgpu_rmsprop::Error> {
     println!("step count: {step}");
     println!("var1: {x}");
     println!("velocity: {v}");
+    // `quickstart --checkpoint PATH` also saves the optimizer state (safetensors).
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(path) = args
+        .iter()
+        .position(|a| a == "--checkpoint")
+        .and_then(|i| args.get(i + 1))
+    {
+        opt.save_checkpoint(std::path::Path::new(path), true)?;
+        println!("checkpoint: {path}");
+    }
     Ok(())
 }

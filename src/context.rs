@@ -128,6 +128,10 @@ impl GpuContext {
                 adapter: info.name.clone(),
                 message: e.to_string(),
             })?;
+        // A library must not abort its caller: errors outside our error scopes are logged, not panicked on.
+        device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
+            log::error!("wgpu-rmsprop: uncaptured wgpu error: {e}");
+        }));
         let lost = Arc::new(Mutex::new(None));
         let flag = lost.clone();
         device.set_device_lost_callback(move |reason, message| {

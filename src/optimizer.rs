@@ -806,10 +806,33 @@ impl RmsProp {
     /// Applies one step of any mix of dense, GPU and sparse gradients (one per variable listed) and
     /// submits it. Returns the new step count. On error nothing is written.
     pub fn apply(&mut self, grads: &[(VarId, Gradient<'_>)]) -> Result<u64> {
+        let (iterations, last_lr) = (self.iterations, self.last_lr);
+        // Anything the host checks cannot see (e.g. a gradient buffer from another device) surfaces as a
+        // wgpu validation error: the command buffer is then invalid and nothing of it runs.
+        let scope = self
+            .ctx
+            .device()
+            .push_error_scope(wgpu::ErrorFilter::Validation);
         let mut encoder = self.encoder("step");
-        self.record(&mut encoder, grads)?;
-        self.ctx.queue().submit([encoder.finish()]);
+        let recorded = self.record(&mut encoder, grads);
+        if recorded.is_ok() {
+            self.ctx.queue().submit([encoder.finish()]);
+        } else {
+            drop(encoder);
+        }
+        let gpu_error = pollster::block_on(scope.pop());
         self.mark_submitted();
+        recorded?;
+        if let Some(e) = gpu_error {
+            self.iterations = iterations;
+            self.last_lr = last_lr;
+            // What the step staged may not have landed: write the tables again next time.
+            self.written_jobs.clear();
+            self.written_var_step.clear();
+            return Err(Error::Gpu(format!(
+                "the step was rejected by wgpu and not applied: {e}"
+            )));
+        }
         Ok(self.iterations)
     }
 

@@ -88,5 +88,53 @@ fn malformed_cases_are_errors_not_panics() {
     let err = Case::from_json(&v.to_string()).unwrap_err().to_string();
     assert!(err.contains("init has 2"), "{err}");
     assert!(Case::from_json("{").is_err());
+    // Invalid cases: each is an error that names what is wrong (replay prints it as ERROR and goes on).
+    let mutate = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        f(&mut v);
+        v.to_string()
+    };
+    let bad: Vec<(String, &str)> = vec![
+        (
+            mutate(&|v| v["semantics"] = "caffe".into()),
+            "unknown semantics",
+        ),
+        (
+            mutate(&|v| v["config"]["rho"] = 1.5.into()),
+            "`rho` must be in [0, 1)",
+        ),
+        (
+            mutate(&|v| v["config"]["learning_rate"] = serde_json::json!({"schedule": "Wobbly"})),
+            "unknown schedule",
+        ),
+        (
+            mutate(&|v| v["steps"][0]["grads"] = serde_json::json!([])),
+            "0 gradients for 1 variables",
+        ),
+        (
+            mutate(&|v| {
+                v["variables"][0]["shape"] = serde_json::json!([1]);
+                v["steps"][0]["grads"][0] =
+                    serde_json::json!({"kind": "sparse", "indices": [-1], "values": [1.0]});
+            }),
+            "index -1",
+        ),
+        (
+            mutate(&|v| {
+                v["steps"][0]["grads"][0] =
+                    serde_json::json!({"kind": "dense", "values": [1.0, 2.0]})
+            }),
+            "has 2 values",
+        ),
+        (
+            mutate(&|v| v["config"]["sparse_mode"] = "eager".into()),
+            "unknown sparse_mode",
+        ),
+    ];
+    for (text, needle) in bad {
+        let err = Case::from_json(&text).and_then(|c| c.optimizer_config().map(|_| ()));
+        let msg = err.expect_err(needle).to_string();
+        assert!(msg.contains(needle), "{needle}: {msg}");
+    }
     assert!(Case::from_json(&good[..good.len() / 2]).is_err());
 }

@@ -221,3 +221,97 @@ fn bad_checkpoints_are_typed_errors_and_change_nothing() {
     assert_eq!(opt.iterations(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_gradient_buffer_from_another_device_is_an_error_not_a_panic() {
+    let cfg = RmsPropConfig::builder().momentum(0.5).build().unwrap();
+    let mut opt = RmsProp::new(ctx(), cfg).unwrap();
+    let w = opt.add_variable("w", &[4], &[1.0; 4]).unwrap();
+    opt.apply_gradients(&[(w, &[0.5; 4])]).unwrap();
+    let before = snapshot(&mut opt, &[w]);
+    let other = wgpu_rmsprop::GpuContext::new().unwrap();
+    let foreign = other.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("foreign"),
+        size: 16,
+        usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let e = opt
+        .apply_gpu_gradients(&[(
+            w,
+            wgpu_rmsprop::GpuGradient {
+                buffer: &foreign,
+                offset: 0,
+            },
+        )])
+        .unwrap_err();
+    assert!(matches!(e, wgpu_rmsprop::Error::Gpu(_)), "{e:?}");
+    assert_eq!(snapshot(&mut opt, &[w]), before);
+    // And the optimizer still works.
+    assert_eq!(opt.apply_gradients(&[(w, &[0.5; 4])]).unwrap(), 2);
+}
+
+#[test]
+fn twenty_thousand_mixed_steps_keep_memory_flat_and_match_the_reference() {
+    let cfg = RmsPropConfig::builder()
+        .learning_rate(1e-3)
+        .momentum(0.9)
+        .centered(true)
+        .clipnorm(5.0)
+        .build()
+        .unwrap();
+    let mut rng = Rng::new(77);
+    let (i0, i1) = (rng.vec(37, 1.0, 0), rng.vec(64 * 3, 1.0, 0));
+    let mut opt = RmsProp::new(ctx(), cfg.clone()).unwrap();
+    let a = opt.add_variable("dense", &[37], &i0).unwrap();
+    let t = opt.add_variable("table", &[64, 3], &i1).unwrap();
+    let mut r = Reference::new(cfg.clone());
+    r.add_variable(&[37], &i0);
+    r.add_variable(&[64, 3], &i1);
+    let steps = 20_000;
+    let mut stats = None;
+    // A fixed pool of gradients (generation would dominate the run time).
+    let dense: Vec<Vec<f32>> = (0..16).map(|_| rng.vec(37, 1.0, 5)).collect();
+    let rows: Vec<Vec<f32>> = (0..16).map(|_| rng.vec(5 * 3, 1.0, 0)).collect();
+    for s in 0..steps {
+        let idx: [i64; 5] = [
+            (s % 64) as i64,
+            ((s * 7) % 64) as i64,
+            3,
+            3,
+            ((s * 13) % 64) as i64,
+        ];
+        let (g, v) = (&dense[s % 16], &rows[(s / 3) % 16]);
+        opt.apply(&[
+            (a, Gradient::Dense(g)),
+            (
+                t,
+                Gradient::Sparse {
+                    indices: Indices::I64(&idx),
+                    values: v,
+                },
+            ),
+        ])
+        .unwrap();
+        let uidx: Vec<usize> = idx.iter().map(|&i| i as usize).collect();
+        r.step(&[
+            Some(RefGradient::Dense(g)),
+            Some(RefGradient::Sparse {
+                indices: &uidx,
+                values: v,
+            }),
+        ])
+        .unwrap();
+        if s == 100 {
+            stats = Some(opt.pool_stats());
+        }
+    }
+    assert_eq!(
+        Some(opt.pool_stats()),
+        stats,
+        "GPU memory held must not grow after warm-up"
+    );
+    assert_eq!(opt.iterations(), steps as u64);
+    assert_matches(&mut opt, a, &r.vars[0], "dense after 20k steps");
+    assert_matches(&mut opt, t, &r.vars[1], "table after 20k steps");
+}
