@@ -1,0 +1,467 @@
+//! Trains a 64-64-10 MLP on the 8x8 handwritten digits (1,797 images, 10 classes) entirely on the GPU:
+//! forward and backward passes in WGSL (`train_mlp.wgsl`), the update from this crate. The backward pass
+//! writes the gradients straight into the optimizer's gradient buffer and each step is recorded into the
+//! same encoder (`Gradient::Resident`, `record`): no host round trip per step, only the per-epoch loss
+//! read-out. Prints a line per epoch, writes a PNG plot of the train and test loss, and ends with
+//!
+//! ```text
+//! final: epochs=<n> train_loss=<x> test_loss=<y> test_accuracy=<z> seconds=<s> plot=<path>
+//! ```
+//!
+//! `cargo run --release --example train -- [--epochs N] [--plot PATH]`
+
+use std::error::Error;
+use std::time::Instant;
+
+use wgpu_rmsprop::{GpuContext, Gradient, RmsProp, RmsPropConfig, VarId};
+
+const SHADER: &str = include_str!("train_mlp.wgsl");
+const IN: usize = 64;
+const HID: usize = 64;
+const OUT: usize = 10;
+const BATCH: usize = 64;
+/// Steps recorded per submit (the uniform-parameter path holds up to 4 pending steps).
+const STEPS_PER_SUBMIT: usize = 4;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn uniform(&mut self, a: f32) -> f32 {
+        (self.next() as f32 / (1u64 << 31) as f32 * 2.0 - 1.0) * a
+    }
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.next() as usize % (i + 1));
+        }
+    }
+}
+
+fn load_digits() -> Result<(Vec<f32>, Vec<u32>), Box<dyn Error>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/digits.csv");
+    let text = std::fs::read_to_string(&path)?;
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for (n, line) in text.lines().enumerate() {
+        let fields: Vec<&str> = line.split(',').collect();
+        if fields.len() != IN + 1 {
+            return Err(format!(
+                "{}:{}: {} fields, expected {}",
+                path.display(),
+                n + 1,
+                fields.len(),
+                IN + 1
+            )
+            .into());
+        }
+        for f in &fields[..IN] {
+            x.push(f.trim().parse::<f32>()? / 16.0);
+        }
+        y.push(fields[IN].trim().parse::<u32>()?);
+    }
+    Ok((x, y))
+}
+
+struct Split {
+    x: wgpu::Buffer,
+    y: wgpu::Buffer,
+    order: wgpu::Buffer,
+    losses: wgpu::Buffer,
+    correct: wgpu::Buffer,
+    n: usize,
+}
+
+fn storage(ctx: &GpuContext, label: &str, data: &[u8]) -> wgpu::Buffer {
+    let b = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: (data.len() as u64).max(16).next_multiple_of(16),
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    ctx.queue().write_buffer(&b, 0, data);
+    b
+}
+
+fn split(ctx: &GpuContext, x: &[f32], y: &[u32], rows: &[usize], name: &str) -> Split {
+    let xs: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| x[r * IN..(r + 1) * IN].iter().copied())
+        .collect();
+    let ys: Vec<u32> = rows.iter().map(|&r| y[r]).collect();
+    let order: Vec<u32> = (0..rows.len() as u32).collect();
+    let zeros = vec![0u8; rows.len() * 4];
+    Split {
+        x: storage(ctx, &format!("{name} x"), bytemuck::cast_slice(&xs)),
+        y: storage(ctx, &format!("{name} y"), bytemuck::cast_slice(&ys)),
+        order: storage(ctx, &format!("{name} order"), bytemuck::cast_slice(&order)),
+        losses: storage(ctx, &format!("{name} losses"), &zeros),
+        correct: storage(ctx, &format!("{name} correct"), &zeros),
+        n: rows.len(),
+    }
+}
+
+/// Reads `len` floats of `src` through a reused staging buffer.
+fn read(
+    ctx: &GpuContext,
+    staging: &wgpu::Buffer,
+    src: &wgpu::Buffer,
+    len: usize,
+) -> Result<Vec<f32>, Box<dyn Error>> {
+    let bytes = len as u64 * 4;
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(src, 0, staging, 0, bytes);
+    ctx.queue().submit([encoder.finish()]);
+    let slice = staging.slice(0..bytes);
+    let (tx, rx) = std::sync::mpsc::channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    ctx.wait_idle()?;
+    rx.recv()??;
+    let out = bytemuck::cast_slice::<u8, f32>(&slice.get_mapped_range()?).to_vec();
+    staging.unmap();
+    Ok(out)
+}
+
+fn plot(path: &str, train: &[f32], test: &[f32]) -> Result<(), Box<dyn Error>> {
+    use plotters::prelude::*;
+    // Text needs a font: take DejaVu Sans where the system has it, else draw without labels.
+    let font = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read(p).ok());
+    let labels = match font {
+        Some(bytes) => plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            Box::leak(bytes.into_boxed_slice()),
+        )
+        .is_ok(),
+        None => false,
+    };
+    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = train.iter().chain(test).fold(0.0f32, |a, &b| a.max(b)) * 1.05;
+    let epochs = train.len() as u32;
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(60);
+    if labels {
+        builder.caption(
+            "MLP on 8x8 digits, RMSprop on the GPU: cross-entropy loss",
+            ("sans-serif", 22),
+        );
+    }
+    let mut chart = builder.build_cartesian_2d(1u32..epochs.max(2), 0f32..top)?;
+    if labels {
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc("loss")
+            .draw()?;
+    } else {
+        chart.configure_mesh().x_labels(0).y_labels(0).draw()?;
+    }
+    let series = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32 + 1, l))
+            .collect::<Vec<_>>()
+    };
+    let train_line = chart.draw_series(LineSeries::new(series(train), BLUE.stroke_width(2)))?;
+    if labels {
+        train_line
+            .label("train")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
+    }
+    let test_line = chart.draw_series(LineSeries::new(series(test), RED.stroke_width(2)))?;
+    if labels {
+        test_line
+            .label("test")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE)
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    env_logger::init();
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let epochs: usize = arg("--epochs")
+        .map(|e| e.parse())
+        .transpose()?
+        .unwrap_or(40);
+    let plot_path = arg("--plot").unwrap_or_else(|| "train_loss.png".to_string());
+    let start = Instant::now();
+
+    let (x, y) = load_digits()?;
+    let n = y.len();
+    let mut rng = Rng(42);
+    let mut rows: Vec<usize> = (0..n).collect();
+    rng.shuffle(&mut rows);
+    let n_train = n * 4 / 5;
+    let ctx = GpuContext::new()?;
+    eprintln!("adapter: {}", ctx.adapter_description());
+    let train = split(&ctx, &x, &y, &rows[..n_train], "train");
+    let test = split(&ctx, &x, &y, &rows[n_train..], "test");
+
+    // The parameters live in the optimizer's pools.
+    let config = RmsPropConfig::builder()
+        .learning_rate(0.002)
+        .name("mlp")
+        .build()?;
+    let mut opt = RmsProp::new(&ctx, config)?;
+    let glorot = |rng: &mut Rng, fan_in: usize, fan_out: usize| {
+        let a = (6.0 / (fan_in + fan_out) as f32).sqrt();
+        (0..fan_in * fan_out)
+            .map(|_| rng.uniform(a))
+            .collect::<Vec<f32>>()
+    };
+    let w1 = opt.add_variable("w1", &[IN, HID], &glorot(&mut rng, IN, HID))?;
+    let b1 = opt.add_variable("b1", &[HID], &[0.0; HID])?;
+    let w2 = opt.add_variable("w2", &[HID, OUT], &glorot(&mut rng, HID, OUT))?;
+    let b2 = opt.add_variable("b2", &[OUT], &[0.0; OUT])?;
+    let ids = [w1, b1, w2, b2];
+    let params = ids.map(|id| opt.variable_slices(id).map(|s| s[0].clone()));
+    let grads = ids.map(|id| opt.gradient_slices(id).map(|s| s[0].clone()));
+    let (params, grads) = (
+        params.map(|p| p.expect("slices")),
+        grads.map(|g| g.expect("slices")),
+    );
+    if params.iter().any(|p| p.buffer != params[0].buffer)
+        || grads.iter().any(|g| g.buffer != grads[0].buffer)
+    {
+        return Err("the parameters are expected in one pool buffer".into());
+    }
+    let offset = |i: usize| (params[i].offset / 4) as u32;
+
+    // Scratch activations and the pipeline (one layout for the four entry points).
+    let max_n = BATCH.max(test.n);
+    let device = ctx.device();
+    let h = storage(&ctx, "h", &vec![0u8; max_n * HID * 4]);
+    let dlogits = storage(&ctx, "dlogits", &vec![0u8; max_n * OUT * 4]);
+    let dh = storage(&ctx, "dh", &vec![0u8; max_n * HID * 4]);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("train_mlp.wgsl"),
+        source: wgpu::ShaderSource::Wgsl(SHADER.into()),
+    });
+    let entry =
+        |binding: u32, ty: wgpu::BufferBindingType, dynamic: bool| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty,
+                has_dynamic_offset: dynamic,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+    let ro = wgpu::BufferBindingType::Storage { read_only: true };
+    let rw = wgpu::BufferBindingType::Storage { read_only: false };
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("mlp"),
+        entries: &[
+            entry(0, wgpu::BufferBindingType::Uniform, true),
+            entry(1, ro, false),
+            entry(2, rw, false),
+            entry(3, ro, false),
+            entry(4, ro, false),
+            entry(5, ro, false),
+            entry(6, rw, false),
+            entry(7, rw, false),
+            entry(8, rw, false),
+            entry(9, rw, false),
+            entry(10, rw, false),
+        ],
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some("mlp"),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = |name: &str| {
+        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(name),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(name),
+            compilation_options: Default::default(),
+            cache: None,
+        })
+    };
+    let (hidden, output, grad_out, grad_hidden) = (
+        pipeline("hidden"),
+        pipeline("output"),
+        pipeline("grad_out"),
+        pipeline("grad_hidden"),
+    );
+
+    // One uniform slot per batch of an epoch, and one for the test set.
+    let batches = train.n / BATCH;
+    let stride = u64::from(device.limits().min_uniform_buffer_offset_alignment).max(32);
+    let mut slots = vec![0u8; (batches + 1) * stride as usize];
+    for s in 0..=batches {
+        let (base, count) = if s < batches {
+            (s * BATCH, BATCH)
+        } else {
+            (0, test.n)
+        };
+        let p: [u32; 8] = [
+            base as u32,
+            count as u32,
+            offset(0),
+            offset(1),
+            offset(2),
+            offset(3),
+            (1.0 / count as f32).to_bits(),
+            0,
+        ];
+        let at = s * stride as usize;
+        slots[at..at + 32].copy_from_slice(bytemuck::cast_slice(&p));
+    }
+    let uniform = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("mlp batches"),
+        size: slots.len() as u64,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    ctx.queue().write_buffer(&uniform, 0, &slots);
+    let bind = |s: &Split| {
+        let buffers = [
+            &params[0].buffer,
+            &grads[0].buffer,
+            &s.x,
+            &s.y,
+            &s.order,
+            &h,
+            &dlogits,
+            &dh,
+            &s.losses,
+            &s.correct,
+        ];
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &uniform,
+                offset: 0,
+                size: wgpu::BufferSize::new(32),
+            }),
+        }];
+        for (i, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: b.as_entire_binding(),
+            });
+        }
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("mlp"),
+            layout: &layout,
+            entries: &entries,
+        })
+    };
+    let (train_bg, test_bg) = (bind(&train), bind(&test));
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("read-out"),
+        size: (train.n.max(test.n) * 4) as u64,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let groups = |items: usize| items.div_ceil(64) as u32;
+    let resident: Vec<(VarId, Gradient)> = ids.iter().map(|&id| (id, Gradient::Resident)).collect();
+
+    let (mut train_curve, mut test_curve) = (Vec::new(), Vec::new());
+    let mut order: Vec<u32> = (0..train.n as u32).collect();
+    let mut accuracy = 0.0;
+    for epoch in 1..=epochs {
+        rng.shuffle(&mut order);
+        ctx.queue()
+            .write_buffer(&train.order, 0, bytemuck::cast_slice(&order));
+        let mut encoder = device.create_command_encoder(&Default::default());
+        for b in 0..batches {
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_bind_group(0, &train_bg, &[(b as u64 * stride) as u32]);
+                for (pipe, items) in [
+                    (&hidden, BATCH * HID),
+                    (&output, BATCH),
+                    (&grad_out, (HID * OUT + OUT).max(BATCH * HID)),
+                    (&grad_hidden, IN * HID + HID),
+                ] {
+                    pass.set_pipeline(pipe);
+                    pass.dispatch_workgroups(groups(items), 1, 1);
+                }
+            }
+            opt.record(&mut encoder, &resident)?;
+            if (b + 1) % STEPS_PER_SUBMIT == 0 {
+                ctx.queue().submit([std::mem::replace(
+                    &mut encoder,
+                    device.create_command_encoder(&Default::default()),
+                )
+                .finish()]);
+                opt.mark_submitted();
+            }
+        }
+        // Test set: the forward pass only.
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_bind_group(0, &test_bg, &[(batches as u64 * stride) as u32]);
+            pass.set_pipeline(&hidden);
+            pass.dispatch_workgroups(groups(test.n * HID), 1, 1);
+            pass.set_pipeline(&output);
+            pass.dispatch_workgroups(groups(test.n), 1, 1);
+        }
+        ctx.queue().submit([encoder.finish()]);
+        opt.mark_submitted();
+        let seen = batches * BATCH;
+        let train_loss = read(&ctx, &staging, &train.losses, seen)?
+            .iter()
+            .sum::<f32>()
+            / seen as f32;
+        let test_loss = read(&ctx, &staging, &test.losses, test.n)?
+            .iter()
+            .sum::<f32>()
+            / test.n as f32;
+        accuracy = read(&ctx, &staging, &test.correct, test.n)?
+            .iter()
+            .sum::<f32>()
+            / test.n as f32;
+        train_curve.push(train_loss);
+        test_curve.push(test_loss);
+        println!(
+            "epoch {epoch:3}/{epochs}  train_loss {train_loss:.4}  test_loss {test_loss:.4}  test_accuracy {:.2}%  step {}",
+            accuracy * 100.0,
+            opt.iterations()
+        );
+    }
+    plot(&plot_path, &train_curve, &test_curve)?;
+    println!(
+        "final: epochs={epochs} train_loss={:.4} test_loss={:.4} test_accuracy={:.4} seconds={:.1} plot={plot_path}",
+        train_curve.last().copied().unwrap_or(f32::NAN),
+        test_curve.last().copied().unwrap_or(f32::NAN),
+        accuracy,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
