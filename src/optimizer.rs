@@ -65,6 +65,15 @@ pub enum Gradient<'a> {
         /// One row of values per index.
         values: &'a [f32],
     },
+    /// IndexedSlices whose values are already on the GPU (e.g. written by the caller's backward shader):
+    /// host indices, and `len(indices) * row_len` f32 values from `values.offset` of `values.buffer`,
+    /// copied GPU-to-GPU into the step's sparse buffer.
+    SparseGpu {
+        /// Row indices.
+        indices: Indices<'a>,
+        /// Where the rows of values are.
+        values: GpuGradient<'a>,
+    },
 }
 
 /// Where part of a variable (or of its gradient) lives on the GPU: `len` f32 values from byte `offset` of
@@ -283,6 +292,8 @@ pub struct RmsProp {
     scratch_keys: Vec<u64>,
     scratch_index: Vec<u32>,
     scratch_values: Vec<f32>,
+    /// Values of this step's `SparseGpu` gradients, placed after the host values.
+    scratch_gpu_values: usize,
     scratch_jobs: Vec<[u32; 4]>,
     scratch_var_step: Vec<[u32; 4]>,
     scratch_dispatches: Vec<Dispatch>,
@@ -443,6 +454,7 @@ impl RmsProp {
             scratch_keys: Vec::new(),
             scratch_index: Vec::new(),
             scratch_values: Vec::new(),
+            scratch_gpu_values: 0,
             scratch_jobs: Vec::new(),
             scratch_var_step: Vec::new(),
             scratch_dispatches: Vec::new(),
@@ -873,29 +885,18 @@ impl RmsProp {
                         });
                     }
                 }
-                Gradient::Gpu(gg) => {
-                    let reason = if !gg.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
-                        Some(format!("usage {:?} lacks COPY_SRC", gg.buffer.usage()))
-                    } else if gg.offset % 4 != 0 {
-                        Some(format!("offset {} is not a multiple of 4", gg.offset))
-                    } else if gg
-                        .offset
-                        .checked_add(v.len as u64 * 4)
-                        .is_none_or(|end| end > gg.buffer.size())
-                    {
-                        Some(format!(
-                            "offset {} + {} values x 4 bytes exceeds the buffer's {} bytes",
-                            gg.offset,
-                            v.len,
-                            gg.buffer.size()
-                        ))
-                    } else {
-                        None
-                    };
-                    if let Some(reason) = reason {
-                        return Err(Error::GradientBuffer {
+                Gradient::Gpu(gg) => check_gpu_buffer(&v.name, gg, v.len)?,
+                Gradient::SparseGpu { indices, values } => {
+                    let n = indices.len().saturating_mul(v.row_len);
+                    sparse::validate(&v.name, &v.shape, indices, n)?;
+                    check_gpu_buffer(&v.name, values, n)?;
+                    sparse_values += n as u64;
+                    if sparse_values >= u64::from(u32::MAX) {
+                        return Err(Error::SparseValuesLength {
                             name: name(),
-                            reason,
+                            indices: indices.len(),
+                            row_len: v.row_len,
+                            got: n,
                         });
                     }
                 }
@@ -918,7 +919,7 @@ impl RmsProp {
                 });
             }
             self.scratch_parts[id.index as usize] = match g {
-                Gradient::Sparse { .. } => Part::Sparse,
+                Gradient::Sparse { .. } | Gradient::SparseGpu { .. } => Part::Sparse,
                 Gradient::Dense(_) | Gradient::Gpu(_) | Gradient::Resident => Part::Dense,
             };
         }
@@ -993,7 +994,24 @@ impl RmsProp {
                         );
                     }
                 }
-                Gradient::Sparse { .. } => {
+                Gradient::Sparse { .. } | Gradient::SparseGpu { .. } => {
+                    if let Gradient::SparseGpu { indices, values } = g {
+                        let sp = self
+                            .scratch_sparse
+                            .iter()
+                            .find(|sp| sp.var == id.index as usize)
+                            .ok_or_else(missing_buffer)?;
+                        let bytes = (indices.len() * v.row_len) as u64 * 4;
+                        if bytes > 0 {
+                            encoder.copy_buffer_to_buffer(
+                                values.buffer,
+                                values.offset,
+                                &self.sparse_values.buffer,
+                                u64::from(sp.values_base) * 4,
+                                bytes,
+                            );
+                        }
+                    }
                     if self.config.sparse_mode() == SparseMode::Dense {
                         // The merged rows are scattered into a cleared gradient region.
                         for s in &v.segments {
@@ -1104,22 +1122,36 @@ impl RmsProp {
         self.scratch_sparse.clear();
         self.scratch_index.clear();
         self.scratch_values.clear();
-        for (id, g) in grads {
-            let Gradient::Sparse { indices, values } = g else {
-                continue;
-            };
-            let index_base = self.scratch_index.len() as u32;
-            let unique =
-                sparse::group_rows(indices, &mut self.scratch_keys, &mut self.scratch_index);
-            let values_base = self.scratch_values.len() as u32;
-            self.scratch_values.extend_from_slice(values);
-            self.scratch_sparse.push(SparseStep {
-                var: id.index as usize,
-                index_base,
-                values_base,
-                unique_rows: unique,
-                listed: indices.len() as u32,
-            });
+        // Host values first (one contiguous write), then room for the values copied on the GPU.
+        self.scratch_gpu_values = 0;
+        for host in [true, false] {
+            for (id, g) in grads {
+                let (indices, len) = match g {
+                    Gradient::Sparse { indices, values } if host => (indices, values.len()),
+                    Gradient::SparseGpu { indices, .. } if !host => (
+                        indices,
+                        indices.len() * self.variables[id.index as usize].row_len,
+                    ),
+                    _ => continue,
+                };
+                let index_base = self.scratch_index.len() as u32;
+                let unique =
+                    sparse::group_rows(indices, &mut self.scratch_keys, &mut self.scratch_index);
+                let values_base = (self.scratch_values.len() + self.scratch_gpu_values) as u32;
+                match g {
+                    Gradient::Sparse { values, .. } => {
+                        self.scratch_values.extend_from_slice(values)
+                    }
+                    _ => self.scratch_gpu_values += len,
+                }
+                self.scratch_sparse.push(SparseStep {
+                    var: id.index as usize,
+                    index_base,
+                    values_base,
+                    unique_rows: unique,
+                    listed: indices.len() as u32,
+                });
+            }
         }
     }
 
@@ -1337,9 +1369,10 @@ impl RmsProp {
         grown |= self
             .partials
             .reserve(&device, self.scratch_jobs.len() as u64 * 8)?;
-        grown |= self
-            .sparse_values
-            .reserve(&device, self.scratch_values.len() as u64 * 4)?;
+        grown |= self.sparse_values.reserve(
+            &device,
+            (self.scratch_values.len() + self.scratch_gpu_values) as u64 * 4,
+        )?;
         grown |= self
             .sparse_index
             .reserve(&device, self.scratch_index.len() as u64 * 4)?;
@@ -1578,6 +1611,34 @@ impl RmsProp {
         staging.unmap();
         self.ctx.check_alive()?;
         Ok(out)
+    }
+}
+
+/// Checks that `len` f32 can be copied from a caller's buffer for variable `name`.
+fn check_gpu_buffer(name: &str, g: &GpuGradient<'_>, len: usize) -> Result<()> {
+    let reason = if !g.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+        Some(format!("usage {:?} lacks COPY_SRC", g.buffer.usage()))
+    } else if g.offset % 4 != 0 {
+        Some(format!("offset {} is not a multiple of 4", g.offset))
+    } else if g
+        .offset
+        .checked_add(len as u64 * 4)
+        .is_none_or(|end| end > g.buffer.size())
+    {
+        Some(format!(
+            "offset {} + {len} values x 4 bytes exceeds the buffer's {} bytes",
+            g.offset,
+            g.buffer.size()
+        ))
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::GradientBuffer {
+            name: name.into(),
+            reason,
+        }),
+        None => Ok(()),
     }
 }
 

@@ -1,0 +1,42 @@
+// Matrix factorization for the `embeddings` example: for each (user, item, rating) of the batch,
+// err = U[user] . V[item] - rating, loss = err^2 / 2, and the gradient rows err*V[item] / n and
+// err*U[user] / n, written in batch order for the optimizer's sparse (IndexedSlices) step.
+
+struct P {
+    n: u32,
+    dim: u32,
+    // Element offsets of U and V in their pool buffers.
+    u_off: u32,
+    v_off: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> u_table: array<f32>;
+@group(0) @binding(2) var<storage, read> v_table: array<f32>;
+// (user, item, rating bits) per sample.
+@group(0) @binding(3) var<storage, read> batch: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read_write> du: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dv: array<f32>;
+@group(0) @binding(6) var<storage, read_write> losses: array<f32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let b = gid.x;
+    if b >= p.n {
+        return;
+    }
+    let s = batch[b];
+    let ub = p.u_off + s.x * p.dim;
+    let vb = p.v_off + s.y * p.dim;
+    var pred = 0.0;
+    for (var k = 0u; k < p.dim; k++) {
+        pred += u_table[ub + k] * v_table[vb + k];
+    }
+    let err = pred - bitcast<f32>(s.z);
+    losses[b] = 0.5 * err * err;
+    let scale = err / f32(p.n);
+    for (var k = 0u; k < p.dim; k++) {
+        du[b * p.dim + k] = scale * v_table[vb + k];
+        dv[b * p.dim + k] = scale * u_table[ub + k];
+    }
+}

@@ -1,0 +1,64 @@
+//! The examples run end to end and learn: the `train` MLP's loss falls over a few epochs and its plot is
+//! written; the `embeddings` factorization's loss falls with lazy sparse updates.
+
+use std::process::Command;
+
+fn run_example(name: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--example", name, "--"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn field(line: &str, key: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} in {line}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn train_example_loss_falls_and_plot_is_written() {
+    let plot = std::env::temp_dir().join(format!("train-{}.png", std::process::id()));
+    let out = run_example(
+        "train",
+        &["--epochs", "4", "--plot", plot.to_str().unwrap()],
+    );
+    let losses: Vec<f64> = out
+        .lines()
+        .filter(|l| l.starts_with("epoch"))
+        .map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 4, "{out}");
+    assert!(
+        losses[3] < losses[0] * 0.6,
+        "train loss must fall: {losses:?}"
+    );
+    let last = out.lines().last().unwrap();
+    assert!(last.starts_with("final: epochs=4 "), "{last}");
+    assert!(field(last, "test_accuracy") > 0.8, "{last}");
+    let png = std::fs::read(&plot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    std::fs::remove_file(&plot).unwrap();
+}
+
+#[test]
+fn embeddings_example_loss_falls_with_lazy_sparse_updates() {
+    let out = run_example(
+        "embeddings",
+        &["--steps", "600", "--users", "500", "--items", "100"],
+    );
+    let last = out.lines().last().unwrap();
+    let (first, final_loss) = (field(last, "first_loss"), field(last, "last_loss"));
+    assert!(final_loss < first * 0.1, "loss must fall: {last}");
+}
