@@ -21,7 +21,7 @@ pub struct ContextOptions {
 /// A wgpu device and queue, shared by every optimizer built on it.
 ///
 /// Cloning is cheap (the handles are reference counted). Create one per process and reuse it:
-/// ```no_run
+/// ```
 /// let ctx = wgpu_rmsprop::GpuContext::new()?;
 /// println!("{}", ctx.adapter_description());
 /// # Ok::<(), wgpu_rmsprop::Error>(())

@@ -75,7 +75,7 @@
 //!
 //! ## Example
 //!
-//! ```no_run
+//! ```
 //! use wgpu_rmsprop::{GpuContext, Gradient, Indices, Preset, RmsProp, RmsPropConfig, Schedule, Slot};
 //! let ctx = GpuContext::new()?; // honours WGPU_BACKEND and WGPU_ADAPTER_NAME
 //! let cfg = RmsPropConfig::preset(Preset::Keras)

@@ -234,7 +234,7 @@ impl StepBuffer {
 
 /// The RMSprop optimizer with its variables and state on the GPU.
 ///
-/// ```no_run
+/// ```
 /// use wgpu_rmsprop::{GpuContext, RmsProp, RmsPropConfig};
 /// let ctx = GpuContext::new()?;
 /// let cfg = RmsPropConfig::builder().learning_rate(0.1).build()?;

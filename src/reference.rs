@@ -210,6 +210,16 @@ pub fn group_rows(indices: &[usize]) -> Vec<(usize, Vec<usize>)> {
 }
 
 /// A whole optimizer on the host.
+///
+/// ```
+/// use wgpu_rmsprop::reference::{RefGradient, Reference};
+/// use wgpu_rmsprop::RmsPropConfig;
+/// let mut r = Reference::new(RmsPropConfig::builder().learning_rate(0.1).build()?);
+/// r.add_variable(&[], &[10.0]);
+/// r.step(&[Some(RefGradient::Dense(&[10.0]))])?;
+/// assert_eq!(r.vars[0].x[0], 9.683772);
+/// # Ok::<(), wgpu_rmsprop::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Reference {
     /// The configuration.

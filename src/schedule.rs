@@ -8,6 +8,14 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 
 /// The six Keras learning-rate schedules, with their constructor arguments.
+///
+/// ```
+/// use wgpu_rmsprop::Schedule;
+/// let s = Schedule::PiecewiseConstantDecay { boundaries: vec![4.0, 10.0], values: vec![0.03, 0.01, 0.003] };
+/// s.validate()?;
+/// assert_eq!((s.at(4), s.at(5), s.at(11)), (0.03, 0.01, 0.003));
+/// # Ok::<(), wgpu_rmsprop::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "schedule")]
 pub enum Schedule {

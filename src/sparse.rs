@@ -76,6 +76,14 @@ pub fn validate(
     Ok(())
 }
 
+/// ```
+/// use wgpu_rmsprop::sparse::{group_rows, Indices};
+/// let (mut keys, mut out) = (Vec::new(), Vec::new());
+/// let distinct = group_rows(&Indices::I32(&[5, 2, 5]), &mut keys, &mut out);
+/// // rows 2, 5 | offsets 0, 1, 3 | positions: row 2 <- #1, row 5 <- #0, #2
+/// assert_eq!((distinct, out), (2, vec![2, 5, 0, 1, 3, 1, 0, 2]));
+/// ```
+///
 /// Appends to `out` the grouped layout of `indices` (already validated): the distinct rows in increasing
 /// order, then `distinct + 1` offsets, then the positions of each row's duplicates in list order. Returns
 /// the number of distinct rows. `keys` is scratch space (reused between steps, so no allocation in steady
