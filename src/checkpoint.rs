@@ -3,8 +3,9 @@
 //! users can open it (`safetensors.numpy.load_file`).
 //!
 //! Tensors are named `slots/<slot>/<variable>` and `variables/<variable>` (f32, the variable's shape).
-//! The metadata holds `format`, `preset`, `config` (JSON), `iterations`, `skipped_steps` and `variables`
-//! (JSON list of names and shapes). Writing is atomic: a temporary file beside the target is written,
+//! The metadata holds `format`, `preset`, `config` (JSON), `iterations`, `skipped_steps`, `variables`
+//! (JSON list of names and shapes) and `checksum` (FNV-1a 64 of the tensors' names and bytes). Writing
+//! is atomic: a temporary file beside the target is written,
 //! flushed to disk and renamed over it, so a crash mid-save leaves the previous checkpoint intact.
 //! Restoring reads and checks everything (format, preset, configuration, names, shapes, dtypes, sizes)
 //! before it writes anything to the GPU: a truncated, corrupted or mismatched file is an
@@ -19,6 +20,21 @@ use serde_json::{json, Value};
 
 use crate::config::{LearningRate, RmsPropConfig, WeightDecay};
 use crate::error::{Error, Result};
+
+/// FNV-1a (64-bit) over the tensors' names and bytes in name order: safetensors has no checksum, and a
+/// flipped bit in the data would otherwise restore silently.
+fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
+    let mut sorted: Vec<(&str, &[u8])> = tensors.collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, data) in sorted {
+        for &b in name.as_bytes().iter().chain(data) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
 
 /// The `format` metadata value this crate writes and reads.
 pub const FORMAT: &str = "wgpu-rmsprop-checkpoint/1";
@@ -74,7 +90,14 @@ pub(crate) struct Contents {
 }
 
 /// Writes `contents` to `path` atomically (temporary file, flush, rename, directory sync).
-pub(crate) fn write(path: &Path, contents: Contents) -> Result<()> {
+pub(crate) fn write(path: &Path, mut contents: Contents) -> Result<()> {
+    let sum = checksum(
+        contents
+            .tensors
+            .iter()
+            .map(|(name, _, data)| (name.as_str(), bytemuck::cast_slice::<f32, u8>(data))),
+    );
+    contents.metadata.insert("checksum".into(), sum);
     let views: Vec<(String, TensorView)> = contents
         .tensors
         .iter()
@@ -148,6 +171,18 @@ pub(crate) fn read(
                 "preset {preset:?} in the checkpoint, {:?} here",
                 config.preset_kind().name()
             ),
+        ));
+    }
+    let names = st.names();
+    let sum = checksum(
+        names
+            .iter()
+            .filter_map(|&n| st.tensor(n).ok().map(|t| (n, t.data()))),
+    );
+    if get("checksum")? != &sum {
+        return Err(fail(
+            path,
+            "checksum mismatch: the tensor data is corrupted",
         ));
     }
     let saved: Value =

@@ -299,6 +299,8 @@ pub struct RmsProp {
     scratch_dispatches: Vec<Dispatch>,
     scratch_uniform: Vec<u8>,
     last_dispatches: usize,
+    /// GPU buffers and bind groups created so far (for the no-allocation-per-step check).
+    objects_created: u64,
 }
 
 impl RmsProp {
@@ -460,6 +462,7 @@ impl RmsProp {
             scratch_dispatches: Vec::new(),
             scratch_uniform: Vec::new(),
             last_dispatches: 0,
+            objects_created: 0,
             config,
         };
         opt.rebuild_bind_groups();
@@ -639,6 +642,7 @@ impl RmsProp {
                 let capacity = pool::grown_capacity(current, u, self.chunk_limit);
                 let buffers =
                     pool::allocate_chunk_buffers(&device, &prefix, index, capacity, &self.kinds)?;
+                self.objects_created += self.kinds.len() as u64;
                 new_buffers.push((index, capacity, buffers));
             }
         }
@@ -725,6 +729,7 @@ impl RmsProp {
 
     /// Recreates every bind group (after a buffer was replaced; never in a steady-state step).
     fn rebuild_bind_groups(&mut self) {
+        self.objects_created += self.chunks.len() as u64 * 4 + 2;
         let device = self.ctx.device();
         let prefix = self.config.name();
         let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -1382,6 +1387,13 @@ impl RmsProp {
         Ok(())
     }
 
+    /// GPU buffers and bind groups this optimizer has created so far. Steady-state steps create none:
+    /// the count only moves when variables are added, a step needs more staging than any before, or a
+    /// read-back needs a larger staging buffer.
+    pub fn gpu_objects_created(&self) -> u64 {
+        self.objects_created
+    }
+
     /// Number of dispatches the last step recorded.
     pub fn last_step_dispatches(&self) -> usize {
         self.last_dispatches
@@ -1586,6 +1598,7 @@ impl RmsProp {
                 });
             }
             self.staging = Some(buffer);
+            self.objects_created += 1;
         }
         let staging = self.staging.as_ref().ok_or_else(missing_buffer)?;
         let mut encoder = self.encoder("read back");
@@ -1618,7 +1631,7 @@ impl RmsProp {
 fn check_gpu_buffer(name: &str, g: &GpuGradient<'_>, len: usize) -> Result<()> {
     let reason = if !g.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
         Some(format!("usage {:?} lacks COPY_SRC", g.buffer.usage()))
-    } else if g.offset % 4 != 0 {
+    } else if !g.offset.is_multiple_of(4) {
         Some(format!("offset {} is not a multiple of 4", g.offset))
     } else if g
         .offset

@@ -171,6 +171,10 @@ fn bad_checkpoints_are_typed_errors_and_change_nothing() {
     flipped[3] ^= 0x55;
     files.push((write("flipped-length.safetensors", &flipped), ""));
     files.push((write("garbage.safetensors", b"not a checkpoint at all"), ""));
+    let mut data_flip = bytes.clone();
+    let last = data_flip.len() - 3;
+    data_flip[last] ^= 0x10;
+    files.push((write("flipped-data.safetensors", &data_flip), "checksum"));
     files.push((dir.join("missing.safetensors"), ""));
     // Valid files that do not match this optimizer.
     let other_rho = RmsPropConfig::builder()
@@ -214,6 +218,19 @@ fn bad_checkpoints_are_typed_errors_and_change_nothing() {
             file.display()
         );
     }
+    // A save that fails midway (its temporary file cannot be created) leaves the old file intact.
+    let blocker = dir.join(format!(".good.safetensors.tmp-{}", std::process::id()));
+    std::fs::create_dir_all(&blocker).unwrap();
+    assert!(matches!(
+        src.save_checkpoint(&good, true),
+        Err(wgpu_rmsprop::Error::Checkpoint { .. })
+    ));
+    assert_eq!(
+        std::fs::read(&good).unwrap(),
+        bytes,
+        "the previous checkpoint must survive"
+    );
+    std::fs::remove_dir(&blocker).unwrap();
     // The good file restores the source's state exactly.
     opt.load_checkpoint(&good).unwrap();
     let src_id = src.variable("w").unwrap();
@@ -269,7 +286,7 @@ fn twenty_thousand_mixed_steps_keep_memory_flat_and_match_the_reference() {
     r.add_variable(&[37], &i0);
     r.add_variable(&[64, 3], &i1);
     let steps = 20_000;
-    let mut stats = None;
+    let mut stats: Option<(wgpu_rmsprop::PoolStats, u64)> = None;
     // A fixed pool of gradients (generation would dominate the run time).
     let dense: Vec<Vec<f32>> = (0..16).map(|_| rng.vec(37, 1.0, 5)).collect();
     let rows: Vec<Vec<f32>> = (0..16).map(|_| rng.vec(5 * 3, 1.0, 0)).collect();
@@ -303,13 +320,19 @@ fn twenty_thousand_mixed_steps_keep_memory_flat_and_match_the_reference() {
         ])
         .unwrap();
         if s == 100 {
-            stats = Some(opt.pool_stats());
+            stats = Some((opt.pool_stats(), opt.gpu_objects_created()));
         }
     }
+    let (pool, created) = stats.unwrap();
     assert_eq!(
-        Some(opt.pool_stats()),
-        stats,
+        opt.pool_stats(),
+        pool,
         "GPU memory held must not grow after warm-up"
+    );
+    assert_eq!(
+        opt.gpu_objects_created(),
+        created,
+        "no buffer or bind group may be created per step"
     );
     assert_eq!(opt.iterations(), steps as u64);
     assert_matches(&mut opt, a, &r.vars[0], "dense after 20k steps");
