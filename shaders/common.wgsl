@@ -47,8 +47,9 @@ const PRECLIPPED: u32 = 1u;
 // Keras 3 duplicates: the velocity takes the sum of squares in `q` instead of g^2.
 const USE_SQUARES: u32 = 2u;
 
-fn clip_gradient(g: f32, info: VarInfo) -> f32 {
-    return (clamp(g, -info.clipvalue, info.clipvalue) * info.mul) / info.div;
+fn clip_gradient(g: vec4<f32>, info: VarInfo) -> vec4<f32> {
+    let c = vec4<f32>(info.clipvalue);
+    return (clamp(g, -c, c) * info.mul) / info.div;
 }
 
 // Finite test on the bit pattern (some shader compilers assume no NaN and fold `x != x`).

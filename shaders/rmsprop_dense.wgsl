@@ -31,42 +31,27 @@ fn main(
     if PER_VAR {
         let info = var_info[p.var_index];
         if (info.flags & PRECLIPPED) == 0u {
-            for (var c = 0u; c < 4u; c++) {
-                gv[c] = clip_gradient(gv[c], info);
-            }
+            gv = clip_gradient(gv, info);
         }
         use_q = (info.flags & USE_SQUARES) != 0u;
         if use_q {
             qv = q[i];
         }
     }
-    let xv = x[i];
-    let vv = v[i];
-    var mv = vec4<f32>(0.0);
+    var st = State(x[i], v[i], vec4<f32>(0.0), vec4<f32>(0.0));
     if HAS_MOMENTUM {
-        mv = m[i];
-    }
-    var av = vec4<f32>(0.0);
-    if CENTERED {
-        av = a[i];
-    }
-    var xo: vec4<f32>;
-    var vo: vec4<f32>;
-    var mo: vec4<f32>;
-    var ao: vec4<f32>;
-    for (var c = 0u; c < 4u; c++) {
-        let s = rmsprop(State(xv[c], vv[c], mv[c], av[c]), gv[c], qv[c], use_q);
-        xo[c] = s.x;
-        vo[c] = s.v;
-        mo[c] = s.m;
-        ao[c] = s.a;
-    }
-    x[i] = xo;
-    v[i] = vo;
-    if HAS_MOMENTUM {
-        m[i] = mo;
+        st.m = m[i];
     }
     if CENTERED {
-        a[i] = ao;
+        st.a = a[i];
+    }
+    st = rmsprop(st, gv, qv, use_q);
+    x[i] = st.x;
+    v[i] = st.v;
+    if HAS_MOMENTUM {
+        m[i] = st.m;
+    }
+    if CENTERED {
+        a[i] = st.a;
     }
 }

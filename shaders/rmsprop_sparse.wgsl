@@ -53,7 +53,7 @@ fn listed(it: Item, k: u32) -> f32 {
     let pos = index[p.index_base + 2u * p.unique_rows + 1u + k];
     let gk = values[p.values_base + pos * p.row_len + it.col];
     if PER_VAR {
-        return clip_gradient(gk, var_info[p.var_index]);
+        return clip_gradient(vec4<f32>(gk), var_info[p.var_index]).x;
     }
     return gk;
 }
@@ -68,31 +68,33 @@ fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         return;
     }
     let i = it.elem;
-    var s = State(x[i], v[i], 0.0, 0.0);
+    // One element, splatted into the vec4 lanes of the update; lane x is kept.
+    var s = State(vec4<f32>(x[i]), vec4<f32>(v[i]), vec4<f32>(0.0), vec4<f32>(0.0));
     if HAS_MOMENTUM {
-        s.m = m[i];
+        s.m = vec4<f32>(m[i]);
     }
     if CENTERED {
-        s.a = a[i];
+        s.a = vec4<f32>(a[i]);
     }
+    let none = vec4<f32>(0.0);
     if SEQUENTIAL {
         for (var k = it.first; k < it.last; k++) {
-            s = rmsprop(s, listed(it, k), 0.0, false);
+            s = rmsprop(s, vec4<f32>(listed(it, k)), none, false);
         }
     } else {
         var sum = 0.0;
         for (var k = it.first; k < it.last; k++) {
             sum += listed(it, k);
         }
-        s = rmsprop(s, sum, 0.0, false);
+        s = rmsprop(s, vec4<f32>(sum), none, false);
     }
-    x[i] = s.x;
-    v[i] = s.v;
+    x[i] = s.x.x;
+    v[i] = s.v.x;
     if HAS_MOMENTUM {
-        m[i] = s.m;
+        m[i] = s.m.x;
     }
     if CENTERED {
-        a[i] = s.a;
+        a[i] = s.a.x;
     }
 }
 

@@ -26,14 +26,17 @@ override SEQUENTIAL: bool = false;
 // gradient element of the step is NaN or Inf) makes every update kernel leave its elements untouched.
 override SKIP_NONFINITE: bool = false;
 
+// Everything is written on vec4 lanes: the dense kernel updates four elements per invocation with vector
+// instructions, the sparse kernels splat one element into a vec4 and keep lane x. Every operation is
+// lane-wise, so each lane computes exactly what the scalar CPU twin does.
 struct State {
-    x: f32,
-    v: f32,
-    m: f32,
-    a: f32,
+    x: vec4<f32>,
+    v: vec4<f32>,
+    m: vec4<f32>,
+    a: vec4<f32>,
 }
 
-fn torch_lerp(a: f32, g: f32, w: f32) -> f32 {
+fn torch_lerp(a: vec4<f32>, g: vec4<f32>, w: f32) -> vec4<f32> {
     if w < 0.5 {
         return a + w * (g - a);
     }
@@ -41,7 +44,7 @@ fn torch_lerp(a: f32, g: f32, w: f32) -> f32 {
 }
 
 // `q` replaces g^2 in the velocity when `use_q` (Keras 3 sparse duplicates).
-fn rmsprop(s_in: State, g_in: f32, q: f32, use_q: bool) -> State {
+fn rmsprop(s_in: State, g_in: vec4<f32>, q: vec4<f32>, use_q: bool) -> State {
     var s = s_in;
     var g = g_in;
     if MAXIMIZE {
@@ -62,7 +65,7 @@ fn rmsprop(s_in: State, g_in: f32, q: f32, use_q: bool) -> State {
     if BIAS_CORRECTION {
         vh = vh / p.bias_correction;
     }
-    var d: f32;
+    var d: vec4<f32>;
     if CENTERED {
         if LERP_AVERAGE {
             s.a = torch_lerp(s.a, g, p.one_minus_rho);
@@ -77,10 +80,10 @@ fn rmsprop(s_in: State, g_in: f32, q: f32, use_q: bool) -> State {
         // there); wherever the frameworks' result is defined, this is the same.
         let var_est = vh - ah * ah;
         if EPS_OUTSIDE {
-            d = sqrt(max(var_est, 0.0)) + p.epsilon;
+            d = sqrt(max(var_est, vec4<f32>(0.0))) + p.epsilon;
         } else {
             let t = var_est + p.epsilon;
-            d = sqrt(select(t, p.epsilon, t < 0.0));
+            d = sqrt(select(t, vec4<f32>(p.epsilon), t < vec4<f32>(0.0)));
         }
     } else {
         if EPS_OUTSIDE {
