@@ -1,6 +1,7 @@
-// Sparse (IndexedSlices) RMSprop. The host has grouped the step's indices of one variable by row:
-// `index[index_base ..]` holds `unique_rows` distinct rows, then `unique_rows + 1` offsets, then the
-// positions (into the listed rows) of each distinct row's duplicates, in list order. One invocation
+// Sparse (IndexedSlices) RMSprop. The step's indices of one variable are grouped by row (on the host, or
+// on the GPU by `sparse_group.wgsl`): `index[index_base ..]` holds [distinct, cursor], then `cap`
+// distinct rows, `cap` firsts, `cap` lasts (p.unique_rows = cap), then the positions (into the listed
+// rows) of each distinct row's duplicates, in list order. One invocation
 // handles one element of one distinct row, so no two invocations write the same element and no atomics
 // are needed: results are deterministic.
 //   lazy:    only listed rows change; duplicates summed (or applied one after another if SEQUENTIAL).
@@ -36,7 +37,11 @@ fn item(wid: vec3<u32>, lid: u32) -> Item {
     }
     let u = t / p.row_len;
     let col = t % p.row_len;
-    let row = index[p.index_base + u];
+    let head = p.index_base + 2u;
+    if u >= index[p.index_base] {
+        return it;
+    }
+    let row = index[head + u];
     let e = row * p.row_len + col;
     // Only the part of the variable that lives in the bound pool buffer.
     if e < p.seg_first || e - p.seg_first >= p.seg_len {
@@ -44,13 +49,13 @@ fn item(wid: vec3<u32>, lid: u32) -> Item {
     }
     it.elem = p.seg_base + (e - p.seg_first);
     it.col = col;
-    it.first = index[p.index_base + p.unique_rows + u];
-    it.last = index[p.index_base + p.unique_rows + u + 1u];
+    it.first = index[head + p.unique_rows + u];
+    it.last = index[head + 2u * p.unique_rows + u];
     return it;
 }
 
 fn listed(it: Item, k: u32) -> f32 {
-    let pos = index[p.index_base + 2u * p.unique_rows + 1u + k];
+    let pos = index[p.index_base + 2u + 3u * p.unique_rows + k];
     let gk = values[p.values_base + pos * p.row_len + it.col];
     if PER_VAR {
         return clip_gradient(vec4<f32>(gk), var_info[p.var_index]).x;

@@ -76,39 +76,43 @@ pub fn validate(
     Ok(())
 }
 
+/// Words of the grouped layout before the distinct rows: the number of distinct rows, and a cursor the
+/// GPU grouping pass uses.
+pub const HEADER: usize = 2;
+
+/// Appends to `out` the grouped layout of `indices` (already validated) that the sparse kernels read:
+/// `[distinct, 0]`, then `cap` distinct rows (in increasing order), `cap` first and `cap` one-past-last
+/// positions into the position list, then the positions of each row's duplicates, in list order. On the
+/// host `cap` is the number of distinct rows; the GPU grouping pass writes the same layout with
+/// `cap = len(indices)` (rows in any order, each row's positions in list order). Returns the number of
+/// distinct rows. `keys` is scratch space (reused between steps, so no allocation in steady state).
+///
 /// ```
 /// use wgpu_rmsprop::sparse::{group_rows, Indices};
 /// let (mut keys, mut out) = (Vec::new(), Vec::new());
 /// let distinct = group_rows(&Indices::I32(&[5, 2, 5]), &mut keys, &mut out);
-/// // rows 2, 5 | offsets 0, 1, 3 | positions: row 2 <- #1, row 5 <- #0, #2
-/// assert_eq!((distinct, out), (2, vec![2, 5, 0, 1, 3, 1, 0, 2]));
+/// // [2, 0] | rows 2, 5 | firsts 0, 1 | lasts 1, 3 | positions: row 2 <- #1, row 5 <- #0, #2
+/// assert_eq!((distinct, out), (2, vec![2, 0, 2, 5, 0, 1, 1, 3, 1, 0, 2]));
 /// ```
-///
-/// Appends to `out` the grouped layout of `indices` (already validated): the distinct rows in increasing
-/// order, then `distinct + 1` offsets, then the positions of each row's duplicates in list order. Returns
-/// the number of distinct rows. `keys` is scratch space (reused between steps, so no allocation in steady
-/// state).
 pub fn group_rows(indices: &Indices<'_>, keys: &mut Vec<u64>, out: &mut Vec<u32>) -> u32 {
     keys.clear();
     keys.extend((0..indices.len()).map(|k| ((indices.get(k) as u64) << 32) | k as u64));
     keys.sort_unstable();
-    let mut unique = 0u32;
-    let mut prev = u64::MAX;
-    for &key in keys.iter() {
-        if key >> 32 != prev {
-            prev = key >> 32;
-            out.push(prev as u32);
-            unique += 1;
-        }
+    let base = out.len();
+    out.extend([0, 0]);
+    // Row starts in the sorted keys: distinct rows, then firsts, then lasts (the next start).
+    fn starts(keys: &[u64]) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let mut prev = u64::MAX;
+        keys.iter()
+            .enumerate()
+            .filter(move |(_, &key)| std::mem::replace(&mut prev, key >> 32) != key >> 32)
+            .map(|(k, &key)| (k as u32, (key >> 32) as u32))
     }
-    let mut prev = u64::MAX;
-    for (k, &key) in keys.iter().enumerate() {
-        if key >> 32 != prev {
-            prev = key >> 32;
-            out.push(k as u32);
-        }
-    }
-    out.push(keys.len() as u32);
+    out.extend(starts(keys).map(|(_, row)| row));
+    let unique = (out.len() - base - HEADER) as u32;
+    out[base] = unique;
+    out.extend(starts(keys).map(|(k, _)| k));
+    out.extend(starts(keys).skip(1).map(|(k, _)| k).chain([keys.len() as u32]));
     out.extend(keys.iter().map(|&key| (key & 0xffff_ffff) as u32));
     unique
 }
@@ -123,8 +127,8 @@ mod tests {
         let mut out = Vec::new();
         let u = group_rows(&Indices::I64(&[7, 2, 9, 7, 0, 7]), &mut keys, &mut out);
         assert_eq!(u, 4);
-        // rows 0 2 7 9 | offsets 0 1 2 5 6 | positions
-        assert_eq!(out, vec![0, 2, 7, 9, 0, 1, 2, 5, 6, 4, 1, 0, 3, 5, 2]);
+        // [4, 0] | rows 0 2 7 9 | firsts 0 1 2 5 | lasts 1 2 5 6 | positions
+        assert_eq!(out, vec![4, 0, 0, 2, 7, 9, 0, 1, 2, 5, 1, 2, 5, 6, 4, 1, 0, 3, 5, 2]);
     }
 
     #[test]
