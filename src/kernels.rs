@@ -72,6 +72,11 @@ pub const SPARSE_WGSL: Module = Module {
         "rmsprop_sparse.wgsl"
     ),
 };
+/// Grouping GPU-resident sparse indices: `link`, `gather`, `reset`.
+pub const GROUP_WGSL: Module = Module {
+    uniform: module!("params_uniform.wgsl", "sparse_group.wgsl"),
+    immediate: module!("params_immediate.wgsl", "sparse_group.wgsl"),
+};
 /// The norm reductions `partial_dense`, `partial_sparse` and `finalize`.
 pub const REDUCE_WGSL: Module = Module {
     uniform: module!("params_uniform.wgsl", "reduce_norm.wgsl"),
@@ -121,8 +126,14 @@ pub mod binding {
     pub const VAR_STEP: u32 = 12;
     /// Per-variable clipping state (written).
     pub const VAR_INFO_OUT: u32 = 13;
-    /// Non-finite status: (skip this step, steps skipped so far).
+    /// Status: (skip this step, steps skipped so far, invalid GPU indices seen).
     pub const STATUS: u32 = 14;
+    /// GPU-resident sparse indices (copied from the caller's buffer).
+    pub const GIDX: u32 = 15;
+    /// Per-row list heads of GPU index grouping.
+    pub const HEADS: u32 = 16;
+    /// Per-index list links of GPU index grouping.
+    pub const NEXT: u32 = 17;
 }
 
 /// A compute entry point: its module, name and bindings (group 0).
@@ -201,14 +212,41 @@ pub const FINALIZE: Kernel = Kernel {
     bindings: &[(0, U), (11, RW), (12, R), (13, RW), (14, RW)],
 };
 
+const GROUP_BINDINGS: &[(u32, BindingKind)] =
+    &[(0, U), (9, RW), (14, RW), (15, R), (16, RW), (17, RW)];
+/// Grouping GPU indices: link each listed index into its row's list.
+pub const GROUP_LINK: Kernel = Kernel {
+    name: "sparse_group::link",
+    module: GROUP_WGSL,
+    entry: "link",
+    bindings: GROUP_BINDINGS,
+};
+/// Grouping GPU indices: each row's leader writes its group.
+pub const GROUP_GATHER: Kernel = Kernel {
+    name: "sparse_group::gather",
+    module: GROUP_WGSL,
+    entry: "gather",
+    bindings: GROUP_BINDINGS,
+};
+/// Grouping GPU indices: clear the row heads.
+pub const GROUP_RESET: Kernel = Kernel {
+    name: "sparse_group::reset",
+    module: GROUP_WGSL,
+    entry: "reset",
+    bindings: GROUP_BINDINGS,
+};
+
 /// Every kernel, for validation.
-pub const ALL: [Kernel; 6] = [
+pub const ALL: [Kernel; 9] = [
     DENSE,
     LAZY,
     SCATTER,
     PARTIAL_DENSE,
     PARTIAL_SPARSE,
     FINALIZE,
+    GROUP_LINK,
+    GROUP_GATHER,
+    GROUP_RESET,
 ];
 
 /// The `Params` uniform of `common.wgsl` (80 bytes).

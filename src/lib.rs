@@ -120,7 +120,9 @@ pub use config::{
 };
 pub use context::{ContextOptions, GpuContext};
 pub use error::{Error, Result};
-pub use optimizer::{GpuGradient, GpuSlice, Gradient, OptimizerOptions, RmsProp, VarId};
+pub use optimizer::{
+    GpuGradient, GpuIndices, GpuSlice, Gradient, OptimizerOptions, RmsProp, VarId,
+};
 pub use pool::{PoolStats, Slot};
 pub use schedule::{LearningRate, Schedule};
 pub use sparse::Indices;

@@ -74,6 +74,29 @@ pub enum Gradient<'a> {
         /// Where the rows of values are.
         values: GpuGradient<'a>,
     },
+    /// IndexedSlices with the indices on the GPU too: `indices.len` i32 row indices and
+    /// `indices.len * row_len` values, grouped by row on the GPU (`sparse_group.wgsl`), with no host
+    /// round trip. Indices cannot be checked on the host without a read-back: an out-of-range or
+    /// negative one is skipped (its row is not updated) and counted, see
+    /// [`RmsProp::invalid_gpu_indices`].
+    SparseGpuIndices {
+        /// Where the row indices are.
+        indices: GpuIndices<'a>,
+        /// Where the rows of values are.
+        values: GpuGradient<'a>,
+    },
+}
+
+/// Row indices of a sparse gradient on the GPU: `len` i32 values from byte `offset` of `buffer` (which
+/// needs `COPY_SRC` usage; `offset` a multiple of 4).
+#[derive(Debug, Clone, Copy)]
+pub struct GpuIndices<'a> {
+    /// The caller's buffer.
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset of the first index.
+    pub offset: u64,
+    /// Number of indices.
+    pub len: usize,
 }
 
 /// Where part of a variable (or of its gradient) lives on the GPU: `len` f32 values from byte `offset` of
@@ -135,6 +158,9 @@ enum Which {
     PartialDense,
     PartialSparse,
     Finalize,
+    GroupLink,
+    GroupGather,
+    GroupReset,
 }
 
 /// One dispatch of a step.
@@ -160,8 +186,11 @@ struct SparseStep {
     var: usize,
     index_base: u32,
     values_base: u32,
+    /// Distinct rows (host grouping), or the capacity of the layout (GPU grouping: the index count).
     unique_rows: u32,
     listed: u32,
+    /// GPU grouping: (first index in `gpu_indices`, region in `heads`, region in `next`).
+    gpu: Option<(u32, u32, u32)>,
 }
 
 #[derive(Debug)]
@@ -170,14 +199,19 @@ struct Pipelines {
     pipelines: Vec<wgpu::ComputePipeline>,
 }
 
-const KERNELS: [(Which, Kernel); 6] = [
+const KERNELS: [(Which, Kernel); 9] = [
     (Which::Dense, kernels::DENSE),
     (Which::Lazy, kernels::LAZY),
     (Which::Scatter, kernels::SCATTER),
     (Which::PartialDense, kernels::PARTIAL_DENSE),
     (Which::PartialSparse, kernels::PARTIAL_SPARSE),
     (Which::Finalize, kernels::FINALIZE),
+    (Which::GroupLink, kernels::GROUP_LINK),
+    (Which::GroupGather, kernels::GROUP_GATHER),
+    (Which::GroupReset, kernels::GROUP_RESET),
 ];
+/// Kernels from this index on bind step-wide buffers only (one bind group each, not one per chunk).
+const FIRST_GLOBAL_KERNEL: usize = 4;
 
 /// A growable storage buffer of the step machinery (allocated when it must grow, reused otherwise).
 #[derive(Debug)]
@@ -272,8 +306,16 @@ pub struct RmsProp {
     partials: StepBuffer,
     sparse_values: StepBuffer,
     sparse_index: StepBuffer,
-    /// (skip this step, steps skipped so far), written on the GPU.
+    /// (skip this step, steps skipped so far, invalid GPU indices seen), written on the GPU.
     status: wgpu::Buffer,
+    /// GPU sparse indices copied from callers' buffers, the row heads and links of their grouping.
+    gpu_indices: StepBuffer,
+    heads: StepBuffer,
+    next: StepBuffer,
+    /// Each variable's region in `heads` (allocated the first time it takes GPU indices).
+    heads_base: Vec<Option<u32>>,
+    /// Total rows of the `heads` regions.
+    heads_len: u64,
     global_bind_groups: Vec<wgpu::BindGroup>,
     staging: Option<wgpu::Buffer>,
     variables: Vec<Variable>,
@@ -294,6 +336,11 @@ pub struct RmsProp {
     scratch_values: Vec<f32>,
     /// Values of this step's `SparseGpu` gradients, placed after the host values.
     scratch_gpu_values: usize,
+    /// Indices and links of this step's `SparseGpuIndices` gradients.
+    scratch_gpu_indices: usize,
+    scratch_next: usize,
+    /// Rows of `heads` already set to NONE.
+    heads_written: u64,
     scratch_jobs: Vec<[u32; 4]>,
     scratch_var_step: Vec<[u32; 4]>,
     scratch_dispatches: Vec<Dispatch>,
@@ -441,6 +488,11 @@ impl RmsProp {
             }),
             sparse_values: mk("sparse values", storage, 4096),
             sparse_index: mk("sparse indices", storage, 4096),
+            gpu_indices: mk("gpu sparse indices", storage, 16),
+            heads: mk("sparse row heads", storage, 16),
+            next: mk("sparse links", wgpu::BufferUsages::STORAGE, 16),
+            heads_base: Vec::new(),
+            heads_len: 0,
             global_bind_groups: Vec::new(),
             staging: None,
             variables: Vec::new(),
@@ -457,6 +509,9 @@ impl RmsProp {
             scratch_index: Vec::new(),
             scratch_values: Vec::new(),
             scratch_gpu_values: 0,
+            scratch_gpu_indices: 0,
+            scratch_next: 0,
+            heads_written: 0,
             scratch_jobs: Vec::new(),
             scratch_var_step: Vec::new(),
             scratch_dispatches: Vec::new(),
@@ -746,6 +801,9 @@ impl RmsProp {
                 binding::PARTIALS => &self.partials.buffer,
                 binding::VAR_STEP => &self.var_step.buffer,
                 binding::STATUS => &self.status,
+                binding::GIDX => &self.gpu_indices.buffer,
+                binding::HEADS => &self.heads.buffer,
+                binding::NEXT => &self.next.buffer,
                 _ => return None,
             })
         };
@@ -785,12 +843,12 @@ impl RmsProp {
             .iter()
             .enumerate()
             .map(|(ci, c)| {
-                (0..4)
+                (0..FIRST_GLOBAL_KERNEL)
                     .map(|k| make(k, Some(c), format!("{prefix}/{}[{ci}]", KERNELS[k].1.name)))
                     .collect()
             })
             .collect();
-        self.global_bind_groups = (4..6)
+        self.global_bind_groups = (FIRST_GLOBAL_KERNEL..KERNELS.len())
             .map(|k| make(k, None, format!("{prefix}/{}", KERNELS[k].1.name)))
             .collect();
         for (c, bgs) in self.chunks.iter_mut().zip(per_chunk) {
@@ -891,6 +949,29 @@ impl RmsProp {
                     }
                 }
                 Gradient::Gpu(gg) => check_gpu_buffer(&v.name, gg, v.len)?,
+                Gradient::SparseGpuIndices { indices, values } => {
+                    if v.shape.is_empty() {
+                        return Err(Error::SparseScalar { name: name() });
+                    }
+                    let n = indices.len.saturating_mul(v.row_len);
+                    let idx = GpuGradient {
+                        buffer: indices.buffer,
+                        offset: indices.offset,
+                    };
+                    check_gpu_buffer(&v.name, &idx, indices.len)?;
+                    check_gpu_buffer(&v.name, values, n)?;
+                    sparse_values += n as u64;
+                    if sparse_values >= u64::from(u32::MAX)
+                        || indices.len as u64 >= u64::from(u32::MAX / 8)
+                    {
+                        return Err(Error::SparseValuesLength {
+                            name: name(),
+                            indices: indices.len,
+                            row_len: v.row_len,
+                            got: n,
+                        });
+                    }
+                }
                 Gradient::SparseGpu { indices, values } => {
                     let n = indices.len().saturating_mul(v.row_len);
                     sparse::validate(&v.name, &v.shape, indices, n)?;
@@ -924,7 +1005,9 @@ impl RmsProp {
                 });
             }
             self.scratch_parts[id.index as usize] = match g {
-                Gradient::Sparse { .. } | Gradient::SparseGpu { .. } => Part::Sparse,
+                Gradient::Sparse { .. }
+                | Gradient::SparseGpu { .. }
+                | Gradient::SparseGpuIndices { .. } => Part::Sparse,
                 Gradient::Dense(_) | Gradient::Gpu(_) | Gradient::Resident => Part::Dense,
             };
         }
@@ -999,14 +1082,23 @@ impl RmsProp {
                         );
                     }
                 }
-                Gradient::Sparse { .. } | Gradient::SparseGpu { .. } => {
-                    if let Gradient::SparseGpu { indices, values } = g {
+                Gradient::Sparse { .. }
+                | Gradient::SparseGpu { .. }
+                | Gradient::SparseGpuIndices { .. } => {
+                    let gpu_values = match g {
+                        Gradient::SparseGpu { indices, values } => Some((indices.len(), values)),
+                        Gradient::SparseGpuIndices { indices, values } => {
+                            Some((indices.len, values))
+                        }
+                        _ => None,
+                    };
+                    if let Some((k, values)) = gpu_values {
                         let sp = self
                             .scratch_sparse
                             .iter()
                             .find(|sp| sp.var == id.index as usize)
                             .ok_or_else(missing_buffer)?;
-                        let bytes = (indices.len() * v.row_len) as u64 * 4;
+                        let bytes = (k * v.row_len) as u64 * 4;
                         if bytes > 0 {
                             encoder.copy_buffer_to_buffer(
                                 values.buffer,
@@ -1015,6 +1107,19 @@ impl RmsProp {
                                 u64::from(sp.values_base) * 4,
                                 bytes,
                             );
+                        }
+                        if let (Gradient::SparseGpuIndices { indices, .. }, Some((first, _, _))) =
+                            (g, sp.gpu)
+                        {
+                            if k > 0 {
+                                encoder.copy_buffer_to_buffer(
+                                    indices.buffer,
+                                    indices.offset,
+                                    &self.gpu_indices.buffer,
+                                    u64::from(first) * 4,
+                                    k as u64 * 4,
+                                );
+                            }
                         }
                     }
                     if self.config.sparse_mode() == SparseMode::Dense {
@@ -1040,6 +1145,16 @@ impl RmsProp {
                 0,
                 bytemuck::cast_slice(&self.scratch_values),
             );
+        }
+        if self.heads_len > self.heads_written {
+            // New row-head regions start empty (NONE); grouping leaves them empty again after each step.
+            let none = vec![u32::MAX; (self.heads_len - self.heads_written) as usize];
+            queue.write_buffer(
+                &self.heads.buffer,
+                self.heads_written * 4,
+                bytemuck::cast_slice(&none),
+            );
+            self.heads_written = self.heads_len;
         }
         if !self.scratch_index.is_empty() {
             queue.write_buffer(
@@ -1095,8 +1210,11 @@ impl RmsProp {
             for (slot, d) in self.scratch_dispatches.iter().enumerate() {
                 let k = KERNELS.iter().position(|(w, _)| *w == d.which).unwrap_or(0);
                 let bg = match d.which {
-                    Which::PartialSparse => &self.global_bind_groups[0],
-                    Which::Finalize => &self.global_bind_groups[1],
+                    Which::PartialSparse
+                    | Which::Finalize
+                    | Which::GroupLink
+                    | Which::GroupGather
+                    | Which::GroupReset => &self.global_bind_groups[k - FIRST_GLOBAL_KERNEL],
                     _ => &self.chunks[d.chunk].bind_groups[k],
                 };
                 pass.set_pipeline(&self.pipelines.pipelines[k]);
@@ -1155,8 +1273,47 @@ impl RmsProp {
                     values_base,
                     unique_rows: unique,
                     listed: indices.len() as u32,
+                    gpu: None,
                 });
             }
+        }
+        // Indices on the GPU: room for the layout, grouped there.
+        self.scratch_gpu_indices = 0;
+        self.scratch_next = 0;
+        self.heads_base.resize(self.variables.len(), None);
+        for (id, g) in grads {
+            let Gradient::SparseGpuIndices { indices, .. } = g else {
+                continue;
+            };
+            let var = id.index as usize;
+            let (k, row_len, rows) = {
+                let v = &self.variables[var];
+                (indices.len, v.row_len, v.shape[0])
+            };
+            let heads = *self.heads_base[var].get_or_insert_with(|| {
+                let base = self.heads_len as u32;
+                self.heads_len += rows as u64;
+                base
+            });
+            let index_base = self.scratch_index.len() as u32;
+            self.scratch_index
+                .resize(self.scratch_index.len() + sparse::HEADER + 4 * k, 0);
+            let values_base = (self.scratch_values.len() + self.scratch_gpu_values) as u32;
+            self.scratch_gpu_values += k * row_len;
+            self.scratch_sparse.push(SparseStep {
+                var,
+                index_base,
+                values_base,
+                unique_rows: k as u32,
+                listed: k as u32,
+                gpu: Some((
+                    self.scratch_gpu_indices as u32,
+                    heads,
+                    self.scratch_next as u32,
+                )),
+            });
+            self.scratch_gpu_indices += k;
+            self.scratch_next += k;
         }
     }
 
@@ -1298,7 +1455,40 @@ impl RmsProp {
                 groups_y: 1,
             });
         }
-        // 3. Sparse rows: merged into the gradient pool (dense mode) or updated in place (lazy).
+        // 3. Sparse rows: indices on the GPU are grouped there first; then the rows are merged into the
+        //    gradient pool (dense mode) or updated in place (lazy); the row heads are reset last.
+        let grouping = |sp: &SparseStep, gpu: (u32, u32, u32)| Params {
+            index_base: sp.index_base,
+            unique_rows: sp.unique_rows,
+            seg_first: gpu.0,
+            seg_len: self.variables[sp.var].shape[0] as u32,
+            values_base: gpu.1,
+            var_index: gpu.2,
+            ..base
+        };
+        for sp in &self.scratch_sparse {
+            if let Some(gpu) = sp.gpu {
+                let params = grouping(sp, gpu);
+                push(
+                    &mut out,
+                    Which::GroupLink,
+                    0,
+                    params,
+                    0,
+                    u64::from(sp.listed),
+                    wg,
+                );
+                push(
+                    &mut out,
+                    Which::GroupGather,
+                    0,
+                    params,
+                    0,
+                    u64::from(sp.listed),
+                    wg,
+                );
+            }
+        }
         for sp in &self.scratch_sparse {
             let v = &self.variables[sp.var];
             let items = u64::from(sp.unique_rows) * v.row_len as u64;
@@ -1316,6 +1506,20 @@ impl RmsProp {
                 };
                 let which = if lazy { Which::Lazy } else { Which::Scatter };
                 push(&mut out, which, seg.chunk, params, 0, items, wg);
+            }
+        }
+        for sp in &self.scratch_sparse {
+            if let Some(gpu) = sp.gpu {
+                let params = grouping(sp, gpu);
+                push(
+                    &mut out,
+                    Which::GroupReset,
+                    0,
+                    params,
+                    0,
+                    u64::from(sp.listed),
+                    wg,
+                );
             }
         }
         // 4. The dense update: maximal runs of adjacent variables per chunk (one dispatch per pool buffer
@@ -1381,6 +1585,14 @@ impl RmsProp {
         grown |= self
             .sparse_index
             .reserve(&device, self.scratch_index.len() as u64 * 4)?;
+        grown |= self
+            .gpu_indices
+            .reserve(&device, self.scratch_gpu_indices as u64 * 4)?;
+        grown |= self.next.reserve(&device, self.scratch_next as u64 * 4)?;
+        if self.heads.reserve(&device, self.heads_len * 4)? {
+            self.heads_written = 0;
+            grown = true;
+        }
         if grown {
             self.rebuild_bind_groups();
         }
@@ -1541,6 +1753,13 @@ impl RmsProp {
         self.iterations = restored.iterations;
         self.last_lr = None;
         Ok(())
+    }
+
+    /// Out-of-range or negative indices seen so far in [`Gradient::SparseGpuIndices`] gradients (they
+    /// are skipped; counted on the GPU, reading waits for it).
+    pub fn invalid_gpu_indices(&mut self) -> Result<u64> {
+        let raw = self.read_back(&[(self.status.clone(), 0, 0, 12)], 3)?;
+        Ok(u64::from(raw[2].to_bits()))
     }
 
     /// Steps skipped so far by the [`crate::config::NonFinite::SkipStep`] policy (counted on the GPU;

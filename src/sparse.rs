@@ -112,7 +112,12 @@ pub fn group_rows(indices: &Indices<'_>, keys: &mut Vec<u64>, out: &mut Vec<u32>
     let unique = (out.len() - base - HEADER) as u32;
     out[base] = unique;
     out.extend(starts(keys).map(|(k, _)| k));
-    out.extend(starts(keys).skip(1).map(|(k, _)| k).chain([keys.len() as u32]));
+    out.extend(
+        starts(keys)
+            .skip(1)
+            .map(|(k, _)| k)
+            .chain([keys.len() as u32]),
+    );
     out.extend(keys.iter().map(|&key| (key & 0xffff_ffff) as u32));
     unique
 }
@@ -128,7 +133,10 @@ mod tests {
         let u = group_rows(&Indices::I64(&[7, 2, 9, 7, 0, 7]), &mut keys, &mut out);
         assert_eq!(u, 4);
         // [4, 0] | rows 0 2 7 9 | firsts 0 1 2 5 | lasts 1 2 5 6 | positions
-        assert_eq!(out, vec![4, 0, 0, 2, 7, 9, 0, 1, 2, 5, 1, 2, 5, 6, 4, 1, 0, 3, 5, 2]);
+        assert_eq!(
+            out,
+            vec![4, 0, 0, 2, 7, 9, 0, 1, 2, 5, 1, 2, 5, 6, 4, 1, 0, 3, 5, 2]
+        );
     }
 
     #[test]

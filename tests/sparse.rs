@@ -426,3 +426,117 @@ fn bad_sparse_input_is_a_typed_error_and_changes_nothing() {
     assert!(matches!(e, Error::SparseScalar { .. }), "{e:?}");
     assert_eq!(snapshot(&mut opt, &[t, s]), before);
 }
+
+/// Host indices and values against the same data already on the GPU (indices grouped there): the same
+/// bits, for every mode, with a table split across pool buffers; bad GPU indices are skipped and counted.
+#[test]
+fn indices_on_the_gpu_give_the_same_bits_as_host_indices() {
+    let options = OptimizerOptions {
+        max_chunk_bytes: Some(1024),
+        ..Default::default()
+    };
+    let device = ctx().device();
+    for (name, cfg) in modes() {
+        let mut rng = Rng::new(3);
+        let init = rng.vec(50 * 7, 1.0, 0);
+        let mut host = RmsProp::with_options(ctx(), cfg.clone(), options).unwrap();
+        let mut gpu = RmsProp::with_options(ctx(), cfg.clone(), options).unwrap();
+        let a = host.add_variable("t", &[50, 7], &init).unwrap();
+        let b = gpu.add_variable("t", &[50, 7], &init).unwrap();
+        let steps: [&[i32]; 4] = [
+            &[36, 37, 0, 49, 36, 20, 36],
+            &[],
+            &[5],
+            &[49, 48, 47, 49, 0, 0],
+        ];
+        for idx in steps {
+            let values = rng.vec(idx.len() * 7, 1.0, 0);
+            host.apply(&[(
+                a,
+                Gradient::Sparse {
+                    indices: Indices::I32(idx),
+                    values: &values,
+                },
+            )])
+            .unwrap();
+            let mk = |data: &[u8]| {
+                let buf = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("caller"),
+                    size: (data.len() as u64 + 8).next_multiple_of(16),
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                ctx().queue().write_buffer(&buf, 8, data);
+                buf
+            };
+            let (ib, vb) = (
+                mk(bytemuck::cast_slice(idx)),
+                mk(bytemuck::cast_slice(&values)),
+            );
+            gpu.apply(&[(
+                b,
+                Gradient::SparseGpuIndices {
+                    indices: wgpu_rmsprop::GpuIndices {
+                        buffer: &ib,
+                        offset: 8,
+                        len: idx.len(),
+                    },
+                    values: wgpu_rmsprop::GpuGradient {
+                        buffer: &vb,
+                        offset: 8,
+                    },
+                },
+            )])
+            .unwrap();
+            assert_eq!(
+                snapshot(&mut host, &[a]),
+                snapshot(&mut gpu, &[b]),
+                "{name} after {idx:?}"
+            );
+        }
+        assert_eq!(gpu.invalid_gpu_indices().unwrap(), 0);
+        // Bad indices on the GPU: skipped (their rows untouched) and counted.
+        let before = snapshot(&mut gpu, &[b]);
+        let bad: [i32; 3] = [-1, 50, 1 << 30];
+        let ib = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("bad"),
+            size: 16,
+            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx()
+            .queue()
+            .write_buffer(&ib, 0, bytemuck::cast_slice(&bad));
+        let vb = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("bad values"),
+            size: 3 * 7 * 4,
+            usage: wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        gpu.apply(&[(
+            b,
+            Gradient::SparseGpuIndices {
+                indices: wgpu_rmsprop::GpuIndices {
+                    buffer: &ib,
+                    offset: 0,
+                    len: 3,
+                },
+                values: wgpu_rmsprop::GpuGradient {
+                    buffer: &vb,
+                    offset: 0,
+                },
+            },
+        )])
+        .unwrap();
+        assert_eq!(gpu.invalid_gpu_indices().unwrap(), 3, "{name}");
+        if cfg.sparse_mode() == SparseMode::Lazy {
+            assert_eq!(
+                snapshot(&mut gpu, &[b]).1,
+                before.1,
+                "{name}: skipped indices must not touch the table"
+            );
+        }
+    }
+}

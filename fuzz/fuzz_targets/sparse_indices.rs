@@ -24,14 +24,16 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(values_len, indices.len() * row_len);
             let (mut keys, mut out) = (Vec::new(), Vec::new());
             let unique = group_rows(&idx, &mut keys, &mut out) as usize;
-            let (distinct, rest) = out.split_at(unique);
-            let (offsets, positions) = rest.split_at(unique + 1);
+            assert_eq!(out[0] as usize, unique);
+            let (distinct, rest) = out[2..].split_at(unique);
+            let (firsts, rest) = rest.split_at(unique);
+            let (lasts, positions) = rest.split_at(unique);
             assert!(distinct.windows(2).all(|w| w[0] < w[1]));
             assert!(distinct.iter().all(|&r| (r as usize) < rows));
-            assert_eq!(offsets[unique] as usize, indices.len());
+            assert_eq!(positions.len(), indices.len());
             let mut seen = vec![false; indices.len()];
             for u in 0..unique {
-                let group = &positions[offsets[u] as usize..offsets[u + 1] as usize];
+                let group = &positions[firsts[u] as usize..lasts[u] as usize];
                 assert!(group.windows(2).all(|w| w[0] < w[1]), "list order within a row");
                 for &p in group {
                     assert_eq!(indices[p as usize] as u32, distinct[u]);
