@@ -1504,8 +1504,23 @@ impl RmsProp {
                     seg_base: (seg.offset * 4) as u32,
                     ..base
                 };
+                // Host-grouped rows are sorted: only the distinct rows that overlap this pool buffer's
+                // part of the variable are dispatched, so a split table still costs O(touched rows).
+                let (lo, hi) = match sp.gpu {
+                    Some(_) => (0, items),
+                    None => {
+                        let rows = &self.scratch_index[sp.index_base as usize + sparse::HEADER..]
+                            [..sp.unique_rows as usize];
+                        let row_len = v.row_len as u64;
+                        let (first, end) =
+                            (seg.first_elem as u64, (seg.first_elem + seg.elems) as u64);
+                        let lo = rows.partition_point(|&r| (u64::from(r) + 1) * row_len <= first);
+                        let hi = rows.partition_point(|&r| u64::from(r) * row_len < end);
+                        (lo as u64 * row_len, hi as u64 * row_len)
+                    }
+                };
                 let which = if lazy { Which::Lazy } else { Which::Scatter };
-                push(&mut out, which, seg.chunk, params, 0, items, wg);
+                push(&mut out, which, seg.chunk, params, lo, hi, wg);
             }
         }
         for sp in &self.scratch_sparse {
