@@ -112,12 +112,10 @@ pub fn group_rows(indices: &Indices<'_>, keys: &mut Vec<u64>, out: &mut Vec<u32>
     let unique = (out.len() - base - HEADER) as u32;
     out[base] = unique;
     out.extend(starts(keys).map(|(k, _)| k));
-    out.extend(
-        starts(keys)
-            .skip(1)
-            .map(|(k, _)| k)
-            .chain([keys.len() as u32]),
-    );
+    if unique > 0 {
+        out.extend(starts(keys).skip(1).map(|(k, _)| k));
+        out.push(keys.len() as u32);
+    }
     out.extend(keys.iter().map(|&key| (key & 0xffff_ffff) as u32));
     unique
 }
@@ -156,5 +154,13 @@ mod tests {
         assert!(validate("t", &[4, 2], &Indices::U32(&[3]), 3).is_err());
         assert!(validate("t", &[], &Indices::U32(&[]), 0).is_err());
         assert!(validate("t", &[0, 2], &Indices::U32(&[]), 0).is_ok());
+    }
+
+    #[test]
+    fn an_empty_list_groups_to_an_empty_layout() {
+        // Found by the sparse_indices fuzz target: no stray "last" entry without rows.
+        let (mut keys, mut out) = (Vec::new(), Vec::new());
+        assert_eq!(group_rows(&Indices::I32(&[]), &mut keys, &mut out), 0);
+        assert_eq!(out, vec![0, 0]);
     }
 }
