@@ -338,3 +338,19 @@ fn twenty_thousand_mixed_steps_keep_memory_flat_and_match_the_reference() {
     assert_matches(&mut opt, a, &r.vars[0], "dense after 20k steps");
     assert_matches(&mut opt, t, &r.vars[1], "table after 20k steps");
 }
+
+#[test]
+fn a_lost_device_is_an_error_on_the_next_call() {
+    let own = wgpu_rmsprop::GpuContext::new().unwrap();
+    let mut opt = RmsProp::new(&own, RmsPropConfig::default()).unwrap();
+    let w = opt.add_variable("w", &[4], &[1.0; 4]).unwrap();
+    opt.apply_gradients(&[(w, &[0.5; 4])]).unwrap();
+    own.device().destroy();
+    let _ = own.wait_idle();
+    let e = opt.apply_gradients(&[(w, &[0.5; 4])]).unwrap_err();
+    assert!(matches!(e, wgpu_rmsprop::Error::DeviceLost(_)), "{e:?}");
+    assert!(matches!(
+        opt.read_variable(w),
+        Err(wgpu_rmsprop::Error::DeviceLost(_))
+    ));
+}
