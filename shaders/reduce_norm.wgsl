@@ -47,6 +47,15 @@ fn clipped_square(x: f32) -> f32 {
     return c * c;
 }
 
+// Reduces one job's per-invocation sums and writes (sum of squares, any non-finite) to partials[j].
+fn finish_job(lid: u32, j: u32, acc: f32, bad: f32) {
+    let total = tree_sum(lid, acc);
+    let nonfinite = tree_sum(lid, bad);
+    if lid == 0u {
+        partials[j] = vec2<f32>(total, nonfinite);
+    }
+}
+
 @compute @workgroup_size(REDUCE_SIZE)
 fn partial_dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let j = p.begin + wid.y * p.groups_x + wid.x;
@@ -59,15 +68,9 @@ fn partial_dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     for (var k = lid; k < job.y; k += REDUCE_SIZE) {
         let x = g[job.x + k];
         acc += clipped_square(x);
-        if !is_finite_bits(x) {
-            bad = 1.0;
-        }
+        bad = max(bad, select(1.0, 0.0, is_finite_bits(x)));
     }
-    let total = tree_sum(lid, acc);
-    let nonfinite = tree_sum(lid, bad);
-    if lid == 0u {
-        partials[j] = vec2<f32>(total, nonfinite);
-    }
+    finish_job(lid, j, acc, bad);
 }
 
 @compute @workgroup_size(REDUCE_SIZE)
@@ -82,15 +85,9 @@ fn partial_sparse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     for (var k = lid; k < job.y; k += REDUCE_SIZE) {
         let x = values[job.x + k];
         acc += clipped_square(x);
-        if !is_finite_bits(x) {
-            bad = 1.0;
-        }
+        bad = max(bad, select(1.0, 0.0, is_finite_bits(x)));
     }
-    let total = tree_sum(lid, acc);
-    let nonfinite = tree_sum(lid, bad);
-    if lid == 0u {
-        partials[j] = vec2<f32>(total, nonfinite);
-    }
+    finish_job(lid, j, acc, bad);
 }
 
 // p.end = number of variables.

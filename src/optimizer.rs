@@ -577,6 +577,9 @@ impl RmsProp {
             &self.partials,
             &self.sparse_values,
             &self.sparse_index,
+            &self.gpu_indices,
+            &self.heads,
+            &self.next,
         ];
         PoolStats {
             chunks: self.chunks.len(),
