@@ -82,6 +82,12 @@ pub struct Tolerance {
 /// A golden case, parsed and checked for internal consistency.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Case {
+    /// Format tag, `rmsprop-case/1`.
+    #[serde(default)]
+    pub format: String,
+    /// Element type of everything in the case (`float32`).
+    #[serde(default)]
+    pub dtype: String,
     /// Unique name.
     pub name: String,
     /// The framework whose behaviour the case records.
@@ -138,6 +144,12 @@ impl Case {
 
     fn validate(&self) -> Result<()> {
         let n = &self.name;
+        if !self.format.is_empty() && self.format != "rmsprop-case/1" {
+            return Err(invalid(
+                n,
+                format!("format {:?}, expected \"rmsprop-case/1\"", self.format),
+            ));
+        }
         for v in &self.variables {
             let len: usize = v.shape.iter().product();
             if v.init.len() != len {
@@ -240,9 +252,10 @@ impl Case {
         self.config.get(key).and_then(Value::as_bool)
     }
 
-    /// Why this crate cannot run the case, or `None` when it can.
+    /// Why this crate cannot run the case, or `None` when it can: the crate computes in float32 only.
     pub fn unsupported(&self) -> Option<String> {
-        None
+        (!self.dtype.is_empty() && self.dtype != "float32")
+            .then(|| format!("dtype {:?} (float32 only)", self.dtype))
     }
 
     /// The optimizer configuration the case describes: its semantics as a [`Preset`], every key of its

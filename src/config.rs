@@ -22,6 +22,16 @@ pub enum Preset {
 }
 
 impl Preset {
+    /// Every preset.
+    pub const ALL: [Preset; 6] = [
+        Preset::Keras,
+        Preset::KerasLegacy,
+        Preset::TfRaw,
+        Preset::Tf1,
+        Preset::Torch,
+        Preset::Optax,
+    ];
+
     /// The preset's name, as in the golden cases' `semantics`.
     pub fn name(self) -> &'static str {
         match self {
@@ -36,16 +46,7 @@ impl Preset {
 
     /// The preset named `name` (`keras`, `keras_legacy`, `tf_raw`, `tf1`, `torch`, `optax`).
     pub fn from_name(name: &str) -> Option<Preset> {
-        [
-            Preset::Keras,
-            Preset::KerasLegacy,
-            Preset::TfRaw,
-            Preset::Tf1,
-            Preset::Torch,
-            Preset::Optax,
-        ]
-        .into_iter()
-        .find(|p| p.name() == name)
+        Preset::ALL.into_iter().find(|p| p.name() == name)
     }
 }
 

@@ -346,6 +346,8 @@ pub struct RmsProp {
     scratch_dispatches: Vec<Dispatch>,
     scratch_uniform: Vec<u8>,
     last_dispatches: usize,
+    /// Labels of the step's encoder and compute pass (made once: steps do not format strings).
+    step_labels: [String; 2],
     /// GPU buffers and bind groups created so far (for the no-allocation-per-step check).
     objects_created: u64,
 }
@@ -517,6 +519,7 @@ impl RmsProp {
             scratch_dispatches: Vec::new(),
             scratch_uniform: Vec::new(),
             last_dispatches: 0,
+            step_labels: [format!("{prefix}/step"), format!("{prefix}/rmsprop step")],
             objects_created: 0,
             config,
         };
@@ -891,7 +894,12 @@ impl RmsProp {
             .ctx
             .device()
             .push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut encoder = self.encoder("step");
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some(&self.step_labels[0]),
+                });
         let recorded = self.record(&mut encoder, grads);
         if recorded.is_ok() {
             self.ctx.queue().submit([encoder.finish()]);
@@ -936,12 +944,13 @@ impl RmsProp {
         self.scratch_parts.clear();
         self.scratch_parts
             .resize(self.variables.len(), Part::Absent);
-        let mut sparse_values = 0u64;
+        let (mut sparse_values, mut sparse_indices) = (0u64, 0u64);
         for (id, g) in grads {
             let v = self.var(*id)?;
             let name = || v.name.clone();
-            match g {
-                Gradient::Resident => {}
+            // Sparse gradients: (indices, values) of this step, checked below against the step's total.
+            let listed = match g {
+                Gradient::Resident => None,
                 Gradient::Dense(values) => {
                     if values.len() != v.len {
                         return Err(Error::GradientLength {
@@ -950,8 +959,12 @@ impl RmsProp {
                             got: values.len(),
                         });
                     }
+                    None
                 }
-                Gradient::Gpu(gg) => check_gpu_buffer(&v.name, gg, v.len)?,
+                Gradient::Gpu(gg) => {
+                    check_gpu_buffer(&v.name, gg, v.len)?;
+                    None
+                }
                 Gradient::SparseGpuIndices { indices, values } => {
                     if v.shape.is_empty() {
                         return Err(Error::SparseScalar { name: name() });
@@ -963,43 +976,31 @@ impl RmsProp {
                     };
                     check_gpu_buffer(&v.name, &idx, indices.len)?;
                     check_gpu_buffer(&v.name, values, n)?;
-                    sparse_values += n as u64;
-                    if sparse_values >= u64::from(u32::MAX)
-                        || indices.len as u64 >= u64::from(u32::MAX / 8)
-                    {
-                        return Err(Error::SparseValuesLength {
-                            name: name(),
-                            indices: indices.len,
-                            row_len: v.row_len,
-                            got: n,
-                        });
-                    }
+                    Some((indices.len, n))
                 }
                 Gradient::SparseGpu { indices, values } => {
                     let n = indices.len().saturating_mul(v.row_len);
                     sparse::validate(&v.name, &v.shape, indices, n)?;
                     check_gpu_buffer(&v.name, values, n)?;
-                    sparse_values += n as u64;
-                    if sparse_values >= u64::from(u32::MAX) {
-                        return Err(Error::SparseValuesLength {
-                            name: name(),
-                            indices: indices.len(),
-                            row_len: v.row_len,
-                            got: n,
-                        });
-                    }
+                    Some((indices.len(), n))
                 }
                 Gradient::Sparse { indices, values } => {
                     sparse::validate(&v.name, &v.shape, indices, values.len())?;
-                    sparse_values += values.len() as u64;
-                    if sparse_values >= u64::from(u32::MAX) {
-                        return Err(Error::SparseValuesLength {
-                            name: name(),
-                            indices: indices.len(),
-                            row_len: v.row_len,
-                            got: values.len(),
-                        });
-                    }
+                    Some((indices.len(), values.len()))
+                }
+            };
+            if let Some((k, n)) = listed {
+                // The step's sparse values and indices are addressed with u32 in the kernels.
+                sparse_values += n as u64;
+                sparse_indices += k as u64;
+                if sparse_values >= u64::from(u32::MAX) || sparse_indices >= u64::from(u32::MAX / 8)
+                {
+                    return Err(Error::SparseValuesLength {
+                        name: name(),
+                        indices: k,
+                        row_len: v.row_len,
+                        got: n,
+                    });
                 }
             }
             if self.scratch_parts[id.index as usize] != Part::Absent {
@@ -1207,7 +1208,7 @@ impl RmsProp {
         }
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(&format!("{}/rmsprop step", self.config.name())),
+                label: Some(&self.step_labels[1]),
                 timestamp_writes: None,
             });
             for (slot, d) in self.scratch_dispatches.iter().enumerate() {
@@ -1375,10 +1376,10 @@ impl RmsProp {
         self.scratch_var_step.clear();
         self.scratch_var_step.resize(self.variables.len(), [0; 4]);
         // Jobs cover every gradient value of the step: for norms, and for the non-finite check.
-        let norms = self.config.clipnorm().is_some()
+        let jobs_needed = self.config.clipnorm().is_some()
             || self.config.global_clipnorm().is_some()
             || self.skip_nonfinite;
-        if norms {
+        if jobs_needed {
             for (ci, chunk) in self.chunks.iter().enumerate() {
                 let first = self.scratch_jobs.len() as u64;
                 for &(begin, _, var) in &chunk.segments {

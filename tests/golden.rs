@@ -130,7 +130,15 @@ fn malformed_cases_are_errors_not_panics() {
             mutate(&|v| v["config"]["sparse_mode"] = "eager".into()),
             "unknown sparse_mode",
         ),
+        (mutate(&|v| v["format"] = "rmsprop-case/9".into()), "format"),
     ];
+    // A dtype the crate does not compute in is reported as unsupported (replay: UNSUPPORTED), not run.
+    let f16 = Case::from_json(&mutate(&|v| v["dtype"] = "float16".into())).unwrap();
+    assert!(f16.unsupported().unwrap().contains("float16"));
+    assert!(matches!(
+        f16.run_reference(),
+        Err(wgpu_rmsprop::Error::Unsupported { .. })
+    ));
     for (text, needle) in bad {
         let err = Case::from_json(&text).and_then(|c| c.optimizer_config().map(|_| ()));
         let msg = err.expect_err(needle).to_string();

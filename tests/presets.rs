@@ -369,14 +369,7 @@ fn presets_carry_their_frameworks_defaults_and_rules() {
         ),
         "{e:?}"
     );
-    for p in [
-        Preset::Keras,
-        Preset::KerasLegacy,
-        Preset::TfRaw,
-        Preset::Tf1,
-        Preset::Torch,
-        Preset::Optax,
-    ] {
+    for p in Preset::ALL {
         assert_eq!(Preset::from_name(p.name()), Some(p));
     }
 }
