@@ -16,6 +16,10 @@ pub struct ContextOptions {
     /// Case-insensitive substring of the adapter name; `None` reads `WGPU_ADAPTER_NAME`, else the best
     /// adapter is taken (discrete, then integrated, virtual, software).
     pub adapter_name: Option<String>,
+    /// Features requested on top of what the crate needs, where the adapter has them (e.g.
+    /// `TIMESTAMP_QUERY | TIMESTAMP_QUERY_INSIDE_ENCODERS` to time steps on the GPU). Check
+    /// `ctx.device().features()` for what was granted.
+    pub optional_features: wgpu::Features,
 }
 
 /// A wgpu device and queue, shared by every optimizer built on it.
@@ -105,7 +109,8 @@ impl GpuContext {
         );
         let limits = required_limits(&adapter.limits());
         // Immediate data (push constants) carry each dispatch's parameters in the command stream.
-        let features = adapter.features() & wgpu::Features::IMMEDIATES;
+        let features =
+            adapter.features() & (wgpu::Features::IMMEDIATES | options.optional_features);
         log::info!(
             "wgpu-rmsprop: requesting max_storage_buffer_binding_size={} max_buffer_size={} \
              max_storage_buffers_per_shader_stage={} max_compute_workgroups_per_dimension={}",
