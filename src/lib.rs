@@ -113,6 +113,7 @@ pub mod pool;
 pub mod reference;
 pub mod schedule;
 pub mod sparse;
+mod upload;
 
 pub use config::{
     AverageForm, ClipRules, DuplicateIndices, EpsilonPlacement, MomentumForm, NonFinite, Preset,

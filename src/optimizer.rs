@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{self, binding, Kernel, Params, ParamsMode, VAR_INFO_BYTES};
 use crate::pool::{self, Chunk, Kind, PoolStats, Segment, Slot, VEC4_BYTES};
 use crate::sparse::{self, Indices};
+use crate::upload::Uploader;
 
 static NEXT_OPTIMIZER_ID: AtomicU32 = AtomicU32::new(1);
 
@@ -127,6 +128,12 @@ pub struct OptimizerOptions {
     /// Pass each dispatch's parameters as immediate data (push constants) where the device has
     /// `Features::IMMEDIATES` (default); `false` forces the uniform-buffer path.
     pub use_immediates: bool,
+    /// Largest staging buffer for a step's host data (default 64 MiB). Host data (host gradients, sparse
+    /// values and indices, changed tables) is copied into one of two reused, host-mapped buffers and from
+    /// there into place by copies recorded before the step's pass; a step with more host data than
+    /// this uses `queue.write_buffer` instead (wgpu then allocates transient staging per call). `0`
+    /// sends every step that way. Capped by the device's `max_buffer_size`.
+    pub max_staging_bytes: u64,
 }
 
 impl Default for OptimizerOptions {
@@ -136,6 +143,7 @@ impl Default for OptimizerOptions {
             max_chunk_bytes: None,
             max_workgroups_per_dimension: None,
             use_immediates: true,
+            max_staging_bytes: crate::upload::MAX_SLOT_BYTES,
         }
     }
 }
@@ -348,6 +356,8 @@ pub struct RmsProp {
     last_dispatches: usize,
     /// Labels of the step's encoder and compute pass (made once: steps do not format strings).
     step_labels: [String; 2],
+    /// Staging ring of the steps' host data.
+    uploader: Uploader,
     /// GPU buffers and bind groups created so far (for the no-allocation-per-step check).
     objects_created: u64,
 }
@@ -520,6 +530,11 @@ impl RmsProp {
             scratch_uniform: Vec::new(),
             last_dispatches: 0,
             step_labels: [format!("{prefix}/step"), format!("{prefix}/rmsprop step")],
+            uploader: Uploader::new(
+                format!("{prefix}/staging"),
+                ctx.queue().clone(),
+                options.max_staging_bytes.min(limits.max_buffer_size),
+            ),
             objects_created: 0,
             config,
         };
@@ -594,7 +609,8 @@ impl RmsProp {
             other_bytes: step_buffers.iter().map(|b| b.buffer.size()).sum::<u64>()
                 + self.status.size()
                 + self.placeholders.iter().map(|p| p.size()).sum::<u64>()
-                + self.staging.as_ref().map_or(0, |s| s.size()),
+                + self.staging.as_ref().map_or(0, |s| s.size())
+                + self.uploader.bytes(),
         }
     }
 
@@ -912,9 +928,7 @@ impl RmsProp {
         if let Some(e) = gpu_error {
             self.iterations = iterations;
             self.last_lr = last_lr;
-            // What the step staged may not have landed: write the tables again next time.
-            self.written_jobs.clear();
-            self.written_var_step.clear();
+            self.forget_staged_tables();
             return Err(Error::Gpu(format!(
                 "the step was rejected by wgpu and not applied: {e}"
             )));
@@ -925,6 +939,7 @@ impl RmsProp {
     /// Tells the optimizer that every step recorded with [`RmsProp::record`] so far has been submitted,
     /// so that the data they staged may be reused.
     pub fn mark_submitted(&mut self) {
+        self.uploader.submitted();
         self.pending_steps = 0;
         self.pending_host_data = false;
     }
@@ -935,6 +950,210 @@ impl RmsProp {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some(&format!("{}/{what}", self.config.name())),
             })
+    }
+
+    /// What a step staged may not have landed (its commands were rejected): the tables are written
+    /// again by the next step, and the row-head region filled again.
+    fn forget_staged_tables(&mut self) {
+        self.written_jobs.clear();
+        self.written_var_step.clear();
+        self.heads_written = 0;
+    }
+
+    /// Bytes of host data this step stages (see [`RmsProp::stage`]).
+    fn staging_bytes(&self, grads: &[(VarId, Gradient<'_>)]) -> u64 {
+        let dense: u64 = grads
+            .iter()
+            .filter(|(_, g)| matches!(g, Gradient::Dense(_)))
+            .flat_map(|(id, _)| &self.variables[id.index as usize].segments)
+            .map(|s| s.vec4s() * VEC4_BYTES)
+            .sum();
+        let jobs = if !self.scratch_jobs.is_empty() && self.scratch_jobs != self.written_jobs {
+            std::mem::size_of_val(&self.scratch_jobs[..])
+        } else {
+            0
+        };
+        let var_step = if (self.per_var || self.skip_nonfinite)
+            && !self.scratch_var_step.is_empty()
+            && self.scratch_var_step != self.written_var_step
+        {
+            std::mem::size_of_val(&self.scratch_var_step[..])
+        } else {
+            0
+        };
+        dense
+            + self.heads_len.saturating_sub(self.heads_written) * 4
+            + (std::mem::size_of_val(&self.scratch_values[..])
+                + std::mem::size_of_val(&self.scratch_index[..])
+                + jobs
+                + var_step
+                + self.scratch_uniform.len()) as u64
+    }
+
+    /// Records the copies of a step's inputs into `encoder`: host data through the staging slot opened
+    /// by the caller, GPU sources directly.
+    fn stage(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        grads: &[(VarId, Gradient<'_>)],
+        uniform_offset: u64,
+    ) -> Result<()> {
+        for (id, g) in grads {
+            let v = &self.variables[id.index as usize];
+            match g {
+                Gradient::Resident => {}
+                Gradient::Dense(values) => {
+                    for s in &v.segments {
+                        let dst = self.chunks[s.chunk]
+                            .buffer(Kind::Gradient)
+                            .ok_or_else(missing_buffer)?;
+                        let part = &values[s.first_elem..s.first_elem + s.elems];
+                        // The padding lanes after the last element are written as zeros.
+                        let pad = s.vec4s() * VEC4_BYTES - s.elems as u64 * 4;
+                        self.uploader.write(
+                            encoder,
+                            dst,
+                            s.byte_offset(),
+                            bytemuck::cast_slice(part),
+                            pad,
+                        )?;
+                    }
+                }
+                Gradient::Gpu(gg) => {
+                    for s in &v.segments {
+                        let dst = self.chunks[s.chunk]
+                            .buffer(Kind::Gradient)
+                            .ok_or_else(missing_buffer)?;
+                        let src = gg.offset + s.first_elem as u64 * 4;
+                        encoder.copy_buffer_to_buffer(
+                            gg.buffer,
+                            src,
+                            dst,
+                            s.byte_offset(),
+                            s.elems as u64 * 4,
+                        );
+                    }
+                }
+                Gradient::Sparse { .. }
+                | Gradient::SparseGpu { .. }
+                | Gradient::SparseGpuIndices { .. } => {
+                    let gpu_values = match g {
+                        Gradient::SparseGpu { indices, values } => Some((indices.len(), values)),
+                        Gradient::SparseGpuIndices { indices, values } => {
+                            Some((indices.len, values))
+                        }
+                        _ => None,
+                    };
+                    if let Some((k, values)) = gpu_values {
+                        let sp = self
+                            .scratch_sparse
+                            .iter()
+                            .find(|sp| sp.var == id.index as usize)
+                            .ok_or_else(missing_buffer)?;
+                        let bytes = (k * v.row_len) as u64 * 4;
+                        if bytes > 0 {
+                            encoder.copy_buffer_to_buffer(
+                                values.buffer,
+                                values.offset,
+                                &self.sparse_values.buffer,
+                                u64::from(sp.values_base) * 4,
+                                bytes,
+                            );
+                        }
+                        if let (Gradient::SparseGpuIndices { indices, .. }, Some((first, _, _))) =
+                            (g, sp.gpu)
+                        {
+                            if k > 0 {
+                                encoder.copy_buffer_to_buffer(
+                                    indices.buffer,
+                                    indices.offset,
+                                    &self.gpu_indices.buffer,
+                                    u64::from(first) * 4,
+                                    k as u64 * 4,
+                                );
+                            }
+                        }
+                    }
+                    if self.config.sparse_mode() == SparseMode::Dense {
+                        // The merged rows are scattered into a cleared gradient region.
+                        for s in &v.segments {
+                            for kind in [Kind::Gradient, Kind::Squares] {
+                                if let Some(b) = self.chunks[s.chunk].buffer(kind) {
+                                    encoder.clear_buffer(
+                                        b,
+                                        s.byte_offset(),
+                                        Some(s.vec4s() * VEC4_BYTES),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !self.scratch_values.is_empty() {
+            self.uploader.write(
+                encoder,
+                &self.sparse_values.buffer,
+                0,
+                bytemuck::cast_slice(&self.scratch_values),
+                0,
+            )?;
+        }
+        if self.heads_len > self.heads_written {
+            // New row-head regions start empty (NONE); grouping leaves them empty again after each step.
+            let none = vec![u32::MAX; (self.heads_len - self.heads_written) as usize];
+            self.uploader.write(
+                encoder,
+                &self.heads.buffer,
+                self.heads_written * 4,
+                bytemuck::cast_slice(&none),
+                0,
+            )?;
+            self.heads_written = self.heads_len;
+        }
+        if !self.scratch_index.is_empty() {
+            self.uploader.write(
+                encoder,
+                &self.sparse_index.buffer,
+                0,
+                bytemuck::cast_slice(&self.scratch_index),
+                0,
+            )?;
+        }
+        if !self.scratch_jobs.is_empty() && self.scratch_jobs != self.written_jobs {
+            self.uploader.write(
+                encoder,
+                &self.jobs.buffer,
+                0,
+                bytemuck::cast_slice(&self.scratch_jobs),
+                0,
+            )?;
+            self.written_jobs.clone_from(&self.scratch_jobs);
+        }
+        if (self.per_var || self.skip_nonfinite)
+            && !self.scratch_var_step.is_empty()
+            && self.scratch_var_step != self.written_var_step
+        {
+            self.uploader.write(
+                encoder,
+                &self.var_step.buffer,
+                0,
+                bytemuck::cast_slice(&self.scratch_var_step),
+                0,
+            )?;
+            self.written_var_step.clone_from(&self.scratch_var_step);
+        }
+        if !self.scratch_uniform.is_empty() {
+            self.uploader.write(
+                encoder,
+                &self.uniform.buffer,
+                uniform_offset,
+                &self.scratch_uniform,
+                0,
+            )?;
+        }
+        Ok(())
     }
 
     /// Checks a step: known handles, no variable twice, lengths, sparse indices, GPU buffers. Fills
@@ -1025,9 +1244,9 @@ impl RmsProp {
     /// Each step's parameters (its learning rate among them) travel as immediate data in the command
     /// stream where the device has them, so any number of steps with GPU gradients can be recorded
     /// before one submit, each with its own learning rate (on the uniform path: up to 4). Host data
-    /// (host or sparse gradients, clipping tables that changed) is staged with `queue.write_buffer`,
-    /// which lands at the next submit: a second step staging host data before a submit is refused with
-    /// [`Error::PendingSubmit`] instead of silently overwriting the first one's.
+    /// (host or sparse gradients, clipping tables that changed) is copied into a reused staging buffer
+    /// and from there into place by copies recorded in `encoder` before the step's pass; a second step
+    /// staging host data before [`RmsProp::mark_submitted`] is refused with [`Error::PendingSubmit`].
     pub fn record(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -1056,141 +1275,11 @@ impl RmsProp {
         }
         self.reserve_step_buffers()?;
 
-        // Writes (they land before this submission's commands run).
-        let queue = self.ctx.queue().clone();
-        for (id, g) in grads {
-            let v = &self.variables[id.index as usize];
-            match g {
-                Gradient::Resident => {}
-                Gradient::Dense(values) => {
-                    for s in &v.segments {
-                        let dst = self.chunks[s.chunk]
-                            .buffer(Kind::Gradient)
-                            .ok_or_else(missing_buffer)?;
-                        let part = &values[s.first_elem..s.first_elem + s.elems];
-                        queue.write_buffer(dst, s.byte_offset(), bytemuck::cast_slice(part));
-                    }
-                }
-                Gradient::Gpu(gg) => {
-                    for s in &v.segments {
-                        let dst = self.chunks[s.chunk]
-                            .buffer(Kind::Gradient)
-                            .ok_or_else(missing_buffer)?;
-                        let src = gg.offset + s.first_elem as u64 * 4;
-                        encoder.copy_buffer_to_buffer(
-                            gg.buffer,
-                            src,
-                            dst,
-                            s.byte_offset(),
-                            s.elems as u64 * 4,
-                        );
-                    }
-                }
-                Gradient::Sparse { .. }
-                | Gradient::SparseGpu { .. }
-                | Gradient::SparseGpuIndices { .. } => {
-                    let gpu_values = match g {
-                        Gradient::SparseGpu { indices, values } => Some((indices.len(), values)),
-                        Gradient::SparseGpuIndices { indices, values } => {
-                            Some((indices.len, values))
-                        }
-                        _ => None,
-                    };
-                    if let Some((k, values)) = gpu_values {
-                        let sp = self
-                            .scratch_sparse
-                            .iter()
-                            .find(|sp| sp.var == id.index as usize)
-                            .ok_or_else(missing_buffer)?;
-                        let bytes = (k * v.row_len) as u64 * 4;
-                        if bytes > 0 {
-                            encoder.copy_buffer_to_buffer(
-                                values.buffer,
-                                values.offset,
-                                &self.sparse_values.buffer,
-                                u64::from(sp.values_base) * 4,
-                                bytes,
-                            );
-                        }
-                        if let (Gradient::SparseGpuIndices { indices, .. }, Some((first, _, _))) =
-                            (g, sp.gpu)
-                        {
-                            if k > 0 {
-                                encoder.copy_buffer_to_buffer(
-                                    indices.buffer,
-                                    indices.offset,
-                                    &self.gpu_indices.buffer,
-                                    u64::from(first) * 4,
-                                    k as u64 * 4,
-                                );
-                            }
-                        }
-                    }
-                    if self.config.sparse_mode() == SparseMode::Dense {
-                        // The merged rows are scattered into a cleared gradient region.
-                        for s in &v.segments {
-                            for kind in [Kind::Gradient, Kind::Squares] {
-                                if let Some(b) = self.chunks[s.chunk].buffer(kind) {
-                                    encoder.clear_buffer(
-                                        b,
-                                        s.byte_offset(),
-                                        Some(s.vec4s() * VEC4_BYTES),
-                                    );
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if !self.scratch_values.is_empty() {
-            queue.write_buffer(
-                &self.sparse_values.buffer,
-                0,
-                bytemuck::cast_slice(&self.scratch_values),
-            );
-        }
-        if self.heads_len > self.heads_written {
-            // New row-head regions start empty (NONE); grouping leaves them empty again after each step.
-            let none = vec![u32::MAX; (self.heads_len - self.heads_written) as usize];
-            queue.write_buffer(
-                &self.heads.buffer,
-                self.heads_written * 4,
-                bytemuck::cast_slice(&none),
-            );
-            self.heads_written = self.heads_len;
-        }
-        if !self.scratch_index.is_empty() {
-            queue.write_buffer(
-                &self.sparse_index.buffer,
-                0,
-                bytemuck::cast_slice(&self.scratch_index),
-            );
-        }
-        if !self.scratch_jobs.is_empty() && self.scratch_jobs != self.written_jobs {
-            queue.write_buffer(
-                &self.jobs.buffer,
-                0,
-                bytemuck::cast_slice(&self.scratch_jobs),
-            );
-            self.written_jobs.clone_from(&self.scratch_jobs);
-        }
-        if (self.per_var || self.skip_nonfinite)
-            && !self.scratch_var_step.is_empty()
-            && self.scratch_var_step != self.written_var_step
-        {
-            queue.write_buffer(
-                &self.var_step.buffer,
-                0,
-                bytemuck::cast_slice(&self.scratch_var_step),
-            );
-            self.written_var_step.clone_from(&self.scratch_var_step);
-        }
         // Uniform path: this step's slots live in ring region `pending_steps % UNIFORM_RING`.
         let region_slots = self.uniform.buffer.size() / self.uniform_stride / UNIFORM_RING;
         let region_base = (self.pending_steps % UNIFORM_RING) * region_slots;
-        if self.mode == ParamsMode::Uniform && !self.scratch_dispatches.is_empty() {
-            self.scratch_uniform.clear();
+        self.scratch_uniform.clear();
+        if self.mode == ParamsMode::Uniform {
             for d in &self.scratch_dispatches {
                 self.scratch_uniform
                     .extend_from_slice(bytemuck::bytes_of(&d.params));
@@ -1200,12 +1289,17 @@ impl RmsProp {
                     .next_multiple_of(self.uniform_stride as usize);
                 self.scratch_uniform.resize(padded, 0);
             }
-            queue.write_buffer(
-                &self.uniform.buffer,
-                region_base * self.uniform_stride,
-                &self.scratch_uniform,
-            );
         }
+        // Host data goes through one reused staging slot; GPU sources are copied directly. Everything
+        // lands in encoder order, before the step's pass.
+        let need = self.staging_bytes(grads);
+        self.uploader.begin(self.ctx.device(), need)?;
+        let staged = self.stage(encoder, grads, region_base * self.uniform_stride);
+        self.uploader.finish(encoder);
+        if staged.is_err() {
+            self.forget_staged_tables();
+        }
+        staged?;
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(&self.step_labels[1]),
@@ -1622,7 +1716,7 @@ impl RmsProp {
     /// the count only moves when variables are added, a step needs more staging than any before, or a
     /// read-back needs a larger staging buffer.
     pub fn gpu_objects_created(&self) -> u64 {
-        self.objects_created
+        self.objects_created + self.uploader.created
     }
 
     /// Number of dispatches the last step recorded.

@@ -1,0 +1,293 @@
+//! Host-to-GPU uploads of a step (host gradients, sparse values and indices, tables, uniform parameters)
+//! through a small ring of staging buffers that are created once and reused.
+//!
+//! `queue.write_buffer` creates a fresh staging buffer inside wgpu on every call; a step with 1,000 host
+//! gradients made 1,000 of them. Here a step's data is copied into one persistently reused, host-mapped
+//! `MAP_WRITE | COPY_SRC` buffer (a slot), contiguous destinations are merged, and the copies are recorded
+//! into the step's encoder. A slot is unmapped when its step is recorded and mapped again (`map_async`)
+//! once the step is submitted, so it is free again when the GPU has consumed it. Two slots (double
+//! buffering) are created by the first step with host data and replaced, both, only when a step needs more
+//! room than any before (a third appears only when several steps are recorded before one submit); when
+//! both are still read by the GPU, the next step waits for it (backpressure, not a read-back). A step
+//! with more host data than the largest slot (`OptimizerOptions::max_staging_bytes`) uses
+//! `queue.write_buffer` instead.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// Mapped and free.
+const MAPPED: u8 = 0;
+/// Unmapped, used by a recorded step that has not been submitted yet.
+const RECORDED: u8 = 1;
+/// Submitted; `map_async` requested.
+const MAPPING: u8 = 2;
+/// The mapping failed (e.g. the device was lost): replaced when next needed.
+const FAILED: u8 = 3;
+
+/// Slots of the ring (double buffering: the host fills one while the GPU reads the other).
+const SLOTS: usize = 2;
+
+/// Smallest slot, so that tiny steps do not each grow the ring.
+const MIN_SLOT_BYTES: u64 = 64 * 1024;
+
+/// Default largest slot. A step with more host data than this uses `queue.write_buffer` (whose transient
+/// staging wgpu allocates per call, a cost that is small next to copying that much data), so that the
+/// ring never holds more than `SLOTS` times this.
+pub(crate) const MAX_SLOT_BYTES: u64 = 64 << 20;
+
+#[derive(Debug)]
+struct Slot {
+    buffer: wgpu::Buffer,
+    state: Arc<AtomicU8>,
+}
+
+#[derive(Debug)]
+struct Run {
+    dst: wgpu::Buffer,
+    dst_offset: u64,
+    src_offset: u64,
+    len: u64,
+}
+
+#[derive(Debug)]
+struct Active {
+    slot: usize,
+    view: wgpu::BufferViewMut,
+    cursor: u64,
+    run: Option<Run>,
+}
+
+/// The staging ring of one optimizer.
+#[derive(Debug)]
+pub(crate) struct Uploader {
+    label: String,
+    queue: wgpu::Queue,
+    /// This step's data is larger than a slot: written with `queue.write_buffer`.
+    direct: bool,
+    /// Largest slot.
+    max_slot_bytes: u64,
+    slots: Vec<Slot>,
+    /// Size of every slot made since the last growth.
+    slot_bytes: u64,
+    active: Option<Active>,
+    /// Slots recorded since the last [`Uploader::submitted`].
+    recorded: Vec<usize>,
+    /// Staging buffers created so far.
+    pub(crate) created: u64,
+}
+
+impl Uploader {
+    pub(crate) fn new(label: String, queue: wgpu::Queue, max_slot_bytes: u64) -> Self {
+        Uploader {
+            label,
+            queue,
+            direct: false,
+            max_slot_bytes,
+            slots: Vec::new(),
+            slot_bytes: 0,
+            active: None,
+            recorded: Vec::new(),
+            created: 0,
+        }
+    }
+
+    /// Bytes of staging held.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.slots.iter().map(|s| s.buffer.size()).sum()
+    }
+
+    fn new_slot(&mut self, device: &wgpu::Device) -> Result<Slot> {
+        let size = self.slot_bytes;
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(&self.label),
+            size,
+            usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        let errors = [
+            pollster::block_on(validation.pop()),
+            pollster::block_on(oom.pop()),
+        ];
+        if let Some(e) = errors.into_iter().flatten().next() {
+            return Err(Error::Allocation {
+                what: self.label.clone(),
+                bytes: size,
+                message: e.to_string(),
+            });
+        }
+        self.created += 1;
+        Ok(Slot {
+            buffer,
+            state: Arc::new(AtomicU8::new(MAPPED)),
+        })
+    }
+
+    /// Picks a free slot with room for `need` bytes and maps it for this step's writes. No-op for 0 bytes.
+    pub(crate) fn begin(&mut self, device: &wgpu::Device, need: u64) -> Result<()> {
+        self.direct = need > self.max_slot_bytes;
+        if need == 0 || self.direct {
+            return Ok(());
+        }
+        let state = |s: &Slot| s.state.load(Ordering::Acquire);
+        if need > self.slot_bytes || self.slots.is_empty() {
+            // Warm-up or a larger step than any before: every slot not held by an unsubmitted step is
+            // replaced by one of the new size (a slot still in use by the GPU is kept alive by wgpu).
+            self.slot_bytes = need
+                .max(self.slot_bytes.saturating_mul(2))
+                .max(MIN_SLOT_BYTES)
+                .min(self.max_slot_bytes.max(need))
+                .next_multiple_of(wgpu::MAP_ALIGNMENT);
+            for i in 0..self.slots.len() {
+                if state(&self.slots[i]) != RECORDED {
+                    self.slots[i] = self.new_slot(device)?;
+                }
+            }
+            while self.slots.len() < SLOTS {
+                let slot = self.new_slot(device)?;
+                self.slots.push(slot);
+            }
+        }
+        let slot = loop {
+            // Fires the callbacks of mappings that completed (does not wait).
+            device
+                .poll(wgpu::PollType::Poll)
+                .map_err(|e| Error::Gpu(e.to_string()))?;
+            let fits = |s: &Slot| s.buffer.size() >= need;
+            if let Some(i) = self
+                .slots
+                .iter()
+                .position(|s| state(s) == MAPPED && fits(s))
+            {
+                break i;
+            }
+            // A slot whose mapping failed, or a slot made before the last growth, is replaced.
+            if let Some(i) = self
+                .slots
+                .iter()
+                .position(|s| state(s) == FAILED || (state(s) == MAPPED && !fits(s)))
+            {
+                self.slots[i] = self.new_slot(device)?;
+                break i;
+            }
+            if !self.slots.iter().any(|s| state(s) == MAPPING) {
+                // Every slot belongs to a step recorded but not yet submitted.
+                let slot = self.new_slot(device)?;
+                self.slots.push(slot);
+                break self.slots.len() - 1;
+            }
+            // Every free slot is still read by submitted work: wait for the GPU, then look again.
+            device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Gpu(e.to_string()))?;
+        };
+        let view = self.slots[slot]
+            .buffer
+            .get_mapped_range_mut(..)
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        self.active = Some(Active {
+            slot,
+            view,
+            cursor: 0,
+            run: None,
+        });
+        Ok(())
+    }
+
+    /// Stages `data` for `dst` at `dst_offset`, followed by `zeros` zero bytes (padding lanes). The copy
+    /// lands in `encoder` order; a write that continues the previous one in the same buffer extends its
+    /// copy instead of adding one.
+    pub(crate) fn write(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        dst: &wgpu::Buffer,
+        dst_offset: u64,
+        data: &[u8],
+        zeros: u64,
+    ) -> Result<()> {
+        let len = data.len() as u64 + zeros;
+        if len == 0 {
+            return Ok(());
+        }
+        if self.direct {
+            // Lands at the next submit, before its commands (padding lanes are zero already).
+            self.queue.write_buffer(dst, dst_offset, data);
+            return Ok(());
+        }
+        let a = self
+            .active
+            .as_mut()
+            .ok_or_else(|| Error::Gpu("staging: write outside a step".into()))?;
+        let capacity = a.view.len() as u64;
+        if a.cursor + len > capacity
+            || !len.is_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+            || !dst_offset.is_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+        {
+            return Err(Error::Gpu(format!(
+                "staging: {len} bytes at {dst_offset} do not fit the step's {capacity}-byte slot at {}",
+                a.cursor
+            )));
+        }
+        let start = a.cursor as usize;
+        a.view
+            .slice(start..start + data.len())
+            .copy_from_slice(data);
+        if zeros > 0 {
+            a.view
+                .slice(start + data.len()..start + len as usize)
+                .fill(0);
+        }
+        let continues = a.run.as_ref().is_some_and(|r| {
+            r.dst == *dst && r.dst_offset + r.len == dst_offset && r.src_offset + r.len == a.cursor
+        });
+        if continues {
+            if let Some(r) = a.run.as_mut() {
+                r.len += len;
+            }
+        } else {
+            let buffer = &self.slots[a.slot].buffer;
+            if let Some(r) = a.run.take() {
+                encoder.copy_buffer_to_buffer(buffer, r.src_offset, &r.dst, r.dst_offset, r.len);
+            }
+            a.run = Some(Run {
+                dst: dst.clone(),
+                dst_offset,
+                src_offset: a.cursor,
+                len,
+            });
+        }
+        a.cursor += len;
+        Ok(())
+    }
+
+    /// Records the last copy and unmaps the slot (it must be unmapped when the step is submitted).
+    pub(crate) fn finish(&mut self, encoder: &mut wgpu::CommandEncoder) {
+        self.direct = false;
+        let Some(a) = self.active.take() else {
+            return;
+        };
+        let slot = &self.slots[a.slot];
+        if let Some(r) = a.run {
+            encoder.copy_buffer_to_buffer(&slot.buffer, r.src_offset, &r.dst, r.dst_offset, r.len);
+        }
+        drop(a.view);
+        slot.buffer.unmap();
+        slot.state.store(RECORDED, Ordering::Release);
+        self.recorded.push(a.slot);
+    }
+
+    /// The steps recorded so far were submitted: their slots are mapped again once the GPU is done.
+    pub(crate) fn submitted(&mut self) {
+        for i in self.recorded.drain(..) {
+            let slot = &self.slots[i];
+            slot.state.store(MAPPING, Ordering::Release);
+            let state = slot.state.clone();
+            slot.buffer.map_async(wgpu::MapMode::Write, .., move |r| {
+                state.store(if r.is_ok() { MAPPED } else { FAILED }, Ordering::Release);
+            });
+        }
+    }
+}
