@@ -1,7 +1,7 @@
 //! Benchmarks of the GPU step, one JSON object per line.
 //!
 //! ```text
-//! cargo run --release --example bench -- [--quick] [--sweep]
+//! cargo run --release --example bench -- [--quick] [--sweep] [--dense N VARIANT] [--reps N]
 //! ```
 //!
 //! Each case times the GPU work to completion after warm-up and reports the median, min and max over the
@@ -88,7 +88,12 @@ fn main() {
     let ctx = support::context();
     let timer = Timer::new(&ctx);
     let adapter = ctx.adapter_description();
-    let reps = if quick { 5 } else { 15 };
+    let args: Vec<String> = std::env::args().collect();
+    let reps = match args.iter().position(|a| a == "--reps") {
+        Some(i) => args[i + 1].parse().expect("--reps N"),
+        None if quick => 5,
+        None => 15,
+    };
     let emit = |mut v: Value, dispatches: usize| {
         v["dispatches_per_step"] = json!(dispatches);
         v["adapter"] = json!(adapter);
@@ -100,12 +105,22 @@ fn main() {
     let variants = ["plain", "momentum", "centered", "centered_momentum"];
 
     if sweep {
-        // What the adapter rewards: invocations per workgroup (each on one vec4).
+        // What the adapter rewards: invocations per workgroup, and vec4s per invocation.
+        let shapes = [
+            (64u32, 1u32),
+            (128, 1),
+            (256, 1),
+            (512, 1),
+            (1024, 1),
+            (256, 2),
+            (256, 4),
+        ];
         for n in [16usize << 20, 64 << 20] {
             for variant in ["plain", "centered_momentum"] {
-                for wg in [64u32, 128, 256, 512, 1024] {
+                for (wg, per) in shapes {
                     let options = OptimizerOptions {
                         workgroup_size: wg,
+                        vec4s_per_invocation: per,
                         ..Default::default()
                     };
                     let Ok(mut opt) = RmsProp::with_options(&ctx, variant_config(variant), options)
@@ -118,15 +133,10 @@ fn main() {
                     let grads = resident(&[id]);
                     let (s, _) =
                         time_pair(2, reps, || step(&timer, &ctx, &mut opt, &grads), || 0.0);
-                    let mut v = row(
-                        "dense_workgroup_size",
-                        variant,
-                        n,
-                        1,
-                        &s,
-                        bytes_per_element(variant) * n as f64,
-                    );
+                    let bytes = bytes_per_element(variant) * n as f64;
+                    let mut v = row("dense_workgroup_size", variant, n, 1, &s, bytes);
                     v["workgroup_size"] = json!(wg);
+                    v["vec4s_per_invocation"] = json!(per);
                     emit(v, opt.last_step_dispatches());
                 }
             }
@@ -135,7 +145,6 @@ fn main() {
     }
 
     // `--dense N VARIANT`: only that comparison.
-    let args: Vec<String> = std::env::args().collect();
     let only = args.iter().position(|a| a == "--dense").map(|i| {
         let n: usize = args[i + 1].parse().expect("--dense N VARIANT");
         (n, args[i + 2].clone())

@@ -13,18 +13,10 @@
 @group(0) @binding(7) var<storage, read> var_info: array<VarInfo>;
 @group(0) @binding(14) var<storage, read> status: array<u32>;
 
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = p.begin + (wid.y * p.groups_x + wid.x) * WORKGROUP_SIZE + lid;
-    if i >= p.end {
-        return;
-    }
-    if SKIP_NONFINITE && status[0] != 0u {
-        return;
-    }
+// Consecutive vec4s per invocation, a workgroup apart (1 by default: what lavapipe rewards).
+override VEC4S_PER_INVOCATION: u32 = 1u;
+
+fn update(i: u32) {
     var gv = g[i];
     var qv = vec4<f32>(0.0);
     var use_q = false;
@@ -53,5 +45,30 @@ fn main(
     }
     if CENTERED {
         a[i] = st.a;
+    }
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let first = p.begin + (wid.y * p.groups_x + wid.x) * WORKGROUP_SIZE * VEC4S_PER_INVOCATION + lid;
+    if first >= p.end {
+        return;
+    }
+    if SKIP_NONFINITE && status[0] != 0u {
+        return;
+    }
+    if VEC4S_PER_INVOCATION == 1u {
+        update(first);
+        return;
+    }
+    for (var k = 0u; k < VEC4S_PER_INVOCATION; k++) {
+        let i = first + k * WORKGROUP_SIZE;
+        if i >= p.end {
+            return;
+        }
+        update(i);
     }
 }

@@ -117,8 +117,12 @@ pub struct GpuSlice {
 /// Tuning knobs; the defaults suit every adapter. The limits here can only lower the device's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptimizerOptions {
-    /// Invocations per workgroup (dense: each handles one vec4). Default 256.
+    /// Invocations per workgroup. Default 256.
     pub workgroup_size: u32,
+    /// Consecutive vec4s each invocation of the dense kernel updates, a workgroup apart (1 to 16; default
+    /// 1). More bytes in flight per invocation can help a GPU reach its bandwidth; on lavapipe 2 was 15%
+    /// slower than 1. `bench -- --sweep` measures both knobs.
+    pub vec4s_per_invocation: u32,
     /// Cap on the bytes of one pooled buffer, below the device's `max_storage_buffer_binding_size` and
     /// `max_buffer_size` (useful to test splitting, or to keep allocations small). Rounded down to 16.
     pub max_chunk_bytes: Option<u64>,
@@ -140,6 +144,7 @@ impl Default for OptimizerOptions {
     fn default() -> Self {
         OptimizerOptions {
             workgroup_size: 256,
+            vec4s_per_invocation: 1,
             max_chunk_bytes: None,
             max_workgroups_per_dimension: None,
             use_immediates: true,
@@ -299,6 +304,7 @@ pub struct RmsProp {
     skip_nonfinite: bool,
     mode: ParamsMode,
     workgroup_size: u32,
+    vec4s_per_invocation: u32,
     max_groups: u32,
     /// Capacity of one chunk, in vec4.
     chunk_limit: u64,
@@ -388,6 +394,13 @@ impl RmsProp {
                 requirement: "must be >= 1 and within the device's max_compute_workgroup_size_x",
             });
         }
+        if !(1..=16).contains(&options.vec4s_per_invocation) {
+            return Err(Error::InvalidConfig {
+                field: "vec4s_per_invocation",
+                value: options.vec4s_per_invocation.to_string(),
+                requirement: "must be in [1, 16]",
+            });
+        }
         let mut max_groups = limits.max_compute_workgroups_per_dimension;
         if let Some(m) = options.max_workgroups_per_dimension {
             if m == 0 {
@@ -426,7 +439,11 @@ impl RmsProp {
         if config.duplicate_indices() == DuplicateIndices::Keras3 {
             kinds.push(Kind::Squares);
         }
-        let constants = kernels::constants(&config, wg);
+        let mut constants = kernels::constants(&config, wg);
+        constants.push((
+            "VEC4S_PER_INVOCATION",
+            f64::from(options.vec4s_per_invocation),
+        ));
         let immediates = options.use_immediates
             && device.features().contains(wgpu::Features::IMMEDIATES)
             && limits.max_immediate_size as usize >= std::mem::size_of::<Params>();
@@ -472,6 +489,7 @@ impl RmsProp {
             id: NEXT_OPTIMIZER_ID.fetch_add(1, Ordering::Relaxed),
             kinds,
             workgroup_size: wg,
+            vec4s_per_invocation: options.vec4s_per_invocation,
             max_groups,
             chunk_limit,
             pipelines: Pipelines { layouts, pipelines },
@@ -1430,6 +1448,7 @@ impl RmsProp {
             ..Params::default()
         };
         let wg = u64::from(self.workgroup_size);
+        let dense_group = wg * u64::from(self.vec4s_per_invocation);
         let max_groups = u64::from(self.max_groups);
         let mut out = std::mem::take(&mut self.scratch_dispatches);
         out.clear();
@@ -1648,20 +1667,20 @@ impl RmsProp {
                         var_index: var as u32,
                         ..base
                     };
-                    push(&mut out, Which::Dense, ci, params, begin, end, wg);
+                    push(&mut out, Which::Dense, ci, params, begin, end, dense_group);
                     continue;
                 }
                 run = match run {
                     Some((b, e)) if e == begin => Some((b, end)),
                     Some((b, e)) => {
-                        push(&mut out, Which::Dense, ci, base, b, e, wg);
+                        push(&mut out, Which::Dense, ci, base, b, e, dense_group);
                         Some((begin, end))
                     }
                     None => Some((begin, end)),
                 };
             }
             if let Some((b, e)) = run {
-                push(&mut out, Which::Dense, ci, base, b, e, wg);
+                push(&mut out, Which::Dense, ci, base, b, e, dense_group);
             }
         }
         self.scratch_dispatches = out;

@@ -153,6 +153,29 @@ fn dispatch_folding_with_a_small_workgroup_limit() {
 }
 
 #[test]
+fn several_vec4s_per_invocation_with_folding_and_split_pools() {
+    // Each invocation updates 2, 3 or 16 vec4s a workgroup apart; sizes end mid-invocation, mid-group and
+    // mid-vec4, grids fold (3 groups per dimension) and pools split at 1 KiB.
+    for (k, per) in [2u32, 3, 16].into_iter().enumerate() {
+        let options = OptimizerOptions {
+            workgroup_size: 64,
+            vec4s_per_invocation: per,
+            max_workgroups_per_dimension: Some(3),
+            ..Default::default()
+        };
+        for (i, (_, cfg)) in variants().into_iter().enumerate() {
+            let seed = 200 + 10 * k as u64 + i as u64;
+            run(&cfg, options, &[1, 3, 255, 257, 4097, 20_000], seed);
+            let split = OptimizerOptions {
+                max_chunk_bytes: Some(1024),
+                ..options
+            };
+            run(&cfg, split, &[3, 1000, 257], seed + 5);
+        }
+    }
+}
+
+#[test]
 fn dispatch_folding_past_65535_workgroups() {
     // With 32 invocations per workgroup, each on a vec4, 65,535 workgroups cover 8,386,560 elements:
     // this variable needs 65,541 workgroups, folded into a 2-D grid on the real device limit.

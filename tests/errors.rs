@@ -249,6 +249,20 @@ fn invalid_tuning_options_are_rejected() {
             },
             "max_workgroups_per_dimension",
         ),
+        (
+            OptimizerOptions {
+                vec4s_per_invocation: 0,
+                ..Default::default()
+            },
+            "vec4s_per_invocation",
+        ),
+        (
+            OptimizerOptions {
+                vec4s_per_invocation: 17,
+                ..Default::default()
+            },
+            "vec4s_per_invocation",
+        ),
     ] {
         match RmsProp::with_options(ctx(), RmsPropConfig::default(), options) {
             Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
