@@ -26,19 +26,29 @@ use support::{
     Stats, Timer,
 };
 
-/// Microseconds the calling thread spends in `f` (the GPU is drained outside the timing).
-fn time_host(ctx: &GpuContext, reps: usize, mut f: impl FnMut()) -> Stats {
-    let mut t = Vec::with_capacity(reps);
-    for i in 0..reps + 20 {
+/// Microseconds the calling thread spends in `f` and in an empty submit, alternately (the GPU is
+/// drained outside the timing), after 20 untimed rounds.
+fn time_host(ctx: &GpuContext, reps: usize, mut f: impl FnMut()) -> (Stats, Stats) {
+    let timed = |g: &mut dyn FnMut()| {
         let start = Instant::now();
-        f();
+        g();
         let us = start.elapsed().as_secs_f64() * 1e6;
         ctx.wait_idle().unwrap();
+        us
+    };
+    let mut empty = || {
+        let encoder = ctx.device().create_command_encoder(&Default::default());
+        ctx.queue().submit([encoder.finish()]);
+    };
+    let (mut tf, mut te) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for i in 0..reps + 20 {
+        let (a, b) = (timed(&mut f), timed(&mut empty));
         if i >= 20 {
-            t.push(us);
+            tf.push(a);
+            te.push(b);
         }
     }
-    stats(t)
+    (stats(tf), stats(te))
 }
 
 /// One optimizer step recorded for the timer.
@@ -150,6 +160,43 @@ fn main() {
         (n, args[i + 2].clone())
     });
 
+    if only.is_none() {
+        // Host overhead first, on a quiet machine: tiny steps whose GPU work is negligible, above an empty
+        // submit, on a context as `GpuContext::new()` makes it (no timestamp queries).
+        let host_ctx = GpuContext::new().expect("a GPU adapter");
+        // Gradients already on the GPU (`Resident`), then uploaded from host slices each step.
+        for (tensors, from_host) in [(1usize, false), (1000, false), (1, true), (1000, true)] {
+            let (mut opt, ids) = dense_optimizer(&host_ctx, "plain", &vec![4; tensors]);
+            let host_grads = [0.25f32; 4];
+            let grads: Vec<(VarId, Gradient<'_>)> = ids
+                .iter()
+                .map(|&id| {
+                    let g = if from_host {
+                        Gradient::Dense(&host_grads)
+                    } else {
+                        Gradient::Resident
+                    };
+                    (id, g)
+                })
+                .collect();
+            let (s, empty) = time_host(&host_ctx, 1000, || {
+                opt.apply(&grads).unwrap();
+            });
+            let ms = Stats {
+                median: s.median / 1e3,
+                min: s.min / 1e3,
+                max: s.max / 1e3,
+            };
+            let mut v = row("host", "plain", 4 * tensors, tensors, &ms, 0.0);
+            v["gb_s"] = Value::Null;
+            v["host_us_per_step"] = json!(s.median - empty.median);
+            v["empty_submit_us"] = json!(empty.median);
+            v["gradients"] = json!(if from_host { "host" } else { "resident" });
+            v["timing"] = json!("host_clock");
+            emit(v, opt.last_step_dispatches());
+        }
+    }
+
     // Dense steps against the minimal kernel, timed alternately.
     let sizes: &[usize] = match (&only, quick) {
         (Some((n, _)), _) => std::slice::from_ref(n),
@@ -164,9 +211,11 @@ fn main() {
             let (mut opt, ids) = dense_optimizer(&ctx, variant, &[n]);
             let grads = resident(&ids);
             let minimal = Minimal::new(&ctx, variant, n);
+            // The ratio is what matters here: twice the repetitions where a step is short.
+            let pair_reps = if n <= 16 << 20 { 2 * reps } else { reps };
             let (s, m) = time_pair(
                 2,
-                reps,
+                pair_reps,
                 || step(&timer, &ctx, &mut opt, &grads),
                 || timer.once(&ctx, |e| minimal.record(e)),
             );
@@ -269,44 +318,5 @@ fn main() {
             v["nnz"] = json!(k);
             emit(v, opt.last_step_dispatches());
         }
-    }
-
-    // Host overhead: tiny steps whose GPU work is negligible, above an empty submit, on a context as
-    // `GpuContext::new()` makes it (no timestamp queries).
-    let ctx = GpuContext::new().expect("a GPU adapter");
-    let empty = time_host(&ctx, 200, || {
-        let encoder = ctx.device().create_command_encoder(&Default::default());
-        ctx.queue().submit([encoder.finish()]);
-    });
-    // Gradients already on the GPU (`Resident`), then uploaded from host slices each step.
-    for (tensors, from_host) in [(1usize, false), (1000, false), (1, true), (1000, true)] {
-        let (mut opt, ids) = dense_optimizer(&ctx, "plain", &vec![4; tensors]);
-        let host_grads = [0.25f32; 4];
-        let grads: Vec<(VarId, Gradient<'_>)> = ids
-            .iter()
-            .map(|&id| {
-                let g = if from_host {
-                    Gradient::Dense(&host_grads)
-                } else {
-                    Gradient::Resident
-                };
-                (id, g)
-            })
-            .collect();
-        let s = time_host(&ctx, 200, || {
-            opt.apply(&grads).unwrap();
-        });
-        let ms = Stats {
-            median: s.median / 1e3,
-            min: s.min / 1e3,
-            max: s.max / 1e3,
-        };
-        let mut v = row("host", "plain", 4 * tensors, tensors, &ms, 0.0);
-        v["gb_s"] = Value::Null;
-        v["host_us_per_step"] = json!(s.median - empty.median);
-        v["empty_submit_us"] = json!(empty.median);
-        v["gradients"] = json!(if from_host { "host" } else { "resident" });
-        v["timing"] = json!("host_clock");
-        emit(v, opt.last_step_dispatches());
     }
 }

@@ -1487,7 +1487,9 @@ impl RmsProp {
         // 1. Norms: jobs in (chunk, offset) order for dense gradients, then the sparse values.
         self.scratch_jobs.clear();
         self.scratch_var_step.clear();
-        self.scratch_var_step.resize(self.variables.len(), [0; 4]);
+        if self.per_var || self.skip_nonfinite {
+            self.scratch_var_step.resize(self.variables.len(), [0; 4]);
+        }
         // Jobs cover every gradient value of the step: for norms, and for the non-finite check.
         let jobs_needed = self.config.clipnorm().is_some()
             || self.config.global_clipnorm().is_some()
