@@ -211,6 +211,29 @@ impl GpuContext {
     }
 }
 
+/// Creates a buffer inside error scopes, so that running out of memory (or an invalid size) is an
+/// [`Error::Allocation`] naming the buffer instead of an uncaptured wgpu error.
+pub(crate) fn create_buffer_checked(
+    device: &wgpu::Device,
+    desc: &wgpu::BufferDescriptor<'_>,
+) -> Result<wgpu::Buffer> {
+    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let buffer = device.create_buffer(desc);
+    let errors = [
+        pollster::block_on(validation.pop()),
+        pollster::block_on(oom.pop()),
+    ];
+    match errors.into_iter().flatten().next() {
+        None => Ok(buffer),
+        Some(e) => Err(Error::Allocation {
+            what: desc.label.unwrap_or("buffer").to_string(),
+            bytes: desc.size,
+            message: e.to_string(),
+        }),
+    }
+}
+
 /// wgpu's downlevel defaults, raised to the adapter's values where the kernels profit from more.
 fn required_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
     let mut l = wgpu::Limits::downlevel_defaults();

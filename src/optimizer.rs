@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::config::{DuplicateIndices, RmsPropConfig, SparseMode};
-use crate::context::GpuContext;
+use crate::context::{create_buffer_checked, GpuContext};
 use crate::error::{Error, Result};
 use crate::kernels::{self, binding, Kernel, Params, ParamsMode, VAR_INFO_BYTES};
 use crate::pool::{self, Chunk, Kind, PoolStats, Segment, Slot, VEC4_BYTES};
@@ -255,25 +255,15 @@ impl StepBuffer {
             return Ok(false);
         }
         let size = size.max(self.buffer.size() * 2).next_multiple_of(16);
-        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(&self.label),
-            size,
-            usage: self.usage,
-            mapped_at_creation: false,
-        });
-        let errors = [
-            pollster::block_on(validation.pop()),
-            pollster::block_on(oom.pop()),
-        ];
-        if let Some(e) = errors.into_iter().flatten().next() {
-            return Err(Error::Allocation {
-                what: self.label.clone(),
-                bytes: size,
-                message: e.to_string(),
-            });
-        }
+        let buffer = create_buffer_checked(
+            device,
+            &wgpu::BufferDescriptor {
+                label: Some(&self.label),
+                size,
+                usage: self.usage,
+                mapped_at_creation: false,
+            },
+        )?;
         self.buffer = buffer;
         Ok(true)
     }
@@ -1935,21 +1925,15 @@ impl RmsProp {
         let bytes = len as u64 * 4;
         if self.staging.as_ref().is_none_or(|s| s.size() < bytes) {
             let size = bytes.next_multiple_of(VEC4_BYTES);
-            let device = self.ctx.device();
-            let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-            let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(&format!("{}/staging", self.config.name())),
-                size,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            if let Some(e) = pollster::block_on(oom.pop()) {
-                return Err(Error::Allocation {
-                    what: "staging buffer".into(),
-                    bytes: size,
-                    message: e.to_string(),
-                });
-            }
+            let buffer = create_buffer_checked(
+                self.ctx.device(),
+                &wgpu::BufferDescriptor {
+                    label: Some(&format!("{}/read-back staging", self.config.name())),
+                    size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                },
+            )?;
             self.staging = Some(buffer);
             self.objects_created += 1;
         }

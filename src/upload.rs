@@ -15,6 +15,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
+use crate::context::create_buffer_checked;
 use crate::error::{Error, Result};
 
 /// Mapped and free.
@@ -99,26 +100,15 @@ impl Uploader {
     }
 
     fn new_slot(&mut self, device: &wgpu::Device) -> Result<Slot> {
-        let size = self.slot_bytes;
-        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(&self.label),
-            size,
-            usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: true,
-        });
-        let errors = [
-            pollster::block_on(validation.pop()),
-            pollster::block_on(oom.pop()),
-        ];
-        if let Some(e) = errors.into_iter().flatten().next() {
-            return Err(Error::Allocation {
-                what: self.label.clone(),
-                bytes: size,
-                message: e.to_string(),
-            });
-        }
+        let buffer = create_buffer_checked(
+            device,
+            &wgpu::BufferDescriptor {
+                label: Some(&self.label),
+                size: self.slot_bytes,
+                usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: true,
+            },
+        )?;
         self.created += 1;
         Ok(Slot {
             buffer,
