@@ -17,8 +17,6 @@ const NORM_TILE: u64 = 1 << 16;
 /// `PRECLIPPED` and `USE_SQUARES` in `common.wgsl`.
 const FLAG_PRECLIPPED: u32 = 1;
 const FLAG_USE_SQUARES: u32 = 2;
-/// Steps whose uniforms can wait for one submit on the uniform path.
-const UNIFORM_RING: u64 = 4;
 
 /// Handle of a variable inside one [`RmsProp`]. A handle from another optimizer is refused with
 /// [`Error::UnknownVariable`].
@@ -328,7 +326,6 @@ pub struct RmsProp {
     last_lr: Option<f32>,
     /// Steps recorded since the last known submit, and whether one of them staged host data.
     pending_steps: u64,
-    pending_host_data: bool,
     /// What the jobs / var_step buffers hold, to skip rewriting them when unchanged.
     written_jobs: Vec<[u32; 4]>,
     written_var_step: Vec<[u32; 4]>,
@@ -520,7 +517,6 @@ impl RmsProp {
             iterations: 0,
             last_lr: None,
             pending_steps: 0,
-            pending_host_data: false,
             written_jobs: Vec::new(),
             written_var_step: Vec::new(),
             scratch_parts: Vec::new(),
@@ -910,7 +906,16 @@ impl RmsProp {
 
     /// Applies one step of any mix of dense, GPU and sparse gradients (one per variable listed) and
     /// submits it. Returns the new step count. On error nothing is written.
+    ///
+    /// Steps recorded with [`RmsProp::record`] and not yet marked submitted would run after this one:
+    /// that is refused with [`Error::PendingSubmit`].
     pub fn apply(&mut self, grads: &[(VarId, Gradient<'_>)]) -> Result<u64> {
+        if self.pending_steps > 0 {
+            return Err(Error::PendingSubmit(format!(
+                "{} recorded step(s) wait for a submit: submit them and call mark_submitted() first",
+                self.pending_steps
+            )));
+        }
         let (iterations, last_lr) = (self.iterations, self.last_lr);
         // Anything the host checks cannot see (e.g. a gradient buffer from another device) surfaces as a
         // wgpu validation error: the command buffer is then invalid and nothing of it runs.
@@ -949,7 +954,6 @@ impl RmsProp {
     pub fn mark_submitted(&mut self) {
         self.uploader.submitted();
         self.pending_steps = 0;
-        self.pending_host_data = false;
     }
 
     fn encoder(&self, what: &str) -> wgpu::CommandEncoder {
@@ -1004,7 +1008,6 @@ impl RmsProp {
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         grads: &[(VarId, Gradient<'_>)],
-        uniform_offset: u64,
     ) -> Result<()> {
         for (id, g) in grads {
             let v = &self.variables[id.index as usize];
@@ -1153,13 +1156,8 @@ impl RmsProp {
             self.written_var_step.clone_from(&self.scratch_var_step);
         }
         if !self.scratch_uniform.is_empty() {
-            self.uploader.write(
-                encoder,
-                &self.uniform.buffer,
-                uniform_offset,
-                &self.scratch_uniform,
-                0,
-            )?;
+            self.uploader
+                .write(encoder, &self.uniform.buffer, 0, &self.scratch_uniform, 0)?;
         }
         Ok(())
     }
@@ -1251,10 +1249,12 @@ impl RmsProp {
     ///
     /// Each step's parameters (its learning rate among them) travel as immediate data in the command
     /// stream where the device has them, so any number of steps with GPU gradients can be recorded
-    /// before one submit, each with its own learning rate (on the uniform path: up to 4). Host data
+    /// before one submit, each with its own learning rate (on the uniform path too). Host data
     /// (host or sparse gradients, clipping tables that changed) is copied into a reused staging buffer
-    /// and from there into place by copies recorded in `encoder` before the step's pass; a second step
-    /// staging host data before [`RmsProp::mark_submitted`] is refused with [`Error::PendingSubmit`].
+    /// and from there into place by copies recorded in `encoder` before the step's pass, so steps with
+    /// host data can be recorded before one submit too. Only a step with more host data than
+    /// [`OptimizerOptions::max_staging_bytes`] (written with `queue.write_buffer`, which lands before
+    /// the whole submission) is refused with [`Error::PendingSubmit`] while earlier steps wait.
     pub fn record(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -1265,27 +1265,10 @@ impl RmsProp {
         self.validate(grads)?;
         self.prepare_sparse(grads);
         self.plan(step, &scalars);
-        let stages_host_data = grads
-            .iter()
-            .any(|(_, g)| !matches!(g, Gradient::Gpu(_) | Gradient::Resident))
-            || self.scratch_jobs != self.written_jobs
-            || ((self.per_var || self.skip_nonfinite)
-                && self.scratch_var_step != self.written_var_step);
-        if self.pending_host_data && stages_host_data {
-            return Err(Error::PendingSubmit(
-                "an earlier recorded step staged host data (host or sparse gradients, clipping tables)".into(),
-            ));
-        }
-        if self.mode == ParamsMode::Uniform && self.pending_steps >= UNIFORM_RING {
-            return Err(Error::PendingSubmit(format!(
-                "{UNIFORM_RING} steps are already waiting for a submit (uniform parameter path)"
-            )));
-        }
         self.reserve_step_buffers()?;
 
-        // Uniform path: this step's slots live in ring region `pending_steps % UNIFORM_RING`.
-        let region_slots = self.uniform.buffer.size() / self.uniform_stride / UNIFORM_RING;
-        let region_base = (self.pending_steps % UNIFORM_RING) * region_slots;
+        // Uniform path: one slot per dispatch, copied in before the step's pass (so each recorded step
+        // reads its own parameters).
         self.scratch_uniform.clear();
         if self.mode == ParamsMode::Uniform {
             for d in &self.scratch_dispatches {
@@ -1299,10 +1282,19 @@ impl RmsProp {
             }
         }
         // Host data goes through one reused staging slot; GPU sources are copied directly. Everything
-        // lands in encoder order, before the step's pass.
+        // lands in encoder order, before the step's pass, so steps recorded before one submit each see
+        // their own data. Past `max_staging_bytes` host data is written with `queue.write_buffer`, which
+        // lands before everything the submit runs: refused while earlier steps wait for that submit.
         let need = self.staging_bytes(grads);
+        if self.uploader.is_direct(need) && self.pending_steps > 0 {
+            return Err(Error::PendingSubmit(format!(
+                "this step's {need} bytes of host data exceed max_staging_bytes and would land before \
+                 the {} step(s) recorded earlier run",
+                self.pending_steps
+            )));
+        }
         self.uploader.begin(self.ctx.device(), need)?;
-        let staged = self.stage(encoder, grads, region_base * self.uniform_stride);
+        let staged = self.stage(encoder, grads);
         self.uploader.finish(encoder);
         if staged.is_err() {
             self.forget_staged_tables();
@@ -1330,7 +1322,7 @@ impl RmsProp {
                         pass.set_immediates(0, bytemuck::bytes_of(&d.params));
                     }
                     ParamsMode::Uniform => {
-                        let offset = (region_base + slot as u64) * self.uniform_stride;
+                        let offset = slot as u64 * self.uniform_stride;
                         pass.set_bind_group(0, bg, &[offset as u32]);
                     }
                 }
@@ -1339,7 +1331,6 @@ impl RmsProp {
         }
         self.last_dispatches = self.scratch_dispatches.len();
         self.pending_steps += 1;
-        self.pending_host_data |= stages_host_data;
         self.iterations = step;
         self.last_lr = Some(scalars.lr);
         Ok(step)
@@ -1683,14 +1674,9 @@ impl RmsProp {
         let device = self.ctx.device().clone();
         let mut grown = false;
         if self.mode == ParamsMode::Uniform {
-            let ring = UNIFORM_RING * self.scratch_dispatches.len() as u64 * self.uniform_stride;
-            if ring > self.uniform.buffer.size() && self.pending_steps > 0 {
-                // Growing would move the regions of steps that wait for a submit.
-                return Err(Error::PendingSubmit(
-                    "this step needs more uniform slots than the steps already recorded".into(),
-                ));
-            }
-            grown |= self.uniform.reserve(&device, ring)?;
+            // Steps recorded earlier keep the buffer (and bind groups) they were recorded with.
+            let slots = self.scratch_dispatches.len() as u64 * self.uniform_stride;
+            grown |= self.uniform.reserve(&device, slots)?;
         }
         if self
             .jobs

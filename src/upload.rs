@@ -116,9 +116,14 @@ impl Uploader {
         })
     }
 
+    /// Whether a step with `need` bytes of host data is written with `queue.write_buffer`.
+    pub(crate) fn is_direct(&self, need: u64) -> bool {
+        need > self.max_slot_bytes
+    }
+
     /// Picks a free slot with room for `need` bytes and maps it for this step's writes. No-op for 0 bytes.
     pub(crate) fn begin(&mut self, device: &wgpu::Device, need: u64) -> Result<()> {
-        self.direct = need > self.max_slot_bytes;
+        self.direct = self.is_direct(need);
         if need == 0 || self.direct {
             return Ok(());
         }

@@ -62,6 +62,95 @@ fn record_several(options: OptimizerOptions, steps: usize) {
     assert_matches(&mut opt, w, &r.vars[0], "after one submit");
 }
 
+/// Steps recorded before one submit that list different variables, with per-variable clipping: each step
+/// has its own norm jobs and clipping tables, which must reach the GPU in step order (not all before the
+/// submit, where the last step's tables would serve every step).
+#[test]
+fn steps_with_different_variables_and_clipping_recorded_before_one_submit() {
+    for use_immediates in [true, false] {
+        let cfg = RmsPropConfig::builder()
+            .learning_rate(0.05)
+            .momentum(0.5)
+            .clipnorm(0.5)
+            .build()
+            .unwrap();
+        let ctx = ctx();
+        let mut rng = Rng::new(21);
+        let options = OptimizerOptions {
+            use_immediates,
+            ..Default::default()
+        };
+        let mut opt = RmsProp::with_options(ctx, cfg.clone(), options).unwrap();
+        let mut r = Reference::new(cfg.clone());
+        let sizes = [37usize, 100, 5];
+        let ids: Vec<VarId> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                let init = rng.vec(n, 1.0, 0);
+                r.add_variable(&[n], &init);
+                opt.add_variable(&format!("v{k}"), &[n], &init).unwrap()
+            })
+            .collect();
+        // Step t lists these variables; every gradient comes from one caller buffer.
+        let plan: [&[usize]; 4] = [&[0], &[0, 1], &[1, 2], &[2, 0]];
+        let grads: Vec<Vec<Vec<f32>>> = plan
+            .iter()
+            .map(|_| sizes.iter().map(|&n| rng.vec(n, 3.0, 0)).collect())
+            .collect();
+        let mut packed = Vec::new();
+        let mut offsets = Vec::new();
+        for step in &grads {
+            let mut o = Vec::new();
+            for g in step {
+                o.push(packed.len() as u64 * 4);
+                packed.extend_from_slice(g);
+            }
+            offsets.push(o);
+        }
+        let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("grads"),
+            size: packed.len() as u64 * 4,
+            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx.queue()
+            .write_buffer(&buffer, 0, bytemuck::cast_slice(&packed));
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        for (t, listed) in plan.iter().enumerate() {
+            let step: Vec<(VarId, Gradient<'_>)> = listed
+                .iter()
+                .map(|&k| {
+                    let gg = GpuGradient {
+                        buffer: &buffer,
+                        offset: offsets[t][k],
+                    };
+                    (ids[k], Gradient::Gpu(gg))
+                })
+                .collect();
+            opt.record(&mut encoder, &step).unwrap();
+            let refs: Vec<Option<RefGradient<'_>>> = (0..sizes.len())
+                .map(|k| {
+                    listed
+                        .contains(&k)
+                        .then(|| RefGradient::Dense(&grads[t][k]))
+                })
+                .collect();
+            r.step(&refs).unwrap();
+        }
+        ctx.queue().submit([encoder.finish()]);
+        opt.mark_submitted();
+        for (k, &id) in ids.iter().enumerate() {
+            assert_matches(
+                &mut opt,
+                id,
+                &r.vars[k],
+                &format!("v{k} (immediates {use_immediates})"),
+            );
+        }
+    }
+}
+
 #[test]
 fn two_steps_recorded_before_one_submit_use_two_learning_rates() {
     record_several(OptimizerOptions::default(), 2);
@@ -76,31 +165,55 @@ fn two_steps_recorded_before_one_submit_on_the_uniform_path() {
         ..Default::default()
     };
     record_several(options, 2);
-    record_several(options, 4);
+    record_several(options, 6);
 }
 
+/// Host gradients in several steps recorded before one submit (each step's data is copied in encoder
+/// order); past `max_staging_bytes` (written with `queue.write_buffer`, landing before the whole
+/// submission) a second step is refused, and so is `apply` while recorded steps wait.
 #[test]
-fn recording_refuses_to_overwrite_staged_data() {
+fn host_data_in_steps_recorded_before_one_submit() {
     let ctx = ctx();
+    let grads: Vec<Vec<f32>> = (0..3).map(|t| vec![0.5 - 0.25 * t as f32; 4]).collect();
+    let mut r = Reference::new(decaying());
+    r.add_variable(&[4], &[1.0; 4]);
     let mut opt = RmsProp::new(ctx, decaying()).unwrap();
     let w = opt.add_variable("w", &[4], &[1.0; 4]).unwrap();
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    opt.record(&mut encoder, &[(w, Gradient::Dense(&[0.5; 4]))])
+    for g in &grads {
+        opt.record(&mut encoder, &[(w, Gradient::Dense(g))])
+            .unwrap();
+        r.step(&[Some(RefGradient::Dense(g))]).unwrap();
+    }
+    let e = opt.apply(&[(w, Gradient::Dense(&grads[0]))]).unwrap_err();
+    assert!(matches!(e, Error::PendingSubmit(_)), "{e:?}");
+    ctx.queue().submit([encoder.finish()]);
+    opt.mark_submitted();
+    assert_matches(&mut opt, w, &r.vars[0], "three host steps, one submit");
+
+    let direct = OptimizerOptions {
+        max_staging_bytes: 0,
+        ..Default::default()
+    };
+    let mut opt = RmsProp::with_options(ctx, decaying(), direct).unwrap();
+    let w = opt.add_variable("w", &[4], &[1.0; 4]).unwrap();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    opt.record(&mut encoder, &[(w, Gradient::Dense(&grads[0]))])
         .unwrap();
-    let before_iterations = opt.iterations();
+    let before = snapshot(&mut opt, &[w]);
     let e = opt
-        .record(&mut encoder, &[(w, Gradient::Dense(&[0.5; 4]))])
+        .record(&mut encoder, &[(w, Gradient::Dense(&grads[1]))])
         .unwrap_err();
     assert!(matches!(e, Error::PendingSubmit(_)), "{e:?}");
-    assert_eq!(opt.iterations(), before_iterations);
     ctx.queue().submit([encoder.finish()]);
     opt.mark_submitted();
-    let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    opt.record(&mut encoder, &[(w, Gradient::Dense(&[0.5; 4]))])
-        .unwrap();
-    ctx.queue().submit([encoder.finish()]);
-    opt.mark_submitted();
-    assert_eq!(opt.iterations(), 2);
+    assert_eq!(opt.iterations(), before.0);
+    opt.apply(&[(w, Gradient::Dense(&grads[1]))]).unwrap();
+    let mut r = Reference::new(decaying());
+    r.add_variable(&[4], &[1.0; 4]);
+    r.step(&[Some(RefGradient::Dense(&grads[0]))]).unwrap();
+    r.step(&[Some(RefGradient::Dense(&grads[1]))]).unwrap();
+    assert_matches(&mut opt, w, &r.vars[0], "direct path, two submits");
 }
 
 /// Clipping with norms computed on the GPU, against the reference, including an all-zero step.
