@@ -190,9 +190,10 @@ pub enum Error {
         /// The missing features.
         what: String,
     },
-    /// A step recorded with [`crate::RmsProp::record`] would overwrite data staged for an earlier recorded
-    /// step that has not been submitted yet (call `mark_submitted` after submitting).
-    #[error("cannot record this step: {0}; submit the encoder of the earlier step and call mark_submitted() first")]
+    /// Steps recorded with [`crate::RmsProp::record`] wait for a submit and this call cannot run in order
+    /// with them: a step whose host data exceeds `max_staging_bytes` (written with `queue.write_buffer`,
+    /// which lands before the whole submission), or `apply`. Submit them and call `mark_submitted` first.
+    #[error("cannot run this step now: {0}")]
     PendingSubmit(String),
     /// A checkpoint could not be written, or read back: unreadable, truncated, corrupted, or not matching
     /// this optimizer (preset, configuration, variables, shapes, dtypes). Nothing was restored.

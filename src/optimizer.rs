@@ -1289,7 +1289,7 @@ impl RmsProp {
         if self.uploader.is_direct(need) && self.pending_steps > 0 {
             return Err(Error::PendingSubmit(format!(
                 "this step's {need} bytes of host data exceed max_staging_bytes and would land before \
-                 the {} step(s) recorded earlier run",
+                 the {} step(s) recorded earlier run: submit them and call mark_submitted() first",
                 self.pending_steps
             )));
         }
