@@ -331,6 +331,12 @@ pub struct RmsProp {
     written_var_step: Vec<[u32; 4]>,
     // Reused per step, so that steady-state steps do not allocate.
     scratch_parts: Vec<Part>,
+    /// Of the step being recorded (from `validate`): bytes of host gradients with their padding, and
+    /// how many gradients are copied (anything but `Resident`) and how many are sparse, so that the
+    /// passes over the step's list that only serve those are skipped when there are none.
+    scratch_host_bytes: u64,
+    scratch_copied: usize,
+    scratch_sparse_count: usize,
     scratch_sparse: Vec<SparseStep>,
     scratch_keys: Vec<u64>,
     scratch_index: Vec<u32>,
@@ -520,6 +526,9 @@ impl RmsProp {
             written_jobs: Vec::new(),
             written_var_step: Vec::new(),
             scratch_parts: Vec::new(),
+            scratch_host_bytes: 0,
+            scratch_copied: 0,
+            scratch_sparse_count: 0,
             scratch_sparse: Vec::new(),
             scratch_keys: Vec::new(),
             scratch_index: Vec::new(),
@@ -973,13 +982,8 @@ impl RmsProp {
     }
 
     /// Bytes of host data this step stages (see [`RmsProp::stage`]).
-    fn staging_bytes(&self, grads: &[(VarId, Gradient<'_>)]) -> u64 {
-        let dense: u64 = grads
-            .iter()
-            .filter(|(_, g)| matches!(g, Gradient::Dense(_)))
-            .flat_map(|(id, _)| &self.variables[id.index as usize].segments)
-            .map(|s| s.vec4s() * VEC4_BYTES)
-            .sum();
+    fn staging_bytes(&self) -> u64 {
+        let dense = self.scratch_host_bytes;
         let jobs = if !self.scratch_jobs.is_empty() && self.scratch_jobs != self.written_jobs {
             std::mem::size_of_val(&self.scratch_jobs[..])
         } else {
@@ -1009,7 +1013,8 @@ impl RmsProp {
         encoder: &mut wgpu::CommandEncoder,
         grads: &[(VarId, Gradient<'_>)],
     ) -> Result<()> {
-        for (id, g) in grads {
+        let copied = if self.scratch_copied > 0 { grads } else { &[] };
+        for (id, g) in copied {
             let v = &self.variables[id.index as usize];
             match g {
                 Gradient::Resident => {}
@@ -1169,6 +1174,11 @@ impl RmsProp {
         self.scratch_parts.clear();
         self.scratch_parts
             .resize(self.variables.len(), Part::Absent);
+        (
+            self.scratch_host_bytes,
+            self.scratch_copied,
+            self.scratch_sparse_count,
+        ) = (0, 0, 0);
         let (mut sparse_values, mut sparse_indices) = (0u64, 0u64);
         for (id, g) in grads {
             let v = self.var(*id)?;
@@ -1233,12 +1243,20 @@ impl RmsProp {
                     name: v.name.clone(),
                 });
             }
+            let host_bytes: u64 = match g {
+                Gradient::Dense(_) => v.segments.iter().map(|s| s.vec4s() * VEC4_BYTES).sum(),
+                _ => 0,
+            };
+            self.scratch_host_bytes += host_bytes;
             self.scratch_parts[id.index as usize] = match g {
                 Gradient::Sparse { .. }
                 | Gradient::SparseGpu { .. }
                 | Gradient::SparseGpuIndices { .. } => Part::Sparse,
                 Gradient::Dense(_) | Gradient::Gpu(_) | Gradient::Resident => Part::Dense,
             };
+            self.scratch_copied += usize::from(!matches!(g, Gradient::Resident));
+            self.scratch_sparse_count +=
+                usize::from(self.scratch_parts[id.index as usize] == Part::Sparse);
         }
         Ok(())
     }
@@ -1285,7 +1303,7 @@ impl RmsProp {
         // lands in encoder order, before the step's pass, so steps recorded before one submit each see
         // their own data. Past `max_staging_bytes` host data is written with `queue.write_buffer`, which
         // lands before everything the submit runs: refused while earlier steps wait for that submit.
-        let need = self.staging_bytes(grads);
+        let need = self.staging_bytes();
         if self.uploader.is_direct(need) && self.pending_steps > 0 {
             return Err(Error::PendingSubmit(format!(
                 "this step's {need} bytes of host data exceed max_staging_bytes and would land before \
@@ -1344,6 +1362,9 @@ impl RmsProp {
         self.scratch_values.clear();
         // Host values first (one contiguous write), then room for the values copied on the GPU.
         self.scratch_gpu_values = 0;
+        if self.scratch_sparse_count == 0 {
+            return;
+        }
         for host in [true, false] {
             for (id, g) in grads {
                 let (indices, len) = match g {
