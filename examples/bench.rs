@@ -1,7 +1,7 @@
 //! Benchmarks of the GPU step, one JSON object per line.
 //!
 //! ```text
-//! cargo run --release --example bench -- [--quick] [--sweep] [--dense N VARIANT] [--reps N]
+//! cargo run --release --example bench -- [--quick] [--sweep] [--dense N VARIANT] [--case NAME] [--reps N]
 //! ```
 //!
 //! Each case times the GPU work to completion after warm-up and reports the median, min and max over the
@@ -154,13 +154,19 @@ fn main() {
         return;
     }
 
-    // `--dense N VARIANT`: only that comparison.
+    // `--dense N VARIANT`: only that comparison. `--case NAME`: only that family (host, dense, scale,
+    // dense_many, sparse).
     let only = args.iter().position(|a| a == "--dense").map(|i| {
         let n: usize = args[i + 1].parse().expect("--dense N VARIANT");
         (n, args[i + 2].clone())
     });
+    let case = args
+        .iter()
+        .position(|a| a == "--case")
+        .map(|i| args[i + 1].clone());
+    let wants = |name: &str| only.is_none() && case.as_deref().is_none_or(|c| c == name);
 
-    if only.is_none() {
+    if wants("host") {
         // Host overhead first, on a quiet machine: tiny steps whose GPU work is negligible, above an empty
         // submit, on a context as `GpuContext::new()` makes it (no timestamp queries).
         let host_ctx = GpuContext::new().expect("a GPU adapter");
@@ -200,6 +206,7 @@ fn main() {
     // Dense steps against the minimal kernel, timed alternately.
     let sizes: &[usize] = match (&only, quick) {
         (Some((n, _)), _) => std::slice::from_ref(n),
+        (None, _) if !wants("dense") => &[],
         (None, true) => &[1 << 20],
         (None, false) => &[1 << 20, 16 << 20, 64 << 20],
     };
@@ -236,7 +243,7 @@ fn main() {
     }
 
     // Scale: a state of several GiB (256M elements, centered + momentum: 5 GiB with the gradients).
-    if !quick {
+    if !quick && wants("scale") {
         let (n, variant) = (256usize << 20, "centered_momentum");
         let (mut opt, ids) = dense_optimizer(&ctx, variant, &[n]);
         let grads = resident(&ids);
@@ -259,7 +266,12 @@ fn main() {
     } else {
         (1000, 1 << 14)
     };
-    for variant in ["plain", "centered_momentum"] {
+    let many_variants: &[&str] = if wants("dense_many") {
+        &["plain", "centered_momentum"]
+    } else {
+        &[]
+    };
+    for &variant in many_variants {
         let n = tensors * each;
         let (mut many, many_ids) = dense_optimizer(&ctx, variant, &vec![each; tensors]);
         let many_grads = resident(&many_ids);
@@ -282,38 +294,55 @@ fn main() {
         );
     }
 
-    // Sparse: k = 16,384 indices (about 20% repeats) on 64-column tables of 100k and 1M rows.
+    // Sparse: k = 16,384 indices (about 20% repeats) on 64-column tables of 100k and 1M rows, the two
+    // tables timed alternately.
     let (k, cols) = (16_384usize, 64usize);
     let row_counts: &[usize] = if quick {
         &[100_000]
     } else {
         &[100_000, 1_000_000]
     };
-    for &rows in row_counts {
-        for variant in ["plain", "centered_momentum"] {
+    let sparse_variants: &[&str] = if wants("sparse") {
+        &["plain", "centered_momentum"]
+    } else {
+        &[]
+    };
+    for &variant in sparse_variants {
+        let values: Vec<f32> = (0..k * cols)
+            .map(|i| ((i % 11) as f32 - 5.0) * 0.01)
+            .collect();
+        let mut tables = Vec::new();
+        for &rows in row_counts {
             let mut opt = RmsProp::new(&ctx, variant_config(variant)).unwrap();
             let table = opt
                 .add_variable("table", &[rows, cols], &vec![0.5; rows * cols])
                 .unwrap();
-            let indices = sparse_indices(rows, k);
+            tables.push((rows, opt, table, sparse_indices(rows, k)));
+        }
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); tables.len()];
+        for rep in 0..reps + 2 {
+            for (t, (_, opt, table, indices)) in tables.iter_mut().enumerate() {
+                let grads = [(
+                    *table,
+                    Gradient::Sparse {
+                        indices: Indices::I64(indices),
+                        values: &values,
+                    },
+                )];
+                let ms = step(&timer, &ctx, opt, &grads);
+                if rep >= 2 {
+                    times[t].push(ms);
+                }
+            }
+        }
+        for ((rows, opt, _, indices), t) in tables.iter().zip(times) {
             let mut distinct = indices.clone();
             distinct.sort_unstable();
             distinct.dedup();
-            let values: Vec<f32> = (0..k * cols)
-                .map(|i| ((i % 11) as f32 - 5.0) * 0.01)
-                .collect();
-            let grads = [(
-                table,
-                Gradient::Sparse {
-                    indices: Indices::I64(&indices),
-                    values: &values,
-                },
-            )];
-            let (s, _) = time_pair(2, reps, || step(&timer, &ctx, &mut opt, &grads), || 0.0);
             // State of the touched rows (read + write) plus the listed values and indices.
             let state_bytes = (bytes_per_element(variant) - 4.0) * (distinct.len() * cols) as f64;
             let bytes = state_bytes + (k * cols * 4 + k * 8) as f64;
-            let mut v = row("sparse", variant, rows * cols, 1, &s, bytes);
+            let mut v = row("sparse", variant, rows * cols, 1, &stats(t), bytes);
             v["rows"] = json!(rows);
             v["nnz"] = json!(k);
             emit(v, opt.last_step_dispatches());
