@@ -22,6 +22,20 @@ fn decaying() -> RmsPropConfig {
         .unwrap()
 }
 
+/// A caller's buffer holding `values` (gradients to copy from on the GPU).
+fn gradient_buffer(values: &[f32]) -> wgpu::Buffer {
+    let buffer = ctx().device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("grads"),
+        size: values.len() as u64 * 4,
+        usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    ctx()
+        .queue()
+        .write_buffer(&buffer, 0, bytemuck::cast_slice(values));
+    buffer
+}
+
 /// Records `steps` steps with gradients in a caller's buffer into one encoder, submits once, and
 /// compares with the reference (which uses each step's own learning rate).
 fn record_several(options: OptimizerOptions, steps: usize) {
@@ -36,14 +50,7 @@ fn record_several(options: OptimizerOptions, steps: usize) {
     // One gradient buffer region per step, written before recording.
     let grads: Vec<Vec<f32>> = (0..steps).map(|_| rng.vec(10, 1.0, 0)).collect();
     let packed: Vec<f32> = grads.concat();
-    let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some("grads"),
-        size: packed.len() as u64 * 4,
-        usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    ctx.queue()
-        .write_buffer(&buffer, 0, bytemuck::cast_slice(&packed));
+    let buffer = gradient_buffer(&packed);
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
     let mut rates = Vec::new();
     for (t, g) in grads.iter().enumerate() {
@@ -108,14 +115,7 @@ fn steps_with_different_variables_and_clipping_recorded_before_one_submit() {
             }
             offsets.push(o);
         }
-        let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("grads"),
-            size: packed.len() as u64 * 4,
-            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        ctx.queue()
-            .write_buffer(&buffer, 0, bytemuck::cast_slice(&packed));
+        let buffer = gradient_buffer(&packed);
         let mut encoder = ctx.device().create_command_encoder(&Default::default());
         for (t, listed) in plan.iter().enumerate() {
             let step: Vec<(VarId, Gradient<'_>)> = listed
