@@ -20,7 +20,7 @@ const IN: usize = 64;
 const HID: usize = 64;
 const OUT: usize = 10;
 const BATCH: usize = 64;
-/// Steps recorded per submit (the uniform-parameter path holds up to 4 pending steps).
+/// Steps recorded per submit (each step's parameters and data land in encoder order, so any number works).
 const STEPS_PER_SUBMIT: usize = 4;
 
 struct Rng(u64);
