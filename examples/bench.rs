@@ -65,23 +65,23 @@ fn step(
     ms
 }
 
-/// Times `a` and `b` alternately (`warmup` untimed rounds, then `reps` timed ones).
-fn time_pair(
+/// Times each of `runs` in turn, round after round (`warmup` untimed rounds, then `reps` timed ones), so
+/// that all of them see the same machine; one `Stats` per run.
+fn time_alternately(
     warmup: usize,
     reps: usize,
-    mut a: impl FnMut() -> f64,
-    mut b: impl FnMut() -> f64,
-) -> (Stats, Stats) {
-    for _ in 0..warmup {
-        a();
-        b();
+    runs: &mut [&mut dyn FnMut() -> f64],
+) -> Vec<Stats> {
+    let mut times = vec![Vec::with_capacity(reps); runs.len()];
+    for round in 0..warmup + reps {
+        for (run, t) in runs.iter_mut().zip(&mut times) {
+            let ms = run();
+            if round >= warmup {
+                t.push(ms);
+            }
+        }
     }
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
-    for _ in 0..reps {
-        ta.push(a());
-        tb.push(b());
-    }
-    (stats(ta), stats(tb))
+    times.into_iter().map(stats).collect()
 }
 
 /// The common fields of a timed row.
@@ -141,10 +141,13 @@ fn main() {
                     let id = opt.add_variable("w", &[n], &init).unwrap();
                     opt.apply_gradients(&[(id, &init)]).unwrap();
                     let grads = resident(&[id]);
-                    let (s, _) =
-                        time_pair(2, reps, || step(&timer, &ctx, &mut opt, &grads), || 0.0);
+                    let s = &time_alternately(
+                        2,
+                        reps,
+                        &mut [&mut || step(&timer, &ctx, &mut opt, &grads)],
+                    )[0];
                     let bytes = bytes_per_element(variant) * n as f64;
-                    let mut v = row("dense_workgroup_size", variant, n, 1, &s, bytes);
+                    let mut v = row("dense_workgroup_size", variant, n, 1, s, bytes);
                     v["workgroup_size"] = json!(wg);
                     v["vec4s_per_invocation"] = json!(per);
                     emit(v, opt.last_step_dispatches());
@@ -220,19 +223,21 @@ fn main() {
             let minimal = Minimal::new(&ctx, variant, n);
             // The ratio is what matters here: twice the repetitions where a step is short.
             let pair_reps = if n <= 16 << 20 { 2 * reps } else { reps };
-            let (s, m) = time_pair(
+            let t = time_alternately(
                 2,
                 pair_reps,
-                || step(&timer, &ctx, &mut opt, &grads),
-                || timer.once(&ctx, |e| minimal.record(e)),
+                &mut [&mut || step(&timer, &ctx, &mut opt, &grads), &mut || {
+                    timer.once(&ctx, |e| minimal.record(e))
+                }],
             );
+            let (s, m) = (&t[0], &t[1]);
             let bytes = bytes_per_element(variant) * n as f64;
             emit(
-                row("dense", variant, n, 1, &s, bytes),
+                row("dense", variant, n, 1, s, bytes),
                 opt.last_step_dispatches(),
             );
             emit(
-                row("minimal_kernel", variant, n, 1, &m, bytes),
+                row("minimal_kernel", variant, n, 1, m, bytes),
                 minimal.dispatches(),
             );
         }
@@ -247,13 +252,13 @@ fn main() {
         let (n, variant) = (256usize << 20, "centered_momentum");
         let (mut opt, ids) = dense_optimizer(&ctx, variant, &[n]);
         let grads = resident(&ids);
-        let (s, _) = time_pair(1, 3, || step(&timer, &ctx, &mut opt, &grads), || 0.0);
+        let s = &time_alternately(1, 3, &mut [&mut || step(&timer, &ctx, &mut opt, &grads)])[0];
         let mut v = row(
             "dense",
             variant,
             n,
             1,
-            &s,
+            s,
             bytes_per_element(variant) * n as f64,
         );
         v["state_bytes"] = json!(opt.pool_stats().pool_bytes);
@@ -277,19 +282,22 @@ fn main() {
         let many_grads = resident(&many_ids);
         let (mut one, one_ids) = dense_optimizer(&ctx, variant, &[n]);
         let one_grads = resident(&one_ids);
-        let (sm, so) = time_pair(
+        let t = time_alternately(
             2,
             reps,
-            || step(&timer, &ctx, &mut many, &many_grads),
-            || step(&timer, &ctx, &mut one, &one_grads),
+            &mut [
+                &mut || step(&timer, &ctx, &mut many, &many_grads),
+                &mut || step(&timer, &ctx, &mut one, &one_grads),
+            ],
         );
+        let (sm, so) = (&t[0], &t[1]);
         let bytes = bytes_per_element(variant) * n as f64;
         emit(
-            row("dense_many", variant, n, tensors, &sm, bytes),
+            row("dense_many", variant, n, tensors, sm, bytes),
             many.last_step_dispatches(),
         );
         emit(
-            row("dense", variant, n, 1, &so, bytes),
+            row("dense", variant, n, 1, so, bytes),
             one.last_step_dispatches(),
         );
     }
@@ -311,38 +319,52 @@ fn main() {
         let values: Vec<f32> = (0..k * cols)
             .map(|i| ((i % 11) as f32 - 5.0) * 0.01)
             .collect();
-        let mut tables = Vec::new();
+        let mut opts = Vec::new();
+        let mut lists = Vec::new();
         for &rows in row_counts {
             let mut opt = RmsProp::new(&ctx, variant_config(variant)).unwrap();
             let table = opt
                 .add_variable("table", &[rows, cols], &vec![0.5; rows * cols])
                 .unwrap();
-            tables.push((rows, opt, table, sparse_indices(rows, k)));
+            opts.push(opt);
+            lists.push((table, sparse_indices(rows, k)));
         }
-        let mut times: Vec<Vec<f64>> = vec![Vec::new(); tables.len()];
-        for rep in 0..reps + 2 {
-            for (t, (_, opt, table, indices)) in tables.iter_mut().enumerate() {
-                let grads = [(
+        let grads: Vec<[(VarId, Gradient<'_>); 1]> = lists
+            .iter()
+            .map(|(table, indices)| {
+                [(
                     *table,
                     Gradient::Sparse {
                         indices: Indices::I64(indices),
                         values: &values,
                     },
-                )];
-                let ms = step(&timer, &ctx, opt, &grads);
-                if rep >= 2 {
-                    times[t].push(ms);
-                }
-            }
-        }
-        for ((rows, opt, _, indices), t) in tables.iter().zip(times) {
+                )]
+            })
+            .collect();
+        let mut runs: Vec<_> = opts
+            .iter_mut()
+            .zip(&grads)
+            .map(|(opt, g)| {
+                let (timer, ctx) = (&timer, &ctx);
+                move || step(timer, ctx, opt, g)
+            })
+            .collect();
+        let mut runs: Vec<&mut dyn FnMut() -> f64> = runs
+            .iter_mut()
+            .map(|r| r as &mut dyn FnMut() -> f64)
+            .collect();
+        let times = time_alternately(2, reps, &mut runs);
+        drop(runs);
+        for (((&rows, opt), (_, indices)), t) in
+            row_counts.iter().zip(&opts).zip(&lists).zip(&times)
+        {
             let mut distinct = indices.clone();
             distinct.sort_unstable();
             distinct.dedup();
             // State of the touched rows (read + write) plus the listed values and indices.
             let state_bytes = (bytes_per_element(variant) - 4.0) * (distinct.len() * cols) as f64;
             let bytes = state_bytes + (k * cols * 4 + k * 8) as f64;
-            let mut v = row("sparse", variant, rows * cols, 1, &stats(t), bytes);
+            let mut v = row("sparse", variant, rows * cols, 1, t, bytes);
             v["rows"] = json!(rows);
             v["nnz"] = json!(k);
             emit(v, opt.last_step_dispatches());
