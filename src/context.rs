@@ -211,27 +211,36 @@ impl GpuContext {
     }
 }
 
-/// Creates a buffer inside error scopes, so that running out of memory (or an invalid size) is an
-/// [`Error::Allocation`] naming the buffer instead of an uncaptured wgpu error.
-pub(crate) fn create_buffer_checked(
+/// Runs `make` (GPU allocations) inside out-of-memory and validation error scopes: what it made, or the
+/// message of the first error it raised.
+pub(crate) fn allocation_scope<T>(
     device: &wgpu::Device,
-    desc: &wgpu::BufferDescriptor<'_>,
-) -> Result<wgpu::Buffer> {
+    make: impl FnOnce() -> T,
+) -> std::result::Result<T, String> {
     let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let buffer = device.create_buffer(desc);
+    let made = make();
     let errors = [
         pollster::block_on(validation.pop()),
         pollster::block_on(oom.pop()),
     ];
     match errors.into_iter().flatten().next() {
-        None => Ok(buffer),
-        Some(e) => Err(Error::Allocation {
-            what: desc.label.unwrap_or("buffer").to_string(),
-            bytes: desc.size,
-            message: e.to_string(),
-        }),
+        None => Ok(made),
+        Some(e) => Err(e.to_string()),
     }
+}
+
+/// Creates a buffer so that running out of memory (or an invalid size) is an [`Error::Allocation`]
+/// naming the buffer instead of an uncaptured wgpu error.
+pub(crate) fn create_buffer_checked(
+    device: &wgpu::Device,
+    desc: &wgpu::BufferDescriptor<'_>,
+) -> Result<wgpu::Buffer> {
+    allocation_scope(device, || device.create_buffer(desc)).map_err(|message| Error::Allocation {
+        what: desc.label.unwrap_or("buffer").to_string(),
+        bytes: desc.size,
+        message,
+    })
 }
 
 /// wgpu's downlevel defaults, raised to the adapter's values where the kernels profit from more.

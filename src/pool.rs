@@ -171,32 +171,26 @@ pub(crate) fn allocate_chunk_buffers(
     kinds: &[Kind],
 ) -> Result<[Option<wgpu::Buffer>; 6]> {
     let bytes = capacity * VEC4_BYTES;
-    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let mut buffers: [Option<wgpu::Buffer>; 6] = Default::default();
-    for &kind in kinds {
-        let usage = wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST;
-        buffers[kind as usize] = Some(device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(&format!("{prefix}/{}[{index}]", kind.name())),
-            size: bytes,
-            usage,
-            mapped_at_creation: false,
-        }));
-    }
-    let errors = [
-        pollster::block_on(validation.pop()),
-        pollster::block_on(oom.pop()),
-    ];
-    match errors.into_iter().flatten().next() {
-        None => Ok(buffers),
-        Some(e) => Err(Error::Allocation {
-            what: format!("{prefix} pool chunk {index} ({} buffers)", kinds.len()),
-            bytes: bytes * kinds.len() as u64,
-            message: e.to_string(),
-        }),
-    }
+    crate::context::allocation_scope(device, || {
+        let mut buffers: [Option<wgpu::Buffer>; 6] = Default::default();
+        for &kind in kinds {
+            let usage = wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST;
+            buffers[kind as usize] = Some(device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&format!("{prefix}/{}[{index}]", kind.name())),
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            }));
+        }
+        buffers
+    })
+    .map_err(|message| Error::Allocation {
+        what: format!("{prefix} pool chunk {index} ({} buffers)", kinds.len()),
+        bytes: bytes * kinds.len() as u64,
+        message,
+    })
 }
 
 /// Bytes held by the optimizer's GPU buffers.
