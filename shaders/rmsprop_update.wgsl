@@ -29,6 +29,11 @@ override SKIP_NONFINITE: bool = false;
 // Everything is written on vec4 lanes: the dense kernel updates four elements per invocation with vector
 // instructions, the sparse kernels splat one element into a vec4 and keep lane x. Every operation is
 // lane-wise, so each lane computes exactly what the scalar CPU twin does.
+// The step parameters as this invocation reads them: update kernels copy `p` here first thing, before
+// any branch that depends on the invocation (lavapipe reads the parameters once for a whole group of
+// invocations there, but once per invocation inside divergent code: 2-4% of a dense step per use).
+var<private> scalars: Params;
+
 struct State {
     x: vec4<f32>,
     v: vec4<f32>,
@@ -43,83 +48,117 @@ fn torch_lerp(a: vec4<f32>, g: vec4<f32>, w: f32) -> vec4<f32> {
     return g - (g - a) * (1.0 - w);
 }
 
-// `q` replaces g^2 in the velocity when `use_q` (Keras 3 sparse duplicates).
-fn rmsprop(s_in: State, g_in: vec4<f32>, q: vec4<f32>, use_q: bool) -> State {
-    var s = s_in;
+// The update in stages, so that a kernel can read each buffer right before writing it (the dense kernel
+// does; see `rmsprop_dense.wgsl`). `rmsprop` below chains them for a whole `State`.
+
+// The gradient the update follows: sign flipped (maximize), plus L2 decay (reads the old variable).
+fn effective_gradient(g_in: vec4<f32>, x: vec4<f32>) -> vec4<f32> {
     var g = g_in;
     if MAXIMIZE {
         g = -g;
     }
     if L2_DECAY {
-        g = g + p.weight_decay * s.x;
+        g = g + scalars.weight_decay * x;
     }
-    if DECOUPLED_DECAY {
-        s.x = s.x - s.x * p.weight_decay * p.lr;
-    }
+    return g;
+}
+
+// `q` replaces g^2 in the velocity when `use_q` (Keras 3 sparse duplicates).
+fn next_velocity(v: vec4<f32>, g: vec4<f32>, q: vec4<f32>, use_q: bool) -> vec4<f32> {
     var g2 = g * g;
     if use_q {
         g2 = q;
     }
-    s.v = p.rho * s.v + p.one_minus_rho * g2;
-    var vh = s.v;
-    if BIAS_CORRECTION {
-        vh = vh / p.bias_correction;
+    return scalars.rho * v + scalars.one_minus_rho * g2;
+}
+
+fn next_average(a: vec4<f32>, g: vec4<f32>) -> vec4<f32> {
+    if LERP_AVERAGE {
+        return torch_lerp(a, g, scalars.one_minus_rho);
     }
-    var d: vec4<f32>;
+    return scalars.rho * a + scalars.one_minus_rho * g;
+}
+
+// The denominator from the new velocity and (centered) the new average.
+fn denominator(v: vec4<f32>, a: vec4<f32>) -> vec4<f32> {
+    var vh = v;
+    if BIAS_CORRECTION {
+        vh = vh / scalars.bias_correction;
+    }
     if CENTERED {
-        if LERP_AVERAGE {
-            s.a = torch_lerp(s.a, g, p.one_minus_rho);
-        } else {
-            s.a = p.rho * s.a + p.one_minus_rho * g;
-        }
-        var ah = s.a;
+        var ah = a;
         if BIAS_CORRECTION {
-            ah = ah / p.bias_correction;
+            ah = ah / scalars.bias_correction;
         }
         // Guard: a variance estimate that rounds below zero counts as zero (the frameworks give NaN
         // there); wherever the frameworks' result is defined, this is the same.
         let var_est = vh - ah * ah;
         if EPS_OUTSIDE {
-            d = sqrt(max(var_est, vec4<f32>(0.0))) + p.epsilon;
-        } else {
-            let t = var_est + p.epsilon;
-            d = sqrt(select(t, vec4<f32>(p.epsilon), t < vec4<f32>(0.0)));
+            return sqrt(max(var_est, vec4<f32>(0.0))) + scalars.epsilon;
         }
-    } else {
-        if EPS_OUTSIDE {
-            d = sqrt(vh) + p.epsilon;
-        } else {
-            d = sqrt(vh + p.epsilon);
-        }
+        let t = var_est + scalars.epsilon;
+        return sqrt(select(t, vec4<f32>(scalars.epsilon), t < vec4<f32>(0.0)));
+    }
+    if EPS_OUTSIDE {
+        return sqrt(vh) + scalars.epsilon;
+    }
+    return sqrt(vh + scalars.epsilon);
+}
+
+// The step's direction: lr*g/d, or g/d where the learning rate multiplies the momentum buffer (form 1).
+fn direction(g: vec4<f32>, d: vec4<f32>) -> vec4<f32> {
+    if MOMENTUM_FORM == 1u {
+        return g / d;
+    }
+    return (scalars.lr * g) / d;
+}
+
+fn next_momentum(m: vec4<f32>, dir: vec4<f32>) -> vec4<f32> {
+    if MOMENTUM_FORM == 2u {
+        return -dir + scalars.momentum * m;
+    }
+    return scalars.momentum * m + dir;
+}
+
+// The new variable from the old one, the direction and (with momentum) the new momentum buffer.
+fn next_variable(x_in: vec4<f32>, dir: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
+    var x = x_in;
+    if DECOUPLED_DECAY {
+        x = x - x * scalars.weight_decay * scalars.lr;
     }
     if MOMENTUM_FORM == 1u {
         if HAS_MOMENTUM {
-            s.m = p.momentum * s.m + g / d;
-            s.x = s.x - p.lr * s.m;
-        } else {
-            s.x = s.x - p.lr * (g / d);
+            return x - scalars.lr * m;
         }
-    } else {
-        let inc = (p.lr * g) / d;
-        if HAS_MOMENTUM {
-            if MOMENTUM_FORM == 2u {
-                s.m = -inc + p.momentum * s.m;
-                if NESTEROV {
-                    s.x = s.x + (-inc + p.momentum * s.m);
-                } else {
-                    s.x = s.x + s.m;
-                }
-            } else {
-                s.m = p.momentum * s.m + inc;
-                if NESTEROV {
-                    s.x = s.x - (inc + p.momentum * s.m);
-                } else {
-                    s.x = s.x - s.m;
-                }
-            }
-        } else {
-            s.x = s.x - inc;
-        }
+        return x - scalars.lr * dir;
     }
+    if !HAS_MOMENTUM {
+        return x - dir;
+    }
+    if MOMENTUM_FORM == 2u {
+        if NESTEROV {
+            return x + (-dir + scalars.momentum * m);
+        }
+        return x + m;
+    }
+    if NESTEROV {
+        return x - (dir + scalars.momentum * m);
+    }
+    return x - m;
+}
+
+// The whole update of a `State`.
+fn rmsprop(s_in: State, g_in: vec4<f32>, q: vec4<f32>, use_q: bool) -> State {
+    var s = s_in;
+    let g = effective_gradient(g_in, s.x);
+    s.v = next_velocity(s.v, g, q, use_q);
+    if CENTERED {
+        s.a = next_average(s.a, g);
+    }
+    let dir = direction(g, denominator(s.v, s.a));
+    if HAS_MOMENTUM {
+        s.m = next_momentum(s.m, dir);
+    }
+    s.x = next_variable(s.x, dir, s.m);
     return s;
 }
