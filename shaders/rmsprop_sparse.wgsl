@@ -65,7 +65,6 @@ fn listed(it: Item, k: u32) -> f32 {
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    scalars = p;
     let it = item(wid, lid);
     if it.elem == 0xffffffffu {
         return;

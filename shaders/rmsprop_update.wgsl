@@ -29,11 +29,6 @@ override SKIP_NONFINITE: bool = false;
 // Everything is written on vec4 lanes: the dense kernel updates four elements per invocation with vector
 // instructions, the sparse kernels splat one element into a vec4 and keep lane x. Every operation is
 // lane-wise, so each lane computes exactly what the scalar CPU twin does.
-// The step parameters as this invocation reads them: update kernels copy `p` here first thing, before
-// any branch that depends on the invocation (lavapipe reads the parameters once for a whole group of
-// invocations there, but once per invocation inside divergent code: 2-4% of a dense step per use).
-var<private> scalars: Params;
-
 struct State {
     x: vec4<f32>,
     v: vec4<f32>,
@@ -58,7 +53,7 @@ fn effective_gradient(g_in: vec4<f32>, x: vec4<f32>) -> vec4<f32> {
         g = -g;
     }
     if L2_DECAY {
-        g = g + scalars.weight_decay * x;
+        g = g + p.weight_decay * x;
     }
     return g;
 }
@@ -69,40 +64,40 @@ fn next_velocity(v: vec4<f32>, g: vec4<f32>, q: vec4<f32>, use_q: bool) -> vec4<
     if use_q {
         g2 = q;
     }
-    return scalars.rho * v + scalars.one_minus_rho * g2;
+    return p.rho * v + p.one_minus_rho * g2;
 }
 
 fn next_average(a: vec4<f32>, g: vec4<f32>) -> vec4<f32> {
     if LERP_AVERAGE {
-        return torch_lerp(a, g, scalars.one_minus_rho);
+        return torch_lerp(a, g, p.one_minus_rho);
     }
-    return scalars.rho * a + scalars.one_minus_rho * g;
+    return p.rho * a + p.one_minus_rho * g;
 }
 
 // The denominator from the new velocity and (centered) the new average.
 fn denominator(v: vec4<f32>, a: vec4<f32>) -> vec4<f32> {
     var vh = v;
     if BIAS_CORRECTION {
-        vh = vh / scalars.bias_correction;
+        vh = vh / p.bias_correction;
     }
     if CENTERED {
         var ah = a;
         if BIAS_CORRECTION {
-            ah = ah / scalars.bias_correction;
+            ah = ah / p.bias_correction;
         }
         // Guard: a variance estimate that rounds below zero counts as zero (the frameworks give NaN
         // there); wherever the frameworks' result is defined, this is the same.
         let var_est = vh - ah * ah;
         if EPS_OUTSIDE {
-            return sqrt(max(var_est, vec4<f32>(0.0))) + scalars.epsilon;
+            return sqrt(max(var_est, vec4<f32>(0.0))) + p.epsilon;
         }
-        let t = var_est + scalars.epsilon;
-        return sqrt(select(t, vec4<f32>(scalars.epsilon), t < vec4<f32>(0.0)));
+        let t = var_est + p.epsilon;
+        return sqrt(select(t, vec4<f32>(p.epsilon), t < vec4<f32>(0.0)));
     }
     if EPS_OUTSIDE {
-        return sqrt(vh) + scalars.epsilon;
+        return sqrt(vh) + p.epsilon;
     }
-    return sqrt(vh + scalars.epsilon);
+    return sqrt(vh + p.epsilon);
 }
 
 // The step's direction: lr*g/d, or g/d where the learning rate multiplies the momentum buffer (form 1).
@@ -110,39 +105,39 @@ fn direction(g: vec4<f32>, d: vec4<f32>) -> vec4<f32> {
     if MOMENTUM_FORM == 1u {
         return g / d;
     }
-    return (scalars.lr * g) / d;
+    return (p.lr * g) / d;
 }
 
 fn next_momentum(m: vec4<f32>, dir: vec4<f32>) -> vec4<f32> {
     if MOMENTUM_FORM == 2u {
-        return -dir + scalars.momentum * m;
+        return -dir + p.momentum * m;
     }
-    return scalars.momentum * m + dir;
+    return p.momentum * m + dir;
 }
 
 // The new variable from the old one, the direction and (with momentum) the new momentum buffer.
 fn next_variable(x_in: vec4<f32>, dir: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
     var x = x_in;
     if DECOUPLED_DECAY {
-        x = x - x * scalars.weight_decay * scalars.lr;
+        x = x - x * p.weight_decay * p.lr;
     }
     if MOMENTUM_FORM == 1u {
         if HAS_MOMENTUM {
-            return x - scalars.lr * m;
+            return x - p.lr * m;
         }
-        return x - scalars.lr * dir;
+        return x - p.lr * dir;
     }
     if !HAS_MOMENTUM {
         return x - dir;
     }
     if MOMENTUM_FORM == 2u {
         if NESTEROV {
-            return x + (-dir + scalars.momentum * m);
+            return x + (-dir + p.momentum * m);
         }
         return x + m;
     }
     if NESTEROV {
-        return x - (dir + scalars.momentum * m);
+        return x - (dir + p.momentum * m);
     }
     return x - m;
 }

@@ -164,6 +164,7 @@ struct Variable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Which {
     Dense,
+    DenseAt,
     Lazy,
     Scatter,
     PartialDense,
@@ -210,8 +211,9 @@ struct Pipelines {
     pipelines: Vec<wgpu::ComputePipeline>,
 }
 
-const KERNELS: [(Which, Kernel); 9] = [
+const KERNELS: [(Which, Kernel); 10] = [
     (Which::Dense, kernels::DENSE),
+    (Which::DenseAt, kernels::DENSE_AT),
     (Which::Lazy, kernels::LAZY),
     (Which::Scatter, kernels::SCATTER),
     (Which::PartialDense, kernels::PARTIAL_DENSE),
@@ -222,7 +224,7 @@ const KERNELS: [(Which, Kernel); 9] = [
     (Which::GroupReset, kernels::GROUP_RESET),
 ];
 /// Kernels from this index on bind step-wide buffers only (one bind group each, not one per chunk).
-const FIRST_GLOBAL_KERNEL: usize = 4;
+const FIRST_GLOBAL_KERNEL: usize = 5;
 
 /// A growable storage buffer of the step machinery (allocated when it must grow, reused otherwise).
 #[derive(Debug)]
@@ -819,7 +821,8 @@ impl RmsProp {
 
     /// Recreates every bind group (after a buffer was replaced; never in a steady-state step).
     fn rebuild_bind_groups(&mut self) {
-        self.objects_created += self.chunks.len() as u64 * 4 + 2;
+        self.objects_created +=
+            (self.chunks.len() * FIRST_GLOBAL_KERNEL + KERNELS.len() - FIRST_GLOBAL_KERNEL) as u64;
         let device = self.ctx.device();
         let prefix = self.config.name();
         let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -1469,7 +1472,11 @@ impl RmsProp {
                 let groups = (e - b).div_ceil(per_group);
                 let gx = groups.min(max_groups);
                 out.push(Dispatch {
-                    which,
+                    which: if which == Which::Dense && b > 0 {
+                        Which::DenseAt
+                    } else {
+                        which
+                    },
                     chunk,
                     params: Params {
                         begin: b as u32,
