@@ -101,8 +101,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let reps = match args.iter().position(|a| a == "--reps") {
         Some(i) => args[i + 1].parse().expect("--reps N"),
-        None if quick => 5,
-        None => 15,
+        None if quick => 15,
+        None => 30,
     };
     let emit = |mut v: Value, dispatches: usize| {
         v["dispatches_per_step"] = json!(dispatches);
