@@ -233,8 +233,8 @@ impl Minimal {
             let vec4s = left.min(chunk_vec4s);
             left -= vec4s;
             let groups = vec4s.div_ceil(256);
-            let gx = groups.min(max_groups);
-            let gy = groups.div_ceil(gx);
+            let gy = groups.div_ceil(max_groups);
+            let gx = groups.div_ceil(gy);
             let uniform = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("minimal params"),
                 size: 16,
