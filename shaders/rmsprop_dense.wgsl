@@ -68,10 +68,11 @@ fn update(i: u32, live: bool) {
 }
 
 // Invocations past the range do not return early: they read the range's last vec4 (in bounds) and write
-// nothing (the host folds the grid so that fewer than a row of workgroups lie past the end; returning
-// early even for whole workgroups made lavapipe treat all that follows as divergent). Only the writes are conditional, so the step parameters are read outside any branch that
+// nothing. Only the writes are conditional, so the step parameters are read outside any branch that
 // depends on the invocation: lavapipe reads them once per group of invocations there, but once per
-// invocation inside such a branch (4-10% of a step).
+// invocation inside such a branch (4-10% of a step). Even returning early for whole workgroups made
+// lavapipe treat all that follows as divergent; the host folds the grid instead so that fewer than a row
+// of workgroups lie past the end.
 fn run(first: u32) {
     var ok = true;
     if SKIP_NONFINITE {
