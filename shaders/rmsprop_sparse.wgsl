@@ -22,36 +22,44 @@
 @group(0) @binding(14) var<storage, read> status: array<u32>;
 
 struct Item {
-    // Element of the pool buffer, or 0xffffffff when this invocation has nothing to do.
+    // Element of the pool buffer (a valid one even when `live` is false).
     elem: u32,
     col: u32,
+    // The item's listed duplicates: positions [first, last) (empty when `live` is false).
     first: u32,
     last: u32,
+    // False: this invocation has nothing to do (past the range, past the distinct rows, or a row outside
+    // the bound pool buffer).
+    live: bool,
 }
 
+// No early returns: invocations without an item read valid elements and get an empty duplicate list, so
+// that the step parameters stay outside divergent code (see `rmsprop_dense.wgsl`).
 fn item(wid: vec3<u32>, lid: u32) -> Item {
-    var it = Item(0xffffffffu, 0u, 0u, 0u);
     let t = p.begin + (wid.y * p.groups_x + wid.x) * WORKGROUP_SIZE + lid;
-    if t >= p.end {
-        return it;
-    }
-    let u = t / p.row_len;
-    let col = t % p.row_len;
+    let in_range = t < p.end;
+    let tt = min(t, p.end - 1u);
+    let u = tt / p.row_len;
+    let col = tt % p.row_len;
     let head = p.index_base + 2u;
-    if u >= index[p.index_base] {
-        return it;
-    }
-    let row = index[head + u];
+    let distinct = index[p.index_base];
+    let has_row = u < distinct;
+    // Within the index layout's `unique_rows` slots whatever `distinct` is.
+    let uu = min(u, p.unique_rows - 1u);
+    let row = index[head + uu];
     let e = row * p.row_len + col;
     // Only the part of the variable that lives in the bound pool buffer.
-    if e < p.seg_first || e - p.seg_first >= p.seg_len {
-        return it;
-    }
-    it.elem = p.seg_base + (e - p.seg_first);
-    it.col = col;
-    it.first = index[head + p.unique_rows + u];
-    it.last = index[head + 2u * p.unique_rows + u];
-    return it;
+    let in_segment = e >= p.seg_first && e - p.seg_first < p.seg_len;
+    let live = in_range && has_row && in_segment;
+    let first = index[head + p.unique_rows + uu];
+    let last = index[head + 2u * p.unique_rows + uu];
+    return Item(
+        select(p.seg_base, p.seg_base + (e - p.seg_first), live),
+        col,
+        first,
+        select(first, last, live),
+        live,
+    );
 }
 
 fn listed(it: Item, k: u32) -> f32 {
@@ -66,11 +74,9 @@ fn listed(it: Item, k: u32) -> f32 {
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let it = item(wid, lid);
-    if it.elem == 0xffffffffu {
-        return;
-    }
+    var live = it.live;
     if SKIP_NONFINITE && status[0] != 0u {
-        return;
+        live = false;
     }
     let i = it.elem;
     // One element, splatted into the vec4 lanes of the update; lane x is kept.
@@ -93,13 +99,15 @@ fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         s = rmsprop(s, vec4<f32>(sum), none, false);
     }
-    x[i] = s.x.x;
-    v[i] = s.v.x;
-    if HAS_MOMENTUM {
-        m[i] = s.m.x;
-    }
-    if CENTERED {
-        a[i] = s.a.x;
+    if live {
+        x[i] = s.x.x;
+        v[i] = s.v.x;
+        if HAS_MOMENTUM {
+            m[i] = s.m.x;
+        }
+        if CENTERED {
+            a[i] = s.a.x;
+        }
     }
 }
 
@@ -108,7 +116,7 @@ override HAS_SQUARES: bool = false;
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn scatter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let it = item(wid, lid);
-    if it.elem == 0xffffffffu {
+    if !it.live {
         return;
     }
     var sum = 0.0;
