@@ -466,6 +466,14 @@ pub(crate) fn pipeline(
     }
 }
 
+/// Folds `groups` workgroups (at most `max_groups`^2) into a grid `(x, y)` within the per-dimension limit:
+/// as few rows as the limit allows, of equal width, so that fewer than `y` workgroups lie past the end
+/// (the dense kernel's past-the-end invocations read and compute; they do not return early).
+pub fn fold_grid(groups: u64, max_groups: u64) -> (u64, u64) {
+    let gy = groups.div_ceil(max_groups).max(1);
+    (groups.div_ceil(gy), gy)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,5 +530,40 @@ mod tests {
     #[test]
     fn params_match_the_wgsl_struct_size() {
         assert_eq!(std::mem::size_of::<Params>(), 80);
+    }
+
+    #[test]
+    fn folded_grids_stay_within_the_limit_with_less_than_a_row_past_the_end() {
+        for max in [1u64, 2, 7, 65_535] {
+            for groups in [
+                1,
+                2,
+                max - 1,
+                max,
+                max + 1,
+                2 * max,
+                2 * max + 1,
+                max * max - 1,
+                max * max,
+            ] {
+                if groups == 0 || groups > max * max {
+                    continue;
+                }
+                let (gx, gy) = fold_grid(groups, max);
+                assert!(
+                    gx <= max && gy <= max,
+                    "{groups} groups, limit {max}: {gx} x {gy}"
+                );
+                assert!(
+                    gx * gy >= groups,
+                    "{groups} groups, limit {max}: {gx} x {gy}"
+                );
+                assert!(
+                    gx * gy - groups < gy,
+                    "{groups} groups, limit {max}: {gx} x {gy}"
+                );
+            }
+        }
+        assert_eq!(fold_grid(65_536, 65_535), (32_768, 2));
     }
 }

@@ -1470,7 +1470,7 @@ impl RmsProp {
             while b < end {
                 let e = end.min(b + per_dispatch);
                 let groups = (e - b).div_ceil(per_group);
-                let (gx, gy) = fold_grid(groups, max_groups);
+                let (gx, gy) = kernels::fold_grid(groups, max_groups);
                 out.push(Dispatch {
                     which: if which == Which::Dense && b > 0 {
                         Which::DenseAt
@@ -2006,54 +2006,6 @@ fn check_gpu_buffer(name: &str, g: &GpuGradient<'_>, len: usize) -> Result<()> {
     }
 }
 
-/// Folds `groups` workgroups (at most `max_groups`^2) into a grid `(x, y)` within the per-dimension limit:
-/// as few rows as the limit allows, of equal width, so that fewer than `y` workgroups lie past the end
-/// (the dense kernel's past-the-end invocations read and compute; they do not return early).
-fn fold_grid(groups: u64, max_groups: u64) -> (u64, u64) {
-    let gy = groups.div_ceil(max_groups).max(1);
-    (groups.div_ceil(gy), gy)
-}
-
 fn missing_buffer() -> Error {
     Error::Gpu("internal: a pooled buffer is missing".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::fold_grid;
-
-    #[test]
-    fn folded_grids_stay_within_the_limit_with_less_than_a_row_past_the_end() {
-        for max in [1u64, 2, 7, 65_535] {
-            for groups in [
-                1,
-                2,
-                max - 1,
-                max,
-                max + 1,
-                2 * max,
-                2 * max + 1,
-                max * max - 1,
-                max * max,
-            ] {
-                if groups == 0 || groups > max * max {
-                    continue;
-                }
-                let (gx, gy) = fold_grid(groups, max);
-                assert!(
-                    gx <= max && gy <= max,
-                    "{groups} groups, limit {max}: {gx} x {gy}"
-                );
-                assert!(
-                    gx * gy >= groups,
-                    "{groups} groups, limit {max}: {gx} x {gy}"
-                );
-                assert!(
-                    gx * gy - groups < gy,
-                    "{groups} groups, limit {max}: {gx} x {gy}"
-                );
-            }
-        }
-        assert_eq!(fold_grid(65_536, 65_535), (32_768, 2));
-    }
 }

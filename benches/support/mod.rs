@@ -233,8 +233,7 @@ impl Minimal {
             let vec4s = left.min(chunk_vec4s);
             left -= vec4s;
             let groups = vec4s.div_ceil(256);
-            let gy = groups.div_ceil(max_groups);
-            let gx = groups.div_ceil(gy);
+            let (gx, gy) = wgpu_rmsprop::kernels::fold_grid(groups, max_groups);
             let uniform = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("minimal params"),
                 size: 16,
