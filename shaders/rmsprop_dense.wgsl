@@ -78,10 +78,6 @@ fn run(first: u32) {
     if SKIP_NONFINITE {
         ok = status[0] == 0u;
     }
-    if VEC4S_PER_INVOCATION == 1u {
-        update(min(first, p.end - 1u), ok && first < p.end);
-        return;
-    }
     for (var k = 0u; k < VEC4S_PER_INVOCATION; k++) {
         let i = first + k * WORKGROUP_SIZE;
         update(min(i, p.end - 1u), ok && i < p.end);
