@@ -58,10 +58,9 @@ fn step(
     opt: &mut RmsProp,
     grads: &[(VarId, Gradient<'_>)],
 ) -> f64 {
-    let ms = timer.once(ctx, |e| {
-        opt.record(e, grads).unwrap();
-    });
-    opt.mark_submitted();
+    let mut recorded = None;
+    let (ms, index) = timer.once_submitted(ctx, |e| recorded = Some(opt.record(e, grads).unwrap()));
+    opt.submitted(recorded.unwrap(), index).unwrap();
     ms
 }
 

@@ -199,7 +199,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(BATCH.div_ceil(64) as u32, 1, 1);
         }
-        opt.record(
+        let recorded = opt.record(
             &mut encoder,
             &[
                 (
@@ -224,8 +224,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 ),
             ],
         )?;
-        ctx.queue().submit([encoder.finish()]);
-        opt.mark_submitted();
+        opt.submit(encoder, recorded)?;
         if step == 1 || step % (steps / 10).max(1) == 0 || step == steps {
             // The loss of this step's batch (computed before the update).
             let loss = read_loss()?;

@@ -399,6 +399,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         ctx.queue()
             .write_buffer(&train.order, 0, bytemuck::cast_slice(&order));
         let mut encoder = device.create_command_encoder(&Default::default());
+        // Steps recorded into `encoder`, resolved with the index of the submit that carries them.
+        let mut recorded = Vec::with_capacity(STEPS_PER_SUBMIT);
         for b in 0..batches {
             {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
@@ -413,14 +415,16 @@ fn main() -> Result<(), Box<dyn Error>> {
                     pass.dispatch_workgroups(groups(items), 1, 1);
                 }
             }
-            opt.record(&mut encoder, &resident)?;
+            recorded.push(opt.record(&mut encoder, &resident)?);
             if (b + 1) % STEPS_PER_SUBMIT == 0 {
-                ctx.queue().submit([std::mem::replace(
+                let index = ctx.queue().submit([std::mem::replace(
                     &mut encoder,
                     device.create_command_encoder(&Default::default()),
                 )
                 .finish()]);
-                opt.mark_submitted();
+                for step in recorded.drain(..) {
+                    opt.submitted(step, index.clone())?;
+                }
             }
         }
         // Test set: the forward pass only.
@@ -432,8 +436,10 @@ fn main() -> Result<(), Box<dyn Error>> {
             pass.set_pipeline(&output);
             pass.dispatch_workgroups(groups(test.n), 1, 1);
         }
-        ctx.queue().submit([encoder.finish()]);
-        opt.mark_submitted();
+        let index = ctx.queue().submit([encoder.finish()]);
+        for step in recorded.drain(..) {
+            opt.submitted(step, index.clone())?;
+        }
         let seen = batches * BATCH;
         let train_loss = read(&ctx, &staging, &train.losses, seen)?
             .iter()

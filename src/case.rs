@@ -13,11 +13,11 @@ use serde_json::Value;
 use crate::config::{DuplicateIndices, EpsilonPlacement, Preset, RmsPropConfig, SparseMode};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::optimizer::{Gradient, RmsProp, VarId};
 use crate::pool::Slot;
 use crate::reference::{RefGradient, Reference};
 use crate::schedule::Schedule;
 use crate::sparse::Indices;
+use crate::{Gradient, RmsProp, VarId};
 
 /// One variable of a case.
 #[derive(Debug, Clone, Deserialize)]

@@ -190,11 +190,60 @@ pub enum Error {
         /// The missing features.
         what: String,
     },
-    /// Steps recorded with [`crate::RmsProp::record`] wait for a submit and this call cannot run in order
-    /// with them: a step whose host data exceeds `max_staging_bytes` (written with `queue.write_buffer`,
-    /// which lands before the whole submission), or `apply`. Submit them and call `mark_submitted` first.
-    #[error("cannot run this step now: {0}")]
-    PendingSubmit(String),
+    /// Steps recorded with [`crate::RmsProp::record`] are not resolved yet, and this call cannot run in
+    /// order with them. Resolve each: [`crate::RmsProp::submitted`] with the submission index of the
+    /// submit that carried its encoder (or [`crate::RmsProp::submit`]), or [`crate::RmsProp::abandon`] if
+    /// the encoder was dropped.
+    #[error(
+        "cannot {call}: {count} recorded step(s) are unresolved; pass each step's SubmissionIndex to \
+         RmsProp::submitted (or use RmsProp::submit), or RmsProp::abandon it if its encoder was dropped"
+    )]
+    UnresolvedSteps {
+        /// Unresolved steps.
+        count: usize,
+        /// What was refused.
+        call: &'static str,
+    },
+    /// A [`crate::RecordedStep`] cannot be resolved as asked.
+    #[error("recorded step {step} cannot be resolved: {reason}")]
+    StepResolution {
+        /// The step's number.
+        step: u64,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A [`crate::Gradient::Resident`] step after the pools moved (a variable was added and a pool
+    /// buffer grew) and before the caller took the new slices: the gradient would have been written into
+    /// a buffer the optimizer no longer reads.
+    #[error(
+        "variable {name:?}: a Resident gradient, but the pools moved to layout {version} since the slices \
+         were last taken; take them again (gradient_slices) and rebind, or freeze the layout before \
+         taking them"
+    )]
+    StaleLayout {
+        /// The variable's name.
+        name: String,
+        /// The current layout version.
+        version: u64,
+    },
+    /// A variable was added after [`crate::RmsProp::freeze_layout`].
+    #[error("cannot add variable {name:?}: the layout is frozen")]
+    LayoutFrozen {
+        /// The variable's name.
+        name: String,
+    },
+    /// A step needs more of one of its buffers than one binding of the device may hold: split it into
+    /// smaller steps (fewer sparse rows), or use a device with a larger
+    /// `max_storage_buffer_binding_size`. Nothing was recorded; later steps are unaffected.
+    #[error("the step needs {bytes} bytes of {buffer}, over the device's binding limit of {limit} bytes")]
+    StepTooLarge {
+        /// The step buffer.
+        buffer: String,
+        /// Bytes needed.
+        bytes: u64,
+        /// The device's limit.
+        limit: u64,
+    },
     /// A checkpoint could not be written, or read back: unreadable, truncated, corrupted, or not matching
     /// this optimizer (preset, configuration, variables, shapes, dtypes). Nothing was restored.
     #[error("checkpoint {path}: {message}")]

@@ -107,12 +107,16 @@ pub mod checkpoint;
 pub mod config;
 pub mod context;
 pub mod error;
+#[doc(hidden)]
 pub mod kernels;
-pub mod optimizer;
-pub mod pool;
+mod optimizer;
+mod pool;
+mod readback;
 pub mod reference;
 pub mod schedule;
+#[doc(hidden)]
 pub mod sparse;
+mod step;
 mod upload;
 
 pub use config::{
@@ -121,9 +125,11 @@ pub use config::{
 };
 pub use context::{ContextOptions, GpuContext};
 pub use error::{Error, Result};
-pub use optimizer::{
-    GpuGradient, GpuIndices, GpuSlice, Gradient, OptimizerOptions, RmsProp, VarId,
-};
+pub use optimizer::RmsProp;
 pub use pool::{PoolStats, Slot};
+pub use readback::ReadBack;
 pub use schedule::{LearningRate, Schedule};
 pub use sparse::Indices;
+pub use step::types::{
+    GpuGradient, GpuIndices, GpuSlice, Gradient, OptimizerOptions, RecordedStep, Tensor, VarId,
+};

@@ -106,28 +106,38 @@ impl Segment {
 }
 
 /// Places `elems` elements after the chunks whose fill levels (in vec4) are `used`, with at most `limit`
-/// vec4 per chunk. A variable that fits in one chunk never straddles two: it goes at the end of the last
-/// chunk if there is room, else into a new chunk. A variable larger than a chunk fills the last chunk's
-/// free space, then whole chunks. Returns the segments and updates `used` (pushing new chunks).
-pub(crate) fn place(used: &mut Vec<u64>, limit: u64, elems: usize) -> Vec<Segment> {
+/// vec4 per chunk and the variable's first element on a multiple of `align` vec4 (a power of two). A
+/// variable that fits in one chunk never straddles two: it goes at the end of the last chunk if there is
+/// room, else into a new chunk. A variable larger than a chunk fills the last chunk's free space, then
+/// whole chunks (each later part starts at 0). Returns the segments and updates `used` (pushing new
+/// chunks; the padding before an aligned start counts as used).
+pub(crate) fn place(used: &mut Vec<u64>, limit: u64, elems: usize, align: u64) -> Vec<Segment> {
     let mut segments = Vec::new();
     let mut remaining = (elems as u64).div_ceil(4);
     let mut first_elem = 0usize;
     while remaining > 0 {
-        let free = used.last().map_or(0, |u| limit - u);
+        let start = |u: u64| {
+            if first_elem == 0 {
+                u.next_multiple_of(align)
+            } else {
+                u
+            }
+        };
+        let free = used.last().map_or(0, |&u| limit.saturating_sub(start(u)));
         if free == 0 || (remaining <= limit && remaining > free) {
             used.push(0);
         }
         let chunk = used.len() - 1;
-        let take = remaining.min(limit - used[chunk]);
+        let offset = start(used[chunk]);
+        let take = remaining.min(limit - offset);
         let seg_elems = ((take * 4) as usize).min(elems - first_elem);
         segments.push(Segment {
             chunk,
-            offset: used[chunk],
+            offset,
             first_elem,
             elems: seg_elems,
         });
-        used[chunk] += take;
+        used[chunk] = offset + take;
         remaining -= take;
         first_elem += seg_elems;
     }
@@ -138,27 +148,6 @@ pub(crate) fn place(used: &mut Vec<u64>, limit: u64, elems: usize) -> Vec<Segmen
 /// [`MIN_CHUNK_VEC4`], never past `limit`.
 pub(crate) fn grown_capacity(current: u64, needed: u64, limit: u64) -> u64 {
     needed.max(current * 2).max(MIN_CHUNK_VEC4).min(limit)
-}
-
-/// One chunk: a buffer per kind kept by the optimizer, all with the same capacity.
-#[derive(Debug)]
-pub(crate) struct Chunk {
-    /// Capacity of each buffer, in vec4.
-    pub capacity: u64,
-    /// Vec4 in use.
-    pub used: u64,
-    /// One buffer per [`Kind`] (by its index); `None` for slots this configuration does not keep.
-    pub buffers: [Option<wgpu::Buffer>; 6],
-    /// Bind groups over this chunk's buffers: dense, lazy, scatter, partial_dense.
-    pub bind_groups: Vec<wgpu::BindGroup>,
-    /// `(begin, end, variable)` in vec4, in placement order.
-    pub segments: Vec<(u64, u64, usize)>,
-}
-
-impl Chunk {
-    pub fn buffer(&self, kind: Kind) -> Option<&wgpu::Buffer> {
-        self.buffers[kind as usize].as_ref()
-    }
 }
 
 /// Allocates the buffers of one chunk of `capacity` vec4 for the kinds in `kinds`, reporting failures
@@ -211,8 +200,8 @@ mod tests {
     #[test]
     fn small_variables_share_a_chunk_and_start_on_vec4() {
         let mut used = Vec::new();
-        let a = place(&mut used, 100, 3);
-        let b = place(&mut used, 100, 5);
+        let a = place(&mut used, 100, 3, 1);
+        let b = place(&mut used, 100, 5, 1);
         assert_eq!(
             a,
             vec![Segment {
@@ -237,7 +226,7 @@ mod tests {
     #[test]
     fn a_variable_that_does_not_fit_starts_a_new_chunk() {
         let mut used = vec![90];
-        let s = place(&mut used, 100, 41);
+        let s = place(&mut used, 100, 41, 1);
         assert_eq!(
             s,
             vec![Segment {
@@ -253,7 +242,7 @@ mod tests {
     #[test]
     fn a_variable_larger_than_a_chunk_is_split() {
         let mut used = vec![8];
-        let s = place(&mut used, 10, 101);
+        let s = place(&mut used, 10, 101, 1);
         assert_eq!(
             s,
             vec![
@@ -289,8 +278,30 @@ mod tests {
     #[test]
     fn empty_variables_take_no_space() {
         let mut used = vec![5];
-        assert!(place(&mut used, 10, 0).is_empty());
+        assert!(place(&mut used, 10, 0, 1).is_empty());
         assert_eq!(used, vec![5]);
+    }
+
+    #[test]
+    fn aligned_variables_start_on_the_alignment_and_padding_counts_as_used() {
+        let mut used = Vec::new();
+        let a = place(&mut used, 100, 3, 16);
+        let b = place(&mut used, 100, 5, 16);
+        assert_eq!((a[0].chunk, a[0].offset), (0, 0));
+        assert_eq!((b[0].chunk, b[0].offset), (0, 16));
+        assert_eq!(used, vec![18]);
+        // 90 vec4 do not fit after the aligned start 32: a new chunk.
+        let c = place(&mut used, 100, 360, 16);
+        assert_eq!((c[0].chunk, c[0].offset), (1, 0));
+        // A variable larger than a chunk: first part aligned, later parts at 0.
+        let mut used = vec![1];
+        let d = place(&mut used, 32, 4 * 70, 16);
+        let starts: Vec<(usize, u64, usize)> = d
+            .iter()
+            .map(|s| (s.chunk, s.offset, s.first_elem))
+            .collect();
+        assert_eq!(starts, vec![(0, 16, 0), (1, 0, 64), (2, 0, 192)]);
+        assert_eq!(used, vec![32, 32, 22]);
     }
 
     #[test]

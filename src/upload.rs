@@ -8,7 +8,8 @@
 //! once the step is submitted, so it is free again when the GPU has consumed it. Two slots (double
 //! buffering) are created by the first step with host data and replaced, both, only when a step needs more
 //! room than any before (a third appears only when several steps are recorded before one submit); when
-//! both are still read by the GPU, the next step waits for it (backpressure, not a read-back). A step
+//! both are still read by the GPU, the next step waits for the submission that holds one of them
+//! (`PollType::Wait` on its index: backpressure, not a device-wide wait nor a read-back). A step
 //! with more host data than the largest slot (`OptimizerOptions::max_staging_bytes`) uses
 //! `queue.write_buffer` instead.
 
@@ -42,6 +43,8 @@ pub(crate) const MAX_SLOT_BYTES: u64 = 64 << 20;
 struct Slot {
     buffer: wgpu::Buffer,
     state: Arc<AtomicU8>,
+    /// The submission that reads the slot (known once its step is resolved as submitted).
+    submission: Option<wgpu::SubmissionIndex>,
 }
 
 #[derive(Debug)]
@@ -73,8 +76,6 @@ pub(crate) struct Uploader {
     /// Size of every slot made since the last growth.
     slot_bytes: u64,
     active: Option<Active>,
-    /// Slots recorded since the last [`Uploader::submitted`].
-    recorded: Vec<usize>,
     /// Staging buffers created so far.
     pub(crate) created: u64,
 }
@@ -89,7 +90,6 @@ impl Uploader {
             slots: Vec::new(),
             slot_bytes: 0,
             active: None,
-            recorded: Vec::new(),
             created: 0,
         }
     }
@@ -113,6 +113,7 @@ impl Uploader {
         Ok(Slot {
             buffer,
             state: Arc::new(AtomicU8::new(MAPPED)),
+            submission: None,
         })
     }
 
@@ -174,9 +175,18 @@ impl Uploader {
                 self.slots.push(slot);
                 break self.slots.len() - 1;
             }
-            // Every free slot is still read by submitted work: wait for the GPU, then look again.
+            // Every free slot is still read by submitted work: wait for the submission of one of them
+            // (not for the whole device), then look again.
+            let submission = self
+                .slots
+                .iter()
+                .find(|s| state(s) == MAPPING)
+                .and_then(|s| s.submission.clone());
             device
-                .poll(wgpu::PollType::wait_indefinitely())
+                .poll(wgpu::PollType::Wait {
+                    submission_index: submission,
+                    timeout: None,
+                })
                 .map_err(|e| Error::Gpu(e.to_string()))?;
         };
         let view = self.slots[slot]
@@ -259,11 +269,10 @@ impl Uploader {
     }
 
     /// Records the last copy and unmaps the slot (it must be unmapped when the step is submitted).
-    pub(crate) fn finish(&mut self, encoder: &mut wgpu::CommandEncoder) {
+    /// Returns the slot the step used, to be resolved with [`Uploader::resolve`].
+    pub(crate) fn finish(&mut self, encoder: &mut wgpu::CommandEncoder) -> Option<usize> {
         self.direct = false;
-        let Some(a) = self.active.take() else {
-            return;
-        };
+        let a = self.active.take()?;
         let slot = &self.slots[a.slot];
         if let Some(r) = a.run {
             encoder.copy_buffer_to_buffer(&slot.buffer, r.src_offset, &r.dst, r.dst_offset, r.len);
@@ -271,18 +280,20 @@ impl Uploader {
         drop(a.view);
         slot.buffer.unmap();
         slot.state.store(RECORDED, Ordering::Release);
-        self.recorded.push(a.slot);
+        Some(a.slot)
     }
 
-    /// The steps recorded so far were submitted: their slots are mapped again once the GPU is done.
-    pub(crate) fn submitted(&mut self) {
-        for i in self.recorded.drain(..) {
-            let slot = &self.slots[i];
-            slot.state.store(MAPPING, Ordering::Release);
-            let state = slot.state.clone();
-            slot.buffer.map_async(wgpu::MapMode::Write, .., move |r| {
-                state.store(if r.is_ok() { MAPPED } else { FAILED }, Ordering::Release);
-            });
-        }
+    /// The step that used `slot` was submitted in `submission` (or abandoned: `None`, its copies never
+    /// run): the slot is mapped again once the GPU is done with it.
+    pub(crate) fn resolve(&mut self, slot: usize, submission: Option<wgpu::SubmissionIndex>) {
+        let Some(slot) = self.slots.get_mut(slot) else {
+            return;
+        };
+        slot.submission = submission;
+        slot.state.store(MAPPING, Ordering::Release);
+        let state = slot.state.clone();
+        slot.buffer.map_async(wgpu::MapMode::Write, .., move |r| {
+            state.store(if r.is_ok() { MAPPED } else { FAILED }, Ordering::Release);
+        });
     }
 }

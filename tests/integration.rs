@@ -98,6 +98,7 @@ fn forward_backward_and_steps_in_one_encoder_and_one_submit() {
     });
     // Three (backward, step) pairs in one encoder, one submit.
     let mut encoder = device.create_command_encoder(&Default::default());
+    let mut recorded = Vec::new();
     for _ in 0..3 {
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
@@ -105,11 +106,15 @@ fn forward_backward_and_steps_in_one_encoder_and_one_submit() {
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(1, 1, 1);
         }
-        opt.record(&mut encoder, &[(w, Gradient::Resident)])
-            .unwrap();
+        recorded.push(
+            opt.record(&mut encoder, &[(w, Gradient::Resident)])
+                .unwrap(),
+        );
     }
-    borrowed.queue().submit([encoder.finish()]);
-    opt.mark_submitted();
+    let index = borrowed.queue().submit([encoder.finish()]);
+    for step in recorded {
+        opt.submitted(step, index.clone()).unwrap();
+    }
 
     let mut r = Reference::new(cfg);
     r.add_variable(&[n], &init);

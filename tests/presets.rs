@@ -52,18 +52,24 @@ fn record_several(options: OptimizerOptions, steps: usize) {
     let packed: Vec<f32> = grads.concat();
     let buffer = gradient_buffer(&packed);
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    let mut rates = Vec::new();
+    let (mut rates, mut recorded) = (Vec::new(), Vec::new());
     for (t, g) in grads.iter().enumerate() {
         let gg = GpuGradient {
             buffer: &buffer,
             offset: t as u64 * 40,
         };
-        opt.record(&mut encoder, &[(w, Gradient::Gpu(gg))]).unwrap();
-        rates.push(opt.last_learning_rate().unwrap());
+        let step = opt.record(&mut encoder, &[(w, Gradient::Gpu(gg))]).unwrap();
+        rates.push(step.learning_rate());
+        recorded.push(step);
         r.step(&[Some(RefGradient::Dense(g))]).unwrap();
     }
-    ctx.queue().submit([encoder.finish()]);
-    opt.mark_submitted();
+    // Nothing counts before the submit is resolved.
+    assert_eq!((opt.iterations(), opt.last_learning_rate()), (0, None));
+    let index = ctx.queue().submit([encoder.finish()]);
+    for step in recorded {
+        opt.submitted(step, index.clone()).unwrap();
+    }
+    assert_eq!(opt.iterations(), grads.len() as u64);
     assert_eq!(rates[0], 0.1);
     assert_eq!(rates[1], 0.05);
     assert_matches(&mut opt, w, &r.vars[0], "after one submit");
@@ -117,6 +123,7 @@ fn steps_with_different_variables_and_clipping_recorded_before_one_submit() {
         }
         let buffer = gradient_buffer(&packed);
         let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        let mut recorded = Vec::new();
         for (t, listed) in plan.iter().enumerate() {
             let step: Vec<(VarId, Gradient<'_>)> = listed
                 .iter()
@@ -128,7 +135,7 @@ fn steps_with_different_variables_and_clipping_recorded_before_one_submit() {
                     (ids[k], Gradient::Gpu(gg))
                 })
                 .collect();
-            opt.record(&mut encoder, &step).unwrap();
+            recorded.push(opt.record(&mut encoder, &step).unwrap());
             let refs: Vec<Option<RefGradient<'_>>> = (0..sizes.len())
                 .map(|k| {
                     listed
@@ -138,8 +145,10 @@ fn steps_with_different_variables_and_clipping_recorded_before_one_submit() {
                 .collect();
             r.step(&refs).unwrap();
         }
-        ctx.queue().submit([encoder.finish()]);
-        opt.mark_submitted();
+        let index = ctx.queue().submit([encoder.finish()]);
+        for step in recorded.drain(..) {
+            opt.submitted(step, index.clone()).unwrap();
+        }
         for (k, &id) in ids.iter().enumerate() {
             assert_matches(
                 &mut opt,
@@ -180,15 +189,23 @@ fn host_data_in_steps_recorded_before_one_submit() {
     let mut opt = RmsProp::new(ctx, decaying()).unwrap();
     let w = opt.add_variable("w", &[4], &[1.0; 4]).unwrap();
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let mut recorded = Vec::new();
     for g in &grads {
-        opt.record(&mut encoder, &[(w, Gradient::Dense(g))])
-            .unwrap();
+        recorded.push(
+            opt.record(&mut encoder, &[(w, Gradient::Dense(g))])
+                .unwrap(),
+        );
         r.step(&[Some(RefGradient::Dense(g))]).unwrap();
     }
     let e = opt.apply(&[(w, Gradient::Dense(&grads[0]))]).unwrap_err();
-    assert!(matches!(e, Error::PendingSubmit(_)), "{e:?}");
-    ctx.queue().submit([encoder.finish()]);
-    opt.mark_submitted();
+    assert!(
+        matches!(e, Error::UnresolvedSteps { count: 3, .. }),
+        "{e:?}"
+    );
+    let index = ctx.queue().submit([encoder.finish()]);
+    for step in recorded {
+        opt.submitted(step, index.clone()).unwrap();
+    }
     assert_matches(&mut opt, w, &r.vars[0], "three host steps, one submit");
 
     let direct = OptimizerOptions {
@@ -198,16 +215,17 @@ fn host_data_in_steps_recorded_before_one_submit() {
     let mut opt = RmsProp::with_options(ctx, decaying(), direct).unwrap();
     let w = opt.add_variable("w", &[4], &[1.0; 4]).unwrap();
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    opt.record(&mut encoder, &[(w, Gradient::Dense(&grads[0]))])
+    let first = opt
+        .record(&mut encoder, &[(w, Gradient::Dense(&grads[0]))])
         .unwrap();
-    let before = snapshot(&mut opt, &[w]);
     let e = opt
         .record(&mut encoder, &[(w, Gradient::Dense(&grads[1]))])
         .unwrap_err();
-    assert!(matches!(e, Error::PendingSubmit(_)), "{e:?}");
-    ctx.queue().submit([encoder.finish()]);
-    opt.mark_submitted();
-    assert_eq!(opt.iterations(), before.0);
+    assert!(
+        matches!(e, Error::UnresolvedSteps { count: 1, .. }),
+        "{e:?}"
+    );
+    assert_eq!(opt.submit(encoder, first).unwrap(), 1);
     opt.apply(&[(w, Gradient::Dense(&grads[1]))]).unwrap();
     let mut r = Reference::new(decaying());
     r.add_variable(&[4], &[1.0; 4]);

@@ -93,6 +93,15 @@ impl Timer {
 
     /// Milliseconds of the GPU work that `record` encodes (submitted alone, waited for).
     pub fn once(&self, ctx: &GpuContext, record: impl FnOnce(&mut wgpu::CommandEncoder)) -> f64 {
+        self.once_submitted(ctx, record).0
+    }
+
+    /// As [`Timer::once`], with the index of the submit (to resolve a recorded optimizer step).
+    pub fn once_submitted(
+        &self,
+        ctx: &GpuContext,
+        record: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> (f64, wgpu::SubmissionIndex) {
         let start = Instant::now();
         let mut encoder = ctx.device().create_command_encoder(&Default::default());
         if let Some(ts) = &self.ts {
@@ -104,10 +113,10 @@ impl Timer {
             encoder.resolve_query_set(&ts.set, 0..2, &ts.resolve, 0);
             encoder.copy_buffer_to_buffer(&ts.resolve, 0, &ts.readback, 0, 16);
         }
-        ctx.queue().submit([encoder.finish()]);
+        let index = ctx.queue().submit([encoder.finish()]);
         ctx.wait_idle().unwrap();
         let Some(ts) = &self.ts else {
-            return start.elapsed().as_secs_f64() * 1e3;
+            return (start.elapsed().as_secs_f64() * 1e3, index);
         };
         let slice = ts.readback.slice(..);
         slice.map_async(wgpu::MapMode::Read, |r| r.unwrap());
@@ -117,7 +126,8 @@ impl Timer {
             bytemuck::pod_read_unaligned(&view[..16])
         };
         ts.readback.unmap();
-        ticks[1].wrapping_sub(ticks[0]) as f64 * ts.period_ns / 1e6
+        let ms = ticks[1].wrapping_sub(ticks[0]) as f64 * ts.period_ns / 1e6;
+        (ms, index)
     }
 }
 

@@ -1,0 +1,280 @@
+//! Reading state back (batched, as a future or blocking on its own submission), recording reads into a
+//! caller's encoder, checkpoints, and the GPU-side counters.
+
+use super::RmsProp;
+use crate::error::{Error, Result};
+use crate::kernels::VAR_INFO_BYTES;
+use crate::pool::{Kind, Slot};
+use crate::readback::{Range, ReadBack};
+use crate::step::types::{Tensor, VarId};
+
+impl RmsProp {
+    fn kind(&self, t: Tensor) -> Result<Kind> {
+        let kind = match t {
+            Tensor::Variable => Kind::Variable,
+            Tensor::Gradient => Kind::Gradient,
+            Tensor::Slot(slot) => Kind::from(slot),
+        };
+        if let Tensor::Slot(slot) = t {
+            if !self.kinds.contains(&kind) {
+                return Err(Error::SlotNotPresent {
+                    slot: slot.name(),
+                    why: match slot {
+                        Slot::Momentum => "it needs momentum > 0, or a preset that always keeps it",
+                        Slot::AverageGradient => "it needs centered = true",
+                        Slot::Velocity => "internal",
+                    },
+                });
+            }
+        }
+        Ok(kind)
+    }
+
+    /// The ranges of `items`, and how many ranges each item has.
+    fn ranges(&self, items: &[(VarId, Tensor)]) -> Result<(Vec<Range<'_>>, Vec<usize>)> {
+        let (mut ranges, mut parts) = (Vec::new(), Vec::new());
+        for &(id, t) in items {
+            let kind = self.kind(t)?;
+            let v = self.layout.var(id)?;
+            for s in &v.segments {
+                ranges.push(Range {
+                    buffer: self.gpu.chunks[s.chunk].buffer(kind)?,
+                    offset: s.byte_offset(),
+                    bytes: s.elems as u64 * 4,
+                });
+            }
+            parts.push(v.segments.len());
+        }
+        Ok((ranges, parts))
+    }
+
+    /// Starts reading any set of (variable, tensor) with one copy, one submit and one map: the result is
+    /// a future of one `Vec<f32>` per item (see [`ReadBack`]; [`ReadBack::wait`] blocks on this read's
+    /// submission alone). Refused with [`Error::UnresolvedSteps`] while recorded steps are unresolved.
+    pub fn read_async(&mut self, items: &[(VarId, Tensor)]) -> Result<ReadBack> {
+        self.ensure_resolved("read state back")?;
+        self.ctx.check_alive()?;
+        let (ranges, parts) = self.ranges(items)?;
+        let label = format!("{}/read-back", self.config.name());
+        ReadBack::start(self.ctx.device(), self.ctx.queue(), &label, &ranges, &parts)
+    }
+
+    /// Reads any set of (variable, tensor) back, waiting once for the read's own submission.
+    pub fn read_many(&mut self, items: &[(VarId, Tensor)]) -> Result<Vec<Vec<f32>>> {
+        let out = self.read_async(items)?.wait()?;
+        self.ctx.check_alive()?;
+        Ok(out)
+    }
+
+    /// Reads a variable back to the host (waits for the GPU).
+    pub fn read_variable(&mut self, id: VarId) -> Result<Vec<f32>> {
+        self.read_one(id, Tensor::Variable)
+    }
+
+    /// Reads a slot of a variable back to the host (waits for the GPU). A slot this configuration does
+    /// not keep is [`Error::SlotNotPresent`].
+    pub fn read_slot(&mut self, id: VarId, slot: Slot) -> Result<Vec<f32>> {
+        self.read_one(id, Tensor::Slot(slot))
+    }
+
+    fn read_one(&mut self, id: VarId, t: Tensor) -> Result<Vec<f32>> {
+        Ok(self.read_many(&[(id, t)])?.pop().unwrap_or_default())
+    }
+
+    /// Records into the caller's `encoder` the copy of `items` into `dst` from byte `dst_offset` on,
+    /// one after another (each starting on a 4-byte boundary): nothing is submitted or waited for.
+    /// `dst` needs `COPY_DST`. Returns each item's (byte offset in `dst`, element count). Allowed while
+    /// steps are unresolved: the copy reads what the GPU holds at that point of the command stream.
+    pub fn record_read(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        items: &[(VarId, Tensor)],
+        dst: &wgpu::Buffer,
+        dst_offset: u64,
+    ) -> Result<Vec<(u64, usize)>> {
+        let (ranges, parts) = self.ranges(items)?;
+        let total: u64 = ranges.iter().map(|r| r.bytes).sum();
+        let bad = |reason: String| Error::GradientBuffer {
+            name: "record_read destination".into(),
+            reason,
+        };
+        if !dst.usage().contains(wgpu::BufferUsages::COPY_DST) {
+            return Err(bad(format!("usage {:?} lacks COPY_DST", dst.usage())));
+        }
+        if !dst_offset.is_multiple_of(4) || dst_offset.saturating_add(total) > dst.size() {
+            return Err(bad(format!(
+                "{total} bytes at offset {dst_offset} do not fit its {} bytes (offset a multiple of 4)",
+                dst.size()
+            )));
+        }
+        let (mut at, mut k, mut out) = (dst_offset, 0, Vec::new());
+        for n in parts {
+            let start = at;
+            for r in &ranges[k..k + n] {
+                if r.bytes > 0 {
+                    encoder.copy_buffer_to_buffer(r.buffer, r.offset, dst, at, r.bytes);
+                }
+                at += r.bytes;
+            }
+            out.push((start, ((at - start) / 4) as usize));
+            k += n;
+        }
+        Ok(out)
+    }
+
+    /// Saves the complete optimizer state to `path` (safetensors; see [`crate::checkpoint`]): every slot,
+    /// the step count, the skipped-step count, the configuration, and the variables when
+    /// `include_variables`. Everything is read with one copy and one wait. Atomic: the previous file at
+    /// `path` survives a crash mid-save.
+    pub fn save_checkpoint(
+        &mut self,
+        path: &std::path::Path,
+        include_variables: bool,
+    ) -> Result<()> {
+        self.ensure_resolved("save a checkpoint")?;
+        let slots = self.slots();
+        let mut items = Vec::new();
+        for i in 0..self.layout.variables.len() {
+            let id = self.layout.id(i);
+            if include_variables {
+                items.push((id, Tensor::Variable));
+            }
+            items.extend(slots.iter().map(|&s| (id, Tensor::Slot(s))));
+        }
+        let read = {
+            let (mut ranges, mut parts) = self.ranges(&items)?;
+            ranges.push(Range {
+                buffer: &self.gpu.status,
+                offset: 0,
+                bytes: 8,
+            });
+            parts.push(1);
+            let label = format!("{}/checkpoint read-back", self.config.name());
+            ReadBack::start(self.ctx.device(), self.ctx.queue(), &label, &ranges, &parts)?
+        };
+        let mut values = read.wait()?;
+        let skipped = values.pop().map_or(0, |s| u64::from(s[1].to_bits()));
+        let mut tensors = Vec::new();
+        for ((id, t), data) in items.into_iter().zip(values) {
+            let v = &self.layout.variables[id.index()];
+            let name = match t {
+                Tensor::Slot(s) => format!("slots/{}/{}", s.name(), v.name),
+                _ => format!("variables/{}", v.name),
+            };
+            tensors.push((name, v.shape.clone(), data));
+        }
+        let listed: Vec<(&str, &[usize])> = self
+            .layout
+            .variables
+            .iter()
+            .map(|v| (v.name.as_str(), &v.shape[..]))
+            .collect();
+        let config = crate::checkpoint::config_json(&self.config).to_string();
+        let metadata = std::collections::HashMap::from([
+            ("format".to_string(), crate::checkpoint::FORMAT.to_string()),
+            (
+                "preset".to_string(),
+                self.config.preset_kind().name().to_string(),
+            ),
+            ("config".to_string(), config),
+            ("iterations".to_string(), self.iterations.to_string()),
+            ("skipped_steps".to_string(), skipped.to_string()),
+            (
+                "variables".to_string(),
+                serde_json::to_string(&listed).unwrap_or_default(),
+            ),
+        ]);
+        crate::checkpoint::write(path, crate::checkpoint::Contents { metadata, tensors })
+    }
+
+    /// Restores a checkpoint written by [`RmsProp::save_checkpoint`] into this optimizer, which must have
+    /// the same preset, configuration and variables (names and shapes, in order). Everything is read and
+    /// checked first; on any error nothing changes. Variables are restored when the file holds them.
+    pub fn load_checkpoint(&mut self, path: &std::path::Path) -> Result<()> {
+        self.ensure_resolved("load a checkpoint")?;
+        self.ctx.check_alive()?;
+        let vars: Vec<(String, Vec<usize>)> = self
+            .layout
+            .variables
+            .iter()
+            .map(|v| (v.name.clone(), v.shape.clone()))
+            .collect();
+        let slots = self.slots();
+        let names: Vec<&str> = slots.iter().map(|s| s.name()).collect();
+        let restored = crate::checkpoint::read(path, &self.config, &vars, &names)?;
+        let queue = self.ctx.queue().clone();
+        for (i, v) in self.layout.variables.iter().enumerate() {
+            let mut writes: Vec<(Kind, &[f32])> = Vec::new();
+            if let Some(x) = &restored.variables[i] {
+                writes.push((Kind::Variable, x));
+            }
+            for (slot, values) in slots.iter().zip(&restored.slots[i]) {
+                writes.push((Kind::from(*slot), values));
+            }
+            for (kind, values) in writes {
+                for s in &v.segments {
+                    let dst = self.gpu.chunks[s.chunk].buffer(kind)?;
+                    let part = &values[s.first_elem..s.first_elem + s.elems];
+                    queue.write_buffer(dst, s.byte_offset(), bytemuck::cast_slice(part));
+                }
+            }
+        }
+        let status = [0u32, restored.skipped.min(u64::from(u32::MAX)) as u32, 0, 0];
+        queue.write_buffer(&self.gpu.status, 0, bytemuck::cast_slice(&status));
+        queue.submit([]);
+        self.iterations = restored.iterations;
+        self.last_lr = None;
+        Ok(())
+    }
+
+    /// Reads `bytes` of a step buffer (waits for this read's submission).
+    fn read_raw(&mut self, which: Raw, bytes: u64) -> Result<Vec<f32>> {
+        self.ensure_resolved("read state back")?;
+        let buffer = match which {
+            Raw::Status => &self.gpu.status,
+            Raw::VarInfo => &self.gpu.var_info.buffer,
+        };
+        let range = Range {
+            buffer,
+            offset: 0,
+            bytes,
+        };
+        let label = format!("{}/read-back", self.config.name());
+        let read = ReadBack::start(self.ctx.device(), self.ctx.queue(), &label, &[range], &[1])?;
+        Ok(read.wait()?.pop().unwrap_or_default())
+    }
+
+    /// Out-of-range or negative indices seen so far in [`crate::Gradient::SparseGpuIndices`] gradients
+    /// (they are skipped; counted on the GPU, reading waits for it).
+    pub fn invalid_gpu_indices(&mut self) -> Result<u64> {
+        let raw = self.read_raw(Raw::Status, 12)?;
+        Ok(u64::from(raw[2].to_bits()))
+    }
+
+    /// Steps skipped so far by the [`crate::config::NonFinite::SkipStep`] policy (counted on the GPU;
+    /// reading waits for it). Always 0 with the default `Propagate` policy.
+    pub fn skipped_steps(&mut self) -> Result<u64> {
+        let raw = self.read_raw(Raw::Status, 8)?;
+        Ok(u64::from(raw[1].to_bits()))
+    }
+
+    /// The factor each variable's gradient was scaled by in the last step by `clipnorm` or
+    /// `global_clipnorm`, as computed on the GPU (`mul / div` of its clipping state), in variable order.
+    /// `None` when the configuration reads no per-variable clipping state. Diagnostic: it waits for the
+    /// GPU.
+    pub fn last_clip_factors(&mut self) -> Result<Option<Vec<f32>>> {
+        let n = self.layout.variables.len();
+        if !self.plan_cfg.per_var || n == 0 {
+            return Ok(None);
+        }
+        let raw = self.read_raw(Raw::VarInfo, n as u64 * VAR_INFO_BYTES)?;
+        Ok(Some(raw.chunks(4).map(|info| info[0] / info[1]).collect()))
+    }
+}
+
+/// Step buffers the diagnostics read.
+#[derive(Clone, Copy)]
+enum Raw {
+    Status,
+    VarInfo,
+}

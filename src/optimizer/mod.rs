@@ -1,0 +1,481 @@
+//! [`RmsProp`]: the facade over the step's parts (registry and layout, validation, sparse preparation,
+//! the pure planner, the encoder, the GPU objects, staging and read-back, each in `crate::step`).
+//!
+//! The step protocol lives in `protocol.rs` (record, resolve, apply), reads and checkpoints in `io.rs`.
+
+mod io;
+mod protocol;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::config::{DuplicateIndices, NonFinite, RmsPropConfig, SparseMode};
+use crate::context::GpuContext;
+use crate::error::{Error, Result};
+use crate::kernels::{self, Params, ParamsMode};
+use crate::pool::{Kind, PoolStats, Slot, VEC4_BYTES};
+use crate::step::gpu::{Gpu, StepSizes};
+use crate::step::layout::Layout;
+use crate::step::plan::{Plan, PlanConfig};
+use crate::step::sparse_prep::{HeadRegions, SparsePrep};
+use crate::step::types::{GpuGradient, GpuSlice, OptimizerOptions, VarId};
+use crate::step::validate::{check_gpu_buffer, StepShape};
+use crate::upload::Uploader;
+
+static NEXT_OPTIMIZER_ID: AtomicU32 = AtomicU32::new(1);
+
+/// What the optimizer believes the GPU holds: changed only when a step is resolved as submitted.
+#[derive(Debug, Default)]
+struct Committed {
+    jobs: Vec<[u32; 4]>,
+    var_step: Vec<[u32; 4]>,
+    /// Rows of the `heads` regions filled with NONE.
+    heads_written: u64,
+    /// Generation of the step buffers these describe (bumped when a step buffer is replaced).
+    generation: u64,
+}
+
+/// A recorded step waiting for its resolution, with what it will commit.
+#[derive(Debug, Default)]
+struct Pending {
+    ticket: u64,
+    step: u64,
+    lr: f32,
+    slot: Option<usize>,
+    generation: u64,
+    jobs: Option<Vec<[u32; 4]>>,
+    var_step: Option<Vec<[u32; 4]>>,
+    heads_written: u64,
+}
+
+/// Reused per step, so that steady-state steps do not allocate.
+#[derive(Debug, Default)]
+struct Scratch {
+    shape: StepShape,
+    sparse: SparsePrep,
+    plan: Plan,
+    uniform: Vec<u8>,
+}
+
+/// The RMSprop optimizer with its variables and state on the GPU.
+///
+/// ```
+/// use wgpu_rmsprop::{GpuContext, RmsProp, RmsPropConfig};
+/// let ctx = GpuContext::new()?;
+/// let cfg = RmsPropConfig::builder().learning_rate(0.1).build()?;
+/// let mut opt = RmsProp::new(&ctx, cfg)?;
+/// let var1 = opt.add_variable("var1", &[], &[10.0])?;
+/// let step = opt.apply_gradients(&[(var1, &[10.0])])?; // loss = var1^2 / 2, so grad = var1
+/// assert_eq!(step, 1);
+/// let x = opt.read_variable(var1)?;
+/// assert!((x[0] - 9.683772).abs() < 1e-6);
+/// # Ok::<(), wgpu_rmsprop::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct RmsProp {
+    ctx: GpuContext,
+    config: RmsPropConfig,
+    kinds: Vec<Kind>,
+    layout: Layout,
+    gpu: Gpu,
+    uploader: Uploader,
+    plan_cfg: PlanConfig,
+    iterations: u64,
+    last_lr: Option<f32>,
+    /// Head regions of GPU-grouped sparse gradients (address space, assigned when a step is recorded).
+    heads: HeadRegions,
+    committed: Committed,
+    pending: VecDeque<Pending>,
+    /// Table vectors of resolved steps, reused by later ones.
+    spare: Vec<Vec<[u32; 4]>>,
+    next_ticket: u64,
+    max_unresolved: usize,
+    /// The layout version the caller last took slices of.
+    slices_seen: u64,
+    frozen: bool,
+    scratch: Scratch,
+    last_dispatches: usize,
+    /// Labels of the step's encoder and compute pass (made once: steps do not format strings).
+    labels: [String; 2],
+}
+
+impl RmsProp {
+    /// An optimizer with no variables yet, on `ctx`'s device.
+    pub fn new(ctx: &GpuContext, config: RmsPropConfig) -> Result<Self> {
+        Self::with_options(ctx, config, OptimizerOptions::default())
+    }
+
+    /// As [`RmsProp::new`], with tuning options.
+    pub fn with_options(
+        ctx: &GpuContext,
+        config: RmsPropConfig,
+        options: OptimizerOptions,
+    ) -> Result<Self> {
+        ctx.check_alive()?;
+        let device = ctx.device();
+        let limits = device.limits();
+        let invalid = |field, value: String, requirement| Error::InvalidConfig {
+            field,
+            value,
+            requirement,
+        };
+        let wg = options.workgroup_size;
+        if wg == 0
+            || wg > limits.max_compute_workgroup_size_x
+            || wg > limits.max_compute_invocations_per_workgroup
+        {
+            let why = "must be >= 1 and within the device's max_compute_workgroup_size_x";
+            return Err(invalid("workgroup_size", wg.to_string(), why));
+        }
+        if !(1..=16).contains(&options.vec4s_per_invocation) {
+            let v = options.vec4s_per_invocation.to_string();
+            return Err(invalid("vec4s_per_invocation", v, "must be in [1, 16]"));
+        }
+        let mut max_groups = limits.max_compute_workgroups_per_dimension;
+        if let Some(m) = options.max_workgroups_per_dimension {
+            if m == 0 {
+                return Err(invalid(
+                    "max_workgroups_per_dimension",
+                    "0".into(),
+                    "must be >= 1",
+                ));
+            }
+            max_groups = max_groups.min(m);
+        }
+        let align = u64::from(limits.min_storage_buffer_offset_alignment)
+            .max(options.slice_alignment.unwrap_or(0))
+            .max(VEC4_BYTES);
+        if !align.is_power_of_two() {
+            let why = "must be a power of two";
+            return Err(invalid("slice_alignment", align.to_string(), why));
+        }
+        let mut chunk_bytes = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        if let Some(b) = options.max_chunk_bytes {
+            chunk_bytes = chunk_bytes.min(b);
+        }
+        // Element indices are u32 in the kernels: keep a chunk below 2^32 elements (16 GiB).
+        let chunk_limit = (chunk_bytes / VEC4_BYTES).min(1 << 30);
+        if chunk_limit < align / VEC4_BYTES {
+            let why = "must hold at least one aligned vec4 (16 bytes and the slice alignment)";
+            return Err(invalid("max_chunk_bytes", chunk_bytes.to_string(), why));
+        }
+        if options.max_unresolved_steps == 0 {
+            return Err(invalid("max_unresolved_steps", "0".into(), "must be >= 1"));
+        }
+
+        let prefix = config.name().to_string();
+        let mut kinds = vec![Kind::Variable, Kind::Gradient, Kind::Velocity];
+        if config.has_momentum() {
+            kinds.push(Kind::Momentum);
+        }
+        if config.centered() {
+            kinds.push(Kind::AverageGradient);
+        }
+        if config.duplicate_indices() == DuplicateIndices::Keras3 {
+            kinds.push(Kind::Squares);
+        }
+        let mut constants = kernels::constants(&config, wg);
+        let per_invocation = f64::from(options.vec4s_per_invocation);
+        constants.push(("VEC4S_PER_INVOCATION", per_invocation));
+        let immediates = options.use_immediates
+            && device.features().contains(wgpu::Features::IMMEDIATES)
+            && limits.max_immediate_size as usize >= std::mem::size_of::<Params>();
+        let mode = if immediates {
+            ParamsMode::Immediate
+        } else {
+            ParamsMode::Uniform
+        };
+        log::debug!("{prefix}: step parameters as {mode:?}");
+        let gpu = Gpu::new(device, &prefix, mode, kinds.clone(), &constants)?;
+        let skip_nonfinite = config.non_finite() == NonFinite::SkipStep;
+        let plan_cfg = PlanConfig {
+            workgroup_size: wg,
+            vec4s_per_invocation: options.vec4s_per_invocation,
+            max_groups,
+            per_var: kernels::per_var(&config),
+            skip_nonfinite,
+            lazy: config.sparse_mode() == SparseMode::Lazy,
+            jobs_needed: config.clipnorm().is_some()
+                || config.global_clipnorm().is_some()
+                || skip_nonfinite,
+            use_squares: config.duplicate_indices() == DuplicateIndices::Keras3
+                && config.global_clipnorm().is_none(),
+        };
+        let id = NEXT_OPTIMIZER_ID.fetch_add(1, Ordering::Relaxed);
+        Ok(RmsProp {
+            ctx: ctx.clone(),
+            kinds,
+            layout: Layout::new(id, chunk_limit, align / VEC4_BYTES),
+            gpu,
+            uploader: Uploader::new(
+                format!("{prefix}/staging"),
+                ctx.queue().clone(),
+                options.max_staging_bytes.min(limits.max_buffer_size),
+            ),
+            plan_cfg,
+            iterations: 0,
+            last_lr: None,
+            heads: HeadRegions::default(),
+            committed: Committed::default(),
+            pending: VecDeque::new(),
+            spare: Vec::new(),
+            next_ticket: 0,
+            max_unresolved: options.max_unresolved_steps,
+            slices_seen: 0,
+            frozen: false,
+            scratch: Scratch::default(),
+            last_dispatches: 0,
+            labels: [format!("{prefix}/step"), format!("{prefix}/rmsprop step")],
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RmsPropConfig {
+        &self.config
+    }
+
+    /// The GPU context.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// Steps applied so far (Keras's `optimizer.iterations`): steps resolved as submitted, not those
+    /// recorded and still unresolved.
+    pub fn iterations(&self) -> u64 {
+        self.iterations
+    }
+
+    /// The learning rate the next step will use (the schedule at `iterations()`).
+    pub fn learning_rate(&self) -> Result<f32> {
+        self.config.learning_rate().at_step(self.iterations + 1)
+    }
+
+    /// The learning rate the last applied step used (`None` before the first step).
+    pub fn last_learning_rate(&self) -> Option<f32> {
+        self.last_lr
+    }
+
+    /// Number of variables.
+    pub fn num_variables(&self) -> usize {
+        self.layout.variables.len()
+    }
+
+    /// The slots this configuration keeps: velocity, then momentum (if kept), then average_gradient (if
+    /// centered).
+    pub fn slots(&self) -> Vec<Slot> {
+        let mut s = vec![Slot::Velocity];
+        if self.config.has_momentum() {
+            s.push(Slot::Momentum);
+        }
+        if self.config.centered() {
+            s.push(Slot::AverageGradient);
+        }
+        s
+    }
+
+    /// Bytes held on the GPU.
+    pub fn pool_stats(&self) -> PoolStats {
+        let kinds = self.kinds.len() as u64;
+        PoolStats {
+            chunks: self.layout.chunks.len(),
+            pool_bytes: self
+                .layout
+                .chunks
+                .iter()
+                .map(|c| c.capacity * VEC4_BYTES * kinds)
+                .sum(),
+            other_bytes: self.gpu.other_bytes() + self.uploader.bytes(),
+        }
+    }
+
+    /// Looks a variable up by name.
+    pub fn variable(&self, name: &str) -> Result<VarId> {
+        self.layout.find(name)
+    }
+
+    /// Name and shape of a variable.
+    pub fn variable_info(&self, id: VarId) -> Result<(&str, &[usize])> {
+        let v = self.layout.var(id)?;
+        Ok((&v.name, &v.shape))
+    }
+
+    /// The current layout version: it changes when adding a variable grows a pool buffer (every slice
+    /// taken before is then stale). See [`GpuSlice`].
+    pub fn layout_version(&self) -> u64 {
+        self.layout.version
+    }
+
+    /// Refuses every later [`RmsProp::add_variable`] ([`Error::LayoutFrozen`]): the slices taken now stay
+    /// valid for the optimizer's life.
+    pub fn freeze_layout(&mut self) {
+        self.frozen = true;
+    }
+
+    fn slices(&mut self, id: VarId, kind: Kind) -> Result<Vec<GpuSlice>> {
+        let v = self.layout.var(id)?;
+        let out = v
+            .segments
+            .iter()
+            .map(|s| {
+                Ok(GpuSlice {
+                    buffer: self.gpu.chunks[s.chunk].buffer(kind)?.clone(),
+                    offset: s.byte_offset(),
+                    first_element: s.first_elem,
+                    len: s.elems,
+                    layout: self.layout.version,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.slices_seen = self.layout.version;
+        Ok(out)
+    }
+
+    /// Where a variable lives on the GPU, so that the caller's shaders can bind the parameters
+    /// directly (the buffers have `STORAGE | COPY_SRC | COPY_DST` usage; offsets aligned for binding).
+    /// Valid while [`RmsProp::layout_version`] is unchanged.
+    pub fn variable_slices(&mut self, id: VarId) -> Result<Vec<GpuSlice>> {
+        self.slices(id, Kind::Variable)
+    }
+
+    /// Where a variable's gradient is read from: a backward shader that writes there can step with
+    /// [`crate::Gradient::Resident`], with no copy at all. Valid while [`RmsProp::layout_version`] is
+    /// unchanged; taking slices tells the optimizer the caller follows the current layout.
+    pub fn gradient_slices(&mut self, id: VarId) -> Result<Vec<GpuSlice>> {
+        self.slices(id, Kind::Gradient)
+    }
+
+    /// Records into `encoder` the clearing (to zero) of the listed variables' gradient buffers, e.g.
+    /// before a backward pass that accumulates into [`crate::Gradient::Resident`] gradients.
+    pub fn clear_gradients(&self, encoder: &mut wgpu::CommandEncoder, ids: &[VarId]) -> Result<()> {
+        for &id in ids {
+            self.layout.var(id)?;
+        }
+        for &id in ids {
+            for s in &self.layout.var(id)?.segments {
+                let b = self.gpu.chunks[s.chunk].buffer(Kind::Gradient)?;
+                encoder.clear_buffer(b, s.byte_offset(), Some(s.vec4s() * VEC4_BYTES));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a variable with its initial values (row-major, `prod(shape)` of them; `[]` is a scalar) and
+    /// freshly initialised slots. Its state is placed in the pools, which grow (on the GPU, copying what
+    /// they hold) when full; steady-state steps allocate nothing.
+    pub fn add_variable(&mut self, name: &str, shape: &[usize], init: &[f32]) -> Result<VarId> {
+        self.add(name, shape, Init::Host(init))
+    }
+
+    /// Adds a variable whose initial values are `prod(shape)` f32 already on the GPU (copied GPU-to-GPU
+    /// into the pool, no host round trip; the buffer needs `COPY_SRC`).
+    pub fn add_variable_from_buffer(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        init: GpuGradient<'_>,
+    ) -> Result<VarId> {
+        self.add(name, shape, Init::Gpu(init))
+    }
+
+    fn add(&mut self, name: &str, shape: &[usize], init: Init<'_>) -> Result<VarId> {
+        self.ensure_resolved("add a variable")?;
+        self.ctx.check_alive()?;
+        if self.frozen {
+            return Err(Error::LayoutFrozen { name: name.into() });
+        }
+        let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let init_len = match init {
+            Init::Host(v) => v.len(),
+            // An overflowing shape is refused by the placement below (InvalidShape).
+            Init::Gpu(g) => match len {
+                Some(n) => {
+                    check_gpu_buffer(name, &g, n)?;
+                    n
+                }
+                None => 0,
+            },
+        };
+        // Plan the placement, then allocate everything it needs before changing any state.
+        let p = self.layout.plan_variable(name, shape, init_len)?;
+        let mut new_buffers = Vec::new();
+        for &(index, capacity) in &p.grow {
+            new_buffers.push((index, self.gpu.allocate_chunk(index, capacity)?));
+        }
+        // Per-variable tables grow with the variables (read by diagnostics before any step).
+        let tables = (self.layout.variables.len() as u64 + 1) * 16;
+        let regrown = self.gpu.reserve(&StepSizes {
+            var_info: tables,
+            var_step: tables,
+            ..StepSizes::default()
+        })?;
+        if regrown.var_step {
+            self.committed.generation += 1;
+            self.committed.var_step.clear();
+        }
+        // Commit: copy grown chunks' contents on the GPU, swap buffers.
+        let device = self.ctx.device().clone();
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some(&format!("{}/grow pools", self.config.name())),
+        });
+        for (index, buffers) in new_buffers {
+            let used = self.layout.chunks.get(index).map_or(0, |c| c.used);
+            self.gpu.install_chunk(&mut encoder, index, buffers, used);
+        }
+        let id = self.layout.commit_variable(name, shape, p);
+        let queue = self.ctx.queue().clone();
+        let accumulator = self.config.initial_accumulator_value() as f32;
+        for s in &self.layout.variables[id.index()].segments {
+            let chunk = &self.gpu.chunks[s.chunk];
+            let x = chunk.buffer(Kind::Variable)?;
+            match init {
+                Init::Host(values) => {
+                    let part = &values[s.first_elem..s.first_elem + s.elems];
+                    queue.write_buffer(x, s.byte_offset(), bytemuck::cast_slice(part));
+                }
+                Init::Gpu(g) => {
+                    let src = g.offset + s.first_elem as u64 * 4;
+                    let bytes = s.elems as u64 * 4;
+                    encoder.copy_buffer_to_buffer(g.buffer, src, x, s.byte_offset(), bytes);
+                }
+            }
+            if accumulator != 0.0 {
+                let v = vec![accumulator; s.elems];
+                let velocity = chunk.buffer(Kind::Velocity)?;
+                queue.write_buffer(velocity, s.byte_offset(), bytemuck::cast_slice(&v));
+            }
+        }
+        queue.submit([encoder.finish()]);
+        self.gpu.rebuild_bind_groups();
+        log::debug!("{}: added variable {name:?} {shape:?}", self.config.name());
+        Ok(id)
+    }
+
+    /// Fails with [`Error::UnresolvedSteps`] while recorded steps wait for their resolution.
+    fn ensure_resolved(&self, call: &'static str) -> Result<()> {
+        match self.pending.len() {
+            0 => Ok(()),
+            count => Err(Error::UnresolvedSteps { count, call }),
+        }
+    }
+
+    /// GPU buffers and bind groups this optimizer has created so far. Steady-state steps create none:
+    /// the count only moves when variables are added or a step needs more room than any before.
+    pub fn gpu_objects_created(&self) -> u64 {
+        self.gpu.objects_created + self.uploader.created
+    }
+
+    /// Number of dispatches the last recorded step has.
+    pub fn last_step_dispatches(&self) -> usize {
+        self.last_dispatches
+    }
+}
+
+/// Where a new variable's initial values come from.
+#[derive(Clone, Copy)]
+enum Init<'a> {
+    Host(&'a [f32]),
+    Gpu(GpuGradient<'a>),
+}

@@ -1,0 +1,357 @@
+//! The step protocol: a step is recorded into an encoder, then resolved with the submission that carried
+//! it or abandoned with its encoder. Host-side caches (the step count, the tables believed to be on the
+//! GPU, staging) change only on resolution; `apply` does all three in one call.
+
+use std::future::Future;
+use std::task::{Context, Poll};
+
+use super::{Pending, RmsProp};
+use crate::error::{Error, Result};
+use crate::kernels::{Params, ParamsMode};
+use crate::step::encode::{Step, Tables};
+use crate::step::gpu::StepSizes;
+use crate::step::plan::plan;
+use crate::step::types::{GpuGradient, Gradient, RecordedStep, VarId};
+use crate::step::validate::validate;
+
+impl RmsProp {
+    /// Applies one step of dense gradients given as host slices, one per variable listed (variables not
+    /// listed are left untouched, as in Keras's `apply_gradients`). Returns the new step count.
+    ///
+    /// Everything is checked before anything is written: on error no variable, slot or counter changes.
+    pub fn apply_gradients(&mut self, grads: &[(VarId, &[f32])]) -> Result<u64> {
+        let g: Vec<(VarId, Gradient)> = grads
+            .iter()
+            .map(|&(id, g)| (id, Gradient::Dense(g)))
+            .collect();
+        self.apply(&g)
+    }
+
+    /// Applies one step of dense gradients that are already on the GPU (see [`GpuGradient`]). The values
+    /// are copied GPU-to-GPU into the gradient pool in the same submission as the update.
+    pub fn apply_gpu_gradients(&mut self, grads: &[(VarId, GpuGradient<'_>)]) -> Result<u64> {
+        let g: Vec<(VarId, Gradient)> = grads
+            .iter()
+            .map(|&(id, g)| (id, Gradient::Gpu(g)))
+            .collect();
+        self.apply(&g)
+    }
+
+    /// Applies one step of any mix of dense, GPU and sparse gradients (one per variable listed): records
+    /// it, submits it and resolves it. Returns the new step count. On error nothing is written.
+    ///
+    /// Refused with [`Error::UnresolvedSteps`] while steps recorded with [`RmsProp::record`] wait for
+    /// their resolution (this step would run after them, or before them on the queue).
+    pub fn apply(&mut self, grads: &[(VarId, Gradient<'_>)]) -> Result<u64> {
+        self.ensure_resolved("apply a step")?;
+        // Anything the host checks cannot see (e.g. a gradient buffer from another device) surfaces as a
+        // wgpu validation error: the command buffer is then invalid and nothing of it runs.
+        let device = self.ctx.device().clone();
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some(&self.labels[0]),
+        });
+        let recorded = self.record(&mut encoder, grads);
+        let step = match recorded {
+            Ok(step) => step,
+            Err(e) => {
+                drop(encoder);
+                let _ = poll_once(scope.pop());
+                return Err(e);
+            }
+        };
+        let submission = self.ctx.queue().submit([encoder.finish()]);
+        // The scope's result is ready at once on native backends; where it is not (WebGPU), the step is
+        // taken as applied rather than blocking.
+        if let Some(Some(e)) = poll_once(scope.pop()) {
+            self.resolve_front(step, Some(submission), false)?;
+            return Err(Error::Gpu(format!(
+                "the step was rejected by wgpu and not applied: {e}"
+            )));
+        }
+        self.submitted(step, submission)
+    }
+
+    /// Records one step into `encoder` without submitting it, e.g. together with the caller's forward and
+    /// backward passes. The returned [`RecordedStep`] must be resolved: [`RmsProp::submitted`] with the
+    /// index of the submit that carried `encoder`, or [`RmsProp::abandon`] if `encoder` was dropped.
+    /// [`RmsProp::submit`] finishes, submits and resolves in one call. On error nothing is recorded.
+    ///
+    /// Several steps may be recorded before one submit (into one encoder, or into encoders submitted in
+    /// recording order), each with its own step number and learning rate: each step's parameters
+    /// travel as immediate data where the device has them (else in a uniform buffer slot copied before
+    /// its pass), and its host data (host or sparse gradients, tables) through a reused staging buffer
+    /// copied into place before its pass. A step with more host data than
+    /// [`crate::OptimizerOptions::max_staging_bytes`] is written with `queue.write_buffer` (which lands
+    /// before the whole next submission): refused with [`Error::UnresolvedSteps`] while others wait.
+    pub fn record(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        grads: &[(VarId, Gradient<'_>)],
+    ) -> Result<RecordedStep> {
+        self.ctx.check_alive()?;
+        if self.pending.len() >= self.max_unresolved {
+            return Err(Error::UnresolvedSteps {
+                count: self.pending.len(),
+                call: "record another step (max_unresolved_steps reached)",
+            });
+        }
+        let step = self.iterations + self.pending.len() as u64 + 1;
+        let s = self.config.scalars(step)?;
+        let sc = &mut self.scratch;
+        let resident_ok = self.slices_seen == self.layout.version;
+        validate(&self.layout, grads, resident_ok, &mut sc.shape)?;
+        sc.sparse
+            .prepare(&self.layout, grads, sc.shape.sparse, &self.heads);
+        let base = Params {
+            lr: s.lr,
+            rho: s.rho,
+            one_minus_rho: s.one_minus_rho,
+            momentum: s.momentum,
+            epsilon: s.epsilon,
+            weight_decay: s.weight_decay,
+            clipvalue: s.clipvalue,
+            bias_correction: s.bias_correction,
+            step: step as u32,
+            ..Params::default()
+        };
+        plan(
+            &self.plan_cfg,
+            base,
+            &self.layout,
+            &sc.shape.parts,
+            &sc.sparse,
+            &mut sc.plan,
+        );
+        // Uniform path: one slot per dispatch, copied in before the step's pass (so each recorded step
+        // reads its own parameters).
+        sc.uniform.clear();
+        if self.gpu.mode == ParamsMode::Uniform {
+            let stride = self.gpu.uniform_stride as usize;
+            for d in &sc.plan.dispatches {
+                sc.uniform.extend_from_slice(bytemuck::bytes_of(&d.params));
+                sc.uniform
+                    .resize(sc.uniform.len().next_multiple_of(stride), 0);
+            }
+        }
+        let nvars = self.layout.variables.len() as u64;
+        let sizes = StepSizes {
+            uniform: sc.uniform.len() as u64,
+            jobs: sc.plan.jobs.len() as u64 * 16,
+            partials: sc.plan.jobs.len() as u64 * 8,
+            sparse_values: (sc.sparse.values.len() + sc.sparse.gpu_values) as u64 * 4,
+            sparse_index: sc.sparse.index.len() as u64 * 4,
+            gpu_indices: sc.sparse.gpu_indices as u64 * 4,
+            next: sc.sparse.next as u64 * 4,
+            heads: sc.sparse.heads.len * 4,
+            var_info: nvars * crate::kernels::VAR_INFO_BYTES,
+            var_step: nvars * 16,
+        };
+        // A step that does not fit the device's bindings is refused here, before anything changes.
+        self.gpu.check(&sizes)?;
+        let regrown = self.gpu.reserve(&sizes)?;
+        let c = &mut self.committed;
+        if regrown.jobs || regrown.var_step || regrown.heads {
+            // The replaced buffers' contents are gone: what earlier steps staged no longer counts.
+            c.generation += 1;
+            c.jobs.clear();
+            c.var_step.clear();
+            c.heads_written = 0;
+        }
+        // While other steps are unresolved, tables are staged again: an earlier step may be abandoned.
+        let unresolved = !self.pending.is_empty();
+        let plan_ = &sc.plan;
+        let tables = Tables {
+            jobs: !plan_.jobs.is_empty() && (unresolved || plan_.jobs != c.jobs),
+            var_step: (self.plan_cfg.per_var || self.plan_cfg.skip_nonfinite)
+                && !plan_.var_step.is_empty()
+                && (unresolved || plan_.var_step != c.var_step),
+            heads_from: c.heads_written,
+        };
+        let st = Step {
+            layout: &self.layout,
+            grads,
+            shape: &sc.shape,
+            sparse: &sc.sparse,
+            plan: &sc.plan,
+            tables,
+            sparse_mode: self.config.sparse_mode(),
+            uniform: &sc.uniform,
+            pass_label: &self.labels[1],
+        };
+        let need = st.staging_bytes();
+        if self.uploader.is_direct(need) && unresolved {
+            return Err(Error::UnresolvedSteps {
+                count: self.pending.len(),
+                call: "record a step whose host data exceed max_staging_bytes",
+            });
+        }
+        self.uploader.begin(self.ctx.device(), need)?;
+        let staged = st.stage(&self.gpu, &mut self.uploader, encoder);
+        let slot = self.uploader.finish(encoder);
+        if let Err(e) = staged {
+            if let Some(slot) = slot {
+                self.uploader.resolve(slot, None);
+            }
+            return Err(e);
+        }
+        st.pass(&self.gpu, encoder);
+        // Recorded: head regions are address space (kept whatever happens to the step); the rest waits
+        // for the resolution.
+        if sc.shape.sparse > 0 {
+            self.heads.clone_from(&sc.sparse.heads);
+        }
+        self.last_dispatches = sc.plan.dispatches.len();
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.pending.push_back(Pending {
+            ticket,
+            step,
+            lr: s.lr,
+            slot,
+            generation: self.committed.generation,
+            jobs: tables.jobs.then(|| reuse(&mut self.spare, &sc.plan.jobs)),
+            var_step: tables
+                .var_step
+                .then(|| reuse(&mut self.spare, &sc.plan.var_step)),
+            heads_written: sc.sparse.heads.len,
+        });
+        Ok(RecordedStep {
+            optimizer: self.layout.optimizer,
+            ticket,
+            step,
+            lr: s.lr,
+        })
+    }
+
+    /// Resolves a recorded step as submitted in `submission` (the value `queue.submit` returned for
+    /// the encoder it was recorded in). Steps resolve in the order they were recorded. Returns the new
+    /// step count.
+    pub fn submitted(
+        &mut self,
+        step: RecordedStep,
+        submission: wgpu::SubmissionIndex,
+    ) -> Result<u64> {
+        self.resolve_front(step, Some(submission), true)?;
+        Ok(self.iterations)
+    }
+
+    /// Finishes `encoder`, submits it and resolves `step` (recorded into it) in one call. Returns the new
+    /// step count.
+    pub fn submit(&mut self, encoder: wgpu::CommandEncoder, step: RecordedStep) -> Result<u64> {
+        let submission = self.ctx.queue().submit([encoder.finish()]);
+        self.submitted(step, submission)
+    }
+
+    /// Resolves a recorded step whose encoder was dropped (never submitted): it leaves the step count,
+    /// state and caches as they were. Steps recorded after it were recorded on top of it (their step
+    /// numbers count it), so they are abandoned too. Returns how many steps were abandoned.
+    pub fn abandon(&mut self, step: RecordedStep) -> Result<usize> {
+        let at = self.position(&step)?;
+        let count = self.pending.len() - at;
+        while self.pending.len() > at {
+            if let Some(p) = self.pending.pop_back() {
+                self.forget(p);
+            }
+        }
+        Ok(count)
+    }
+
+    /// Steps recorded and not yet resolved.
+    pub fn unresolved_steps(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn position(&self, step: &RecordedStep) -> Result<usize> {
+        let refuse = |reason| Error::StepResolution {
+            step: step.step,
+            reason,
+        };
+        if step.optimizer != self.layout.optimizer {
+            return Err(refuse("it was recorded by another optimizer"));
+        }
+        self.pending
+            .iter()
+            .position(|p| p.ticket == step.ticket)
+            .ok_or_else(|| {
+                refuse(
+                "it was abandoned with an earlier step it was recorded after (if its encoder was \
+                 submitted anyway, that update ran but is not counted)",
+            )
+            })
+    }
+
+    /// Resolves the oldest unresolved step, which must be `step`; commits what it staged when `commit`.
+    fn resolve_front(
+        &mut self,
+        step: RecordedStep,
+        submission: Option<wgpu::SubmissionIndex>,
+        commit: bool,
+    ) -> Result<()> {
+        if self.position(&step)? != 0 {
+            return Err(Error::StepResolution {
+                step: step.step,
+                reason:
+                    "steps resolve in the order they were recorded: resolve the earlier ones first",
+            });
+        }
+        let Some(mut p) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        if let Some(slot) = p.slot.take() {
+            self.uploader.resolve(slot, submission);
+        }
+        if !commit {
+            // Not run: later steps were recorded on top of it.
+            self.forget(p);
+            while let Some(later) = self.pending.pop_back() {
+                self.forget(later);
+            }
+            return Ok(());
+        }
+        self.iterations = p.step;
+        self.last_lr = Some(p.lr);
+        let c = &mut self.committed;
+        if p.generation == c.generation {
+            if let Some(jobs) = p.jobs {
+                self.spare.push(std::mem::replace(&mut c.jobs, jobs));
+            }
+            if let Some(var_step) = p.var_step {
+                self.spare
+                    .push(std::mem::replace(&mut c.var_step, var_step));
+            }
+            c.heads_written = c.heads_written.max(p.heads_written);
+        }
+        Ok(())
+    }
+}
+
+impl RmsProp {
+    /// Drops an unresolved step without committing it (its staging slot, if any, is released; its
+    /// tables go back to the spare list).
+    fn forget(&mut self, mut p: Pending) {
+        if let Some(slot) = p.slot.take() {
+            self.uploader.resolve(slot, None);
+        }
+        self.spare.extend(p.jobs.take());
+        self.spare.extend(p.var_step.take());
+    }
+}
+
+/// A copy of `table` in a vector from `spare` (no allocation once the spare list is warm).
+fn reuse(spare: &mut Vec<Vec<[u32; 4]>>, table: &[[u32; 4]]) -> Vec<[u32; 4]> {
+    let mut v = spare.pop().unwrap_or_default();
+    v.clear();
+    v.extend_from_slice(table);
+    v
+}
+
+/// Polls a future once without blocking: `Some` when it was ready.
+fn poll_once<F: Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}

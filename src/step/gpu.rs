@@ -1,0 +1,419 @@
+//! The optimizer's GPU objects: pipelines, pool buffers, the step's growable buffers and the bind groups
+//! over them. Growth is capped by the device's binding limits, so a step that would need more is refused
+//! before anything is encoded and never leaves an unusable binding behind.
+
+use crate::context::create_buffer_checked;
+use crate::error::{Error, Result};
+use crate::kernels::{self, binding, Kernel, Params, ParamsMode, VAR_INFO_BYTES};
+use crate::pool::{self, Kind, VEC4_BYTES};
+use crate::step::plan::Which;
+
+/// Every kernel of a step, by the [`Which`] that selects it.
+pub(crate) const KERNELS: [(Which, Kernel); 10] = [
+    (Which::Dense, kernels::DENSE),
+    (Which::DenseAt, kernels::DENSE_AT),
+    (Which::Lazy, kernels::LAZY),
+    (Which::Scatter, kernels::SCATTER),
+    (Which::PartialDense, kernels::PARTIAL_DENSE),
+    (Which::PartialSparse, kernels::PARTIAL_SPARSE),
+    (Which::Finalize, kernels::FINALIZE),
+    (Which::GroupLink, kernels::GROUP_LINK),
+    (Which::GroupGather, kernels::GROUP_GATHER),
+    (Which::GroupReset, kernels::GROUP_RESET),
+];
+/// Kernels from this index on bind step-wide buffers only (one bind group each, not one per chunk).
+pub(crate) const FIRST_GLOBAL_KERNEL: usize = 5;
+
+/// A growable storage buffer of the step machinery (allocated when it must grow, reused otherwise).
+#[derive(Debug)]
+pub(crate) struct StepBuffer {
+    pub buffer: wgpu::Buffer,
+    usage: wgpu::BufferUsages,
+    label: String,
+}
+
+impl StepBuffer {
+    fn new(device: &wgpu::Device, label: String, usage: wgpu::BufferUsages, size: u64) -> Self {
+        StepBuffer {
+            buffer: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&label),
+                size: size.max(16).next_multiple_of(16),
+                usage,
+                mapped_at_creation: false,
+            }),
+            usage,
+            label,
+        }
+    }
+
+    /// Checks that `size` bytes fit one binding of at most `limit` bytes.
+    fn check(&self, size: u64, limit: u64) -> Result<()> {
+        if size > limit {
+            return Err(Error::StepTooLarge {
+                buffer: self.label.clone(),
+                bytes: size,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes room for `size` bytes (at most `limit`, checked before); returns whether a new buffer was
+    /// allocated. Doubling stops at `limit`, so the buffer can always be bound. Fails (and keeps the old
+    /// buffer) when the device cannot allocate.
+    fn reserve(&mut self, device: &wgpu::Device, size: u64, limit: u64) -> Result<bool> {
+        if size <= self.buffer.size() {
+            return Ok(false);
+        }
+        let size = size
+            .max(self.buffer.size().saturating_mul(2))
+            .min(limit)
+            .next_multiple_of(16);
+        self.buffer = create_buffer_checked(
+            device,
+            &wgpu::BufferDescriptor {
+                label: Some(&self.label),
+                size,
+                usage: self.usage,
+                mapped_at_creation: false,
+            },
+        )?;
+        Ok(true)
+    }
+}
+
+/// The buffers of one pool chunk (one per kept kind) and the bind groups over them.
+#[derive(Debug)]
+pub(crate) struct ChunkBuffers {
+    /// One buffer per [`Kind`] (by its index); `None` for kinds this configuration does not keep.
+    pub buffers: [Option<wgpu::Buffer>; 6],
+    /// Bind groups of the per-chunk kernels (dense, dense_at, lazy, scatter, partial_dense).
+    pub bind_groups: Vec<wgpu::BindGroup>,
+}
+
+impl ChunkBuffers {
+    pub fn buffer(&self, kind: Kind) -> Result<&wgpu::Buffer> {
+        self.buffers[kind as usize]
+            .as_ref()
+            .ok_or_else(missing_buffer)
+    }
+}
+
+/// Bytes a step needs in each growable buffer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct StepSizes {
+    pub uniform: u64,
+    pub jobs: u64,
+    pub partials: u64,
+    pub sparse_values: u64,
+    pub sparse_index: u64,
+    pub gpu_indices: u64,
+    pub next: u64,
+    pub heads: u64,
+    pub var_info: u64,
+    pub var_step: u64,
+}
+
+/// What [`Gpu::reserve`] replaced (their contents are gone).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Regrown {
+    pub jobs: bool,
+    pub var_step: bool,
+    pub heads: bool,
+}
+
+/// The GPU side of one optimizer.
+#[derive(Debug)]
+pub(crate) struct Gpu {
+    pub device: wgpu::Device,
+    pub mode: ParamsMode,
+    prefix: String,
+    kinds: Vec<Kind>,
+    layouts: Vec<wgpu::BindGroupLayout>,
+    pub pipelines: Vec<wgpu::ComputePipeline>,
+    /// Stand-ins bound where a pooled kind is not kept, one per kind so that no two bindings of a
+    /// dispatch alias (never read or written by the kernel variant).
+    placeholders: Vec<wgpu::Buffer>,
+    pub chunks: Vec<ChunkBuffers>,
+    pub uniform: StepBuffer,
+    pub uniform_stride: u64,
+    pub var_info: StepBuffer,
+    pub var_step: StepBuffer,
+    pub jobs: StepBuffer,
+    partials: StepBuffer,
+    pub sparse_values: StepBuffer,
+    pub sparse_index: StepBuffer,
+    pub gpu_indices: StepBuffer,
+    pub heads: StepBuffer,
+    next: StepBuffer,
+    /// (skip this step, steps skipped so far, invalid GPU indices seen), written on the GPU.
+    pub status: wgpu::Buffer,
+    pub global_bind_groups: Vec<wgpu::BindGroup>,
+    /// Largest storage binding (the device's `max_storage_buffer_binding_size`, within `max_buffer_size`).
+    pub binding_limit: u64,
+    /// Largest uniform binding.
+    uniform_limit: u64,
+    /// GPU buffers and bind groups created so far (for the no-allocation-per-step check).
+    pub objects_created: u64,
+}
+
+impl Gpu {
+    /// Pipelines and empty step buffers for `kinds`, with `constants` as the kernels' overrides.
+    pub fn new(
+        device: &wgpu::Device,
+        prefix: &str,
+        mode: ParamsMode,
+        kinds: Vec<Kind>,
+        constants: &[(&'static str, f64)],
+    ) -> Result<Self> {
+        let limits = device.limits();
+        let mut layouts = Vec::new();
+        let mut pipelines = Vec::new();
+        for (_, k) in KERNELS {
+            let label = format!("{prefix}/{} bind group layout", k.name);
+            let layout = kernels::bind_group_layout(device, &label, &k, mode);
+            pipelines.push(kernels::pipeline(
+                device, prefix, &k, mode, &layout, constants,
+            )?);
+            layouts.push(layout);
+        }
+        let placeholders = Kind::ALL
+            .iter()
+            .map(|k| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("{prefix}/absent {k:?}")),
+                    size: VEC4_BYTES,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
+        let params_size = std::mem::size_of::<Params>() as u64;
+        let uniform_stride =
+            params_size.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let mk = |name: &str, usage, size| {
+            StepBuffer::new(device, format!("{prefix}/{name}"), usage, size)
+        };
+        let mut gpu = Gpu {
+            device: device.clone(),
+            mode,
+            prefix: prefix.to_string(),
+            kinds,
+            layouts,
+            pipelines,
+            placeholders,
+            chunks: Vec::new(),
+            uniform: mk(
+                "step uniforms",
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                uniform_stride * 4,
+            ),
+            uniform_stride,
+            var_info: mk(
+                "var_info",
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                VAR_INFO_BYTES,
+            ),
+            var_step: mk("var_step", storage, 16),
+            jobs: mk("norm jobs", storage, 16),
+            partials: mk("norm partials", wgpu::BufferUsages::STORAGE, 16),
+            status: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&format!("{prefix}/non-finite status")),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            sparse_values: mk("sparse values", storage, 4096),
+            sparse_index: mk("sparse indices", storage, 4096),
+            gpu_indices: mk("gpu sparse indices", storage, 16),
+            heads: mk("sparse row heads", storage, 16),
+            next: mk("sparse links", wgpu::BufferUsages::STORAGE, 16),
+            global_bind_groups: Vec::new(),
+            binding_limit: limits
+                .max_storage_buffer_binding_size
+                .min(limits.max_buffer_size),
+            uniform_limit: u64::from(limits.max_uniform_buffer_binding_size)
+                .min(limits.max_buffer_size),
+            objects_created: 0,
+        };
+        gpu.rebuild_bind_groups();
+        Ok(gpu)
+    }
+
+    /// Bytes held by the step machinery (everything but the pools).
+    pub fn other_bytes(&self) -> u64 {
+        [
+            &self.uniform,
+            &self.var_info,
+            &self.var_step,
+            &self.jobs,
+            &self.partials,
+            &self.sparse_values,
+            &self.sparse_index,
+            &self.gpu_indices,
+            &self.heads,
+            &self.next,
+        ]
+        .iter()
+        .map(|b| b.buffer.size())
+        .sum::<u64>()
+            + self.status.size()
+            + self.placeholders.iter().map(|p| p.size()).sum::<u64>()
+    }
+
+    /// Allocates the buffers of a chunk of `capacity` vec4 (not yet installed).
+    pub fn allocate_chunk(
+        &mut self,
+        index: usize,
+        capacity: u64,
+    ) -> Result<[Option<wgpu::Buffer>; 6]> {
+        let b =
+            pool::allocate_chunk_buffers(&self.device, &self.prefix, index, capacity, &self.kinds)?;
+        self.objects_created += self.kinds.len() as u64;
+        Ok(b)
+    }
+
+    /// Installs chunk `index`'s new buffers, copying `used_vec4` of the old ones on the GPU first.
+    pub fn install_chunk(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        index: usize,
+        buffers: [Option<wgpu::Buffer>; 6],
+        used_vec4: u64,
+    ) {
+        if let Some(old) = self.chunks.get_mut(index) {
+            for (src, dst) in old.buffers.iter().zip(&buffers) {
+                if let (Some(src), Some(dst)) = (src, dst) {
+                    if used_vec4 > 0 {
+                        encoder.copy_buffer_to_buffer(src, 0, dst, 0, used_vec4 * VEC4_BYTES);
+                    }
+                }
+            }
+            old.buffers = buffers;
+        } else {
+            self.chunks.push(ChunkBuffers {
+                buffers,
+                bind_groups: Vec::new(),
+            });
+        }
+    }
+
+    /// Checks that a step's buffers fit the device's bindings, changing nothing.
+    pub fn check(&self, s: &StepSizes) -> Result<()> {
+        let l = self.binding_limit;
+        self.uniform.check(s.uniform, self.uniform_limit)?;
+        self.jobs.check(s.jobs, l)?;
+        self.partials.check(s.partials, l)?;
+        self.sparse_values.check(s.sparse_values, l)?;
+        self.sparse_index.check(s.sparse_index, l)?;
+        self.gpu_indices.check(s.gpu_indices, l)?;
+        self.next.check(s.next, l)?;
+        self.heads.check(s.heads, l)?;
+        self.var_info.check(s.var_info, l)?;
+        self.var_step.check(s.var_step, l)
+    }
+
+    /// Grows the step buffers to `s` (checked with [`Gpu::check`] first), then rebinds if any grew.
+    pub fn reserve(&mut self, s: &StepSizes) -> Result<Regrown> {
+        self.check(s)?;
+        let d = self.device.clone();
+        let l = self.binding_limit;
+        let mut r = Regrown::default();
+        let mut grown = self.uniform.reserve(&d, s.uniform, self.uniform_limit)?;
+        r.jobs = self.jobs.reserve(&d, s.jobs, l)?;
+        grown |= self.partials.reserve(&d, s.partials, l)?;
+        grown |= self.sparse_values.reserve(&d, s.sparse_values, l)?;
+        grown |= self.sparse_index.reserve(&d, s.sparse_index, l)?;
+        grown |= self.gpu_indices.reserve(&d, s.gpu_indices, l)?;
+        grown |= self.next.reserve(&d, s.next, l)?;
+        r.heads = self.heads.reserve(&d, s.heads, l)?;
+        grown |= self.var_info.reserve(&d, s.var_info, l)?;
+        r.var_step = self.var_step.reserve(&d, s.var_step, l)?;
+        if grown || r.jobs || r.heads || r.var_step {
+            self.rebuild_bind_groups();
+        }
+        Ok(r)
+    }
+
+    /// Recreates every bind group (after a buffer was replaced; never in a steady-state step).
+    pub fn rebuild_bind_groups(&mut self) {
+        self.objects_created +=
+            (self.chunks.len() * FIRST_GLOBAL_KERNEL + KERNELS.len() - FIRST_GLOBAL_KERNEL) as u64;
+        let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.uniform.buffer,
+            offset: 0,
+            size: wgpu::BufferSize::new(std::mem::size_of::<Params>() as u64),
+        });
+        let global = |b: u32| -> Option<&wgpu::Buffer> {
+            Some(match b {
+                binding::VAR_INFO | binding::VAR_INFO_OUT => &self.var_info.buffer,
+                binding::VALUES => &self.sparse_values.buffer,
+                binding::INDEX => &self.sparse_index.buffer,
+                binding::JOBS => &self.jobs.buffer,
+                binding::PARTIALS => &self.partials.buffer,
+                binding::VAR_STEP => &self.var_step.buffer,
+                binding::STATUS => &self.status,
+                binding::GIDX => &self.gpu_indices.buffer,
+                binding::HEADS => &self.heads.buffer,
+                binding::NEXT => &self.next.buffer,
+                _ => return None,
+            })
+        };
+        let make = |k: usize, chunk: Option<&ChunkBuffers>, label: String| {
+            let entries: Vec<wgpu::BindGroupEntry> = KERNELS[k]
+                .1
+                .bindings_for(self.mode)
+                .map(|(b, _)| wgpu::BindGroupEntry {
+                    binding: b,
+                    resource: if b == binding::PARAMS {
+                        uniform.clone()
+                    } else {
+                        let pooled =
+                            Kind::ALL
+                                .iter()
+                                .find(|kind| kind.binding() == b)
+                                .map(|&kind| {
+                                    chunk
+                                        .and_then(|c| c.buffers[kind as usize].as_ref())
+                                        .unwrap_or(&self.placeholders[kind as usize])
+                                });
+                        pooled
+                            .or_else(|| global(b))
+                            .unwrap_or(&self.placeholders[0])
+                            .as_entire_binding()
+                    },
+                })
+                .collect();
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&label),
+                layout: &self.layouts[k],
+                entries: &entries,
+            })
+        };
+        let prefix = &self.prefix;
+        let per_chunk: Vec<Vec<wgpu::BindGroup>> = self
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(ci, c)| {
+                (0..FIRST_GLOBAL_KERNEL)
+                    .map(|k| make(k, Some(c), format!("{prefix}/{}[{ci}]", KERNELS[k].1.name)))
+                    .collect()
+            })
+            .collect();
+        let global_groups = (FIRST_GLOBAL_KERNEL..KERNELS.len())
+            .map(|k| make(k, None, format!("{prefix}/{}", KERNELS[k].1.name)))
+            .collect();
+        self.global_bind_groups = global_groups;
+        for (c, bgs) in self.chunks.iter_mut().zip(per_chunk) {
+            c.bind_groups = bgs;
+        }
+    }
+}
+
+pub(crate) fn missing_buffer() -> Error {
+    Error::Gpu("internal: a pooled buffer is missing".into())
+}

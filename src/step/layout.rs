@@ -1,0 +1,173 @@
+//! The variable registry and where everything sits in the pools: pure bookkeeping, no GPU.
+
+use crate::error::{Error, Result};
+use crate::pool::{self, Segment};
+use crate::step::types::VarId;
+
+/// One variable: its name, shape and where its elements sit in the pools.
+#[derive(Debug, Clone)]
+pub(crate) struct Variable {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub len: usize,
+    /// Elements per row along axis 0 (the whole variable for a scalar).
+    pub row_len: usize,
+    pub segments: Vec<Segment>,
+}
+
+/// One pool chunk's bookkeeping (its buffers live in [`crate::step::gpu::ChunkBuffers`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ChunkLayout {
+    /// Capacity of each buffer, in vec4.
+    pub capacity: u64,
+    /// Vec4 in use (alignment padding included).
+    pub used: u64,
+    /// `(begin, end, variable)` in vec4, in placement order (ascending `begin`).
+    pub segments: Vec<(u64, u64, usize)>,
+}
+
+/// Every variable and chunk of one optimizer.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    pub optimizer: u32,
+    pub variables: Vec<Variable>,
+    pub chunks: Vec<ChunkLayout>,
+    /// Capacity of one chunk, in vec4.
+    pub chunk_limit: u64,
+    /// Alignment of every variable's first element, in vec4.
+    pub align_vec4: u64,
+    /// Bumped whenever a pool buffer is replaced (grown): slices taken before are stale.
+    pub version: u64,
+}
+
+/// Where a new variable goes, and which chunks must grow to hold it.
+#[derive(Debug, Clone)]
+pub(crate) struct Placement {
+    pub segments: Vec<Segment>,
+    /// Fill level of every chunk after the placement (new chunks included).
+    pub used: Vec<u64>,
+    /// `(chunk, new capacity in vec4)` for each chunk to allocate or grow.
+    pub grow: Vec<(usize, u64)>,
+}
+
+impl Layout {
+    pub fn new(optimizer: u32, chunk_limit: u64, align_vec4: u64) -> Self {
+        Layout {
+            optimizer,
+            variables: Vec::new(),
+            chunks: Vec::new(),
+            chunk_limit,
+            align_vec4,
+            version: 0,
+        }
+    }
+
+    pub fn id(&self, index: usize) -> VarId {
+        VarId {
+            optimizer: self.optimizer,
+            index: index as u32,
+        }
+    }
+
+    pub fn var(&self, id: VarId) -> Result<&Variable> {
+        if id.optimizer != self.optimizer {
+            return Err(Error::UnknownVariable(format!(
+                "{id:?} (from another optimizer)"
+            )));
+        }
+        self.variables
+            .get(id.index as usize)
+            .ok_or_else(|| Error::UnknownVariable(format!("{id:?}")))
+    }
+
+    pub fn find(&self, name: &str) -> Result<VarId> {
+        self.variables
+            .iter()
+            .position(|v| v.name == name)
+            .map(|i| self.id(i))
+            .ok_or_else(|| Error::UnknownVariable(format!("{name:?}")))
+    }
+
+    /// Checks a new variable (name, shape, length) and plans where it goes, changing nothing.
+    pub fn plan_variable(&self, name: &str, shape: &[usize], init_len: usize) -> Result<Placement> {
+        if self.variables.iter().any(|v| v.name == name) {
+            return Err(Error::DuplicateVariable { name: name.into() });
+        }
+        let len = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| (n as u64) <= u64::from(u32::MAX))
+            .ok_or_else(|| Error::InvalidShape {
+                name: name.into(),
+                shape: shape.to_vec(),
+                reason: "has more elements than the kernels can index (2^32 - 1)",
+            })?;
+        if init_len != len {
+            return Err(Error::InitLength {
+                name: name.into(),
+                shape: shape.to_vec(),
+                expected: len,
+                got: init_len,
+            });
+        }
+        if self.variables.len() >= (u32::MAX / 2) as usize {
+            return Err(Error::InvalidShape {
+                name: name.into(),
+                shape: shape.to_vec(),
+                reason: "cannot be added: too many variables",
+            });
+        }
+        let mut used: Vec<u64> = self.chunks.iter().map(|c| c.used).collect();
+        let segments = pool::place(&mut used, self.chunk_limit, len, self.align_vec4);
+        let grow = used
+            .iter()
+            .enumerate()
+            .filter_map(|(index, &u)| {
+                let current = self.chunks.get(index).map_or(0, |c| c.capacity);
+                (u > current).then(|| (index, pool::grown_capacity(current, u, self.chunk_limit)))
+            })
+            .collect();
+        Ok(Placement {
+            segments,
+            used,
+            grow,
+        })
+    }
+
+    /// Records a planned variable (after its buffers were allocated). Returns its handle.
+    pub fn commit_variable(&mut self, name: &str, shape: &[usize], p: Placement) -> VarId {
+        let index = self.variables.len();
+        let moved = p.grow.iter().any(|&(c, _)| c < self.chunks.len());
+        for &(chunk, capacity) in &p.grow {
+            if chunk >= self.chunks.len() {
+                self.chunks.resize(chunk + 1, ChunkLayout::default());
+            }
+            self.chunks[chunk].capacity = capacity;
+        }
+        if moved {
+            self.version += 1;
+        }
+        for (chunk, u) in self.chunks.iter_mut().zip(&p.used) {
+            chunk.used = *u;
+        }
+        for s in &p.segments {
+            self.chunks[s.chunk]
+                .segments
+                .push((s.offset, s.offset + s.vec4s(), index));
+        }
+        let len = shape.iter().product::<usize>();
+        let row_len = if shape.is_empty() || shape[0] == 0 {
+            len.max(1)
+        } else {
+            len / shape[0]
+        };
+        self.variables.push(Variable {
+            name: name.into(),
+            shape: shape.to_vec(),
+            len,
+            row_len,
+            segments: p.segments,
+        });
+        self.id(index)
+    }
+}

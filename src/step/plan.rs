@@ -1,0 +1,559 @@
+//! The pure planner: (variables, how each takes part, sparse layout, scalars, device limits) in, the
+//! step's dispatches and norm-job tables out. No GPU: tested on its own, with property tests of
+//! coverage, contiguity and limits.
+
+use crate::kernels::{self, Params};
+use crate::pool::Segment;
+use crate::sparse;
+use crate::step::layout::Layout;
+use crate::step::sparse_prep::{SparsePrep, SparseStep};
+use crate::step::validate::Part;
+
+/// Elements one norm job (one workgroup) sums at most.
+pub(crate) const NORM_TILE: u64 = 1 << 16;
+/// `PRECLIPPED` and `USE_SQUARES` in `common.wgsl`.
+const FLAG_PRECLIPPED: u32 = 1;
+const FLAG_USE_SQUARES: u32 = 2;
+
+/// The kernel a dispatch runs (see [`crate::step::gpu::KERNELS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Which {
+    Dense,
+    DenseAt,
+    Lazy,
+    Scatter,
+    PartialDense,
+    PartialSparse,
+    Finalize,
+    GroupLink,
+    GroupGather,
+    GroupReset,
+}
+
+/// One dispatch of a step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Dispatch {
+    pub which: Which,
+    pub chunk: usize,
+    pub params: Params,
+    pub groups_y: u32,
+}
+
+/// What the planner needs of the configuration and the device.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlanConfig {
+    pub workgroup_size: u32,
+    pub vec4s_per_invocation: u32,
+    pub max_groups: u32,
+    /// Per-variable clipping state is read by the update (one dense range per variable).
+    pub per_var: bool,
+    /// Non-finite policy `SkipStep`: every gradient value is checked on the GPU.
+    pub skip_nonfinite: bool,
+    /// Sparse mode `Lazy`.
+    pub lazy: bool,
+    /// Norm jobs are needed (clipnorm, global_clipnorm or the non-finite check).
+    pub jobs_needed: bool,
+    /// Keras 3 duplicates without global_clipnorm: dense-mode sparse rows use the sums of squares.
+    pub use_squares: bool,
+}
+
+/// A step's plan (reused between steps).
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub dispatches: Vec<Dispatch>,
+    /// Norm jobs: (first element or value, length, variable, 0).
+    pub jobs: Vec<[u32; 4]>,
+    /// Per variable: (first job, job count, flags, 0).
+    pub var_step: Vec<[u32; 4]>,
+}
+
+/// Splits `[begin, end)` into dispatches of at most `max_groups^2` groups of `per_group` items.
+fn push(
+    out: &mut Vec<Dispatch>,
+    max_groups: u64,
+    which: Which,
+    chunk: usize,
+    params: Params,
+    (begin, end): (u64, u64),
+    per_group: u64,
+) {
+    let per_dispatch = max_groups * max_groups * per_group;
+    let mut b = begin;
+    while b < end {
+        let e = end.min(b + per_dispatch);
+        let groups = (e - b).div_ceil(per_group);
+        let (gx, gy) = kernels::fold_grid(groups, max_groups);
+        out.push(Dispatch {
+            // `main_at` serves ranges that do not start at 0 (see rmsprop_dense.wgsl).
+            which: if which == Which::Dense && b > 0 {
+                Which::DenseAt
+            } else {
+                which
+            },
+            chunk,
+            params: Params {
+                begin: b as u32,
+                end: e as u32,
+                groups_x: gx as u32,
+                ..params
+            },
+            groups_y: gy as u32,
+        });
+        b = e;
+    }
+}
+
+/// Plans one step into `out`.
+pub(crate) fn plan(
+    cfg: &PlanConfig,
+    base: Params,
+    layout: &Layout,
+    parts: &[Part],
+    sparse: &SparsePrep,
+    out: &mut Plan,
+) {
+    let wg = u64::from(cfg.workgroup_size);
+    let dense_group = wg * u64::from(cfg.vec4s_per_invocation);
+    let mg = u64::from(cfg.max_groups);
+    let d = &mut out.dispatches;
+    d.clear();
+    // Variables the dense kernel updates: dense gradients, and sparse ones in dense mode.
+    let dense_updated = |part: Part| part == Part::Dense || (part == Part::Sparse && !cfg.lazy);
+
+    // 1. Norms: jobs in (chunk, offset) order for dense gradients, then the sparse values.
+    out.jobs.clear();
+    out.var_step.clear();
+    if cfg.per_var || cfg.skip_nonfinite {
+        out.var_step.resize(layout.variables.len(), [0; 4]);
+    }
+    if cfg.jobs_needed {
+        for (ci, chunk) in layout.chunks.iter().enumerate() {
+            let first = out.jobs.len() as u64;
+            for &(begin, _, var) in &chunk.segments {
+                if parts[var] != Part::Dense {
+                    continue;
+                }
+                let seg = layout.variables[var]
+                    .segments
+                    .iter()
+                    .find(|s| s.chunk == ci && s.offset == begin)
+                    .copied()
+                    .unwrap_or(Segment {
+                        chunk: ci,
+                        offset: begin,
+                        first_elem: 0,
+                        elems: 0,
+                    });
+                let vs = &mut out.var_step[var];
+                if vs[1] == 0 {
+                    vs[0] = out.jobs.len() as u32;
+                }
+                let mut k = 0;
+                while k < seg.elems as u64 {
+                    let n = NORM_TILE.min(seg.elems as u64 - k);
+                    out.jobs
+                        .push([(seg.offset * 4 + k) as u32, n as u32, var as u32, 0]);
+                    vs[1] += 1;
+                    k += n;
+                }
+            }
+            let last = out.jobs.len() as u64;
+            push(d, mg, Which::PartialDense, ci, base, (first, last), 1);
+        }
+        let first = out.jobs.len() as u64;
+        for sp in &sparse.steps {
+            let n = u64::from(sp.listed) * layout.variables[sp.var].row_len as u64;
+            let vs = &mut out.var_step[sp.var];
+            vs[0] = out.jobs.len() as u32;
+            let mut k = 0;
+            while k < n {
+                let len = NORM_TILE.min(n - k);
+                out.jobs.push([
+                    (u64::from(sp.values_base) + k) as u32,
+                    len as u32,
+                    sp.var as u32,
+                    0,
+                ]);
+                vs[1] += 1;
+                k += len;
+            }
+        }
+        let last = out.jobs.len() as u64;
+        push(d, mg, Which::PartialSparse, 0, base, (first, last), 1);
+    }
+    // 2. Per-variable clipping state.
+    if cfg.per_var || cfg.skip_nonfinite {
+        if !cfg.lazy {
+            let flags = FLAG_PRECLIPPED | if cfg.use_squares { FLAG_USE_SQUARES } else { 0 };
+            for sp in &sparse.steps {
+                out.var_step[sp.var][2] = flags;
+            }
+        }
+        d.push(Dispatch {
+            which: Which::Finalize,
+            chunk: 0,
+            params: Params {
+                end: layout.variables.len() as u32,
+                groups_x: 1,
+                ..base
+            },
+            groups_y: 1,
+        });
+    }
+    // 3. Sparse rows: indices on the GPU are grouped there first; then the rows are merged into the
+    //    gradient pool (dense mode) or updated in place (lazy); the row heads are reset last.
+    let grouping = |sp: &SparseStep, gpu: (u32, u32, u32)| Params {
+        index_base: sp.index_base,
+        unique_rows: sp.unique_rows,
+        seg_first: gpu.0,
+        seg_len: layout.variables[sp.var].shape[0] as u32,
+        values_base: gpu.1,
+        var_index: gpu.2,
+        ..base
+    };
+    for sp in &sparse.steps {
+        if let Some(gpu) = sp.gpu {
+            let params = grouping(sp, gpu);
+            let listed = (0, u64::from(sp.listed));
+            push(d, mg, Which::GroupLink, 0, params, listed, wg);
+            push(d, mg, Which::GroupGather, 0, params, listed, wg);
+        }
+    }
+    for sp in &sparse.steps {
+        let v = &layout.variables[sp.var];
+        let items = u64::from(sp.unique_rows) * v.row_len as u64;
+        for seg in &v.segments {
+            let params = Params {
+                var_index: sp.var as u32,
+                row_len: v.row_len as u32,
+                values_base: sp.values_base,
+                index_base: sp.index_base,
+                unique_rows: sp.unique_rows,
+                seg_first: seg.first_elem as u32,
+                seg_len: seg.elems as u32,
+                seg_base: (seg.offset * 4) as u32,
+                ..base
+            };
+            // Host-grouped rows are sorted: only the distinct rows that overlap this pool buffer's
+            // part of the variable are dispatched, so a split table still costs O(touched rows).
+            let range = match sp.gpu {
+                Some(_) => (0, items),
+                None => {
+                    let rows = &sparse.index[sp.index_base as usize + sparse::HEADER..]
+                        [..sp.unique_rows as usize];
+                    let row_len = v.row_len as u64;
+                    let (first, end) = (seg.first_elem as u64, (seg.first_elem + seg.elems) as u64);
+                    let lo = rows.partition_point(|&r| (u64::from(r) + 1) * row_len <= first);
+                    let hi = rows.partition_point(|&r| u64::from(r) * row_len < end);
+                    (lo as u64 * row_len, hi as u64 * row_len)
+                }
+            };
+            let which = if cfg.lazy {
+                Which::Lazy
+            } else {
+                Which::Scatter
+            };
+            push(d, mg, which, seg.chunk, params, range, wg);
+        }
+    }
+    for sp in &sparse.steps {
+        if let Some(gpu) = sp.gpu {
+            let params = grouping(sp, gpu);
+            push(
+                d,
+                mg,
+                Which::GroupReset,
+                0,
+                params,
+                (0, u64::from(sp.listed)),
+                wg,
+            );
+        }
+    }
+    // 4. The dense update: maximal runs of variables that follow one another in a chunk (one dispatch per
+    //    pool buffer when every variable is in the step; the alignment padding between them is swept
+    //    too, it stays zero), or one range per variable when clipping state is read.
+    for (ci, chunk) in layout.chunks.iter().enumerate() {
+        let mut run: Option<(u64, u64)> = None;
+        for &(begin, end, var) in &chunk.segments {
+            if !dense_updated(parts[var]) {
+                if let Some(r) = run.take() {
+                    push(d, mg, Which::Dense, ci, base, r, dense_group);
+                }
+                continue;
+            }
+            if cfg.per_var {
+                let params = Params {
+                    var_index: var as u32,
+                    ..base
+                };
+                push(d, mg, Which::Dense, ci, params, (begin, end), dense_group);
+                continue;
+            }
+            run = Some(run.map_or((begin, end), |(b, _)| (b, end)));
+        }
+        if let Some(r) = run {
+            push(d, mg, Which::Dense, ci, base, r, dense_group);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::step::sparse_prep::HeadRegions;
+    use crate::step::types::Gradient;
+    use crate::Indices;
+    use proptest::prelude::*;
+
+    fn cfg(max_groups: u32, per_var: bool, jobs: bool, lazy: bool) -> PlanConfig {
+        PlanConfig {
+            workgroup_size: 4,
+            vec4s_per_invocation: 1,
+            max_groups,
+            per_var,
+            skip_nonfinite: false,
+            lazy,
+            jobs_needed: jobs,
+            use_squares: false,
+        }
+    }
+
+    fn layout(lens: &[usize], chunk_limit: u64, align: u64) -> Layout {
+        let mut l = Layout::new(1, chunk_limit, align);
+        for (i, &n) in lens.iter().enumerate() {
+            let name = format!("v{i}");
+            let p = l.plan_variable(&name, &[n], n).unwrap();
+            l.commit_variable(&name, &[n], p);
+        }
+        l
+    }
+
+    /// Vec4 `(chunk, index)` covered by the dense dispatches, each with its multiplicity, checking on the
+    /// way that each dispatch's grid holds its range and stays within the limits.
+    fn dense_coverage(
+        plan: &Plan,
+        c: &PlanConfig,
+        chunks: usize,
+    ) -> Vec<std::collections::BTreeMap<u64, u32>> {
+        let mut cover = vec![std::collections::BTreeMap::new(); chunks];
+        for d in &plan.dispatches {
+            if !matches!(d.which, Which::Dense | Which::DenseAt) {
+                continue;
+            }
+            let p = d.params;
+            assert!(p.begin < p.end);
+            assert_eq!(d.which == Which::DenseAt, p.begin > 0);
+            assert!(p.groups_x >= 1 && p.groups_x <= c.max_groups);
+            assert!(d.groups_y >= 1 && d.groups_y <= c.max_groups);
+            // Enough invocations for the range, computed without overflow in u64 (the kernels'
+            // u32 index math: begin + global id stays below 2^32 since end <= chunk limit <= 2^30).
+            let per_group = u64::from(c.workgroup_size * c.vec4s_per_invocation);
+            let invocations = u64::from(p.groups_x) * u64::from(d.groups_y) * per_group;
+            assert!(invocations >= u64::from(p.end - p.begin));
+            assert!(u64::from(p.begin) + invocations < 1 << 32);
+            for i in p.begin..p.end {
+                *cover[d.chunk].entry(u64::from(i)).or_insert(0) += 1;
+            }
+        }
+        cover
+    }
+
+    #[test]
+    fn one_dispatch_per_chunk_when_every_variable_steps_even_with_alignment_gaps() {
+        let l = layout(&[3, 5, 1, 17], 1 << 20, 16);
+        let parts = vec![Part::Dense; 4];
+        let mut out = Plan::default();
+        let c = cfg(65535, false, false, true);
+        plan(
+            &c,
+            Params::default(),
+            &l,
+            &parts,
+            &SparsePrep::default(),
+            &mut out,
+        );
+        assert_eq!(out.dispatches.len(), 1);
+        let p = out.dispatches[0].params;
+        assert_eq!((p.begin, p.end), (0, 48 + 5));
+    }
+
+    #[test]
+    fn an_absent_variable_splits_the_run() {
+        let l = layout(&[4, 4, 4], 1 << 20, 1);
+        let parts = vec![Part::Dense, Part::Absent, Part::Dense];
+        let mut out = Plan::default();
+        plan(
+            &cfg(65535, false, false, true),
+            Params::default(),
+            &l,
+            &parts,
+            &SparsePrep::default(),
+            &mut out,
+        );
+        let ranges: Vec<(u32, u32)> = out
+            .dispatches
+            .iter()
+            .map(|d| (d.params.begin, d.params.end))
+            .collect();
+        assert_eq!(ranges, vec![(0, 1), (2, 3)]);
+    }
+
+    #[test]
+    fn sparse_rows_of_a_split_table_are_dispatched_per_chunk() {
+        // 10 rows of 4 elements, chunks of 4 vec4 (4 rows each).
+        let mut l = Layout::new(1, 4, 1);
+        let p = l.plan_variable("table", &[10, 4], 40).unwrap();
+        l.commit_variable("table", &[10, 4], p);
+        let rows = [9i64, 0, 5, 0];
+        let values = vec![1.0f32; 16];
+        let id = l.id(0);
+        let grads = [(
+            id,
+            Gradient::Sparse {
+                indices: Indices::I64(&rows),
+                values: &values,
+            },
+        )];
+        let mut sp = SparsePrep::default();
+        sp.prepare(&l, &grads, 1, &HeadRegions::default());
+        let mut out = Plan::default();
+        plan(
+            &cfg(65535, false, false, true),
+            Params::default(),
+            &l,
+            &[Part::Sparse],
+            &sp,
+            &mut out,
+        );
+        let lazy: Vec<(usize, u32, u32)> = out
+            .dispatches
+            .iter()
+            .filter(|d| d.which == Which::Lazy)
+            .map(|d| (d.chunk, d.params.begin, d.params.end))
+            .collect();
+        // Distinct rows 0, 5, 9: row 0 in chunk 0, row 5 in chunk 1, row 9 in chunk 2.
+        assert_eq!(lazy, vec![(0, 0, 4), (1, 4, 8), (2, 8, 12)]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Every vec4 of every dense-updated variable is covered exactly once; nothing of an absent or
+        /// lazily updated variable is; each variable's work is one contiguous range inside one
+        /// dispatch (or one per segment); every dispatch stays within the grid limits.
+        #[test]
+        fn dense_dispatches_cover_every_listed_vec4_exactly_once(
+            lens in proptest::collection::vec(0usize..300, 1..12),
+            parts_seed in proptest::collection::vec(0u8..3, 12),
+            chunk_limit in 8u64..200,
+            align_pow in 0u32..3,
+            max_groups in 1u32..6,
+            per_var in any::<bool>(),
+        ) {
+            let align = 1u64 << align_pow;
+            let l = layout(&lens, chunk_limit.max(align), align);
+            let parts: Vec<Part> = (0..lens.len())
+                .map(|i| match parts_seed[i] {
+                    0 => Part::Absent,
+                    _ => Part::Dense,
+                })
+                .collect();
+            let c = cfg(max_groups, per_var, false, true);
+            let mut out = Plan::default();
+            plan(&c, Params::default(), &l, &parts, &SparsePrep::default(), &mut out);
+            let cover = dense_coverage(&out, &c, l.chunks.len());
+            // Exactly once.
+            for chunk in &cover {
+                prop_assert!(chunk.values().all(|&n| n == 1));
+            }
+            // Every vec4 of a listed variable covered; no vec4 of another variable.
+            for (var, v) in l.variables.iter().enumerate() {
+                for s in &v.segments {
+                    for i in s.offset..s.offset + s.vec4s() {
+                        let covered = cover[s.chunk].contains_key(&i);
+                        prop_assert_eq!(covered, parts[var] == Part::Dense, "var {} vec4 {}", var, i);
+                    }
+                }
+            }
+            // Nothing past a chunk's capacity.
+            for (ci, chunk) in cover.iter().enumerate() {
+                if let Some((&last, _)) = chunk.iter().next_back() {
+                    prop_assert!(last < l.chunks[ci].capacity);
+                }
+            }
+            // Per-variable ranges are each the variable's own segment.
+            if per_var {
+                for d in out.dispatches.iter().filter(|d| matches!(d.which, Which::Dense | Which::DenseAt)) {
+                    let v = &l.variables[d.params.var_index as usize];
+                    prop_assert!(v.segments.iter().any(|s| s.chunk == d.chunk
+                        && u64::from(d.params.begin) >= s.offset
+                        && u64::from(d.params.end) <= s.offset + s.vec4s()));
+                }
+            }
+        }
+
+        /// Norm jobs cover every element of every dense gradient exactly once, in tiles of at most
+        /// NORM_TILE, and each variable's jobs are contiguous in the job table.
+        #[test]
+        fn norm_jobs_cover_every_dense_element_once_and_contiguously(
+            lens in proptest::collection::vec(0usize..400, 1..8),
+            present in proptest::collection::vec(any::<bool>(), 8),
+            chunk_limit in 8u64..100,
+        ) {
+            let l = layout(&lens, chunk_limit, 1);
+            let parts: Vec<Part> = (0..lens.len())
+                .map(|i| if present[i] { Part::Dense } else { Part::Absent })
+                .collect();
+            let c = cfg(65535, true, true, true);
+            let mut out = Plan::default();
+            plan(&c, Params::default(), &l, &parts, &SparsePrep::default(), &mut out);
+            for (var, v) in l.variables.iter().enumerate() {
+                let [first, count, _, _] = out.var_step[var];
+                let jobs = &out.jobs[first as usize..(first + count) as usize];
+                prop_assert!(jobs.iter().all(|j| j[2] == var as u32));
+                let total: u64 = jobs.iter().map(|j| u64::from(j[1])).sum();
+                let expected = if parts[var] == Part::Dense { v.len as u64 } else { 0 };
+                prop_assert_eq!(total, expected);
+                prop_assert!(jobs.iter().all(|j| u64::from(j[1]) <= NORM_TILE));
+            }
+        }
+    }
+
+    #[test]
+    fn the_largest_ranges_the_limits_allow_fit_u32_index_math() {
+        // A chunk of 2^30 vec4 (16 GiB, the cap) on a device with 65,535 workgroups per dimension and
+        // workgroups of 1,024, 16 vec4 per invocation.
+        let mut l = Layout::new(1, 1 << 30, 16);
+        let n = (1usize << 32) - 1; // the most elements a variable may have
+        let p = l.plan_variable("huge", &[n], n).unwrap();
+        l.commit_variable("huge", &[n], p);
+        for (wg, per) in [(1024, 16), (64, 1), (1, 1)] {
+            let c = PlanConfig {
+                workgroup_size: wg,
+                vec4s_per_invocation: per,
+                ..cfg(65535, false, false, true)
+            };
+            let mut out = Plan::default();
+            plan(
+                &c,
+                Params::default(),
+                &l,
+                &[Part::Dense],
+                &SparsePrep::default(),
+                &mut out,
+            );
+            let mut next = 0u64;
+            for d in &out.dispatches {
+                let p = d.params;
+                assert_eq!(u64::from(p.begin), next);
+                let per_group = u64::from(wg * per);
+                let inv = u64::from(p.groups_x) * u64::from(d.groups_y) * per_group;
+                assert!(inv >= u64::from(p.end - p.begin));
+                assert!(u64::from(p.begin) + inv <= 1 << 32, "{wg} {per}: {p:?}");
+                next = u64::from(p.end);
+            }
+            assert_eq!(next, (n as u64).div_ceil(4));
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Checks a step's gradients on the host before anything is encoded: known handles, no variable twice,
+//! lengths, sparse indices, the caller's GPU buffers, and the limits the kernels index with. Pure: no GPU
+//! work, so a refused step has changed nothing.
+
+use crate::error::{Error, Result};
+use crate::pool::VEC4_BYTES;
+use crate::sparse;
+use crate::step::layout::Layout;
+use crate::step::types::{GpuGradient, Gradient, VarId};
+
+/// How a variable takes part in a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    Absent,
+    Dense,
+    Sparse,
+}
+
+/// What the rest of a step needs to know about its gradients (reused between steps).
+#[derive(Debug, Default)]
+pub(crate) struct StepShape {
+    /// Per variable, how it takes part.
+    pub parts: Vec<Part>,
+    /// Bytes of host dense gradients with their padding lanes.
+    pub host_bytes: u64,
+    /// Gradients that are copied (anything but `Resident`).
+    pub copied: usize,
+    /// Sparse gradients.
+    pub sparse: usize,
+}
+
+/// Checks `grads` against `layout`; `resident_ok` is false when the pools moved since the caller last
+/// fetched slices (a `Resident` gradient would then have been written into a buffer the pools left).
+pub(crate) fn validate(
+    layout: &Layout,
+    grads: &[(VarId, Gradient<'_>)],
+    resident_ok: bool,
+    out: &mut StepShape,
+) -> Result<()> {
+    out.parts.clear();
+    out.parts.resize(layout.variables.len(), Part::Absent);
+    (out.host_bytes, out.copied, out.sparse) = (0, 0, 0);
+    let (mut sparse_values, mut sparse_indices) = (0u64, 0u64);
+    for (id, g) in grads {
+        let v = layout.var(*id)?;
+        let name = || v.name.clone();
+        // Sparse gradients: (indices, values) of this step, checked below against the step's total.
+        let listed = match g {
+            Gradient::Resident => {
+                if !resident_ok {
+                    return Err(Error::StaleLayout {
+                        name: name(),
+                        version: layout.version,
+                    });
+                }
+                None
+            }
+            Gradient::Dense(values) => {
+                if values.len() != v.len {
+                    return Err(Error::GradientLength {
+                        name: name(),
+                        expected: v.len,
+                        got: values.len(),
+                    });
+                }
+                None
+            }
+            Gradient::Gpu(gg) => {
+                check_gpu_buffer(&v.name, gg, v.len)?;
+                None
+            }
+            Gradient::SparseGpuIndices { indices, values } => {
+                if v.shape.is_empty() {
+                    return Err(Error::SparseScalar { name: name() });
+                }
+                let n = indices.len.saturating_mul(v.row_len);
+                let idx = GpuGradient {
+                    buffer: indices.buffer,
+                    offset: indices.offset,
+                };
+                check_gpu_buffer(&v.name, &idx, indices.len)?;
+                check_gpu_buffer(&v.name, values, n)?;
+                Some((indices.len, n))
+            }
+            Gradient::SparseGpu { indices, values } => {
+                let n = indices.len().saturating_mul(v.row_len);
+                sparse::validate(&v.name, &v.shape, indices, n)?;
+                check_gpu_buffer(&v.name, values, n)?;
+                Some((indices.len(), n))
+            }
+            Gradient::Sparse { indices, values } => {
+                sparse::validate(&v.name, &v.shape, indices, values.len())?;
+                Some((indices.len(), values.len()))
+            }
+        };
+        if let Some((k, n)) = listed {
+            // The step's sparse values and indices are addressed with u32 in the kernels.
+            sparse_values += n as u64;
+            sparse_indices += k as u64;
+            if sparse_values >= u64::from(u32::MAX) || sparse_indices >= u64::from(u32::MAX / 8) {
+                return Err(Error::SparseValuesLength {
+                    name: name(),
+                    indices: k,
+                    row_len: v.row_len,
+                    got: n,
+                });
+            }
+        }
+        let part = &mut out.parts[id.index as usize];
+        if *part != Part::Absent {
+            return Err(Error::DuplicateGradient { name: name() });
+        }
+        *part = match g {
+            Gradient::Sparse { .. }
+            | Gradient::SparseGpu { .. }
+            | Gradient::SparseGpuIndices { .. } => Part::Sparse,
+            Gradient::Dense(_) | Gradient::Gpu(_) | Gradient::Resident => Part::Dense,
+        };
+        if let Gradient::Dense(_) = g {
+            out.host_bytes += v
+                .segments
+                .iter()
+                .map(|s| s.vec4s() * VEC4_BYTES)
+                .sum::<u64>();
+        }
+        out.copied += usize::from(!matches!(g, Gradient::Resident));
+        out.sparse += usize::from(*part == Part::Sparse);
+    }
+    Ok(())
+}
+
+/// Checks that `len` f32 can be copied from a caller's buffer for variable `name`.
+pub(crate) fn check_gpu_buffer(name: &str, g: &GpuGradient<'_>, len: usize) -> Result<()> {
+    let reason = if !g.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+        Some(format!("usage {:?} lacks COPY_SRC", g.buffer.usage()))
+    } else if !g.offset.is_multiple_of(4) {
+        Some(format!("offset {} is not a multiple of 4", g.offset))
+    } else if (len as u64)
+        .checked_mul(4)
+        .and_then(|bytes| g.offset.checked_add(bytes))
+        .is_none_or(|end| end > g.buffer.size())
+    {
+        Some(format!(
+            "offset {} + {len} values x 4 bytes exceeds the buffer's {} bytes",
+            g.offset,
+            g.buffer.size()
+        ))
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::GradientBuffer {
+            name: name.into(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
