@@ -34,7 +34,7 @@ struct Params {
 }
 
 // Per-variable clipping state of a step, computed on the GPU by `reduce_norm.wgsl::finalize`:
-// g' = (clip_value(g, clipvalue) * mul) / div.
+// g' = (clip_value(g, clipvalue) * mul) / div. Host mirror: `kernels::VarInfo`.
 struct VarInfo {
     mul: f32,
     div: f32,
