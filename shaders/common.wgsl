@@ -34,7 +34,7 @@ struct Params {
 }
 
 // Per-variable clipping state of a step, computed on the GPU by `reduce_norm.wgsl::finalize`:
-// g' = (clamp(g, -clipvalue, clipvalue) * mul) / div.
+// g' = (clip_value(g, clipvalue) * mul) / div. Host mirror: `kernels::VarInfo`.
 struct VarInfo {
     mul: f32,
     div: f32,
@@ -47,12 +47,37 @@ const PRECLIPPED: u32 = 1u;
 // Keras 3 duplicates: the velocity takes the sum of squares in `q` instead of g^2.
 const USE_SQUARES: u32 = 2u;
 
-fn clip_gradient(g: vec4<f32>, info: VarInfo) -> vec4<f32> {
-    let c = vec4<f32>(info.clipvalue);
-    return (clamp(g, -c, c) * info.mul) / info.div;
-}
-
 // Finite test on the bit pattern (some shader compilers assume no NaN and fold `x != x`).
 fn is_finite_bits(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+// NaN tests on the bit pattern, for the same reason.
+fn is_nan_bits(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+fn is_nan_bits4(x: vec4<f32>) -> vec4<bool> {
+    return (bitcast<vec4<u32>>(x) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+}
+
+// A quiet NaN, made at run time from any `x`: naga rejects NaN constants, and arithmetic such as
+// `inf - inf` may be folded away by a compiler that assumes no NaN.
+fn quiet_nan(x: f32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(x) | 0x7fc00000u);
+}
+
+// Non-finite values in clipping (CPU twin: `reference::clip_value` and `Reference::step`). WGSL's
+// clamp/min/max of a NaN is undefined (SPIR-V FClamp/FMin/FMax; lavapipe returns the other operand, so
+// clamp(NaN, -c, c) = -c), so every clamp/min/max that can see a NaN selects the NaN case explicitly:
+//   clip_by_value: a NaN element stays NaN (that element only); +-Inf becomes +-clipvalue.
+//   clipnorm: a NaN norm makes the variable's whole gradient NaN (Keras: g * c / maximum(NaN, c));
+//             an infinite norm divides as Keras does: finite elements become +-0, infinite ones NaN.
+//   global_clipnorm: a NaN or infinite global norm makes every gradient of the step NaN (Keras / TF:
+//             scale + (n - n)).
+fn clip_value(g: vec4<f32>, c: f32) -> vec4<f32> {
+    return select(clamp(g, vec4<f32>(-c), vec4<f32>(c)), g, is_nan_bits4(g));
+}
+
+fn clip_gradient(g: vec4<f32>, info: VarInfo) -> vec4<f32> {
+    return (clip_value(g, info.clipvalue) * info.mul) / info.div;
 }

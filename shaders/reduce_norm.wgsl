@@ -42,8 +42,9 @@ fn tree_sum(lid: u32, value: f32) -> f32 {
     return total;
 }
 
+// A NaN stays NaN (see `clip_value` in common.wgsl), so the sums, and the norms, are NaN.
 fn clipped_square(x: f32) -> f32 {
-    let c = clamp(x, -p.clipvalue, p.clipvalue);
+    let c = clip_value(vec4<f32>(x), p.clipvalue).x;
     return c * c;
 }
 
@@ -106,9 +107,11 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
         local += sum;
         var info = VarInfo(1.0, 1.0, p.clipvalue, s.z);
         if NORM_MODE == 1u {
-            // Keras: g * c / max(||g||, c), with ||g|| = 0 when the sum is 0.
+            // Keras: g * c / max(||g||, c), with ||g|| = 0 when the sum is 0. A NaN norm gives a NaN
+            // divisor (tf.maximum propagates NaN; WGSL's max of a NaN is undefined, hence the select);
+            // an infinite one is kept: g * c / inf.
             info.mul = CLIP_NORM;
-            info.div = max(sqrt(sum), CLIP_NORM);
+            info.div = select(max(sqrt(sum), CLIP_NORM), quiet_nan(sum), is_nan_bits(sum));
         }
         var_info_out[var_i] = info;
     }
@@ -120,12 +123,15 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
         status_out[1] = status_out[1] + skip;
     }
     if NORM_MODE == 2u {
-        // Keras / TF: g * c * min(1/n, 1/c).
+        // Keras / TF: g * c * min(1/n, 1/c) + (n - n): a NaN or infinite global norm makes the scale,
+        // and so every gradient of the step, NaN. Written as a select so that min never sees a NaN and
+        // no compiler can fold n - n to 0.
         let n = sqrt(total);
         var scale = CLIP_NORM * (1.0 / CLIP_NORM);
         if n > 0.0 {
             scale = CLIP_NORM * min(1.0 / n, 1.0 / CLIP_NORM);
         }
+        scale = select(quiet_nan(total), scale, is_finite_bits(total));
         for (var var_i = lid; var_i < p.end; var_i += REDUCE_SIZE) {
             var_info_out[var_i].mul = scale;
         }

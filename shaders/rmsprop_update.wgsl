@@ -86,10 +86,13 @@ fn denominator(v: vec4<f32>, a: vec4<f32>) -> vec4<f32> {
             ah = ah / p.bias_correction;
         }
         // Guard: a variance estimate that rounds below zero counts as zero (the frameworks give NaN
-        // there); wherever the frameworks' result is defined, this is the same.
+        // there); wherever the frameworks' result is defined, this is the same. A NaN estimate (from a
+        // non-finite gradient, inf - inf) stays NaN as in the frameworks: WGSL's max of a NaN is
+        // undefined, hence the select.
         let var_est = vh - ah * ah;
         if EPS_OUTSIDE {
-            return sqrt(max(var_est, vec4<f32>(0.0))) + p.epsilon;
+            let floored = select(max(var_est, vec4<f32>(0.0)), var_est, is_nan_bits4(var_est));
+            return sqrt(floored) + p.epsilon;
         }
         let t = var_est + p.epsilon;
         return sqrt(select(t, vec4<f32>(p.epsilon), t < vec4<f32>(0.0)));

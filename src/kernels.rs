@@ -305,8 +305,24 @@ pub struct Params {
     pub seg_base: u32,
 }
 
-/// Per-variable clipping state (`VarInfo` in `common.wgsl`), 16 bytes.
-pub const VAR_INFO_BYTES: u64 = 16;
+/// The host mirror of `VarInfo` in `common.wgsl` (written on the GPU by `reduce_norm.wgsl::finalize`);
+/// it gives [`VAR_INFO_BYTES`] and is checked against the WGSL layout by `tests/reflection.rs`.
+#[doc(hidden)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable, PartialEq, Default)]
+pub struct VarInfo {
+    /// Multiplier of the clipped gradient.
+    pub mul: f32,
+    /// Divisor of the clipped gradient.
+    pub div: f32,
+    /// `clipvalue` (infinite when none).
+    pub clipvalue: f32,
+    /// `PRECLIPPED` / `USE_SQUARES` bits.
+    pub flags: u32,
+}
+
+/// Per-variable clipping state (`VarInfo` in `common.wgsl`), in bytes.
+pub const VAR_INFO_BYTES: u64 = std::mem::size_of::<VarInfo>() as u64;
 
 impl Kernel {
     /// The bindings used in `mode` (no uniform with immediates).
@@ -418,6 +434,17 @@ fn declared(source: &str, name: &str) -> bool {
     source.contains(&format!("override {name}:"))
 }
 
+/// The `constants` that a pipeline of the module `source` receives (those it declares); public so that
+/// `tests/reflection.rs` can hold this filter to naga's list of the module's overrides.
+#[doc(hidden)]
+pub fn module_constants<'a>(source: &str, constants: &[(&'a str, f64)]) -> Vec<(&'a str, f64)> {
+    constants
+        .iter()
+        .copied()
+        .filter(|(n, _)| declared(source, n))
+        .collect()
+}
+
 /// Builds the pipeline of `kernel`; compilation or validation failures become [`Error::Kernel`].
 pub(crate) fn pipeline(
     device: &wgpu::Device,
@@ -441,11 +468,7 @@ pub(crate) fn pipeline(
             ParamsMode::Uniform => 0,
         },
     });
-    let own: Vec<(&str, f64)> = constants
-        .iter()
-        .copied()
-        .filter(|(n, _)| declared(source, n))
-        .collect();
+    let own = module_constants(source, constants);
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(&format!("{prefix}/{}", kernel.name)),
         layout: Some(&pipeline_layout),
@@ -525,11 +548,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn params_match_the_wgsl_struct_size() {
-        assert_eq!(std::mem::size_of::<Params>(), 80);
     }
 
     #[test]

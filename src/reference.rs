@@ -69,7 +69,13 @@ pub fn rmsprop(
         }
         let var_est = vh - ah * ah;
         if eps_outside {
-            var_est.max(0.0).sqrt() + p.epsilon
+            // NaN stays NaN (as in the shader; `f32::max` alone would turn it into 0).
+            let floored = if var_est.is_nan() {
+                var_est
+            } else {
+                var_est.max(0.0)
+            };
+            floored.sqrt() + p.epsilon
         } else {
             let t = var_est + p.epsilon;
             (if t < 0.0 { p.epsilon } else { t }).sqrt()
@@ -190,7 +196,24 @@ struct VarInfo {
 
 impl VarInfo {
     fn clip(&self, g: f32) -> f32 {
-        (g.clamp(-self.clipvalue, self.clipvalue) * self.mul) / self.div
+        (clip_value(g, self.clipvalue) * self.mul) / self.div
+    }
+}
+
+/// `clip_by_value` with the kernels' explicit rule for non-finite values (`clip_value` in
+/// `shaders/common.wgsl`): a NaN stays NaN, `±Inf` becomes `±c`, anything else is clamped to `[-c, c]`.
+///
+/// Spelled out rather than left to `f32::clamp` (which keeps a NaN) or `f32::max`/`min` (which drop
+/// it), so that the rule is visibly the shader's, where `clamp` of a NaN is undefined.
+pub fn clip_value(g: f32, c: f32) -> f32 {
+    if g.is_nan() {
+        g
+    } else if g < -c {
+        -c
+    } else if g > c {
+        c
+    } else {
+        g
     }
 }
 
@@ -283,7 +306,7 @@ impl Reference {
                 values
                     .iter()
                     .map(|&x| {
-                        let y = f64::from(x.clamp(-p.clipvalue, p.clipvalue));
+                        let y = f64::from(clip_value(x, p.clipvalue));
                         y * y
                     })
                     .sum()
@@ -299,14 +322,24 @@ impl Reference {
                     div: 1.0,
                     clipvalue: p.clipvalue,
                 };
+                // Non-finite norms as in `reduce_norm.wgsl::finalize` (Keras): a NaN norm makes the
+                // variable's divisor NaN (tf.maximum propagates it; `f32::max` would not), an infinite
+                // one divides (finite elements to ±0, infinite ones to NaN); a NaN or infinite global
+                // norm makes the scale NaN (Keras adds `n - n`).
                 if let Some(cn) = c.clipnorm() {
                     let cn = cn as f32;
                     info.mul = cn;
-                    info.div = s.sqrt().max(cn);
+                    info.div = if s.is_nan() {
+                        f32::NAN
+                    } else {
+                        s.sqrt().max(cn)
+                    };
                 } else if let Some(cn) = c.global_clipnorm() {
                     let cn = cn as f32;
                     let n = total.sqrt();
-                    info.mul = if n > 0.0 {
+                    info.mul = if !total.is_finite() {
+                        f32::NAN
+                    } else if n > 0.0 {
                         cn * (1.0 / n).min(1.0 / cn)
                     } else {
                         cn * (1.0 / cn)
