@@ -3,7 +3,18 @@
 
 use wgpu_rmsprop::{GpuContext, RmsProp, RmsPropConfig, Slot};
 
-fn main() -> Result<(), wgpu_rmsprop::Error> {
+/// Errors are printed with their message (Display), not as a Debug dump.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), wgpu_rmsprop::Error> {
     env_logger::init();
     let ctx = GpuContext::new()?;
     println!("adapter: {}", ctx.adapter_description());

@@ -200,7 +200,18 @@ fn plot(path: &str, train: &[f32], test: &[f32]) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
+/// Errors are printed with their message (Display), not as a Debug dump.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
     env_logger::init();
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {

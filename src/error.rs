@@ -24,7 +24,13 @@ pub enum Error {
         requirement: &'static str,
     },
     /// No adapter matched the request (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME` or the given options).
-    #[error("no GPU adapter found (wanted {wanted}); available: [{}]", available.join(", "))]
+    #[error(
+        "no GPU adapter found (looked for {wanted}); adapters seen: [{}]. Check WGPU_BACKEND and \
+         WGPU_ADAPTER_NAME; on Linux without a GPU, install Mesa's CPU Vulkan driver: `apt-get install -y \
+         mesa-vulkan-drivers libvulkan1 vulkan-tools`, then run with WGPU_BACKEND=vulkan \
+         WGPU_ADAPTER_NAME=llvmpipe",
+        available.join(", ")
+    )]
     NoAdapter {
         /// What was asked for.
         wanted: String,

@@ -367,8 +367,13 @@ pub(crate) fn bind_group_layout(
     })
 }
 
-/// The `override` constants that select `config`'s variant.
-pub fn constants(config: &RmsPropConfig, workgroup_size: u32) -> Vec<(&'static str, f64)> {
+/// The `override` constants that select `config`'s variant, with the launch shape (invocations per
+/// workgroup, vec4s per invocation of the dense kernel).
+pub fn constants(
+    config: &RmsPropConfig,
+    workgroup_size: u32,
+    vec4s_per_invocation: u32,
+) -> Vec<(&'static str, f64)> {
     let b = |x: bool| if x { 1.0 } else { 0.0 };
     let (norm_mode, clip_norm) = match (config.clipnorm(), config.global_clipnorm()) {
         (Some(c), _) => (1.0, c),
@@ -377,6 +382,7 @@ pub fn constants(config: &RmsPropConfig, workgroup_size: u32) -> Vec<(&'static s
     };
     vec![
         ("WORKGROUP_SIZE", f64::from(workgroup_size)),
+        ("VEC4S_PER_INVOCATION", f64::from(vec4s_per_invocation)),
         ("CENTERED", b(config.centered())),
         ("HAS_MOMENTUM", b(config.has_momentum())),
         (

@@ -100,6 +100,57 @@
 //! # Ok::<(), wgpu_rmsprop::Error>(())
 //! ```
 
+//! ## In your own training loop
+//!
+//! **The submit protocol.** [`RmsProp::apply`] records, submits and resolves a step in one call. In a
+//! loop of your own, [`RmsProp::record`] writes the step into your encoder (after your forward and
+//! backward passes, before one submit) and returns a `#[must_use]` [`RecordedStep`]: resolve it with the
+//! [`wgpu::SubmissionIndex`] of the submit that carried the encoder ([`RmsProp::submitted`], or
+//! [`RmsProp::submit`] to finish, submit and resolve), or [`RmsProp::abandon`] it if you drop the encoder.
+//! Several steps may be recorded before one submit; they resolve in recording order. Until a step is
+//! resolved nothing the optimizer believes about the GPU changes: [`RmsProp::iterations`], the tables it
+//! thinks are uploaded, its staging. An abandoned step leaves them exactly as before, and so leaves every
+//! later step correct. While steps are unresolved, every call that reads or changes state (adding a
+//! variable, reading, checkpoints, `apply`) returns [`Error::UnresolvedSteps`], which says what to do.
+//!
+//! **Layouts you can bind.** [`RmsProp::variable_slices`] and [`RmsProp::gradient_slices`] say where a
+//! variable and its gradient live. Every slice starts on the device's
+//! `min_storage_buffer_offset_alignment` (raise it with [`OptimizerOptions::slice_alignment`] to test for
+//! GPUs that need 256 bytes), so your shader binds `(slice.buffer, slice.offset, slice.bound_bytes())`
+//! directly. Adding a variable may grow a pool buffer and move every slice in it:
+//! [`RmsProp::layout_version`] changes, slices taken before are stale, and a [`Gradient::Resident`] step
+//! is refused with [`Error::StaleLayout`] until you take the slices again ([`RmsProp::freeze_layout`]
+//! forbids further variables instead). [`RmsProp::add_variable_from_buffer`] adds a variable from values
+//! already on the GPU.
+//!
+//! **`Resident` gradients** are read from the optimizer's own gradient buffer, which your backward pass
+//! writes. A step never clears them: they persist until overwritten, so a backward pass may accumulate
+//! into them; [`RmsProp::clear_gradients`] records their clearing into your encoder.
+//!
+//! **Reading back without blocking.** [`RmsProp::read_async`] reads any set of (variable, [`Tensor`])
+//! with one copy and one map, as a future ([`ReadBack`]: polling it polls the device without waiting);
+//! [`ReadBack::wait`] blocks on that read's own submission; [`RmsProp::read_many`] is the blocking form;
+//! [`RmsProp::record_read`] copies into your buffer inside your encoder. Checkpoints read everything with
+//! one wait. No call made per step blocks.
+//!
+//! ```
+//! use wgpu_rmsprop::{GpuContext, Gradient, RmsProp, RmsPropConfig, Tensor};
+//! let ctx = GpuContext::new()?;
+//! let mut opt = RmsProp::new(&ctx, RmsPropConfig::default())?;
+//! let w = opt.add_variable("w", &[1000], &vec![0.5; 1000])?;
+//! opt.freeze_layout();
+//! let grad = opt.gradient_slices(w)?.remove(0); // bind (grad.buffer, grad.offset, grad.bound_bytes())
+//! let mut encoder = ctx.device().create_command_encoder(&Default::default());
+//! // ... your backward pass writes the gradient into `grad` here; for the example, a clear ...
+//! encoder.clear_buffer(&grad.buffer, grad.offset, Some(grad.bound_bytes()));
+//! let step = opt.record(&mut encoder, &[(w, Gradient::Resident)])?;
+//! let index = ctx.queue().submit([encoder.finish()]);
+//! assert_eq!(opt.submitted(step, index)?, 1);
+//! let values = opt.read_async(&[(w, Tensor::Variable)])?.wait()?; // or .await
+//! assert_eq!(values[0][0], 0.5); // a zero gradient leaves `w` as it was
+//! # Ok::<(), wgpu_rmsprop::Error>(())
+//! ```
+//!
 #![warn(missing_docs)]
 
 pub mod case;

@@ -169,11 +169,7 @@ fn host_constants() -> Vec<Vec<(&'static str, f64)>> {
     ];
     configs
         .iter()
-        .map(|c| {
-            let mut constants = kernels::constants(c, 64);
-            constants.push(("VEC4S_PER_INVOCATION", 2.0));
-            constants
-        })
+        .map(|c| kernels::constants(c, 64, 2))
         .collect()
 }
 

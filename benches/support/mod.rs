@@ -18,7 +18,10 @@ pub fn context() -> GpuContext {
         optional_features: TIMER_FEATURES,
         ..Default::default()
     })
-    .expect("a GPU adapter")
+    .unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(1)
+    })
 }
 
 /// Median, minimum and maximum of a sample.

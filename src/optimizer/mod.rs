@@ -176,9 +176,7 @@ impl RmsProp {
         if config.duplicate_indices() == DuplicateIndices::Keras3 {
             kinds.push(Kind::Squares);
         }
-        let mut constants = kernels::constants(&config, wg);
-        let per_invocation = f64::from(options.vec4s_per_invocation);
-        constants.push(("VEC4S_PER_INVOCATION", per_invocation));
+        let constants = kernels::constants(&config, wg, options.vec4s_per_invocation);
         let immediates = options.use_immediates
             && device.features().contains(wgpu::Features::IMMEDIATES)
             && limits.max_immediate_size as usize >= std::mem::size_of::<Params>();

@@ -235,7 +235,8 @@ impl Gpu {
             binding_limit: limits
                 .max_storage_buffer_binding_size
                 .min(limits.max_buffer_size),
-            uniform_limit: u64::from(limits.max_uniform_buffer_binding_size)
+            uniform_limit: limits
+                .max_uniform_buffer_binding_size
                 .min(limits.max_buffer_size),
             objects_created: 0,
         };
