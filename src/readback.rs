@@ -112,19 +112,23 @@ impl ReadBack {
 
     /// Blocks until this read's submission is done (not the whole device), then returns the values.
     pub fn wait(mut self) -> Result<Vec<Vec<f32>>> {
-        self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(self.submission.clone()),
-                timeout: None,
-            })
-            .map_err(|e| Error::Gpu(e.to_string()))?;
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match Pin::new(&mut self).poll(&mut cx) {
-            Poll::Ready(r) => r,
-            Poll::Pending => Err(Error::Gpu(
-                "read-back: the map did not complete after its submission finished".into(),
-            )),
+        // On wgpu's GL backend the map callback can still be pending right after the wait on the read's
+        // own submission returns (seen on llvmpipe); only then is the whole queue waited for.
+        for submission in [Some(self.submission.clone()), None] {
+            self.device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: submission,
+                    timeout: None,
+                })
+                .map_err(|e| Error::Gpu(e.to_string()))?;
+            if let Poll::Ready(r) = Pin::new(&mut self).poll(&mut cx) {
+                return r;
+            }
         }
+        Err(Error::Gpu(
+            "read-back: the map did not complete after its submission finished".into(),
+        ))
     }
 }
 
