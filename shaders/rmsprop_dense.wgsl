@@ -16,6 +16,26 @@
 // Consecutive vec4s per invocation, a workgroup apart (1 by default: what lavapipe rewards).
 override VEC4S_PER_INVOCATION: u32 = 1u;
 
+// The variable that vec4 `i` belongs to, for per-variable state (PER_VAR). The host places a map of the
+// bound pool buffer's variables after the per-variable entries of `var_info`: from `p.seg_base` on,
+// `p.seg_len` entries whose `flags` hold each variable's first vec4 (ascending), then `p.seg_len`
+// entries whose `flags` hold the variable's index. A binary search for the last start <= i (the
+// alignment padding after a variable maps to it and stays zero): one dispatch per pool buffer however
+// many variables it holds, where one dispatch per variable used to be recorded (and wgpu puts a barrier
+// between dispatches writing one buffer).
+fn variable_of(i: u32) -> u32 {
+    var lo = p.seg_base;
+    var n = p.seg_len;
+    while n > 1u {
+        let half = n / 2u;
+        if var_info[lo + half].flags <= i {
+            lo += half;
+        }
+        n -= half;
+    }
+    return var_info[lo + p.seg_len].flags;
+}
+
 // The update of vec4 `i`; `live` false: compute, but write nothing (see `run`).
 // Each buffer is read right before it is written (velocity, average, momentum, then the variable): on
 // lavapipe this order ran 16% faster at 16M elements than reading every buffer first, and it is what the
@@ -25,7 +45,7 @@ fn update(i: u32, live: bool) {
     var qv = vec4<f32>(0.0);
     var use_q = false;
     if PER_VAR {
-        let info = var_info[p.var_index];
+        let info = var_info[variable_of(i)];
         if (info.flags & PRECLIPPED) == 0u {
             gv = clip_gradient(gv, info);
         }

@@ -309,3 +309,72 @@ fn scalar_and_empty_variables() {
     assert_matches(&mut opt, s, &r.vars[0], "scalar");
     assert!(opt.read_variable(e).unwrap().is_empty());
 }
+
+/// Per-variable clipping state (global_clipnorm, clipnorm, clipvalue) with a thousand variables of
+/// awkward sizes, 256-byte slices (padding between variables) and pools split over several buffers:
+/// one dense dispatch per pool buffer (each finds its variables through the segment map), steps listing
+/// every variable and steps listing a subset, every slot against the twin.
+#[test]
+fn per_variable_clipping_in_one_dispatch_per_pool_buffer() {
+    let sizes: Vec<usize> = (0..1000)
+        .map(|k| [1, 3, 4, 5, 63, 255, 257][k % 7])
+        .collect();
+    let configs = [
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .momentum(0.5)
+            .centered(true)
+            .global_clipnorm(1.0)
+            .build()
+            .unwrap(),
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .clipnorm(0.3)
+            .build()
+            .unwrap(),
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .momentum(0.9)
+            .clipvalue(0.2)
+            .build()
+            .unwrap(),
+    ];
+    for (c, cfg) in configs.iter().enumerate() {
+        let options = OptimizerOptions {
+            slice_alignment: Some(256),
+            max_chunk_bytes: Some(64 << 10),
+            ..Default::default()
+        };
+        let mut rng = Rng::new(40 + c as u64);
+        let (mut opt, ids, mut r) = setup(cfg, options, &sizes, &mut rng);
+        let chunks = opt.pool_stats().chunks;
+        assert!(chunks > 1, "{chunks}");
+        for t in 0..3 {
+            let grads: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n, 2.0, 5)).collect();
+            // Step 1 lists every variable; later steps every third one (runs split at absent ones).
+            let listed: Vec<usize> = (0..sizes.len()).filter(|k| t == 0 || k % 3 == t).collect();
+            let step: Vec<(VarId, wgpu_rmsprop::Gradient<'_>)> = listed
+                .iter()
+                .map(|&k| (ids[k], wgpu_rmsprop::Gradient::Dense(&grads[k])))
+                .collect();
+            opt.apply(&step).unwrap();
+            if t == 0 {
+                // Norm partials (one per pool buffer, with a norm clip), the finalize dispatch, and
+                // one dense dispatch per pool buffer.
+                let norms = if cfg.clipvalue().is_some() { 0 } else { chunks };
+                assert_eq!(
+                    opt.last_step_dispatches(),
+                    norms + 1 + chunks,
+                    "config {c}: one dense dispatch per pool buffer"
+                );
+            }
+            let refs: Vec<Option<RefGradient<'_>>> = (0..sizes.len())
+                .map(|k| listed.contains(&k).then(|| RefGradient::Dense(&grads[k])))
+                .collect();
+            r.step(&refs).unwrap();
+        }
+        for (k, &id) in ids.iter().enumerate().step_by(37) {
+            assert_matches(&mut opt, id, &r.vars[k], &format!("config {c} v{k}"));
+        }
+    }
+}

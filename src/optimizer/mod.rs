@@ -402,11 +402,13 @@ impl RmsProp {
         for &(index, capacity) in &p.grow {
             new_buffers.push((index, self.gpu.allocate_chunk(index, capacity)?));
         }
-        // Per-variable tables grow with the variables (read by diagnostics before any step).
-        let tables = (self.layout.variables.len() as u64 + 1) * 16;
+        // Per-variable tables grow with the variables (read by diagnostics before any step), `var_info`
+        // with the segment map after its entries.
+        let vars = self.layout.variables.len() as u64 + 1;
+        let map = self.layout.var_info_entries() + 1 + 2 * p.segments.len() as u64;
         let regrown = self.gpu.reserve(&StepSizes {
-            var_info: tables,
-            var_step: tables,
+            var_info: map * crate::kernels::VAR_INFO_BYTES,
+            var_step: vars * 16,
             ..StepSizes::default()
         })?;
         if regrown.var_step {
@@ -444,6 +446,13 @@ impl RmsProp {
                 let velocity = chunk.buffer(Kind::Velocity)?;
                 queue.write_buffer(velocity, s.byte_offset(), bytemuck::cast_slice(&v));
             }
+        }
+        if self.plan_cfg.per_var {
+            // The segment map moves with every variable added (it follows the per-variable entries).
+            let (_, entries) = self.layout.segment_map();
+            let at = self.layout.variables.len() as u64 * crate::kernels::VAR_INFO_BYTES;
+            let map = bytemuck::cast_slice(&entries);
+            queue.write_buffer(&self.gpu.var_info.buffer, at, map);
         }
         queue.submit([encoder.finish()]);
         self.gpu.rebuild_bind_groups();

@@ -144,7 +144,7 @@ impl RmsProp {
             gpu_indices: sc.sparse.gpu_indices as u64 * 4,
             next: sc.sparse.next as u64 * 4,
             heads: sc.sparse.heads.len * 4,
-            var_info: nvars * crate::kernels::VAR_INFO_BYTES,
+            var_info: self.layout.var_info_entries() * crate::kernels::VAR_INFO_BYTES,
             var_step: nvars * 16,
         };
         // A step that does not fit the device's bindings is refused here, before anything changes.

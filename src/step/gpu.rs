@@ -212,7 +212,9 @@ impl Gpu {
             uniform_stride,
             var_info: mk(
                 "var_info",
-                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
                 VAR_INFO_BYTES,
             ),
             var_step: mk("var_step", storage, 16),

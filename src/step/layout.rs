@@ -134,6 +134,35 @@ impl Layout {
         })
     }
 
+    /// Entries of `var_info` (16 bytes each) the per-variable state and the segment map need: one per
+    /// variable, then two per segment (see [`Layout::segment_map`]).
+    pub fn var_info_entries(&self) -> u64 {
+        let segments: usize = self.chunks.iter().map(|c| c.segments.len()).sum();
+        (self.variables.len() + 2 * segments) as u64
+    }
+
+    /// The segment map the dense kernel searches for the variable of a vec4 (`variable_of` in
+    /// `rmsprop_dense.wgsl`), placed in `var_info` after the per-variable entries: per chunk, its
+    /// segments' first vec4 (ascending), then their variables, each in the `flags` word of an entry.
+    /// Returns each chunk's (first entry, segment count) and the entries.
+    pub fn segment_map(&self) -> (Vec<(u32, u32)>, Vec<[u32; 4]>) {
+        let mut at = self.variables.len() as u32;
+        let mut regions = Vec::with_capacity(self.chunks.len());
+        let mut entries = Vec::new();
+        for c in &self.chunks {
+            let n = c.segments.len() as u32;
+            regions.push((at, n));
+            entries.extend(
+                c.segments
+                    .iter()
+                    .map(|&(begin, _, _)| [0, 0, 0, begin as u32]),
+            );
+            entries.extend(c.segments.iter().map(|&(_, _, var)| [0, 0, 0, var as u32]));
+            at += 2 * n;
+        }
+        (regions, entries)
+    }
+
     /// Records a planned variable (after its buffers were allocated). Returns its handle.
     pub fn commit_variable(&mut self, name: &str, shape: &[usize], p: Placement) -> VarId {
         let index = self.variables.len();

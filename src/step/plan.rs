@@ -272,30 +272,45 @@ pub(crate) fn plan(
     }
     // 4. The dense update: maximal runs of variables that follow one another in a chunk (one dispatch per
     //    pool buffer when every variable is in the step; the alignment padding between them is swept
-    //    too, it stays zero), or one range per variable when clipping state is read.
+    //    too, it stays zero). Per-variable state is found through the chunk's segment map.
     for (ci, chunk) in layout.chunks.iter().enumerate() {
+        let params = match cfg.per_var {
+            true => {
+                let (seg_base, seg_len) = map_region(layout, ci);
+                Params {
+                    seg_base,
+                    seg_len,
+                    ..base
+                }
+            }
+            false => base,
+        };
         let mut run: Option<(u64, u64)> = None;
         for &(begin, end, var) in &chunk.segments {
             if !dense_updated(parts[var]) {
                 if let Some(r) = run.take() {
-                    push(d, mg, Which::Dense, ci, base, r, dense_group);
+                    push(d, mg, Which::Dense, ci, params, r, dense_group);
                 }
-                continue;
-            }
-            if cfg.per_var {
-                let params = Params {
-                    var_index: var as u32,
-                    ..base
-                };
-                push(d, mg, Which::Dense, ci, params, (begin, end), dense_group);
                 continue;
             }
             run = Some(run.map_or((begin, end), |(b, _)| (b, end)));
         }
         if let Some(r) = run {
-            push(d, mg, Which::Dense, ci, base, r, dense_group);
+            push(d, mg, Which::Dense, ci, params, r, dense_group);
         }
     }
+}
+
+/// Chunk `ci`'s region of the segment map (see [`Layout::segment_map`]): (first entry, segments).
+fn map_region(layout: &Layout, ci: usize) -> (u32, u32) {
+    let before: usize = layout.chunks[..ci]
+        .iter()
+        .map(|c| 2 * c.segments.len())
+        .sum();
+    (
+        (layout.variables.len() + before) as u32,
+        layout.chunks[ci].segments.len() as u32,
+    )
 }
 
 #[cfg(test)]
@@ -482,13 +497,27 @@ mod tests {
                     prop_assert!(last < l.chunks[ci].capacity);
                 }
             }
-            // Per-variable ranges are each the variable's own segment.
+            // Per-variable state: every dense dispatch searches its own chunk's segment map, and the
+            // variable it finds for each vec4 of a listed variable is that variable.
             if per_var {
+                let (regions, entries) = l.segment_map();
                 for d in out.dispatches.iter().filter(|d| matches!(d.which, Which::Dense | Which::DenseAt)) {
-                    let v = &l.variables[d.params.var_index as usize];
-                    prop_assert!(v.segments.iter().any(|s| s.chunk == d.chunk
-                        && u64::from(d.params.begin) >= s.offset
-                        && u64::from(d.params.end) <= s.offset + s.vec4s()));
+                    prop_assert_eq!((d.params.seg_base, d.params.seg_len), regions[d.chunk]);
+                    let (base, n) = regions[d.chunk];
+                    let starts = &entries[base as usize - l.variables.len()..][..n as usize];
+                    let vars = &entries[(base + n) as usize - l.variables.len()..][..n as usize];
+                    for (var, v) in l.variables.iter().enumerate() {
+                        for s in v.segments.iter().filter(|s| s.chunk == d.chunk && parts[var] == Part::Dense) {
+                            for i in s.offset..s.offset + s.vec4s() {
+                                if i < u64::from(d.params.begin) || i >= u64::from(d.params.end) {
+                                    continue;
+                                }
+                                // The kernel's search: the last start <= i.
+                                let k = starts.partition_point(|e| u64::from(e[3]) <= i) - 1;
+                                prop_assert_eq!(vars[k][3] as usize, var);
+                            }
+                        }
+                    }
                 }
             }
         }
