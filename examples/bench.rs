@@ -301,6 +301,57 @@ fn main() {
         );
     }
 
+    // 1,000 tensors with global_clipnorm (per-variable clipping state, one dense dispatch per pool
+    // buffer through the segment map) against the same tensors without clipping, timed alternately;
+    // then saving a checkpoint of them (one read-back, one wait).
+    if wants("clip_many") {
+        let sizes = vec![each; tensors];
+        let clip_cfg = wgpu_rmsprop::RmsPropConfig::builder()
+            .learning_rate(1e-4)
+            .global_clipnorm(1.0)
+            .build()
+            .unwrap();
+        let mut clipped = RmsProp::new(&ctx, clip_cfg).unwrap();
+        let clipped_ids: Vec<VarId> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| clipped.add_variable(&format!("w{k}"), &[n], &vec![0.5; n]).unwrap())
+            .collect();
+        let clipped_grads = resident(&clipped_ids);
+        clipped.apply(&clipped_grads).unwrap();
+        let (mut plain, plain_ids) = dense_optimizer(&ctx, "plain", &sizes);
+        let plain_grads = resident(&plain_ids);
+        let t = time_alternately(
+            2,
+            reps,
+            &mut [
+                &mut || step(&timer, &ctx, &mut clipped, &clipped_grads),
+                &mut || step(&timer, &ctx, &mut plain, &plain_grads),
+            ],
+        );
+        // Clipping reads every gradient once more (the norm) on top of the update's bytes.
+        let n = tensors * each;
+        let bytes = (bytes_per_element("plain") + 4.0) * n as f64;
+        let mut v = row("clip_many", "plain_global_clipnorm", n, tensors, &t[0], bytes);
+        v["baseline_ms"] = json!(t[1].median);
+        emit(v, clipped.last_step_dispatches());
+        let path = std::env::temp_dir().join(format!("bench-save-{}.safetensors", std::process::id()));
+        let saves: Vec<f64> = (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                clipped.save_checkpoint(&path, true).unwrap();
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        let _ = std::fs::remove_file(&path);
+        let ms = stats(saves);
+        let mut v = row("save_checkpoint", "plain_global_clipnorm", n, tensors, &ms, 0.0);
+        v["gb_s"] = Value::Null;
+        v["timing"] = json!("host_clock");
+        v["read_backs"] = json!(1);
+        emit(v, 0);
+    }
+
     // Sparse: k = 16,384 indices (about 20% repeats) on 64-column tables of 100k and 1M rows, the two
     // tables timed alternately.
     let (k, cols) = (16_384usize, 64usize);
