@@ -220,11 +220,10 @@ pub(crate) fn allocation_scope<T>(
     let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let made = make();
-    let errors = [
-        pollster::block_on(validation.pop()),
-        pollster::block_on(oom.pop()),
-    ];
-    match errors.into_iter().flatten().next() {
+    // The scopes' results are ready at once on native backends; where they are not (WebGPU), the
+    // allocation is taken as successful rather than blocking.
+    let errors = [poll_once(validation.pop()), poll_once(oom.pop())];
+    match errors.into_iter().flatten().flatten().next() {
         None => Ok(made),
         Some(e) => Err(e.to_string()),
     }
@@ -256,4 +255,14 @@ fn required_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
     l.min_storage_buffer_offset_alignment = adapter.min_storage_buffer_offset_alignment;
     l.max_immediate_size = adapter.max_immediate_size;
     l
+}
+
+/// Polls a future once without blocking: `Some` when it was ready.
+pub(crate) fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
 }

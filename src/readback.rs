@@ -1,6 +1,6 @@
-//! Read-back without blocking: any set of GPU ranges copied into one staging buffer with one submit and
-//! mapped with one `map_async`, returned as a future ([`ReadBack`]) or waited for on that submission alone
-//! ([`ReadBack::wait`]). Checkpoints read every tensor through one of these (one wait per save).
+//! Read-back without blocking: any set of GPU ranges copied into staging buffers with one submit and
+//! mapped with one `map_async` each, returned as a future ([`ReadBack`]) or waited for on that submission
+//! alone ([`ReadBack::wait`]). Checkpoints read every tensor through one of these (one wait per save).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,28 +10,34 @@ use crate::context::create_buffer_checked;
 use crate::error::{Error, Result};
 
 type Mapped = std::result::Result<(), wgpu::BufferAsyncError>;
+type MapFuture = Pin<Box<dyn Future<Output = Option<Mapped>> + Send>>;
 
-/// A read of several GPU ranges in flight: resolves to one `Vec<f32>` per range, in the order asked.
+/// A read of several GPU ranges in flight: resolves to one `Vec<f32>` per item asked for, in order.
 ///
-/// It is a [`Future`]; on native backends the map completes only when the device is polled, which
-/// polling this future does (`PollType::Poll`, never blocking), so it can be awaited in an executor that
-/// polls it again, or in a loop that polls the device. [`ReadBack::wait`] blocks on this read's own
-/// submission instead.
+/// It is a [`Future`]. On native backends a map completes only when the device is polled: polling this
+/// future polls the device (`PollType::Poll`, never blocking) and, while the data is not there, asks to
+/// be polled again, so any executor drives it to completion (at the cost of polling in a loop; on
+/// WebGPU the browser completes the map). [`ReadBack::wait`] blocks on this read's own submission
+/// instead.
 #[must_use = "a read-back does nothing unless awaited or waited for"]
 pub struct ReadBack {
     device: wgpu::Device,
-    staging: wgpu::Buffer,
+    /// Staging buffers (each within `max_buffer_size`) and their pending maps (`None` once mapped).
+    staging: Vec<(wgpu::Buffer, Option<MapFuture>)>,
     submission: wgpu::SubmissionIndex,
-    /// (first float, floats) of each range in the staging buffer.
-    parts: Vec<(usize, usize)>,
-    mapped: Pin<Box<dyn Future<Output = Option<Mapped>> + Send>>,
+    /// (staging buffer, first byte, bytes) of each range.
+    ranges: Vec<(usize, u64, u64)>,
+    /// Ranges per item.
+    parts: Vec<usize>,
+    done: bool,
 }
 
 impl std::fmt::Debug for ReadBack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReadBack")
-            .field("bytes", &self.staging.size())
-            .field("parts", &self.parts.len())
+            .field("staging_buffers", &self.staging.len())
+            .field("ranges", &self.ranges.len())
+            .field("items", &self.parts.len())
             .finish()
     }
 }
@@ -44,8 +50,9 @@ pub(crate) struct Range<'a> {
 }
 
 impl ReadBack {
-    /// Copies `ranges` (grouped into `parts` of consecutive ranges, each part one result: a variable
-    /// split over several pool buffers is one part) into a fresh staging buffer, submits, and maps it.
+    /// Copies `ranges` (grouped into items of `parts[i]` consecutive ranges: a variable split over
+    /// several pool buffers is one item) into staging buffers of at most the device's `max_buffer_size`
+    /// each, submits once, and maps them.
     pub(crate) fn start(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
@@ -53,68 +60,114 @@ impl ReadBack {
         ranges: &[Range<'_>],
         parts: &[usize],
     ) -> Result<ReadBack> {
-        let total: u64 = ranges.iter().map(|r| r.bytes).sum();
-        let staging = create_buffer_checked(
-            device,
-            &wgpu::BufferDescriptor {
-                label: Some(label),
-                size: total.max(4).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT),
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            },
-        )?;
+        let max = device.limits().max_buffer_size & !15;
+        // Ranges are packed into staging buffers in order; one range never exceeds a pool buffer, which
+        // is within max_buffer_size.
+        let (mut sizes, mut placed) = (vec![0u64], Vec::with_capacity(ranges.len()));
+        for r in ranges {
+            if sizes.last().is_some_and(|&s| s > 0 && s + r.bytes > max) {
+                sizes.push(0);
+            }
+            let k = sizes.len() - 1;
+            placed.push((k, sizes[k], r.bytes));
+            sizes[k] += r.bytes;
+        }
+        let buffers = sizes
+            .iter()
+            .map(|&size| {
+                create_buffer_checked(
+                    device,
+                    &wgpu::BufferDescriptor {
+                        label: Some(label),
+                        size: size.max(4).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT),
+                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    },
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut encoder =
             device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
-        let mut at = 0;
-        for r in ranges {
-            if r.bytes > 0 {
-                encoder.copy_buffer_to_buffer(r.buffer, r.offset, &staging, at, r.bytes);
+        for (r, &(k, at, bytes)) in ranges.iter().zip(&placed) {
+            if bytes > 0 {
+                encoder.copy_buffer_to_buffer(r.buffer, r.offset, &buffers[k], at, bytes);
             }
-            at += r.bytes;
         }
         let submission = queue.submit([encoder.finish()]);
-        let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel::<Mapped>();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        let mut out = Vec::with_capacity(parts.len());
-        let (mut first, mut k) = (0usize, 0usize);
-        for &n in parts {
-            let bytes: u64 = ranges[k..k + n].iter().map(|r| r.bytes).sum();
-            out.push((first, (bytes / 4) as usize));
-            first += (bytes / 4) as usize;
-            k += n;
-        }
+        let staging = buffers
+            .into_iter()
+            .map(|buffer| {
+                let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel::<Mapped>();
+                buffer.map_async(wgpu::MapMode::Read, .., move |r| {
+                    let _ = tx.send(r);
+                });
+                let mapped: MapFuture = Box::pin(async move { rx.receive().await });
+                (buffer, Some(mapped))
+            })
+            .collect();
         Ok(ReadBack {
             device: device.clone(),
             staging,
             submission,
-            parts: out,
-            mapped: Box::pin(async move { rx.receive().await }),
+            ranges: placed,
+            parts: parts.to_vec(),
+            done: false,
         })
     }
 
-    fn take(&self) -> Result<Vec<Vec<f32>>> {
-        let out = {
-            let view = self
-                .staging
-                .get_mapped_range(..)
-                .map_err(|e| Error::Gpu(e.to_string()))?;
-            let all: &[f32] = bytemuck::cast_slice(&view);
-            self.parts
-                .iter()
-                .map(|&(first, n)| all[first..first + n].to_vec())
-                .collect()
-        };
-        self.staging.unmap();
+    fn take(&mut self) -> Result<Vec<Vec<f32>>> {
+        self.done = true;
+        let views = self
+            .staging
+            .iter()
+            .map(|(b, _)| {
+                b.get_mapped_range(..)
+                    .map_err(|e| Error::Gpu(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(self.parts.len());
+        let mut ranges = self.ranges.iter();
+        for &n in &self.parts {
+            let mut item = Vec::new();
+            for &(k, at, bytes) in ranges.by_ref().take(n) {
+                let bytes = &views[k][at as usize..(at + bytes) as usize];
+                item.extend_from_slice(bytemuck::cast_slice::<u8, f32>(bytes));
+            }
+            out.push(item);
+        }
+        drop(views);
+        for (b, _) in &self.staging {
+            b.unmap();
+        }
         Ok(out)
+    }
+
+    /// Polls every pending map once: `Ready(Ok)` when all are mapped.
+    fn poll_maps(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        for (_, pending) in &mut self.staging {
+            if let Some(f) = pending {
+                match f.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(()))) => *pending = None,
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(Error::Gpu(e.to_string())))
+                    }
+                    Poll::Ready(None) => {
+                        return Poll::Ready(Err(Error::Gpu(
+                            "read-back: the map callback was dropped (device lost?)".into(),
+                        )))
+                    }
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Blocks until this read's submission is done (not the whole device), then returns the values.
     pub fn wait(mut self) -> Result<Vec<Vec<f32>>> {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        // On wgpu's GL backend the map callback can still be pending right after the wait on the read's
-        // own submission returns (seen on llvmpipe); only then is the whole queue waited for.
+        // On wgpu's GL backend a map callback can still be pending right after the wait on the read's own
+        // submission returns (seen on llvmpipe); only then is the whole queue waited for, once.
         for submission in [Some(self.submission.clone()), None] {
             self.device
                 .poll(wgpu::PollType::Wait {
@@ -122,8 +175,10 @@ impl ReadBack {
                     timeout: None,
                 })
                 .map_err(|e| Error::Gpu(e.to_string()))?;
-            if let Poll::Ready(r) = Pin::new(&mut self).poll(&mut cx) {
-                return r;
+            match self.poll_maps(&mut cx) {
+                Poll::Ready(Ok(())) => return self.take(),
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {}
             }
         }
         Err(Error::Gpu(
@@ -136,17 +191,24 @@ impl Future for ReadBack {
     type Output = Result<Vec<Vec<f32>>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.done {
+            return Poll::Ready(Err(Error::Gpu("read-back: polled after completion".into())));
+        }
         // Fires the callbacks of work that completed (does not wait; a no-op on WebGPU).
         if let Err(e) = self.device.poll(wgpu::PollType::Poll) {
             return Poll::Ready(Err(Error::Gpu(e.to_string())));
         }
-        match self.mapped.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(()))) => Poll::Ready(self.take()),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Err(Error::Gpu(e.to_string()))),
-            Poll::Ready(None) => Poll::Ready(Err(Error::Gpu(
-                "read-back: the map callback was dropped (device lost?)".into(),
-            ))),
+        match self.poll_maps(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(self.take()),
+            Poll::Ready(Err(e)) => {
+                self.done = true;
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => {
+                // Nothing else polls the device on native backends: ask to be polled again.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
         }
     }
 }

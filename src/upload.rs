@@ -10,8 +10,10 @@
 //! room than any before (a third appears only when several steps are recorded before one submit); when
 //! both are still read by the GPU, the next step waits for the submission that holds one of them
 //! (`PollType::Wait` on its index: backpressure, not a device-wide wait nor a read-back). A step
-//! with more host data than the largest slot (`OptimizerOptions::max_staging_bytes`) uses
-//! `queue.write_buffer` instead.
+//! with more host data than the largest slot (`OptimizerOptions::max_staging_bytes`) gets a one-off
+//! mapped buffer of its own, copied in encoder order like a slot (never `queue.write_buffer`, whose data
+//! would land before the whole next submission, even for a step that is later abandoned). At most
+//! `MAX_SLOTS` slots exist: past that, every slot is held by an unresolved step, and the step is refused.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -34,9 +36,13 @@ const SLOTS: usize = 2;
 /// Smallest slot, so that tiny steps do not each grow the ring.
 const MIN_SLOT_BYTES: u64 = 64 * 1024;
 
-/// Default largest slot. A step with more host data than this uses `queue.write_buffer` (whose transient
-/// staging wgpu allocates per call, a cost that is small next to copying that much data), so that the
-/// ring never holds more than `SLOTS` times this.
+/// Most slots: each unresolved step with host data holds one (several steps may be recorded before one
+/// submit), so the ring stays below `MAX_SLOTS` times the largest slot.
+const MAX_SLOTS: usize = 8;
+
+/// Default largest slot. A step with more host data than this gets a one-off buffer (an allocation that
+/// is small next to copying that much data), so that the ring never holds more than `MAX_SLOTS` times
+/// this.
 pub(crate) const MAX_SLOT_BYTES: u64 = 64 << 20;
 
 #[derive(Debug)]
@@ -55,9 +61,18 @@ struct Run {
     len: u64,
 }
 
+/// Where a step's host data is staged.
+#[derive(Debug)]
+enum Target {
+    /// A slot of the ring.
+    Slot(usize),
+    /// A buffer of its own (more data than the largest slot).
+    OneOff(wgpu::Buffer),
+}
+
 #[derive(Debug)]
 struct Active {
-    slot: usize,
+    target: Target,
     view: wgpu::BufferViewMut,
     cursor: u64,
     run: Option<Run>,
@@ -67,9 +82,6 @@ struct Active {
 #[derive(Debug)]
 pub(crate) struct Uploader {
     label: String,
-    queue: wgpu::Queue,
-    /// This step's data is larger than a slot: written with `queue.write_buffer`.
-    direct: bool,
     /// Largest slot.
     max_slot_bytes: u64,
     slots: Vec<Slot>,
@@ -81,11 +93,9 @@ pub(crate) struct Uploader {
 }
 
 impl Uploader {
-    pub(crate) fn new(label: String, queue: wgpu::Queue, max_slot_bytes: u64) -> Self {
+    pub(crate) fn new(label: String, max_slot_bytes: u64) -> Self {
         Uploader {
             label,
-            queue,
-            direct: false,
             max_slot_bytes,
             slots: Vec::new(),
             slot_bytes: 0,
@@ -99,17 +109,22 @@ impl Uploader {
         self.slots.iter().map(|s| s.buffer.size()).sum()
     }
 
-    fn new_slot(&mut self, device: &wgpu::Device) -> Result<Slot> {
+    fn mapped_buffer(&mut self, device: &wgpu::Device, size: u64) -> Result<wgpu::Buffer> {
         let buffer = create_buffer_checked(
             device,
             &wgpu::BufferDescriptor {
                 label: Some(&self.label),
-                size: self.slot_bytes,
+                size,
                 usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: true,
             },
         )?;
         self.created += 1;
+        Ok(buffer)
+    }
+
+    fn new_slot(&mut self, device: &wgpu::Device) -> Result<Slot> {
+        let buffer = self.mapped_buffer(device, self.slot_bytes)?;
         Ok(Slot {
             buffer,
             state: Arc::new(AtomicU8::new(MAPPED)),
@@ -117,15 +132,23 @@ impl Uploader {
         })
     }
 
-    /// Whether a step with `need` bytes of host data is written with `queue.write_buffer`.
-    pub(crate) fn is_direct(&self, need: u64) -> bool {
-        need > self.max_slot_bytes
-    }
-
-    /// Picks a free slot with room for `need` bytes and maps it for this step's writes. No-op for 0 bytes.
+    /// Picks a free slot with room for `need` bytes and maps it for this step's writes (or, past the
+    /// largest slot, a one-off buffer). No-op for 0 bytes.
     pub(crate) fn begin(&mut self, device: &wgpu::Device, need: u64) -> Result<()> {
-        self.direct = self.is_direct(need);
-        if need == 0 || self.direct {
+        if need == 0 {
+            return Ok(());
+        }
+        if need > self.max_slot_bytes {
+            let buffer = self.mapped_buffer(device, need.next_multiple_of(wgpu::MAP_ALIGNMENT))?;
+            let view = buffer
+                .get_mapped_range_mut(..)
+                .map_err(|e| Error::Gpu(e.to_string()))?;
+            self.active = Some(Active {
+                target: Target::OneOff(buffer),
+                view,
+                cursor: 0,
+                run: None,
+            });
             return Ok(());
         }
         let state = |s: &Slot| s.state.load(Ordering::Acquire);
@@ -170,31 +193,40 @@ impl Uploader {
                 break i;
             }
             if !self.slots.iter().any(|s| state(s) == MAPPING) {
-                // Every slot belongs to a step recorded but not yet submitted.
+                // Every slot belongs to a step recorded but not yet resolved.
+                if self.slots.len() >= MAX_SLOTS {
+                    return Err(Error::UnresolvedSteps {
+                        count: self.slots.len(),
+                        call: "stage a step's host data (every staging buffer is held by one)",
+                    });
+                }
                 let slot = self.new_slot(device)?;
                 self.slots.push(slot);
                 break self.slots.len() - 1;
             }
             // Every free slot is still read by submitted work: wait for the submission of one of them
-            // (not for the whole device), then look again.
+            // (not for the whole device), then look again. A slot of an abandoned step (no submission)
+            // maps at the next poll.
             let submission = self
                 .slots
                 .iter()
-                .find(|s| state(s) == MAPPING)
-                .and_then(|s| s.submission.clone());
-            device
-                .poll(wgpu::PollType::Wait {
-                    submission_index: submission,
+                .filter(|s| state(s) == MAPPING)
+                .find_map(|s| s.submission.clone());
+            let poll = match submission {
+                Some(index) => wgpu::PollType::Wait {
+                    submission_index: Some(index),
                     timeout: None,
-                })
-                .map_err(|e| Error::Gpu(e.to_string()))?;
+                },
+                None => wgpu::PollType::Poll,
+            };
+            device.poll(poll).map_err(|e| Error::Gpu(e.to_string()))?;
         };
         let view = self.slots[slot]
             .buffer
             .get_mapped_range_mut(..)
             .map_err(|e| Error::Gpu(e.to_string()))?;
         self.active = Some(Active {
-            slot,
+            target: Target::Slot(slot),
             view,
             cursor: 0,
             run: None,
@@ -215,11 +247,6 @@ impl Uploader {
     ) -> Result<()> {
         let len = data.len() as u64 + zeros;
         if len == 0 {
-            return Ok(());
-        }
-        if self.direct {
-            // Lands at the next submit, before its commands (padding lanes are zero already).
-            self.queue.write_buffer(dst, dst_offset, data);
             return Ok(());
         }
         let a = self
@@ -253,7 +280,10 @@ impl Uploader {
                 r.len += len;
             }
         } else {
-            let buffer = &self.slots[a.slot].buffer;
+            let buffer = match &a.target {
+                Target::Slot(i) => &self.slots[*i].buffer,
+                Target::OneOff(b) => b,
+            };
             if let Some(r) = a.run.take() {
                 encoder.copy_buffer_to_buffer(buffer, r.src_offset, &r.dst, r.dst_offset, r.len);
             }
@@ -271,16 +301,24 @@ impl Uploader {
     /// Records the last copy and unmaps the slot (it must be unmapped when the step is submitted).
     /// Returns the slot the step used, to be resolved with [`Uploader::resolve`].
     pub(crate) fn finish(&mut self, encoder: &mut wgpu::CommandEncoder) -> Option<usize> {
-        self.direct = false;
         let a = self.active.take()?;
-        let slot = &self.slots[a.slot];
+        let buffer = match &a.target {
+            Target::Slot(i) => &self.slots[*i].buffer,
+            Target::OneOff(b) => b,
+        };
         if let Some(r) = a.run {
-            encoder.copy_buffer_to_buffer(&slot.buffer, r.src_offset, &r.dst, r.dst_offset, r.len);
+            encoder.copy_buffer_to_buffer(buffer, r.src_offset, &r.dst, r.dst_offset, r.len);
         }
         drop(a.view);
-        slot.buffer.unmap();
-        slot.state.store(RECORDED, Ordering::Release);
-        Some(a.slot)
+        buffer.unmap();
+        match a.target {
+            Target::Slot(i) => {
+                self.slots[i].state.store(RECORDED, Ordering::Release);
+                Some(i)
+            }
+            // Kept alive by the encoder that copies from it; freed after its submission.
+            Target::OneOff(_) => None,
+        }
     }
 
     /// The step that used `slot` was submitted in `submission` (or abandoned: `None`, its copies never

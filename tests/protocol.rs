@@ -111,10 +111,11 @@ fn unresolved_steps_refuse_every_state_call_until_resolved() {
 }
 
 #[test]
-fn steps_resolve_in_order_and_abandoning_one_abandons_those_recorded_after_it() {
+fn resolving_a_step_resolves_those_before_it_and_abandoning_one_abandons_those_after_it() {
     let mut opt = RmsProp::new(ctx(), RmsPropConfig::default()).unwrap();
     let w = opt.add_variable("w", &[4], &[1.0; 4]).unwrap();
     let before = snapshot(&mut opt, &[w]);
+    // Abandoning the first abandons the second, which was recorded on top of it.
     let mut e = encoder();
     let first = opt
         .record(&mut e, &[(w, Gradient::Dense(&[1.0; 4]))])
@@ -124,30 +125,130 @@ fn steps_resolve_in_order_and_abandoning_one_abandons_those_recorded_after_it() 
         .unwrap();
     assert_eq!((first.step(), second.step()), (1, 2));
     assert_eq!(opt.unresolved_steps(), 2);
-    let index = ctx().queue().submit([]);
-    // Out of order: refused, nothing resolved (the token is consumed, the step stays unresolved).
-    let e2 = opt.submitted(second, index).unwrap_err();
-    assert!(
-        matches!(e2, Error::StepResolution { step: 2, .. }),
-        "{e2:?}"
-    );
-    assert_eq!(opt.unresolved_steps(), 2);
-    // Abandoning the first abandons the second, which was recorded on top of it.
+    assert_eq!(opt.learning_rate().unwrap(), 0.001);
     drop(e);
     assert_eq!(opt.abandon(first).unwrap(), 2);
     assert_eq!(opt.unresolved_steps(), 0);
     assert_eq!(snapshot(&mut opt, &[w]), before);
-    // A step of another optimizer is refused.
+    // Its token is refused afterwards.
+    let e2 = opt.submitted(second, ctx().queue().submit([])).unwrap_err();
+    assert!(
+        matches!(e2, Error::StepResolution { step: 2, .. }),
+        "{e2:?}"
+    );
+    // Resolving the second of two submitted steps resolves both.
+    let mut e = encoder();
+    let first = opt
+        .record(&mut e, &[(w, Gradient::Dense(&[1.0; 4]))])
+        .unwrap();
+    let second = opt
+        .record(&mut e, &[(w, Gradient::Dense(&[2.0; 4]))])
+        .unwrap();
+    let index = ctx().queue().submit([e.finish()]);
+    assert_eq!(opt.submitted(second, index).unwrap(), 2);
+    let e3 = opt.submitted(first, ctx().queue().submit([])).unwrap_err();
+    assert!(
+        matches!(e3, Error::StepResolution { step: 1, .. }),
+        "{e3:?}"
+    );
+    let mut r = Reference::new(RmsPropConfig::default());
+    r.add_variable(&[4], &[1.0; 4]);
+    r.step(&[Some(RefGradient::Dense(&[1.0; 4]))]).unwrap();
+    r.step(&[Some(RefGradient::Dense(&[2.0; 4]))]).unwrap();
+    assert_matches(&mut opt, w, &r.vars[0], "two steps, one submit");
+    // A step of another optimizer is refused (and `submit` submits nothing then); a lost token is
+    // recovered with abandon_all.
     let mut other = RmsProp::new(ctx(), RmsPropConfig::default()).unwrap();
     let o = other.add_variable("o", &[1], &[0.0]).unwrap();
     let mut e = encoder();
     let foreign = other
         .record(&mut e, &[(o, Gradient::Dense(&[1.0]))])
         .unwrap();
-    let index = ctx().queue().submit([e.finish()]);
-    let e3 = opt.submitted(foreign, index.clone()).unwrap_err();
-    assert!(matches!(e3, Error::StepResolution { .. }), "{e3:?}");
+    let e4 = opt.submit(e, foreign).unwrap_err();
+    assert!(matches!(e4, Error::StepResolution { .. }), "{e4:?}");
     assert_eq!(other.unresolved_steps(), 1);
+    assert_eq!(other.abandon_all(), 1);
+    assert_eq!(other.read_variable(o).unwrap(), vec![0.0]);
+}
+
+/// While a step is unresolved, a later step re-stages its tables even when they equal what the GPU
+/// held before (the earlier step's different table lands in between).
+#[test]
+fn tables_are_staged_again_while_earlier_steps_are_unresolved() {
+    let cfg = clipped();
+    let mut rng = Rng::new(9);
+    let (a0, b0) = (rng.vec(6, 1.0, 0), rng.vec(70, 1.0, 0));
+    let mut opt = RmsProp::new(ctx(), cfg.clone()).unwrap();
+    let a = opt.add_variable("a", &[6], &a0).unwrap();
+    let b = opt.add_variable("b", &[7, 10], &b0).unwrap();
+    let mut r = Reference::new(cfg);
+    r.add_variable(&[6], &a0);
+    r.add_variable(&[7, 10], &b0);
+    let (ga, gb) = (rng.vec(6, 2.0, 0), rng.vec(70, 2.0, 0));
+    // Both (the job table grows to its size), then `b` alone: its norm job is then the table's first,
+    // where a table of `a` and `b` has `a`'s.
+    opt.apply(&[(a, Gradient::Dense(&ga)), (b, Gradient::Dense(&gb))])
+        .unwrap();
+    r.step(&[Some(RefGradient::Dense(&ga)), Some(RefGradient::Dense(&gb))])
+        .unwrap();
+    opt.apply(&[(b, Gradient::Dense(&gb))]).unwrap();
+    r.step(&[None, Some(RefGradient::Dense(&gb))]).unwrap();
+    let mut e = encoder();
+    let both = opt
+        .record(
+            &mut e,
+            &[(a, Gradient::Dense(&ga)), (b, Gradient::Dense(&gb))],
+        )
+        .unwrap();
+    let only_b = opt.record(&mut e, &[(b, Gradient::Dense(&gb))]).unwrap();
+    drop(both);
+    opt.submit(e, only_b).unwrap();
+    r.step(&[Some(RefGradient::Dense(&ga)), Some(RefGradient::Dense(&gb))])
+        .unwrap();
+    r.step(&[None, Some(RefGradient::Dense(&gb))]).unwrap();
+    assert_matches(&mut opt, a, &r.vars[0], "a");
+    assert_matches(&mut opt, b, &r.vars[1], "b");
+}
+
+/// Past `max_staging_bytes`, a step's host data goes through a one-off buffer copied in encoder order
+/// (it used to go through `queue.write_buffer`, landing at the next submit even when the step was
+/// abandoned): an abandoned oversized step leaves the tables and gradients of later steps right.
+#[test]
+fn an_abandoned_step_with_oversized_host_data_lands_nowhere() {
+    let cfg = clipped();
+    let options = OptimizerOptions {
+        max_staging_bytes: 0,
+        ..Default::default()
+    };
+    let mut rng = Rng::new(5);
+    let (a0, b0) = (rng.vec(6, 1.0, 0), rng.vec(70, 1.0, 0));
+    let mut opt = RmsProp::with_options(ctx(), cfg.clone(), options).unwrap();
+    let a = opt.add_variable("a", &[6], &a0).unwrap();
+    let b = opt.add_variable("b", &[7, 10], &b0).unwrap();
+    let mut r = Reference::new(cfg);
+    r.add_variable(&[6], &a0);
+    r.add_variable(&[7, 10], &b0);
+    let (ga, gb) = (rng.vec(6, 2.0, 0), rng.vec(70, 2.0, 0));
+    opt.apply(&[(a, Gradient::Dense(&ga))]).unwrap();
+    r.step(&[Some(RefGradient::Dense(&ga)), None]).unwrap();
+    let poison = vec![1e6f32; 70];
+    let mut e = encoder();
+    let step = opt
+        .record(
+            &mut e,
+            &[(a, Gradient::Dense(&ga)), (b, Gradient::Dense(&poison))],
+        )
+        .unwrap();
+    drop(e);
+    opt.abandon(step).unwrap();
+    opt.apply(&[(a, Gradient::Dense(&ga))]).unwrap();
+    r.step(&[Some(RefGradient::Dense(&ga)), None]).unwrap();
+    opt.apply(&[(a, Gradient::Dense(&ga)), (b, Gradient::Dense(&gb))])
+        .unwrap();
+    r.step(&[Some(RefGradient::Dense(&ga)), Some(RefGradient::Dense(&gb))])
+        .unwrap();
+    assert_matches(&mut opt, a, &r.vars[0], "a");
+    assert_matches(&mut opt, b, &r.vars[1], "b");
 }
 
 #[test]
@@ -197,6 +298,12 @@ fn resident_steps_after_the_pools_moved_are_refused_until_slices_are_taken_again
     let e = opt.apply(&[(w, Gradient::Resident)]).unwrap_err();
     assert!(matches!(e, Error::StaleLayout { .. }), "{e:?}");
     assert_eq!(snapshot(&mut opt, &[w]), before);
+    // Taking another variable's slices (or `w`'s variable slices) does not make `w`'s gradient fresh.
+    let big = opt.variable("big").unwrap();
+    opt.gradient_slices(big).unwrap();
+    opt.variable_slices(w).unwrap();
+    let e = opt.apply(&[(w, Gradient::Resident)]).unwrap_err();
+    assert!(matches!(e, Error::StaleLayout { .. }), "{e:?}");
     let new = opt.gradient_slices(w).unwrap();
     assert_ne!(new[0].buffer, old[0].buffer);
     assert_eq!(new[0].layout, opt.layout_version());

@@ -90,8 +90,8 @@ pub struct RmsProp {
     spare: Vec<Vec<[u32; 4]>>,
     next_ticket: u64,
     max_unresolved: usize,
-    /// The layout version the caller last took slices of.
-    slices_seen: u64,
+    /// Per variable, the layout version at which the caller last took its gradient slices (or added it).
+    gradients_seen: Vec<u64>,
     frozen: bool,
     scratch: Scratch,
     last_dispatches: usize,
@@ -209,7 +209,6 @@ impl RmsProp {
             gpu,
             uploader: Uploader::new(
                 format!("{prefix}/staging"),
-                ctx.queue().clone(),
                 options.max_staging_bytes.min(limits.max_buffer_size),
             ),
             plan_cfg,
@@ -221,7 +220,7 @@ impl RmsProp {
             spare: Vec::new(),
             next_ticket: 0,
             max_unresolved: options.max_unresolved_steps,
-            slices_seen: 0,
+            gradients_seen: Vec::new(),
             frozen: false,
             scratch: Scratch::default(),
             last_dispatches: 0,
@@ -246,9 +245,11 @@ impl RmsProp {
         self.iterations
     }
 
-    /// The learning rate the next step will use (the schedule at `iterations()`).
+    /// The learning rate the next recorded step will use (the schedule at `iterations()` plus the
+    /// steps recorded and not yet resolved).
     pub fn learning_rate(&self) -> Result<f32> {
-        self.config.learning_rate().at_step(self.iterations + 1)
+        let next = self.iterations + self.pending.len() as u64 + 1;
+        self.config.learning_rate().at_step(next)
     }
 
     /// The learning rate the last applied step used (`None` before the first step).
@@ -327,7 +328,9 @@ impl RmsProp {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        self.slices_seen = self.layout.version;
+        if kind == Kind::Gradient {
+            self.gradients_seen[id.index()] = self.layout.version;
+        }
         Ok(out)
     }
 
@@ -340,7 +343,8 @@ impl RmsProp {
 
     /// Where a variable's gradient is read from: a backward shader that writes there can step with
     /// [`crate::Gradient::Resident`], with no copy at all. Valid while [`RmsProp::layout_version`] is
-    /// unchanged; taking slices tells the optimizer the caller follows the current layout.
+    /// unchanged; taking them tells the optimizer the caller follows the variable's current buffers
+    /// (a `Resident` step of a variable whose buffer moved since is [`Error::StaleLayout`]).
     pub fn gradient_slices(&mut self, id: VarId) -> Result<Vec<GpuSlice>> {
         self.slices(id, Kind::Gradient)
     }
@@ -398,6 +402,20 @@ impl RmsProp {
         };
         // Plan the placement, then allocate everything it needs before changing any state.
         let p = self.layout.plan_variable(name, shape, init_len)?;
+        // A caller's buffer is first copied into one of ours, in its own submission under an error
+        // scope: what the host cannot check (e.g. a buffer of another device) fails here, not in the
+        // submission that moves the pools.
+        let copied;
+        let init = match init {
+            Init::Gpu(g) => {
+                copied = self.copy_in(g, init_len)?;
+                Init::Gpu(GpuGradient {
+                    buffer: &copied,
+                    offset: 0,
+                })
+            }
+            host => host,
+        };
         let mut new_buffers = Vec::new();
         for &(index, capacity) in &p.grow {
             new_buffers.push((index, self.gpu.allocate_chunk(index, capacity)?));
@@ -425,6 +443,7 @@ impl RmsProp {
             self.gpu.install_chunk(&mut encoder, index, buffers, used);
         }
         let id = self.layout.commit_variable(name, shape, p);
+        self.gradients_seen.push(self.layout.version);
         let queue = self.ctx.queue().clone();
         let accumulator = self.config.initial_accumulator_value() as f32;
         for s in &self.layout.variables[id.index()].segments {
@@ -458,6 +477,34 @@ impl RmsProp {
         self.gpu.rebuild_bind_groups();
         log::debug!("{}: added variable {name:?} {shape:?}", self.config.name());
         Ok(id)
+    }
+
+    /// Copies `len` f32 from a caller's buffer into a fresh buffer of this optimizer (waits for nothing;
+    /// a wgpu validation error is returned, with nothing changed).
+    fn copy_in(&self, g: GpuGradient<'_>, len: usize) -> Result<wgpu::Buffer> {
+        let device = self.ctx.device();
+        let bytes = len as u64 * 4;
+        let buffer = crate::context::create_buffer_checked(
+            device,
+            &wgpu::BufferDescriptor {
+                label: Some(&format!("{}/initial values", self.config.name())),
+                size: bytes.max(4),
+                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            },
+        )?;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut encoder = device.create_command_encoder(&Default::default());
+        if bytes > 0 {
+            encoder.copy_buffer_to_buffer(g.buffer, g.offset, &buffer, 0, bytes);
+        }
+        self.ctx.queue().submit([encoder.finish()]);
+        match crate::context::poll_once(scope.pop()) {
+            Some(Some(e)) => Err(Error::Gpu(format!(
+                "the initial values could not be copied: {e}"
+            ))),
+            _ => Ok(buffer),
+        }
     }
 
     /// Fails with [`Error::UnresolvedSteps`] while recorded steps wait for their resolution.

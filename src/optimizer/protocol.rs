@@ -2,10 +2,8 @@
 //! it or abandoned with its encoder. Host-side caches (the step count, the tables believed to be on the
 //! GPU, staging) change only on resolution; `apply` does all three in one call.
 
-use std::future::Future;
-use std::task::{Context, Poll};
-
 use super::{Pending, RmsProp};
+use crate::context::poll_once;
 use crate::error::{Error, Result};
 use crate::kernels::{Params, ParamsMode};
 use crate::step::encode::{Step, Tables};
@@ -64,7 +62,9 @@ impl RmsProp {
         // The scope's result is ready at once on native backends; where it is not (WebGPU), the step is
         // taken as applied rather than blocking.
         if let Some(Some(e)) = poll_once(scope.pop()) {
-            self.resolve_front(step, Some(submission), false)?;
+            // Nothing of the command buffer ran; the step was the only one unresolved.
+            drop(step);
+            self.resolve_front(Some(submission), false);
             return Err(Error::Gpu(format!(
                 "the step was rejected by wgpu and not applied: {e}"
             )));
@@ -81,9 +81,11 @@ impl RmsProp {
     /// recording order), each with its own step number and learning rate: each step's parameters
     /// travel as immediate data where the device has them (else in a uniform buffer slot copied before
     /// its pass), and its host data (host or sparse gradients, tables) through a reused staging buffer
-    /// copied into place before its pass. A step with more host data than
-    /// [`crate::OptimizerOptions::max_staging_bytes`] is written with `queue.write_buffer` (which lands
-    /// before the whole next submission): refused with [`Error::UnresolvedSteps`] while others wait.
+    /// copied into place before its pass (a one-off buffer past
+    /// [`crate::OptimizerOptions::max_staging_bytes`]), so everything lands in encoder order.
+    ///
+    /// A step that fails here has recorded nothing, except after a staging failure (an internal error):
+    /// then `encoder` holds part of the step's copies and must be dropped.
     pub fn record(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -99,8 +101,7 @@ impl RmsProp {
         let step = self.iterations + self.pending.len() as u64 + 1;
         let s = self.config.scalars(step)?;
         let sc = &mut self.scratch;
-        let resident_ok = self.slices_seen == self.layout.version;
-        validate(&self.layout, grads, resident_ok, &mut sc.shape)?;
+        validate(&self.layout, grads, &self.gradients_seen, &mut sc.shape)?;
         sc.sparse
             .prepare(&self.layout, grads, sc.shape.sparse, &self.heads);
         let base = Params {
@@ -180,12 +181,6 @@ impl RmsProp {
             pass_label: &self.labels[1],
         };
         let need = st.staging_bytes();
-        if self.uploader.is_direct(need) && unresolved {
-            return Err(Error::UnresolvedSteps {
-                count: self.pending.len(),
-                call: "record a step whose host data exceed max_staging_bytes",
-            });
-        }
         self.uploader.begin(self.ctx.device(), need)?;
         let staged = st.stage(&self.gpu, &mut self.uploader, encoder);
         let slot = self.uploader.finish(encoder);
@@ -225,22 +220,40 @@ impl RmsProp {
     }
 
     /// Resolves a recorded step as submitted in `submission` (the value `queue.submit` returned for
-    /// the encoder it was recorded in). Steps resolve in the order they were recorded. Returns the new
+    /// the encoder it was recorded in). Steps recorded before it and still unresolved are resolved with
+    /// it: encoders are submitted in recording order, so they were submitted by then. Returns the new
     /// step count.
     pub fn submitted(
         &mut self,
         step: RecordedStep,
         submission: wgpu::SubmissionIndex,
     ) -> Result<u64> {
-        self.resolve_front(step, Some(submission), true)?;
+        let at = self.position(&step)?;
+        for _ in 0..at {
+            self.resolve_front(Some(submission.clone()), true);
+        }
+        self.resolve_front(Some(submission), true);
         Ok(self.iterations)
     }
 
-    /// Finishes `encoder`, submits it and resolves `step` (recorded into it) in one call. Returns the new
-    /// step count.
+    /// Finishes `encoder`, submits it and resolves `step` (recorded into it, and any step recorded
+    /// before it) in one call. Returns the new step count. A step this optimizer cannot resolve (see
+    /// [`Error::StepResolution`]) is refused before anything is submitted.
     pub fn submit(&mut self, encoder: wgpu::CommandEncoder, step: RecordedStep) -> Result<u64> {
+        self.position(&step)?;
         let submission = self.ctx.queue().submit([encoder.finish()]);
         self.submitted(step, submission)
+    }
+
+    /// Abandons every unresolved step: recovery when their [`RecordedStep`]s were lost. Only correct
+    /// when none of their encoders was submitted (a submitted one ran, but is not counted). Returns how
+    /// many steps were abandoned.
+    pub fn abandon_all(&mut self) -> usize {
+        let count = self.pending.len();
+        while let Some(p) = self.pending.pop_back() {
+            self.forget(p);
+        }
+        count
     }
 
     /// Resolves a recorded step whose encoder was dropped (never submitted): it leaves the step count,
@@ -281,48 +294,36 @@ impl RmsProp {
             })
     }
 
-    /// Resolves the oldest unresolved step, which must be `step`; commits what it staged when `commit`.
-    fn resolve_front(
-        &mut self,
-        step: RecordedStep,
-        submission: Option<wgpu::SubmissionIndex>,
-        commit: bool,
-    ) -> Result<()> {
-        if self.position(&step)? != 0 {
-            return Err(Error::StepResolution {
-                step: step.step,
-                reason:
-                    "steps resolve in the order they were recorded: resolve the earlier ones first",
-            });
-        }
+    /// Resolves the oldest unresolved step; commits what it staged when `commit`, else abandons it and
+    /// every later step (recorded on top of it).
+    fn resolve_front(&mut self, submission: Option<wgpu::SubmissionIndex>, commit: bool) {
         let Some(mut p) = self.pending.pop_front() else {
-            return Ok(());
+            return;
         };
         if let Some(slot) = p.slot.take() {
             self.uploader.resolve(slot, submission);
         }
         if !commit {
-            // Not run: later steps were recorded on top of it.
             self.forget(p);
             while let Some(later) = self.pending.pop_back() {
                 self.forget(later);
             }
-            return Ok(());
+            return;
         }
         self.iterations = p.step;
         self.last_lr = Some(p.lr);
         let c = &mut self.committed;
         if p.generation == c.generation {
-            if let Some(jobs) = p.jobs {
+            if let Some(jobs) = p.jobs.take() {
                 self.spare.push(std::mem::replace(&mut c.jobs, jobs));
             }
-            if let Some(var_step) = p.var_step {
+            if let Some(var_step) = p.var_step.take() {
                 self.spare
                     .push(std::mem::replace(&mut c.var_step, var_step));
             }
             c.heads_written = c.heads_written.max(p.heads_written);
         }
-        Ok(())
+        self.forget(p);
     }
 }
 
@@ -344,14 +345,4 @@ fn reuse(spare: &mut Vec<Vec<[u32; 4]>>, table: &[[u32; 4]]) -> Vec<[u32; 4]> {
     v.clear();
     v.extend_from_slice(table);
     v
-}
-
-/// Polls a future once without blocking: `Some` when it was ready.
-fn poll_once<F: Future>(f: F) -> Option<F::Output> {
-    let mut f = std::pin::pin!(f);
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        Poll::Ready(v) => Some(v),
-        Poll::Pending => None,
-    }
 }

@@ -46,9 +46,9 @@ impl StepBuffer {
         }
     }
 
-    /// Checks that `size` bytes fit one binding of at most `limit` bytes.
+    /// Checks that `size` bytes fit one binding of at most `limit` bytes (in whole vec4s).
     fn check(&self, size: u64, limit: u64) -> Result<()> {
-        if size > limit {
+        if size.next_multiple_of(16) > limit & !15 {
             return Err(Error::StepTooLarge {
                 buffer: self.label.clone(),
                 bytes: size,
@@ -58,18 +58,18 @@ impl StepBuffer {
         Ok(())
     }
 
-    /// Makes room for `size` bytes (at most `limit`, checked before); returns whether a new buffer was
-    /// allocated. Doubling stops at `limit`, so the buffer can always be bound. Fails (and keeps the old
-    /// buffer) when the device cannot allocate.
-    fn reserve(&mut self, device: &wgpu::Device, size: u64, limit: u64) -> Result<bool> {
+    /// A replacement with room for `size` bytes (at most `limit`, checked before), or `None` when the
+    /// buffer is large enough. Doubling stops at `limit` (rounded down to 16, so the buffer can always be
+    /// bound whole). Fails when the device cannot allocate; nothing is replaced here.
+    fn grown(&self, device: &wgpu::Device, size: u64, limit: u64) -> Result<Option<wgpu::Buffer>> {
         if size <= self.buffer.size() {
-            return Ok(false);
+            return Ok(None);
         }
         let size = size
             .max(self.buffer.size().saturating_mul(2))
-            .min(limit)
-            .next_multiple_of(16);
-        self.buffer = create_buffer_checked(
+            .min(limit & !15)
+            .max(size.next_multiple_of(16));
+        create_buffer_checked(
             device,
             &wgpu::BufferDescriptor {
                 label: Some(&self.label),
@@ -77,8 +77,8 @@ impl StepBuffer {
                 usage: self.usage,
                 mapped_at_creation: false,
             },
-        )?;
-        Ok(true)
+        )
+        .map(Some)
     }
 }
 
@@ -151,7 +151,8 @@ pub(crate) struct Gpu {
     pub global_bind_groups: Vec<wgpu::BindGroup>,
     /// Largest storage binding (the device's `max_storage_buffer_binding_size`, within `max_buffer_size`).
     pub binding_limit: u64,
-    /// Largest uniform binding.
+    /// Largest uniform buffer: one `Params` slot is bound at a dynamic (u32) offset, so the buffer may be
+    /// as large as `max_buffer_size` allows.
     uniform_limit: u64,
     /// GPU buffers and bind groups created so far (for the no-allocation-per-step check).
     pub objects_created: u64,
@@ -237,9 +238,7 @@ impl Gpu {
             binding_limit: limits
                 .max_storage_buffer_binding_size
                 .min(limits.max_buffer_size),
-            uniform_limit: limits
-                .max_uniform_buffer_binding_size
-                .min(limits.max_buffer_size),
+            uniform_limit: limits.max_buffer_size.min(u64::from(u32::MAX)),
             objects_created: 0,
         };
         gpu.rebuild_bind_groups();
@@ -319,25 +318,50 @@ impl Gpu {
         self.var_step.check(s.var_step, l)
     }
 
-    /// Grows the step buffers to `s` (checked with [`Gpu::check`] first), then rebinds if any grew.
+    /// Grows the step buffers to `s` (checked with [`Gpu::check`] first), then rebinds if any grew. All
+    /// replacements are allocated before any is installed: a failed allocation changes nothing.
     pub fn reserve(&mut self, s: &StepSizes) -> Result<Regrown> {
         self.check(s)?;
-        let d = self.device.clone();
-        let l = self.binding_limit;
-        let mut r = Regrown::default();
-        let mut grown = self.uniform.reserve(&d, s.uniform, self.uniform_limit)?;
-        r.jobs = self.jobs.reserve(&d, s.jobs, l)?;
-        grown |= self.partials.reserve(&d, s.partials, l)?;
-        grown |= self.sparse_values.reserve(&d, s.sparse_values, l)?;
-        grown |= self.sparse_index.reserve(&d, s.sparse_index, l)?;
-        grown |= self.gpu_indices.reserve(&d, s.gpu_indices, l)?;
-        grown |= self.next.reserve(&d, s.next, l)?;
-        r.heads = self.heads.reserve(&d, s.heads, l)?;
-        grown |= self.var_info.reserve(&d, s.var_info, l)?;
-        r.var_step = self.var_step.reserve(&d, s.var_step, l)?;
-        if grown || r.jobs || r.heads || r.var_step {
-            self.rebuild_bind_groups();
+        let (d, l, u) = (&self.device, self.binding_limit, self.uniform_limit);
+        let new = [
+            self.uniform.grown(d, s.uniform, u)?,
+            self.jobs.grown(d, s.jobs, l)?,
+            self.partials.grown(d, s.partials, l)?,
+            self.sparse_values.grown(d, s.sparse_values, l)?,
+            self.sparse_index.grown(d, s.sparse_index, l)?,
+            self.gpu_indices.grown(d, s.gpu_indices, l)?,
+            self.next.grown(d, s.next, l)?,
+            self.heads.grown(d, s.heads, l)?,
+            self.var_info.grown(d, s.var_info, l)?,
+            self.var_step.grown(d, s.var_step, l)?,
+        ];
+        let r = Regrown {
+            jobs: new[1].is_some(),
+            var_step: new[9].is_some(),
+            heads: new[7].is_some(),
+        };
+        if new.iter().all(Option::is_none) {
+            return Ok(r);
         }
+        let slots = [
+            &mut self.uniform,
+            &mut self.jobs,
+            &mut self.partials,
+            &mut self.sparse_values,
+            &mut self.sparse_index,
+            &mut self.gpu_indices,
+            &mut self.next,
+            &mut self.heads,
+            &mut self.var_info,
+            &mut self.var_step,
+        ];
+        for (slot, buffer) in slots.into_iter().zip(new) {
+            if let Some(buffer) = buffer {
+                slot.buffer = buffer;
+                self.objects_created += 1;
+            }
+        }
+        self.rebuild_bind_groups();
         Ok(r)
     }
 

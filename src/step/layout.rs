@@ -24,6 +24,8 @@ pub(crate) struct ChunkLayout {
     pub used: u64,
     /// `(begin, end, variable)` in vec4, in placement order (ascending `begin`).
     pub segments: Vec<(u64, u64, usize)>,
+    /// The layout version at which this chunk's buffers were last replaced (or created).
+    pub moved: u64,
 }
 
 /// Every variable and chunk of one optimizer.
@@ -36,7 +38,7 @@ pub(crate) struct Layout {
     pub chunk_limit: u64,
     /// Alignment of every variable's first element, in vec4.
     pub align_vec4: u64,
-    /// Bumped whenever a pool buffer is replaced (grown): slices taken before are stale.
+    /// Bumped whenever a pool buffer is replaced (grown): slices of it taken before are stale.
     pub version: u64,
 }
 
@@ -166,15 +168,15 @@ impl Layout {
     /// Records a planned variable (after its buffers were allocated). Returns its handle.
     pub fn commit_variable(&mut self, name: &str, shape: &[usize], p: Placement) -> VarId {
         let index = self.variables.len();
-        let moved = p.grow.iter().any(|&(c, _)| c < self.chunks.len());
+        if p.grow.iter().any(|&(c, _)| c < self.chunks.len()) {
+            self.version += 1;
+        }
         for &(chunk, capacity) in &p.grow {
             if chunk >= self.chunks.len() {
                 self.chunks.resize(chunk + 1, ChunkLayout::default());
             }
             self.chunks[chunk].capacity = capacity;
-        }
-        if moved {
-            self.version += 1;
+            self.chunks[chunk].moved = self.version;
         }
         for (chunk, u) in self.chunks.iter_mut().zip(&p.used) {
             chunk.used = *u;

@@ -21,11 +21,25 @@ pub(crate) struct SparseStep {
 
 /// Each variable's region in the `heads` buffer of GPU grouping, given the first time a variable takes
 /// GPU indices; regions start empty (NONE) and grouping leaves them empty after each step.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub(crate) struct HeadRegions {
     pub base: Vec<Option<u32>>,
     /// Total rows of the regions.
     pub len: u64,
+}
+
+// By hand, so that `clone_from` reuses the vector (it runs every step).
+impl Clone for HeadRegions {
+    fn clone(&self) -> Self {
+        HeadRegions {
+            base: self.base.clone(),
+            len: self.len,
+        }
+    }
+    fn clone_from(&mut self, source: &Self) {
+        self.base.clone_from(&source.base);
+        self.len = source.len;
+    }
 }
 
 /// A step's sparse layout (reused between steps, so that steady-state steps do not allocate).

@@ -108,8 +108,9 @@ pub struct GpuSlice {
 }
 
 impl GpuSlice {
-    /// Bytes to bind for this slice: its values rounded up to whole vec4s (the padding lanes are zero
-    /// and owned by the variable, so a shader may read or write them as `vec4<f32>`).
+    /// Bytes to bind for this slice: its values rounded up to whole vec4s. The padding lanes belong to
+    /// the variable, so a shader may read or write them as `vec4<f32>`; the optimizer never reads them
+    /// back.
     pub fn bound_bytes(&self) -> u64 {
         (self.len as u64).div_ceil(4) * 16
     }

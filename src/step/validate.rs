@@ -29,12 +29,13 @@ pub(crate) struct StepShape {
     pub sparse: usize,
 }
 
-/// Checks `grads` against `layout`; `resident_ok` is false when the pools moved since the caller last
-/// fetched slices (a `Resident` gradient would then have been written into a buffer the pools left).
+/// Checks `grads` against `layout`. `seen[var]` is the layout version at which the caller last took
+/// the variable's gradient slices (or added it): a `Resident` gradient of a variable whose pool buffer
+/// moved since was written into a buffer the pools left.
 pub(crate) fn validate(
     layout: &Layout,
     grads: &[(VarId, Gradient<'_>)],
-    resident_ok: bool,
+    seen: &[u64],
     out: &mut StepShape,
 ) -> Result<()> {
     out.parts.clear();
@@ -47,7 +48,12 @@ pub(crate) fn validate(
         // Sparse gradients: (indices, values) of this step, checked below against the step's total.
         let listed = match g {
             Gradient::Resident => {
-                if !resident_ok {
+                let moved = v
+                    .segments
+                    .iter()
+                    .map(|s| layout.chunks[s.chunk].moved)
+                    .max();
+                if moved.unwrap_or(0) > seen.get(id.index as usize).copied().unwrap_or(0) {
                     return Err(Error::StaleLayout {
                         name: name(),
                         version: layout.version,
