@@ -74,8 +74,10 @@ impl Step<'_> {
                     for s in &v.segments {
                         let dst = gpu.chunks[s.chunk].buffer(Kind::Gradient)?;
                         let part = &values[s.first_elem..s.first_elem + s.elems];
-                        // The padding lanes after the last element are written as zeros.
-                        let pad = s.vec4s() * VEC4_BYTES - s.elems as u64 * 4;
+                        // The padding lanes after the last element, and the alignment padding up to
+                        // where the next variable may start, are written as zeros (so that the
+                        // writes of neighbouring variables merge into one copy).
+                        let pad = self.layout.padded_vec4s(s) * VEC4_BYTES - s.elems as u64 * 4;
                         up.write(
                             encoder,
                             dst,

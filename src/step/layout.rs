@@ -136,6 +136,15 @@ impl Layout {
         })
     }
 
+    /// Vec4s from a segment's start to where the next variable may start: its own vec4s and the
+    /// alignment padding after them (owned by no other variable). Host gradients are written with that
+    /// padding as zeros, so that the writes of variables placed one after another merge into one copy
+    /// (with 32-byte alignment, 1,000 four-element gradients were 1,000 copies: 0.7 ms of host time).
+    pub fn padded_vec4s(&self, s: &Segment) -> u64 {
+        let end = (s.offset + s.vec4s()).next_multiple_of(self.align_vec4);
+        end.min(self.chunks[s.chunk].capacity) - s.offset
+    }
+
     /// Entries of `var_info` (16 bytes each) the per-variable state and the segment map need: one per
     /// variable, then two per segment (see [`Layout::segment_map`]).
     pub fn var_info_entries(&self) -> u64 {
