@@ -123,10 +123,11 @@ pub(crate) fn validate(
             Gradient::Dense(_) | Gradient::Gpu(_) | Gradient::Resident => Part::Dense,
         };
         if let Gradient::Dense(_) = g {
+            // With the alignment padding after each part (see `Layout::padded_vec4s`).
             out.host_bytes += v
                 .segments
                 .iter()
-                .map(|s| s.vec4s() * VEC4_BYTES)
+                .map(|s| layout.padded_vec4s(s) * VEC4_BYTES)
                 .sum::<u64>();
         }
         out.copied += usize::from(!matches!(g, Gradient::Resident));
