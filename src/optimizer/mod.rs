@@ -90,7 +90,8 @@ pub struct RmsProp {
     spare: Vec<Vec<[u32; 4]>>,
     next_ticket: u64,
     max_unresolved: usize,
-    /// Per variable, the layout version at which the caller last took its gradient slices (or added it).
+    /// Per variable, the layout version at which the caller last took its gradient slices (`u64::MAX`:
+    /// never).
     gradients_seen: Vec<u64>,
     frozen: bool,
     scratch: Scratch,
@@ -443,7 +444,9 @@ impl RmsProp {
             self.gpu.install_chunk(&mut encoder, index, buffers, used);
         }
         let id = self.layout.commit_variable(name, shape, p);
-        self.gradients_seen.push(self.layout.version);
+        // Never taken: nothing can have been written into a buffer the pools left (growth copies the
+        // gradient pool along with the rest).
+        self.gradients_seen.push(u64::MAX);
         let queue = self.ctx.queue().clone();
         let accumulator = self.config.initial_accumulator_value() as f32;
         for s in &self.layout.variables[id.index()].segments {

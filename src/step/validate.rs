@@ -30,8 +30,8 @@ pub(crate) struct StepShape {
 }
 
 /// Checks `grads` against `layout`. `seen[var]` is the layout version at which the caller last took
-/// the variable's gradient slices (or added it): a `Resident` gradient of a variable whose pool buffer
-/// moved since was written into a buffer the pools left.
+/// the variable's gradient slices (`u64::MAX`: never): a `Resident` gradient of a variable whose pool
+/// buffer moved since was written into a buffer the pools left.
 pub(crate) fn validate(
     layout: &Layout,
     grads: &[(VarId, Gradient<'_>)],
