@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{invalid, parse, StepState};
+use super::{invalid, parse, values, StepState};
 use crate::error::Result;
 
 fn escape(s: &str, name: bool) -> String {
@@ -269,6 +269,7 @@ pub struct EmittedResults {
     /// The case's name.
     pub name: String,
     /// The state after each step.
+    #[serde(deserialize_with = "values::objects")]
     pub expected: Vec<StepState>,
 }
 
@@ -276,7 +277,7 @@ pub struct EmittedResults {
 /// strictly as a case.
 pub fn read_emitted(text: &str) -> Result<EmittedResults> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let r: EmittedResults =
+    let values::Obj(r): values::Obj<EmittedResults> =
         serde_path_to_error::deserialize(&mut de).map_err(|e| invalid("?", parse::describe(e)))?;
     de.end()
         .map_err(|e| invalid(&r.name, format!("after the results: {e}")))?;

@@ -96,7 +96,7 @@ pub struct CaseVariable {
     #[serde(default, deserialize_with = "values::some")]
     pub exclude_from_weight_decay: Option<bool>,
     /// torch parameter-group settings (not implemented: present makes the case unsupported).
-    #[serde(default, deserialize_with = "values::some")]
+    #[serde(default, deserialize_with = "values::some_object")]
     pub overrides: Option<VariableOverrides>,
 }
 
@@ -232,10 +232,10 @@ pub struct Tolerance {
     #[serde(deserialize_with = "values::num")]
     pub atol: f64,
     /// Replaces the case-wide pair for the variables.
-    #[serde(default, deserialize_with = "values::some")]
+    #[serde(default, deserialize_with = "values::some_object")]
     pub variables: Option<TolerancePair>,
     /// Replaces the case-wide pair for the named slots.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "values::object_map")]
     pub slots: BTreeMap<String, TolerancePair>,
 }
 
@@ -343,13 +343,16 @@ pub struct Case {
     /// Hyperparameters.
     pub config: CaseConfig,
     /// The variables.
+    #[serde(deserialize_with = "values::objects")]
     pub variables: Vec<CaseVariable>,
     /// The steps.
+    #[serde(deserialize_with = "values::objects")]
     pub steps: Vec<CaseStep>,
     /// The state expected after each step (absent in blind cases; `null` is not allowed).
-    #[serde(default, deserialize_with = "values::some")]
+    #[serde(default, deserialize_with = "values::some_objects")]
     pub expected: Option<Vec<ExpectedState>>,
     /// Tolerance of the comparison.
+    #[serde(deserialize_with = "values::object")]
     pub tolerance: Tolerance,
 }
 

@@ -183,10 +183,12 @@ impl ScheduleSpec {
                 "m_mul",
                 "alpha",
             ],
-            other => return Err(E::custom(format_args!(
+            other => {
+                return Err(E::custom(format_args!(
                 "unknown schedule {other:?} (expected ExponentialDecay, PiecewiseConstantDecay, \
                      PolynomialDecay, InverseTimeDecay, CosineDecay or CosineDecayRestarts)"
-            ))),
+            )))
+            }
         };
         if let Some((key, _)) = given.iter().find(|(k, g)| *g && !takes.contains(k)) {
             return Err(E::custom(format_args!(
@@ -341,7 +343,7 @@ struct RawConfig {
 
 impl<'de> Deserialize<'de> for CaseConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let r = RawConfig::deserialize(d)?;
+        let r: RawConfig = values::object(d)?;
         Ok(CaseConfig {
             learning_rate: r.learning_rate,
             rho: r.rho,
@@ -395,9 +397,13 @@ pub(super) fn describe(e: serde_path_to_error::Error<serde_json::Error>) -> Stri
     }
     // serde_path_to_error writes "." for the top level.
     let mut path = if path == "." { String::new() } else { path };
+    // Whether the key is already the last segment depends on where the error was raised (while
+    // reading the key, or by a visitor after it): add it only when it is not.
     let key_path = |path: &str, key: &str| {
-        if path.is_empty() {
+        if path.is_empty() || path == key {
             key.to_string()
+        } else if path.ends_with(&format!(".{key}")) {
+            path.to_string()
         } else {
             format!("{path}.{key}")
         }
@@ -466,7 +472,7 @@ impl Case {
             ));
         }
         let mut de = serde_json::Deserializer::from_str(text);
-        let case: Case =
+        let values::Obj(case): values::Obj<Case> =
             serde_path_to_error::deserialize(&mut de).map_err(|e| invalid(&name(), describe(e)))?;
         de.end()
             .map_err(|e| invalid(&case.name, format!("after the case: {e}")))?;

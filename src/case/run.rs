@@ -77,7 +77,7 @@ impl Case {
             .saturating_mul(1 + slots)
     }
 
-    /// Estimated peak bytes of running the case: the case, [`STATE_COPIES`] times the state, the
+    /// Estimated peak bytes of running the case: the case, four times the state, the
     /// largest step's gradients twice (the case's copy is passed on, the optimizer stages one); with
     /// `collect`, also every step's state (what [`Case::run_gpu`] returns).
     pub fn memory_estimate(&self, collect: bool) -> u64 {

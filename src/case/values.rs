@@ -199,13 +199,14 @@ pub(crate) fn computed_slots<'de, D: Deserializer<'de>>(
     Ok(out)
 }
 
-/// A JSON number read as f64 (integers included); nothing else.
-struct Num;
+/// A JSON number read as f64 (integers included); nothing else. Holds what the error message says
+/// was expected.
+struct Num(&'static str);
 
 impl Visitor<'_> for Num {
     type Value = f64;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a number")
+        f.write_str(self.0)
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
         Ok(v)
@@ -242,7 +243,7 @@ impl Visitor<'_> for Float {
 
 /// `#[serde(deserialize_with)]`: a number (not null, not a string).
 pub(crate) fn num<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    d.deserialize_any(Num)
+    d.deserialize_any(Num("a number"))
 }
 
 /// `#[serde(deserialize_with)]` with `default`: an optional key that, when present, is a number.
@@ -265,7 +266,7 @@ pub(crate) fn nullable_num<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64
             Ok(None)
         }
         fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            num(d).map(Some)
+            d.deserialize_any(Num("a number or null")).map(Some)
         }
     }
     d.deserialize_option(V)
@@ -480,4 +481,76 @@ pub(crate) fn ser_opt_f64<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok,
         Some(x) => Out64(*x).serialize(s),
         None => s.serialize_none(),
     }
+}
+
+/// A struct read only from a JSON object. `serde`'s derived structs also accept a JSON array and fill
+/// the fields by position (`["w", [], [1]]` as a variable); a case must name its keys, so every struct
+/// of the format is read through this.
+pub(crate) struct Obj<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Obj)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// `#[serde(deserialize_with)]`: a struct, from an object only.
+pub(crate) fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Obj::deserialize(d).map(|o| o.0)
+}
+
+/// `#[serde(deserialize_with)]` with `default`: an optional struct, from an object only (not `null`).
+pub(crate) fn some_object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    object(d).map(Some)
+}
+
+/// `#[serde(deserialize_with)]`: a list of structs, each from an object only.
+pub(crate) fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Vec<T>, D::Error> {
+    Vec::<Obj<T>>::deserialize(d).map(|v| v.into_iter().map(|o| o.0).collect())
+}
+
+/// `#[serde(deserialize_with)]` with `default`: an optional list of structs (not `null`).
+pub(crate) fn some_objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    objects(d).map(Some)
+}
+
+/// `#[serde(deserialize_with)]`: an object of name to struct, a key given twice being an error.
+pub(crate) fn object_map<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, T>, D::Error> {
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+        type Value = BTreeMap<String, T>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let Obj(value) = map.next_value()?;
+                if out.contains_key(&key) {
+                    return Err(de::Error::custom(format_args!("key {key:?} given twice")));
+                }
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V(std::marker::PhantomData))
 }
