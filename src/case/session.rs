@@ -260,11 +260,14 @@ impl<'a> Replay<'a> {
             if let Some(t) = &target {
                 t.discard();
             }
+            // Nothing was written and the resume did not matter: no remarks about either.
+            rep.notes.clear();
             rep.outcome = outcome_of(e);
             return rep;
         }
         if let (Some(t), Some(w)) = (&target, writer) {
             if let Err(e) = t.commit(w) {
+                rep.notes.clear();
                 rep.outcome = Outcome::Error(format!("cannot write the results: {e}"));
                 return rep;
             }
