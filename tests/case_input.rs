@@ -222,6 +222,16 @@ fn null_or_missing_where_a_value_is_required_is_an_error() {
             mutated(|v| v["dtype"] = json!("float64")),
             "dtype: unknown type \"float64\"",
         ),
+        (
+            mutated(|v| {
+                v["variables"][0] = json!({"name": "t", "shape": [2], "init": [0, 0]});
+                v["steps"][0]["grads"][0] =
+                    json!({"kind": "sparse", "indices": [1], "values": [1]});
+                v["config"]["sparse_mode"] = json!("lazy");
+                v.as_object_mut().unwrap().remove("expected");
+            }),
+            "config.duplicate_indices: missing (required with sparse steps)",
+        ),
     ];
     for (text, needle) in cases {
         let msg = read_error(&text);
@@ -473,6 +483,8 @@ fn a_case_over_the_memory_budget_is_an_error_before_it_is_allocated() {
         let n = 60_000;
         v["config"]["momentum"] = json!(0.9);
         v["config"]["centered"] = json!(true);
+        v["config"]["sparse_mode"] = json!("dense");
+        v["config"]["duplicate_indices"] = json!("keras3");
         v["variables"][0] = json!({"name": "w", "shape": [n], "init": vec![0; n]});
         v["steps"][0]["grads"][0] = json!({"kind": "sparse", "indices": [], "values": []});
         v.as_object_mut().unwrap().remove("expected");

@@ -695,6 +695,23 @@ impl Case {
         if let Some(s) = tol.slots.keys().find(|s| !SLOT_NAMES.contains(&s.as_str())) {
             return err(format!("tolerance.slots: unknown slot {s:?}"));
         }
+        // FORMAT.md has both keys in every case with sparse steps; a preset's own rule could differ from
+        // the framework the case records, so a missing one is an error, not a default.
+        let sparse = self
+            .steps
+            .iter()
+            .flat_map(|s| &s.grads)
+            .any(|g| matches!(g, CaseGradient::Sparse { .. }));
+        if sparse {
+            if self.config.sparse_lazy.is_none() {
+                return err("config.sparse_mode: missing (required with sparse steps)".into());
+            }
+            if self.config.duplicate_indices.is_none() {
+                return err(
+                    "config.duplicate_indices: missing (required with sparse steps)".into(),
+                );
+            }
+        }
         if let Some(k) = self.config.gradient_accumulation_steps.filter(|&k| k < 2) {
             return err(format!(
                 "config.gradient_accumulation_steps: {k}, must be an integer >= 2"
