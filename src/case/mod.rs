@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::schedule::Schedule;
 
+mod config;
 mod emit;
 mod judge;
 mod parse;
