@@ -6,10 +6,10 @@ use std::path::Path;
 use super::{invalid, Case, CaseGradient, Limits, StepState};
 use crate::context::GpuContext;
 use crate::error::Result;
-use crate::optimizer::{Gradient, RmsProp, VarId};
 use crate::pool::Slot;
 use crate::reference::{RefGradient, Reference};
 use crate::sparse::Indices;
+use crate::{Gradient, RmsProp, VarId};
 
 /// Rough fixed cost of one vector or map entry (header, allocator rounding).
 const ENTRY_OVERHEAD: u64 = 64;
