@@ -1,60 +1,84 @@
 //! Conformance runner for golden cases (`rmsprop-case/1`).
 //!
 //! ```text
-//! cargo run --release --example replay -- [--emit DIR] [--resume-at K] CASE.json [CASE.json ...]
+//! cargo run --release --example replay -- [--emit DIR] [--resume-at K] [--memory-budget BYTES] CASE.json [CASE.json ...]
 //! ```
 //!
-//! Runs each case on the GPU and prints one line per case: `PASS <name> max_abs=<x> max_rel=<y>`,
-//! `FAIL <name> ...`, `RAN <name>` (no expected values to judge), `UNSUPPORTED <name>: <what>` or
-//! `ERROR <name>: <message>`. With `--emit DIR`, writes `DIR/<name>.json` with the computed states.
-//! With `--resume-at K`, each case is checkpointed after step K, dropped, restored from the file into a
-//! new optimizer and finished (the results must be the same as without). Exits 0 only when every case
-//! passed or ran.
+//! Runs each case on the GPU and prints exactly one line per case: `PASS <name> max_abs=<x> max_rel=<y>`,
+//! `FAIL <name> ... first: <what>`, `RAN <name>` (no expected values to judge), `UNSUPPORTED <name>:
+//! <features>` or `ERROR <name>: <message>`. Names are escaped (`\n`, `\u{1b}`, `\u{20}`, ...), so a
+//! name cannot forge a line. With `--emit DIR`, writes each case's computed states to
+//! `DIR/<name>.json` (a sanitized file name when the case name is not a plain one, shown on the line
+//! as `emitted=FILE`); nothing is written outside DIR. With `--resume-at K`, each case is checkpointed
+//! after step K, dropped, restored from the file into a new optimizer and finished (the results must
+//! be the same as without). `--memory-budget` (default 4 GiB; suffixes K, M, G) bounds what one case
+//! may take: a case that would exceed it is an ERROR before it is read or run. A repeated case name
+//! is an ERROR for the later case. Exits 0 only when every case passed or ran.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use wgpu_rmsprop::case::{emit_json, Case};
-use wgpu_rmsprop::{Error, GpuContext};
+use wgpu_rmsprop::case::{escape_name, escape_text, Limits, Replay, ReplayOptions};
+use wgpu_rmsprop::GpuContext;
+
+const USAGE: &str =
+    "usage: replay [--emit DIR] [--resume-at K] [--memory-budget BYTES] CASE.json [CASE.json ...]";
+
+/// `123`, `64K`, `512M`, `4G` (binary units).
+fn parse_bytes(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.chars().last()?.to_ascii_uppercase() {
+        'K' => (&s[..s.len() - 1], 10),
+        'M' => (&s[..s.len() - 1], 20),
+        'G' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
 
 fn main() -> ExitCode {
     env_logger::init();
-    let mut emit: Option<PathBuf> = None;
-    let mut resume_at: Option<usize> = None;
+    let mut options = ReplayOptions::default();
     let mut paths = Vec::new();
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
-        match a.as_str() {
-            "--emit" => match args.next() {
-                Some(dir) => emit = Some(dir.into()),
+        match a.to_str() {
+            Some("--emit") => match args.next() {
+                Some(dir) => options.emit = Some(dir.into()),
                 None => {
                     eprintln!("--emit needs a directory");
                     return ExitCode::from(2);
                 }
             },
-            "--resume-at" => match args.next().and_then(|k| k.parse().ok()) {
-                Some(k) => resume_at = Some(k),
+            Some("--resume-at") => {
+                match args
+                    .next()
+                    .and_then(|k| k.to_str()?.parse::<usize>().ok())
+                    .filter(|&k| k >= 1)
+                {
+                    Some(k) => options.resume_at = Some(k),
+                    None => {
+                        eprintln!("--resume-at needs a step number >= 1");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            Some("--memory-budget") => match args.next().and_then(|b| parse_bytes(b.to_str()?)) {
+                Some(b) => options.limits = Limits::new(b),
                 None => {
-                    eprintln!("--resume-at needs a step number");
+                    eprintln!("--memory-budget needs a byte count (e.g. 4G, 512M)");
                     return ExitCode::from(2);
                 }
             },
-            "-h" | "--help" => {
-                println!("usage: replay [--emit DIR] [--resume-at K] CASE.json [CASE.json ...]");
+            Some("-h" | "--help") => {
+                println!("{USAGE}");
                 return ExitCode::SUCCESS;
             }
             _ => paths.push(PathBuf::from(a)),
         }
     }
     if paths.is_empty() {
-        eprintln!("usage: replay [--emit DIR] [--resume-at K] CASE.json [CASE.json ...]");
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
-    }
-    if let Some(dir) = &emit {
-        if let Err(e) = std::fs::create_dir_all(dir) {
-            eprintln!("cannot create {}: {e}", dir.display());
-            return ExitCode::from(2);
-        }
     }
     let ctx = match GpuContext::new() {
         Ok(c) => c,
@@ -64,62 +88,38 @@ fn main() -> ExitCode {
         }
     };
     eprintln!("adapter: {}", ctx.adapter_description());
+    let mut replay = match Replay::new(&ctx, options) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot create the output folder: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut all_ok = true;
     for path in &paths {
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let case = match Case::from_path(path) {
-            Ok(c) => c,
-            Err(e) => {
-                println!("ERROR {stem}: {e}");
-                all_ok = false;
-                continue;
+        // The library does not panic on any input; this is the last line of defence that keeps one
+        // case (a panic inside a dependency) from ending the run for the cases after it.
+        let rep = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| replay.run_path(path)));
+        match rep {
+            Ok(rep) => {
+                all_ok &= rep.ok();
+                println!("{}", rep.line());
             }
-        };
-        let file = std::env::temp_dir().join(format!(
-            "replay-{}-{}.safetensors",
-            std::process::id(),
-            case.name
-        ));
-        let result = case.run_gpu_resumed(&ctx, resume_at.map(|k| (k, file.as_path())));
-        let _ = std::fs::remove_file(&file);
-        let states = match result {
-            Ok(s) => s,
-            Err(Error::Unsupported { what, .. }) => {
-                println!("UNSUPPORTED {}: {what}", case.name);
+            Err(panic) => {
                 all_ok = false;
-                continue;
-            }
-            Err(e) => {
-                println!("ERROR {}: {e}", case.name);
-                all_ok = false;
-                continue;
-            }
-        };
-        if let Some(dir) = &emit {
-            let file = dir.join(format!("{}.json", case.name));
-            if let Err(e) = std::fs::write(&file, emit_json(&case.name, &states)) {
-                println!("ERROR {}: cannot write {}: {e}", case.name, file.display());
-                all_ok = false;
-                continue;
-            }
-        }
-        match case.judge(&states) {
-            None => println!("RAN {}", case.name),
-            Some(v) if v.pass => println!(
-                "PASS {} max_abs={:.3e} max_rel={:.3e}",
-                case.name, v.max_abs, v.max_rel
-            ),
-            Some(v) => {
-                all_ok = false;
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                let stem = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "?".into());
                 println!(
-                    "FAIL {} max_abs={:.3e} max_rel={:.3e} first: {}",
-                    case.name,
-                    v.max_abs,
-                    v.max_rel,
-                    v.worst.unwrap_or_default()
+                    "ERROR {}: internal panic: {}",
+                    escape_name(&stem),
+                    escape_text(&what)
                 );
             }
         }

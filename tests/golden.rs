@@ -68,7 +68,9 @@ fn the_judge_catches_an_error_just_past_tolerance() {
         .unwrap();
     let mut states = case.run_reference().unwrap();
     assert!(case.judge(&states).unwrap().pass);
-    let e = case.expected.as_ref().unwrap()[4].slots["momentum"][0][0];
+    let e = case.expected.as_ref().unwrap()[4].slots["momentum"][0]
+        .as_ref()
+        .unwrap()[0];
     let allowed = case.tolerance.atol + case.tolerance.rtol * f64::from(e).abs();
     states[4].slots.get_mut("momentum").unwrap()[0][0] = (f64::from(e) + 1.5 * allowed) as f32;
     let v = case.judge(&states).unwrap();
