@@ -25,17 +25,29 @@ fn encoder() -> wgpu::CommandEncoder {
     ctx().device().create_command_encoder(&Default::default())
 }
 
+/// An optimizer with the clipped configuration and two variables `a` ([n_a]) and `b` ([rows, 10]),
+/// the twin with the same, and the generator for the gradients.
+fn two_variables(
+    options: OptimizerOptions,
+    seed: u64,
+    n_a: usize,
+    rows: usize,
+) -> (RmsProp, [wgpu_rmsprop::VarId; 2], Reference, Rng) {
+    let cfg = clipped();
+    let mut rng = Rng::new(seed);
+    let (a0, b0) = (rng.vec(n_a, 1.0, 0), rng.vec(rows * 10, 1.0, 0));
+    let mut opt = RmsProp::with_options(ctx(), cfg.clone(), options).unwrap();
+    let a = opt.add_variable("a", &[n_a], &a0).unwrap();
+    let b = opt.add_variable("b", &[rows, 10], &b0).unwrap();
+    let mut r = Reference::new(cfg);
+    r.add_variable(&[n_a], &a0);
+    r.add_variable(&[rows, 10], &b0);
+    (opt, [a, b], r, rng)
+}
+
 #[test]
 fn an_abandoned_step_leaves_counts_tables_and_state_as_they_were() {
-    let cfg = clipped();
-    let mut rng = Rng::new(7);
-    let (a0, b0) = (rng.vec(5, 1.0, 0), rng.vec(300, 1.0, 0));
-    let mut opt = RmsProp::new(ctx(), cfg.clone()).unwrap();
-    let a = opt.add_variable("a", &[5], &a0).unwrap();
-    let b = opt.add_variable("b", &[30, 10], &b0).unwrap();
-    let mut r = Reference::new(cfg);
-    r.add_variable(&[5], &a0);
-    r.add_variable(&[30, 10], &b0);
+    let (mut opt, [a, b], mut r, mut rng) = two_variables(OptimizerOptions::default(), 7, 5, 30);
     // Step 1: only `a` (its norm-job table is staged and, once submitted, kept on the GPU).
     let ga = rng.vec(5, 2.0, 0);
     opt.apply(&[(a, Gradient::Dense(&ga))]).unwrap();
@@ -175,15 +187,7 @@ fn resolving_a_step_resolves_those_before_it_and_abandoning_one_abandons_those_a
 /// held before (the earlier step's different table lands in between).
 #[test]
 fn tables_are_staged_again_while_earlier_steps_are_unresolved() {
-    let cfg = clipped();
-    let mut rng = Rng::new(9);
-    let (a0, b0) = (rng.vec(6, 1.0, 0), rng.vec(70, 1.0, 0));
-    let mut opt = RmsProp::new(ctx(), cfg.clone()).unwrap();
-    let a = opt.add_variable("a", &[6], &a0).unwrap();
-    let b = opt.add_variable("b", &[7, 10], &b0).unwrap();
-    let mut r = Reference::new(cfg);
-    r.add_variable(&[6], &a0);
-    r.add_variable(&[7, 10], &b0);
+    let (mut opt, [a, b], mut r, mut rng) = two_variables(OptimizerOptions::default(), 9, 6, 7);
     let (ga, gb) = (rng.vec(6, 2.0, 0), rng.vec(70, 2.0, 0));
     // Both (the job table grows to its size), then `b` alone: its norm job is then the table's first,
     // where a table of `a` and `b` has `a`'s.
@@ -215,19 +219,11 @@ fn tables_are_staged_again_while_earlier_steps_are_unresolved() {
 /// abandoned): an abandoned oversized step leaves the tables and gradients of later steps right.
 #[test]
 fn an_abandoned_step_with_oversized_host_data_lands_nowhere() {
-    let cfg = clipped();
     let options = OptimizerOptions {
         max_staging_bytes: 0,
         ..Default::default()
     };
-    let mut rng = Rng::new(5);
-    let (a0, b0) = (rng.vec(6, 1.0, 0), rng.vec(70, 1.0, 0));
-    let mut opt = RmsProp::with_options(ctx(), cfg.clone(), options).unwrap();
-    let a = opt.add_variable("a", &[6], &a0).unwrap();
-    let b = opt.add_variable("b", &[7, 10], &b0).unwrap();
-    let mut r = Reference::new(cfg);
-    r.add_variable(&[6], &a0);
-    r.add_variable(&[7, 10], &b0);
+    let (mut opt, [a, b], mut r, mut rng) = two_variables(options, 5, 6, 7);
     let (ga, gb) = (rng.vec(6, 2.0, 0), rng.vec(70, 2.0, 0));
     opt.apply(&[(a, Gradient::Dense(&ga))]).unwrap();
     r.step(&[Some(RefGradient::Dense(&ga)), None]).unwrap();
