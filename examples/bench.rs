@@ -315,7 +315,11 @@ fn main() {
         let clipped_ids: Vec<VarId> = sizes
             .iter()
             .enumerate()
-            .map(|(k, &n)| clipped.add_variable(&format!("w{k}"), &[n], &vec![0.5; n]).unwrap())
+            .map(|(k, &n)| {
+                clipped
+                    .add_variable(&format!("w{k}"), &[n], &vec![0.5; n])
+                    .unwrap()
+            })
             .collect();
         let clipped_grads = resident(&clipped_ids);
         clipped.apply(&clipped_grads).unwrap();
@@ -332,10 +336,18 @@ fn main() {
         // Clipping reads every gradient once more (the norm) on top of the update's bytes.
         let n = tensors * each;
         let bytes = (bytes_per_element("plain") + 4.0) * n as f64;
-        let mut v = row("clip_many", "plain_global_clipnorm", n, tensors, &t[0], bytes);
+        let mut v = row(
+            "clip_many",
+            "plain_global_clipnorm",
+            n,
+            tensors,
+            &t[0],
+            bytes,
+        );
         v["baseline_ms"] = json!(t[1].median);
         emit(v, clipped.last_step_dispatches());
-        let path = std::env::temp_dir().join(format!("bench-save-{}.safetensors", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("bench-save-{}.safetensors", std::process::id()));
         let saves: Vec<f64> = (0..5)
             .map(|_| {
                 let start = Instant::now();
@@ -345,7 +357,14 @@ fn main() {
             .collect();
         let _ = std::fs::remove_file(&path);
         let ms = stats(saves);
-        let mut v = row("save_checkpoint", "plain_global_clipnorm", n, tensors, &ms, 0.0);
+        let mut v = row(
+            "save_checkpoint",
+            "plain_global_clipnorm",
+            n,
+            tensors,
+            &ms,
+            0.0,
+        );
         v["gb_s"] = Value::Null;
         v["timing"] = json!("host_clock");
         v["read_backs"] = json!(1);
