@@ -169,6 +169,7 @@ pub mod schedule;
 pub mod sparse;
 mod step;
 mod upload;
+pub mod var_options;
 
 pub use config::{
     AverageForm, ClipRules, DuplicateIndices, EpsilonPlacement, MomentumForm, NonFinite, Preset,
@@ -184,3 +185,4 @@ pub use sparse::Indices;
 pub use step::types::{
     GpuGradient, GpuIndices, GpuSlice, Gradient, OptimizerOptions, RecordedStep, Tensor, VarId,
 };
+pub use var_options::{VarHyper, VarOptions};
