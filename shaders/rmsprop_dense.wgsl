@@ -16,7 +16,8 @@
 // Consecutive vec4s per invocation, a workgroup apart (1 by default: what lavapipe rewards).
 override VEC4S_PER_INVOCATION: u32 = 1u;
 
-// The variable that vec4 `i` belongs to, for per-variable state (PER_VAR). The host places a map of the
+// The variable that vec4 `i` belongs to, for per-variable state (PER_VAR) and options (VAR_OPTIONS).
+// The host places a map of the
 // bound pool buffer's variables after the per-variable entries of `var_info`: from `p.seg_base` on,
 // `p.seg_len` entries whose `flags` hold each variable's first vec4 (ascending), then `p.seg_len`
 // entries whose `flags` hold the variable's index. A binary search for the last start <= i (the
@@ -40,40 +41,49 @@ fn variable_of(i: u32) -> u32 {
 // Each buffer is read right before it is written (velocity, average, momentum, then the variable): on
 // lavapipe this order ran 16% faster at 16M elements than reading every buffer first, and it is what the
 // minimal kernel of the benchmarks does.
+// With VAR_OPTIONS the variable's hyperparameters come from the options table, and a slot the variable
+// does not keep is neither read nor written.
 fn update(i: u32, live: bool) {
     var gv = g[i];
     var qv = vec4<f32>(0.0);
     var use_q = false;
-    if PER_VAR {
-        let info = var_info[variable_of(i)];
-        if (info.flags & PRECLIPPED) == 0u {
-            gv = clip_gradient(gv, info);
+    var h = Hyper();
+    if PER_VAR || VAR_OPTIONS {
+        let var_index = variable_of(i);
+        if PER_VAR {
+            let info = var_info[var_index];
+            if (info.flags & PRECLIPPED) == 0u {
+                gv = clip_gradient(gv, info);
+            }
+            use_q = (info.flags & USE_SQUARES) != 0u;
+            if use_q {
+                qv = q[i];
+            }
         }
-        use_q = (info.flags & USE_SQUARES) != 0u;
-        if use_q {
-            qv = q[i];
+        if VAR_OPTIONS {
+            h = hyper(var_index);
         }
     }
     var xv = vec4<f32>(0.0);
     if L2_DECAY {
         xv = x[i];
     }
-    gv = effective_gradient(gv, xv);
-    let vn = next_velocity(v[i], gv, qv, use_q);
+    gv = effective_gradient(gv, xv, h);
+    let vn = next_velocity(v[i], gv, qv, use_q, h);
     if live {
         v[i] = vn;
     }
     var an = vec4<f32>(0.0);
-    if CENTERED {
-        an = next_average(a[i], gv);
+    if is_centered(h) {
+        an = next_average(a[i], gv, h);
         if live {
             a[i] = an;
         }
     }
-    let dir = direction(gv, denominator(vn, an));
+    let dir = direction(gv, denominator(vn, an, h), h);
     var mn = vec4<f32>(0.0);
-    if HAS_MOMENTUM {
-        mn = next_momentum(m[i], dir);
+    if keeps_momentum(h) {
+        mn = next_momentum(m[i], dir, h);
         if live {
             m[i] = mn;
         }
@@ -81,7 +91,7 @@ fn update(i: u32, live: bool) {
     if !L2_DECAY {
         xv = x[i];
     }
-    let xn = next_variable(xv, dir, mn);
+    let xn = next_variable(xv, dir, mn, h);
     if live {
         x[i] = xn;
     }

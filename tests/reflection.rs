@@ -61,6 +61,10 @@ fn params_fields() -> Vec<Field> {
         seg_first: u32,
         seg_len: u32,
         seg_base: u32,
+        opt_base: u32,
+        pad0: u32,
+        pad1: u32,
+        pad2: u32,
     })
 }
 
