@@ -81,7 +81,7 @@ fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let i = it.elem;
     // The variable's hyperparameters (VAR_OPTIONS): one variable per dispatch, `p.var_index`.
     var h = Hyper();
-    if VAR_OPTIONS {
+    if VAR_OPTIONS != 0u {
         h = hyper(p.var_index);
     }
     // One element, splatted into the vec4 lanes of the update; lane x is kept.

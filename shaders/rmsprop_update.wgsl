@@ -25,11 +25,20 @@ override SEQUENTIAL: bool = false;
 // Non-finite policy `skip_step`: `status[0] != 0` (set on the GPU by `reduce_norm::finalize` when any
 // gradient element of the step is NaN or Inf) makes every update kernel leave its elements untouched.
 override SKIP_NONFINITE: bool = false;
-// Per-variable options (parameter groups): each variable's hyperparameters come from the options table
-// in `var_info` (`hyper` below) instead of `p`. Off, every accessor below is `p`'s field or the pipeline
-// constant, and the kernels are what they were before the table existed. On, CENTERED and HAS_MOMENTUM
-// say that the pools keep the slot (some variable needs it); the variable's flags say whether it has it.
-override VAR_OPTIONS: bool = false;
+// Per-variable options (parameter groups): the fields of the options table (`hyper` below) that some
+// variable sets to a value other than the configuration's, as VO_* bits; those are read per variable,
+// everything else is `p`'s field or the pipeline constant. 0: the kernels are what they were before the
+// table existed. With FLAGS, CENTERED and HAS_MOMENTUM say that the pools keep the slot (some variable
+// needs it) and the variable's flags say whether it has it. Only the fields set are read because on
+// lavapipe every read indexed by the variable costs one load per invocation and component.
+override VAR_OPTIONS: u32 = 0u;
+const VO_LR_MUL: u32 = 1u;
+const VO_LR_ADD: u32 = 2u;
+const VO_RHO: u32 = 4u;
+const VO_MOMENTUM: u32 = 8u;
+const VO_EPSILON: u32 = 16u;
+const VO_WEIGHT_DECAY: u32 = 32u;
+const VO_FLAGS: u32 = 64u;
 
 // One variable's hyperparameters for this step (VAR_OPTIONS). Host: `VarHyper`.
 struct Hyper {
@@ -48,82 +57,101 @@ const OPT_CENTERED: u32 = 2u;
 const OPT_MAXIMIZE: u32 = 4u;
 const OPT_DECAY: u32 = 8u;
 
-// Variable `var_index`'s entries of the options table (`var_info` is declared by the kernel modules):
-// (lr multiplier, lr addend, rho, bits of 1 - rho), (momentum, epsilon, weight decay, flags). One of the
-// two learning-rate terms is 0, so a fused multiply-add gives the same bits.
-fn hyper(var_index: u32) -> Hyper {
-    let at = p.opt_base + 2u * var_index;
-    let e0 = var_info[at];
-    let e1 = var_info[at + 1u];
-    return Hyper(
-        p.lr * e0.mul + e0.div,
-        e0.clipvalue,
-        bitcast<f32>(e0.flags),
-        e1.mul,
-        e1.div,
-        e1.clipvalue,
-        e1.flags,
-    );
+fn has_field(bit: u32) -> bool {
+    return (VAR_OPTIONS & bit) != 0u;
 }
 
-// The step's hyperparameters of the variable being updated: from `h` with VAR_OPTIONS, else `p`.
+// The fields of variable `var_index`'s entries in the options table (`var_info` is declared by the
+// kernel modules) that VAR_OPTIONS names; the others are left at 0 and never used. Entries: (lr
+// multiplier, lr addend, rho, bits of 1 - rho), (momentum, epsilon, weight decay, flags). A variable's
+// rate is p.lr * multiplier + addend, one of the two terms being 0 (the same bits fused or not).
+fn hyper(var_index: u32) -> Hyper {
+    let at = p.opt_base + 2u * var_index;
+    var h = Hyper();
+    if has_field(VO_LR_ADD) {
+        h.lr = p.lr * var_info[at].mul + var_info[at].div;
+    } else if has_field(VO_LR_MUL) {
+        h.lr = p.lr * var_info[at].mul;
+    }
+    if has_field(VO_RHO) {
+        h.rho = var_info[at].clipvalue;
+        h.one_minus_rho = bitcast<f32>(var_info[at].flags);
+    }
+    if has_field(VO_MOMENTUM) {
+        h.momentum = var_info[at + 1u].mul;
+    }
+    if has_field(VO_EPSILON) {
+        h.epsilon = var_info[at + 1u].div;
+    }
+    if has_field(VO_WEIGHT_DECAY) {
+        h.weight_decay = var_info[at + 1u].clipvalue;
+    }
+    if has_field(VO_FLAGS) {
+        h.flags = var_info[at + 1u].flags;
+    }
+    return h;
+}
+
+// The step's hyperparameters of the variable being updated: from `h` where VAR_OPTIONS names the
+// field, else `p`.
 fn lr_of(h: Hyper) -> f32 {
-    if VAR_OPTIONS {
+    if has_field(VO_LR_MUL | VO_LR_ADD) {
         return h.lr;
     }
     return p.lr;
 }
 fn rho_of(h: Hyper) -> f32 {
-    if VAR_OPTIONS {
+    if has_field(VO_RHO) {
         return h.rho;
     }
     return p.rho;
 }
 fn one_minus_rho_of(h: Hyper) -> f32 {
-    if VAR_OPTIONS {
+    if has_field(VO_RHO) {
         return h.one_minus_rho;
     }
     return p.one_minus_rho;
 }
 fn momentum_of(h: Hyper) -> f32 {
-    if VAR_OPTIONS {
+    if has_field(VO_MOMENTUM) {
         return h.momentum;
     }
     return p.momentum;
 }
 fn epsilon_of(h: Hyper) -> f32 {
-    if VAR_OPTIONS {
+    if has_field(VO_EPSILON) {
         return h.epsilon;
     }
     return p.epsilon;
 }
 fn weight_decay_of(h: Hyper) -> f32 {
-    if VAR_OPTIONS {
+    if has_field(VO_WEIGHT_DECAY) {
         return h.weight_decay;
     }
     return p.weight_decay;
 }
-// Whether the variable keeps a momentum slot / is centered / maximizes / is decayed.
+// Whether the variable keeps a momentum slot / is centered / maximizes / is decayed. Without FLAGS every
+// variable has the configuration's: the pipeline constants.
 fn keeps_momentum(h: Hyper) -> bool {
-    if VAR_OPTIONS {
+    if has_field(VO_FLAGS) {
         return HAS_MOMENTUM && (h.flags & OPT_MOMENTUM) != 0u;
     }
     return HAS_MOMENTUM;
 }
 fn is_centered(h: Hyper) -> bool {
-    if VAR_OPTIONS {
+    if has_field(VO_FLAGS) {
         return CENTERED && (h.flags & OPT_CENTERED) != 0u;
     }
     return CENTERED;
 }
 fn maximizes(h: Hyper) -> bool {
-    if VAR_OPTIONS {
+    if has_field(VO_FLAGS) {
         return (h.flags & OPT_MAXIMIZE) != 0u;
     }
     return MAXIMIZE;
 }
 fn decays(h: Hyper) -> bool {
-    if VAR_OPTIONS {
+    if has_field(VO_FLAGS) {
         return (h.flags & OPT_DECAY) != 0u;
     }
     return true;

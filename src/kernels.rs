@@ -453,7 +453,7 @@ pub(crate) fn variant_constants(
             b(config.non_finite() == crate::config::NonFinite::SkipStep),
         ),
         ("CLIP_NORM", clip_norm),
-        ("VAR_OPTIONS", b(variant.var_options)),
+        ("VAR_OPTIONS", f64::from(variant.var_options)),
     ]
 }
 

@@ -111,11 +111,13 @@ pub struct VarHyper {
     pub rho: f32,
     /// `1 - rho`, computed in `f64` and rounded once.
     pub one_minus_rho: f32,
-    /// Momentum coefficient.
+    /// Momentum coefficient when `momentum_slot`; otherwise the configuration's, which is not used.
     pub momentum: f32,
     /// Epsilon.
     pub epsilon: f32,
-    /// Weight decay coefficient (used only when `decay`).
+    /// Weight decay coefficient when `decay`; otherwise the configuration's (0 when it has none), which
+    /// is not used (so that a variable excluded from decay differs from the configuration only in
+    /// `decay`, and the kernels read only that).
     pub weight_decay: f32,
     /// The variable keeps a momentum slot.
     pub momentum_slot: bool,
@@ -296,36 +298,66 @@ impl VarOptions {
             Some(lr) => (0.0, (lr * self.lr_multiplier) as f32),
             None => (self.lr_multiplier as f32, 0.0),
         };
-        let weight_decay = match c.weight_decay() {
+        let coefficient = |d: WeightDecay| match d {
             WeightDecay::None => 0.0,
             WeightDecay::Decoupled(w) | WeightDecay::L2(w) => w as f32,
+        };
+        let decay = c.weight_decay() != WeightDecay::None;
+        let weight_decay = coefficient(match decay {
+            true => c.weight_decay(),
+            false => config.weight_decay(),
+        });
+        let momentum = match c.has_momentum() {
+            true => c.momentum(),
+            false => config.momentum(),
         };
         VarHyper {
             lr_multiplier,
             lr_addend,
             rho: c.rho() as f32,
             one_minus_rho: (1.0 - c.rho()) as f32,
-            momentum: c.momentum() as f32,
+            momentum: momentum as f32,
             epsilon: c.epsilon() as f32,
             weight_decay,
             momentum_slot: c.has_momentum(),
             centered: c.centered(),
             maximize: c.maximize(),
-            decay: c.weight_decay() != WeightDecay::None,
+            decay,
         }
     }
 }
 
+/// Bits of the `VAR_OPTIONS` pipeline constant (`VO_*` in `rmsprop_update.wgsl`): which fields of the
+/// options table some variable sets to a value other than the configuration's. The kernels read only
+/// those (on lavapipe every read indexed by the variable costs a load per invocation).
+pub(crate) mod fields {
+    /// The learning-rate multiplier.
+    pub const LR_MUL: u32 = 1;
+    /// The learning-rate addend (a variable's own constant rate).
+    pub const LR_ADD: u32 = 2;
+    /// `rho` and `1 - rho`.
+    pub const RHO: u32 = 4;
+    /// The momentum coefficient.
+    pub const MOMENTUM: u32 = 8;
+    /// Epsilon.
+    pub const EPSILON: u32 = 16;
+    /// The weight decay coefficient.
+    pub const WEIGHT_DECAY: u32 = 32;
+    /// The flags (momentum slot, centered, maximize, decay).
+    pub const FLAGS: u32 = 64;
+}
+
 /// What the kernels are built for, given the configuration and every variable's values: the pooled
-/// slots any variable needs, the weight decay mode, and whether the per-variable table is read.
+/// slots any variable needs, the weight decay mode, and which fields of the options table are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Variant {
     pub momentum: bool,
     pub centered: bool,
     pub decoupled: bool,
     pub l2: bool,
-    /// Some variable's values differ from the configuration's: the kernels read the table.
-    pub var_options: bool,
+    /// The `VAR_OPTIONS` constant: the [`fields`] some variable sets to a value other than the
+    /// configuration's (0: the kernels do not read the table).
+    pub var_options: u32,
 }
 
 impl Variant {
@@ -339,7 +371,7 @@ impl Variant {
             centered: config.centered(),
             decoupled: matches!(config.weight_decay(), WeightDecay::Decoupled(_)),
             l2: matches!(config.weight_decay(), WeightDecay::L2(_)),
-            var_options: false,
+            var_options: 0,
         };
         let natural_l2 = match config.weight_decay() {
             WeightDecay::None => config.preset_kind() == Preset::Torch,
@@ -352,7 +384,32 @@ impl Variant {
                 v.l2 |= natural_l2;
                 v.decoupled |= !natural_l2;
             }
-            v.var_options |= h != default;
+            let differs = [
+                (h.lr_multiplier != default.lr_multiplier, fields::LR_MUL),
+                (h.lr_addend != default.lr_addend, fields::LR_ADD),
+                (
+                    h.rho != default.rho || h.one_minus_rho != default.one_minus_rho,
+                    fields::RHO,
+                ),
+                (h.momentum != default.momentum, fields::MOMENTUM),
+                (h.epsilon != default.epsilon, fields::EPSILON),
+                (h.weight_decay != default.weight_decay, fields::WEIGHT_DECAY),
+                (
+                    (h.momentum_slot, h.centered, h.maximize, h.decay)
+                        != (
+                            default.momentum_slot,
+                            default.centered,
+                            default.maximize,
+                            default.decay,
+                        ),
+                    fields::FLAGS,
+                ),
+            ];
+            for (d, bit) in differs {
+                if d {
+                    v.var_options |= bit;
+                }
+            }
         }
         v
     }
@@ -454,7 +511,7 @@ mod tests {
         );
         assert!(d.momentum_slot && d.decay && !d.centered && !d.maximize);
         assert_eq!(d.lr(0.01), 0.01);
-        assert!(!Variant::of(&c, [d, d]).var_options);
+        assert_eq!(Variant::of(&c, [d, d]).var_options, 0);
 
         let h = VarOptions {
             learning_rate: Some(0.3),
@@ -468,8 +525,72 @@ mod tests {
         assert_eq!((h.lr_multiplier, h.lr_addend), (0.0, 0.15));
         assert_eq!(h.lr(123.0), 0.15);
         assert!(!h.momentum_slot && h.centered && !h.decay);
+        // Without a slot and without decay, the coefficients are the configuration's (not read).
+        assert_eq!((h.momentum, h.weight_decay), (0.9, 0.1));
         let v = Variant::of(&c, [d, h]);
-        assert!(v.var_options && v.momentum && v.centered && v.decoupled && !v.l2);
+        assert!(v.momentum && v.centered && v.decoupled && !v.l2);
+        assert_eq!(
+            v.var_options,
+            fields::LR_MUL | fields::LR_ADD | fields::FLAGS
+        );
+        // One field each: only that field is read.
+        let only = |o: VarOptions| Variant::of(&c, [d, o.hyper(&c)]).var_options;
+        let d = VarOptions::default;
+        assert_eq!(
+            only(VarOptions {
+                lr_multiplier: 2.0,
+                ..d()
+            }),
+            fields::LR_MUL
+        );
+        assert_eq!(
+            only(VarOptions {
+                rho: Some(0.5),
+                ..d()
+            }),
+            fields::RHO
+        );
+        assert_eq!(
+            only(VarOptions {
+                epsilon: Some(0.5),
+                ..d()
+            }),
+            fields::EPSILON
+        );
+        assert_eq!(
+            only(VarOptions {
+                momentum: Some(0.5),
+                ..d()
+            }),
+            fields::MOMENTUM
+        );
+        assert_eq!(
+            only(VarOptions {
+                weight_decay: Some(0.5),
+                ..d()
+            }),
+            fields::WEIGHT_DECAY
+        );
+        let excluded = VarOptions {
+            exclude_from_weight_decay: true,
+            ..d()
+        };
+        assert_eq!(only(excluded), fields::FLAGS);
+        assert_eq!(
+            only(VarOptions {
+                maximize: Some(true),
+                ..d()
+            }),
+            fields::FLAGS
+        );
+        assert_eq!(
+            only(VarOptions {
+                rho: Some(c.rho()),
+                frozen: true,
+                ..d()
+            }),
+            0
+        );
         let e = h.entries();
         assert_eq!(f32::from_bits(e[0][3]), (1.0 - 0.9f64) as f32);
         assert_eq!(e[1][3], OPT_CENTERED);

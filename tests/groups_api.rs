@@ -219,7 +219,7 @@ fn frozen_variables_stay_bit_for_bit_and_leave_norms_and_the_nonfinite_check() {
         device,
         &wgpu::util::BufferInitDescriptor {
             label: Some("frozen gradient"),
-            contents: bytemuck::cast_slice(&vec![f32::NAN; 32]),
+            contents: bytemuck::cast_slice(&[f32::NAN; 32]),
             usage: wgpu::BufferUsages::COPY_SRC,
         },
     );

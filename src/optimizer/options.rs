@@ -91,7 +91,7 @@ impl RmsProp {
             self.gpu.set_pipelines(pipelines);
         }
         self.variant = p.variant;
-        self.plan_cfg.var_options = p.variant.var_options;
+        self.plan_cfg.var_options = p.variant.var_options != 0;
     }
 
     /// Writes the segment map and the options table into `var_info` (after the per-variable entries),
