@@ -699,3 +699,60 @@ fn every_option_matches_the_twin_optax_tf_raw_and_keras_legacy() {
         .unwrap();
     every_option("keras_legacy", legacy, OptimizerOptions::default());
 }
+
+/// Each option alone next to a variable without options: the kernels then read only that option's
+/// fields of the table (the `VAR_OPTIONS` mask), dense and sparse.
+#[test]
+fn each_option_alone_matches_the_twin() {
+    let configs = [
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .momentum(0.5)
+            .weight_decay(0.05)
+            .build()
+            .unwrap(),
+        RmsPropConfig::preset(Preset::Torch).build().unwrap(),
+    ];
+    for config in configs {
+        for (name, options) in option_sets(&config) {
+            let mut opt = RmsProp::new(ctx(), config.clone()).unwrap();
+            let mut r = Reference::new(config.clone());
+            let mut rng = Rng::new(13);
+            let init = rng.vec(63, 1.0, 0);
+            let ids = [
+                opt.add_variable("plain", &[21, 3], &init).unwrap(),
+                opt.add_variable_with("with", &[21, 3], &init, &options)
+                    .unwrap(),
+            ];
+            r.add_variable(&[21, 3], &init);
+            r.add_variable_with(&[21, 3], &init, &options).unwrap();
+            for t in 0..3 {
+                let g = rng.vec(63, 2.0, 7);
+                let rows = [4usize, 0, 4];
+                let rows64 = [4i64, 0, 4];
+                let values = rng.vec(9, 2.0, 0);
+                let sparse = t == 1;
+                let grad = |id| match sparse {
+                    true => (
+                        id,
+                        Gradient::Sparse {
+                            indices: Indices::I64(&rows64),
+                            values: &values,
+                        },
+                    ),
+                    false => (id, Gradient::Dense(&g)),
+                };
+                opt.apply(&[grad(ids[0]), grad(ids[1])]).unwrap();
+                let rg = match sparse {
+                    true => RefGradient::Sparse {
+                        indices: &rows,
+                        values: &values,
+                    },
+                    false => RefGradient::Dense(&g),
+                };
+                r.step(&[Some(rg), Some(rg)]).unwrap();
+                check_all(&mut opt, &ids, &r, &format!("{name} alone, step {t}"));
+            }
+        }
+    }
+}
