@@ -18,9 +18,9 @@ override VEC4S_PER_INVOCATION: u32 = 1u;
 
 // The variable that vec4 `i` belongs to, for per-variable state (PER_VAR) and options (VAR_OPTIONS). The
 // host places a map of the bound pool buffer's variables after the per-variable entries of `var_info`
-// (and before the options table): from `p.seg_base` on,
-// `p.seg_len` entries whose `flags` hold each variable's first vec4 (ascending), then `p.seg_len`
-// entries whose `flags` hold the variable's index. A binary search for the last start <= i (the
+// (and before the options table): from `p.seg_base` on, `p.seg_len` entries whose `flags` hold each
+// variable's first vec4 (ascending), then `p.seg_len` entries whose `flags` hold the variable's index.
+// A binary search for the last start <= i (the
 // alignment padding after a variable maps to it and stays zero): one dispatch per pool buffer however
 // many variables it holds, where one dispatch per variable used to be recorded (and wgpu puts a barrier
 // between dispatches writing one buffer).
