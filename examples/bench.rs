@@ -13,11 +13,13 @@
 //! trivial arithmetic (`examples/bench_minimal.wgsl`); it and the step it is compared with are timed
 //! alternately, repetition by repetition, so that both see the same machine. `host` cases report the
 //! time the calling thread spends per step (validate, encode, submit; not waiting) above an empty submit.
+//! `dense_options` is the dense step of a variable with per-variable options (the kernels then read the
+//! options table), against the minimal kernel.
 
 use std::time::Instant;
 
 use serde_json::{json, Value};
-use wgpu_rmsprop::{GpuContext, Gradient, Indices, OptimizerOptions, RmsProp, VarId};
+use wgpu_rmsprop::{GpuContext, Gradient, Indices, OptimizerOptions, RmsProp, VarId, VarOptions};
 
 #[path = "../benches/support/mod.rs"]
 mod support;
@@ -156,8 +158,8 @@ fn main() {
         return;
     }
 
-    // `--dense N VARIANT`: only that comparison. `--case NAME`: only that family (host, dense, scale,
-    // dense_many, sparse).
+    // `--dense N VARIANT`: only that comparison. `--case NAME`: only that family (host, dense,
+    // dense_options, scale, dense_many, sparse).
     let only = args.iter().position(|a| a == "--dense").map(|i| {
         let n: usize = args[i + 1].parse().expect("--dense N VARIANT");
         (n, args[i + 2].clone())
@@ -244,6 +246,54 @@ fn main() {
 
     if only.is_some() {
         return;
+    }
+
+    // The same dense steps with per-variable options (the kernels read the options table: VAR_OPTIONS),
+    // against the minimal kernel: what a parameter group costs on top of the default path.
+    let option_sizes: &[usize] = match (wants("dense_options"), quick) {
+        (false, _) => &[],
+        (true, true) => &[1 << 20],
+        (true, false) => &[1 << 20, 16 << 20],
+    };
+    for &n in option_sizes {
+        // A learning-rate group (the kernels read one field of the table), and options setting every
+        // field (rate, rho, epsilon, momentum where the variant has it, weight decay, flags), with the
+        // slots of the variant (the bytes the minimal kernel moves).
+        let lr_only = VarOptions {
+            lr_multiplier: 0.5,
+            ..VarOptions::default()
+        };
+        for variant in variants {
+            let every = VarOptions {
+                lr_multiplier: 0.5,
+                rho: Some(0.8),
+                epsilon: Some(1e-6),
+                momentum: variant.contains("momentum").then_some(0.5),
+                weight_decay: Some(0.01),
+                maximize: Some(true),
+                ..VarOptions::default()
+            };
+            for (label, options) in [("lr", &lr_only), ("every_field", &every)] {
+                let (mut opt, ids) = dense_optimizer(&ctx, variant, &[n]);
+                opt.set_variable_options(ids[0], options).unwrap();
+                let grads = resident(&ids);
+                let minimal = Minimal::new(&ctx, variant, n);
+                let t = time_alternately(
+                    2,
+                    2 * reps,
+                    &mut [&mut || step(&timer, &ctx, &mut opt, &grads), &mut || {
+                        timer.once(&ctx, |e| minimal.record(e))
+                    }],
+                );
+                let bytes = bytes_per_element(variant) * n as f64;
+                let mut v = row("dense_options", variant, n, 1, &t[0], bytes);
+                v["options"] = json!(label);
+                emit(v, opt.last_step_dispatches());
+                let mut m = row("minimal_kernel", variant, n, 1, &t[1], bytes);
+                m["options"] = json!(label);
+                emit(m, minimal.dispatches());
+            }
+        }
     }
 
     // Scale: a state of several GiB (256M elements, centered + momentum: 5 GiB with the gradients).

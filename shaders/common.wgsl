@@ -1,5 +1,5 @@
 // Declarations shared by every kernel module (prepended at build time with `concat!`, never formatted at
-// run time). The host mirror is `kernels::Params` (80 bytes).
+// run time). The host mirror is `kernels::Params` (96 bytes).
 
 struct Params {
     lr: f32,
@@ -31,6 +31,13 @@ struct Params {
     seg_first: u32,
     seg_len: u32,
     seg_base: u32,
+    // Per-variable options (VAR_OPTIONS): the first entry of the options table in `var_info` (two
+    // entries per variable, after the segment map; see `hyper` in rmsprop_update.wgsl).
+    opt_base: u32,
+    // Padding to a multiple of 16 bytes.
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 // Per-variable clipping state of a step, computed on the GPU by `reduce_norm.wgsl::finalize`:

@@ -16,12 +16,13 @@
 // Consecutive vec4s per invocation, a workgroup apart (1 by default: what lavapipe rewards).
 override VEC4S_PER_INVOCATION: u32 = 1u;
 
-// The variable a vec4 belongs to, for per-variable state (PER_VAR). The host places a map of the bound
-// pool buffer's variables after the per-variable entries of `var_info`: from `p.seg_base` on,
-// `p.seg_len` entries whose `flags` hold each variable's first vec4 (ascending), then `p.seg_len`
-// entries whose `flags` hold the variable's index. The alignment padding after a variable maps to it
-// (and stays zero). This keeps one dispatch per pool buffer however many variables it holds, where one
-// dispatch per variable used to be recorded (wgpu puts a barrier between dispatches writing one buffer).
+// The variable a vec4 belongs to, for per-variable state (PER_VAR) and options (VAR_OPTIONS). The host
+// places a map of the bound pool buffer's variables after the per-variable entries of `var_info` (and
+// before the options table): from `p.seg_base` on, `p.seg_len` entries whose `flags` hold each
+// variable's first vec4 (ascending), then `p.seg_len` entries whose `flags` hold the variable's index.
+// The alignment padding after a variable maps to it (and stays zero). This keeps one dispatch per pool
+// buffer however many variables it holds, where one dispatch per variable used to be recorded (wgpu puts
+// a barrier between dispatches writing one buffer).
 
 // The last entry in [lo, lo + n) whose start is <= i (n >= 1; the first entry's start is <= i).
 fn last_start_at_most(lo_in: u32, n_in: u32, i: u32) -> u32 {
@@ -37,9 +38,9 @@ fn last_start_at_most(lo_in: u32, n_in: u32, i: u32) -> u32 {
     return lo;
 }
 
-// The entries [x, y] covering a workgroup's vec4s [a, b]: the same for every invocation of the
+// The entries [x, x + y) covering a workgroup's vec4s [a, b]: the same for every invocation of the
 // workgroup, so each invocation then searches only those (one or two for large variables). Searching
-// the whole map per invocation made 1,000 variables with global_clipnorm 1.6x slower on lavapipe.
+// the whole map per invocation made 1,000 variables with global_clipnorm 1.4x slower on lavapipe.
 fn workgroup_entries(a: u32, b: u32) -> vec2<u32> {
     let first = last_start_at_most(p.seg_base, p.seg_len, a);
     let last = last_start_at_most(first, p.seg_base + p.seg_len - first, b);
@@ -54,40 +55,51 @@ fn variable_of(i: u32, entries: vec2<u32>) -> u32 {
 // Each buffer is read right before it is written (velocity, average, momentum, then the variable): on
 // lavapipe this order ran 16% faster at 16M elements than reading every buffer first, and it is what the
 // minimal kernel of the benchmarks does.
+// With VAR_OPTIONS the variable's hyperparameters come from the options table, and a slot the variable
+// does not keep is neither read nor written. (Finding the variable once per workgroup, from the
+// workgroup's first and last vec4, and reading its options with that shared index was slower on
+// lavapipe, 1.8x the minimal kernel against 1.5x, also with the update written out twice: 2x.)
 fn update(i: u32, live: bool, entries: vec2<u32>) {
     var gv = g[i];
     var qv = vec4<f32>(0.0);
     var use_q = false;
-    if PER_VAR {
-        let info = var_info[variable_of(i, entries)];
-        if (info.flags & PRECLIPPED) == 0u {
-            gv = clip_gradient(gv, info);
+    var h = Hyper();
+    if PER_VAR || VAR_OPTIONS != 0u {
+        let var_index = variable_of(i, entries);
+        if PER_VAR {
+            let info = var_info[var_index];
+            if (info.flags & PRECLIPPED) == 0u {
+                gv = clip_gradient(gv, info);
+            }
+            use_q = (info.flags & USE_SQUARES) != 0u;
+            if use_q {
+                qv = q[i];
+            }
         }
-        use_q = (info.flags & USE_SQUARES) != 0u;
-        if use_q {
-            qv = q[i];
+        if VAR_OPTIONS != 0u {
+            h = hyper(var_index);
         }
     }
     var xv = vec4<f32>(0.0);
     if L2_DECAY {
         xv = x[i];
     }
-    gv = effective_gradient(gv, xv);
-    let vn = next_velocity(v[i], gv, qv, use_q);
+    gv = effective_gradient(gv, xv, h);
+    let vn = next_velocity(v[i], gv, qv, use_q, h);
     if live {
         v[i] = vn;
     }
     var an = vec4<f32>(0.0);
-    if CENTERED {
-        an = next_average(a[i], gv);
+    if is_centered(h) {
+        an = next_average(a[i], gv, h);
         if live {
             a[i] = an;
         }
     }
-    let dir = direction(gv, denominator(vn, an));
+    let dir = direction(gv, denominator(vn, an, h), h);
     var mn = vec4<f32>(0.0);
-    if HAS_MOMENTUM {
-        mn = next_momentum(m[i], dir);
+    if keeps_momentum(h) {
+        mn = next_momentum(m[i], dir, h);
         if live {
             m[i] = mn;
         }
@@ -95,7 +107,7 @@ fn update(i: u32, live: bool, entries: vec2<u32>) {
     if !L2_DECAY {
         xv = x[i];
     }
-    let xn = next_variable(xv, dir, mn);
+    let xn = next_variable(xv, dir, mn, h);
     if live {
         x[i] = xn;
     }
@@ -113,7 +125,7 @@ fn run(first: u32, group_first: u32) {
         ok = status[0] == 0u;
     }
     var entries = vec2<u32>(0u);
-    if PER_VAR {
+    if PER_VAR || VAR_OPTIONS != 0u {
         let last = p.end - 1u;
         let span = WORKGROUP_SIZE * VEC4S_PER_INVOCATION - 1u;
         entries = workgroup_entries(min(group_first, last), min(group_first + span, last));

@@ -79,33 +79,38 @@ fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         live = false;
     }
     let i = it.elem;
+    // The variable's hyperparameters (VAR_OPTIONS): one variable per dispatch, `p.var_index`.
+    var h = Hyper();
+    if VAR_OPTIONS != 0u {
+        h = hyper(p.var_index);
+    }
     // One element, splatted into the vec4 lanes of the update; lane x is kept.
     var s = State(vec4<f32>(x[i]), vec4<f32>(v[i]), vec4<f32>(0.0), vec4<f32>(0.0));
-    if HAS_MOMENTUM {
+    if keeps_momentum(h) {
         s.m = vec4<f32>(m[i]);
     }
-    if CENTERED {
+    if is_centered(h) {
         s.a = vec4<f32>(a[i]);
     }
     let none = vec4<f32>(0.0);
     if SEQUENTIAL {
         for (var k = it.first; k < it.last; k++) {
-            s = rmsprop(s, vec4<f32>(listed(it, k)), none, false);
+            s = rmsprop(s, vec4<f32>(listed(it, k)), none, false, h);
         }
     } else {
         var sum = 0.0;
         for (var k = it.first; k < it.last; k++) {
             sum += listed(it, k);
         }
-        s = rmsprop(s, vec4<f32>(sum), none, false);
+        s = rmsprop(s, vec4<f32>(sum), none, false, h);
     }
     if live {
         x[i] = s.x.x;
         v[i] = s.v.x;
-        if HAS_MOMENTUM {
+        if keeps_momentum(h) {
             m[i] = s.m.x;
         }
-        if CENTERED {
+        if is_centered(h) {
             a[i] = s.a.x;
         }
     }

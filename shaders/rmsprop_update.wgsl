@@ -25,6 +25,137 @@ override SEQUENTIAL: bool = false;
 // Non-finite policy `skip_step`: `status[0] != 0` (set on the GPU by `reduce_norm::finalize` when any
 // gradient element of the step is NaN or Inf) makes every update kernel leave its elements untouched.
 override SKIP_NONFINITE: bool = false;
+// Per-variable options (parameter groups): the fields of the options table (`hyper` below) that some
+// variable sets to a value other than the configuration's, as VO_* bits; those are read per variable,
+// everything else is `p`'s field or the pipeline constant. 0: the kernels are what they were before the
+// table existed. With FLAGS, CENTERED and HAS_MOMENTUM say that the pools keep the slot (some variable
+// needs it) and the variable's flags say whether it has it. Only the fields set are read because on
+// lavapipe every read indexed by the variable costs one load per invocation and component.
+override VAR_OPTIONS: u32 = 0u;
+const VO_LR_MUL: u32 = 1u;
+const VO_LR_ADD: u32 = 2u;
+const VO_RHO: u32 = 4u;
+const VO_MOMENTUM: u32 = 8u;
+const VO_EPSILON: u32 = 16u;
+const VO_WEIGHT_DECAY: u32 = 32u;
+const VO_FLAGS: u32 = 64u;
+
+// One variable's hyperparameters for this step (VAR_OPTIONS). Host: `VarHyper`.
+struct Hyper {
+    lr: f32,
+    rho: f32,
+    one_minus_rho: f32,
+    momentum: f32,
+    epsilon: f32,
+    weight_decay: f32,
+    flags: u32,
+}
+
+// Flags of a variable's table entry: it keeps a momentum slot, is centered, maximizes, is decayed.
+const OPT_MOMENTUM: u32 = 1u;
+const OPT_CENTERED: u32 = 2u;
+const OPT_MAXIMIZE: u32 = 4u;
+const OPT_DECAY: u32 = 8u;
+
+fn has_field(bit: u32) -> bool {
+    return (VAR_OPTIONS & bit) != 0u;
+}
+
+// The fields of variable `var_index`'s entries in the options table (`var_info` is declared by the
+// kernel modules) that VAR_OPTIONS names; the others are left at 0 and never used. Entries: (lr
+// multiplier, lr addend, rho, bits of 1 - rho), (momentum, epsilon, weight decay, flags). A variable's
+// rate is p.lr * multiplier + addend, one of the two terms being 0 (the same bits fused or not).
+fn hyper(var_index: u32) -> Hyper {
+    let at = p.opt_base + 2u * var_index;
+    var h = Hyper();
+    if has_field(VO_LR_ADD) {
+        h.lr = p.lr * var_info[at].mul + var_info[at].div;
+    } else if has_field(VO_LR_MUL) {
+        h.lr = p.lr * var_info[at].mul;
+    }
+    if has_field(VO_RHO) {
+        h.rho = var_info[at].clipvalue;
+        h.one_minus_rho = bitcast<f32>(var_info[at].flags);
+    }
+    if has_field(VO_MOMENTUM) {
+        h.momentum = var_info[at + 1u].mul;
+    }
+    if has_field(VO_EPSILON) {
+        h.epsilon = var_info[at + 1u].div;
+    }
+    if has_field(VO_WEIGHT_DECAY) {
+        h.weight_decay = var_info[at + 1u].clipvalue;
+    }
+    if has_field(VO_FLAGS) {
+        h.flags = var_info[at + 1u].flags;
+    }
+    return h;
+}
+
+// The step's hyperparameters of the variable being updated: from `h` where VAR_OPTIONS names the
+// field, else `p`.
+fn lr_of(h: Hyper) -> f32 {
+    if has_field(VO_LR_MUL | VO_LR_ADD) {
+        return h.lr;
+    }
+    return p.lr;
+}
+fn rho_of(h: Hyper) -> f32 {
+    if has_field(VO_RHO) {
+        return h.rho;
+    }
+    return p.rho;
+}
+fn one_minus_rho_of(h: Hyper) -> f32 {
+    if has_field(VO_RHO) {
+        return h.one_minus_rho;
+    }
+    return p.one_minus_rho;
+}
+fn momentum_of(h: Hyper) -> f32 {
+    if has_field(VO_MOMENTUM) {
+        return h.momentum;
+    }
+    return p.momentum;
+}
+fn epsilon_of(h: Hyper) -> f32 {
+    if has_field(VO_EPSILON) {
+        return h.epsilon;
+    }
+    return p.epsilon;
+}
+fn weight_decay_of(h: Hyper) -> f32 {
+    if has_field(VO_WEIGHT_DECAY) {
+        return h.weight_decay;
+    }
+    return p.weight_decay;
+}
+// Whether the variable keeps a momentum slot / is centered / maximizes / is decayed. Without FLAGS every
+// variable has the configuration's: the pipeline constants.
+fn keeps_momentum(h: Hyper) -> bool {
+    if has_field(VO_FLAGS) {
+        return HAS_MOMENTUM && (h.flags & OPT_MOMENTUM) != 0u;
+    }
+    return HAS_MOMENTUM;
+}
+fn is_centered(h: Hyper) -> bool {
+    if has_field(VO_FLAGS) {
+        return CENTERED && (h.flags & OPT_CENTERED) != 0u;
+    }
+    return CENTERED;
+}
+fn maximizes(h: Hyper) -> bool {
+    if has_field(VO_FLAGS) {
+        return (h.flags & OPT_MAXIMIZE) != 0u;
+    }
+    return MAXIMIZE;
+}
+fn decays(h: Hyper) -> bool {
+    if has_field(VO_FLAGS) {
+        return (h.flags & OPT_DECAY) != 0u;
+    }
+    return true;
+}
 
 // Everything is written on vec4 lanes: the dense kernel updates four elements per invocation with vector
 // instructions, the sparse kernels splat one element into a vec4 and keep lane x. Every operation is
@@ -47,40 +178,40 @@ fn torch_lerp(a: vec4<f32>, g: vec4<f32>, w: f32) -> vec4<f32> {
 // does; see `rmsprop_dense.wgsl`). `rmsprop` below chains them for a whole `State`.
 
 // The gradient the update follows: sign flipped (maximize), plus L2 decay (reads the old variable).
-fn effective_gradient(g_in: vec4<f32>, x: vec4<f32>) -> vec4<f32> {
+fn effective_gradient(g_in: vec4<f32>, x: vec4<f32>, h: Hyper) -> vec4<f32> {
     var g = g_in;
-    if MAXIMIZE {
+    if maximizes(h) {
         g = -g;
     }
-    if L2_DECAY {
-        g = g + p.weight_decay * x;
+    if L2_DECAY && decays(h) {
+        g = g + weight_decay_of(h) * x;
     }
     return g;
 }
 
 // `q` replaces g^2 in the velocity when `use_q` (Keras 3 sparse duplicates).
-fn next_velocity(v: vec4<f32>, g: vec4<f32>, q: vec4<f32>, use_q: bool) -> vec4<f32> {
+fn next_velocity(v: vec4<f32>, g: vec4<f32>, q: vec4<f32>, use_q: bool, h: Hyper) -> vec4<f32> {
     var g2 = g * g;
     if use_q {
         g2 = q;
     }
-    return p.rho * v + p.one_minus_rho * g2;
+    return rho_of(h) * v + one_minus_rho_of(h) * g2;
 }
 
-fn next_average(a: vec4<f32>, g: vec4<f32>) -> vec4<f32> {
+fn next_average(a: vec4<f32>, g: vec4<f32>, h: Hyper) -> vec4<f32> {
     if LERP_AVERAGE {
-        return torch_lerp(a, g, p.one_minus_rho);
+        return torch_lerp(a, g, one_minus_rho_of(h));
     }
-    return p.rho * a + p.one_minus_rho * g;
+    return rho_of(h) * a + one_minus_rho_of(h) * g;
 }
 
 // The denominator from the new velocity and (centered) the new average.
-fn denominator(v: vec4<f32>, a: vec4<f32>) -> vec4<f32> {
+fn denominator(v: vec4<f32>, a: vec4<f32>, h: Hyper) -> vec4<f32> {
     var vh = v;
     if BIAS_CORRECTION {
         vh = vh / p.bias_correction;
     }
-    if CENTERED {
+    if is_centered(h) {
         var ah = a;
         if BIAS_CORRECTION {
             ah = ah / p.bias_correction;
@@ -92,71 +223,71 @@ fn denominator(v: vec4<f32>, a: vec4<f32>) -> vec4<f32> {
         let var_est = vh - ah * ah;
         if EPS_OUTSIDE {
             let floored = select(max(var_est, vec4<f32>(0.0)), var_est, is_nan_bits4(var_est));
-            return sqrt(floored) + p.epsilon;
+            return sqrt(floored) + epsilon_of(h);
         }
-        let t = var_est + p.epsilon;
-        return sqrt(select(t, vec4<f32>(p.epsilon), t < vec4<f32>(0.0)));
+        let t = var_est + epsilon_of(h);
+        return sqrt(select(t, vec4<f32>(epsilon_of(h)), t < vec4<f32>(0.0)));
     }
     if EPS_OUTSIDE {
-        return sqrt(vh) + p.epsilon;
+        return sqrt(vh) + epsilon_of(h);
     }
-    return sqrt(vh + p.epsilon);
+    return sqrt(vh + epsilon_of(h));
 }
 
 // The step's direction: lr*g/d, or g/d where the learning rate multiplies the momentum buffer (form 1).
-fn direction(g: vec4<f32>, d: vec4<f32>) -> vec4<f32> {
+fn direction(g: vec4<f32>, d: vec4<f32>, h: Hyper) -> vec4<f32> {
     if MOMENTUM_FORM == 1u {
         return g / d;
     }
-    return (p.lr * g) / d;
+    return (lr_of(h) * g) / d;
 }
 
-fn next_momentum(m: vec4<f32>, dir: vec4<f32>) -> vec4<f32> {
+fn next_momentum(m: vec4<f32>, dir: vec4<f32>, h: Hyper) -> vec4<f32> {
     if MOMENTUM_FORM == 2u {
-        return -dir + p.momentum * m;
+        return -dir + momentum_of(h) * m;
     }
-    return p.momentum * m + dir;
+    return momentum_of(h) * m + dir;
 }
 
 // The new variable from the old one, the direction and (with momentum) the new momentum buffer.
-fn next_variable(x_in: vec4<f32>, dir: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
+fn next_variable(x_in: vec4<f32>, dir: vec4<f32>, m: vec4<f32>, h: Hyper) -> vec4<f32> {
     var x = x_in;
-    if DECOUPLED_DECAY {
-        x = x - x * p.weight_decay * p.lr;
+    if DECOUPLED_DECAY && decays(h) {
+        x = x - x * weight_decay_of(h) * lr_of(h);
     }
     if MOMENTUM_FORM == 1u {
-        if HAS_MOMENTUM {
-            return x - p.lr * m;
+        if keeps_momentum(h) {
+            return x - lr_of(h) * m;
         }
-        return x - p.lr * dir;
+        return x - lr_of(h) * dir;
     }
-    if !HAS_MOMENTUM {
+    if !keeps_momentum(h) {
         return x - dir;
     }
     if MOMENTUM_FORM == 2u {
         if NESTEROV {
-            return x + (-dir + p.momentum * m);
+            return x + (-dir + momentum_of(h) * m);
         }
         return x + m;
     }
     if NESTEROV {
-        return x - (dir + p.momentum * m);
+        return x - (dir + momentum_of(h) * m);
     }
     return x - m;
 }
 
-// The whole update of a `State`.
-fn rmsprop(s_in: State, g_in: vec4<f32>, q: vec4<f32>, use_q: bool) -> State {
+// The whole update of a `State` (`h`: the variable's hyperparameters, read only with VAR_OPTIONS).
+fn rmsprop(s_in: State, g_in: vec4<f32>, q: vec4<f32>, use_q: bool, h: Hyper) -> State {
     var s = s_in;
-    let g = effective_gradient(g_in, s.x);
-    s.v = next_velocity(s.v, g, q, use_q);
-    if CENTERED {
-        s.a = next_average(s.a, g);
+    let g = effective_gradient(g_in, s.x, h);
+    s.v = next_velocity(s.v, g, q, use_q, h);
+    if is_centered(h) {
+        s.a = next_average(s.a, g, h);
     }
-    let dir = direction(g, denominator(s.v, s.a));
-    if HAS_MOMENTUM {
-        s.m = next_momentum(s.m, dir);
+    let dir = direction(g, denominator(s.v, s.a, h), h);
+    if keeps_momentum(h) {
+        s.m = next_momentum(s.m, dir, h);
     }
-    s.x = next_variable(s.x, dir, s.m);
+    s.x = next_variable(s.x, dir, s.m, h);
     return s;
 }

@@ -4,12 +4,16 @@
 //!
 //! Tensors are named `slots/<slot>/<variable>` and `variables/<variable>` (f32, the variable's shape).
 //! The metadata holds `format`, `preset`, `config` (JSON), `iterations`, `skipped_steps`, `variables`
-//! (JSON list of names and shapes) and `checksum` (FNV-1a 64 of the tensors' names and bytes). Writing
+//! (JSON list of names and shapes), `var_options` (JSON list, per variable, of its options as they
+//! resolve: see [`var_options_json`]) and `checksum` (FNV-1a 64 of the tensors' names and bytes). A
+//! variable's slot tensors are those it keeps (with per-variable options, not every variable has every
+//! slot). Writing
 //! is atomic: a temporary file beside the target is written,
 //! flushed to disk and renamed over it, so a crash mid-save leaves the previous checkpoint intact.
 //! Restoring reads and checks everything (format, preset, configuration, names, shapes, dtypes, sizes)
-//! before it writes anything to the GPU: a truncated, corrupted or mismatched file is an
-//! [`Error::Checkpoint`] and the optimizer is left exactly as it was.
+//! before it writes anything to the GPU: a truncated, corrupted or mismatched file (per-variable options
+//! included; a file without `var_options` holds variables without options) is an [`Error::Checkpoint`]
+//! and the optimizer is left exactly as it was.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -20,6 +24,7 @@ use serde_json::{json, Value};
 
 use crate::config::{LearningRate, RmsPropConfig, WeightDecay};
 use crate::error::{Error, Result};
+use crate::var_options::VarHyper;
 
 /// FNV-1a (64-bit) over the tensors' names and bytes in name order: safetensors has no checksum, and a
 /// flipped bit in the data would otherwise restore silently.
@@ -83,6 +88,23 @@ pub fn config_json(c: &RmsPropConfig) -> Value {
     })
 }
 
+/// One variable's options as they resolve (what the kernels read, and whether it is frozen), as JSON:
+/// two option sets that give the same numbers give the same JSON.
+pub fn var_options_json(h: &VarHyper, frozen: bool) -> Value {
+    json!({
+        "lr_multiplier": h.lr_multiplier,
+        "lr_addend": h.lr_addend,
+        "rho": h.rho,
+        "momentum": h.momentum,
+        "epsilon": h.epsilon,
+        "weight_decay": if h.decay { json!(h.weight_decay) } else { Value::Null },
+        "momentum_slot": h.momentum_slot,
+        "centered": h.centered,
+        "maximize": h.maximize,
+        "frozen": frozen,
+    })
+}
+
 /// What [`crate::RmsProp::save_checkpoint`] gathers: metadata and named f32 tensors.
 pub(crate) struct Contents {
     pub metadata: HashMap<String, String>,
@@ -141,13 +163,22 @@ pub(crate) struct Restored {
     pub slots: Vec<Vec<Vec<f32>>>,
 }
 
-/// Reads `path` and checks it against `config`, the variables (`(name, shape)`) and the slot names.
-pub(crate) fn read(
-    path: &Path,
-    config: &RmsPropConfig,
-    variables: &[(String, Vec<usize>)],
-    slots: &[&str],
-) -> Result<Restored> {
+/// What a checkpoint must match.
+pub(crate) struct Expected<'a> {
+    pub config: &'a RmsPropConfig,
+    /// `(name, shape)` of every variable.
+    pub variables: &'a [(String, Vec<usize>)],
+    /// The slot names of each variable.
+    pub slots: &'a [Vec<&'a str>],
+    /// Every variable's [`var_options_json`], as an array.
+    pub var_options: Value,
+    /// The same with default options, what a file without `var_options` holds.
+    pub default_options: Value,
+}
+
+/// Reads `path` and checks it against what `expected` lists.
+pub(crate) fn read(path: &Path, expected: &Expected<'_>) -> Result<Restored> {
+    let (config, variables) = (expected.config, expected.variables);
     let bytes = std::fs::read(path).map_err(|e| fail(path, e.to_string()))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| fail(path, format!("not a valid safetensors file: {e}")))?;
@@ -207,6 +238,28 @@ pub(crate) fn read(
             .parse::<u64>()
             .map_err(|e| fail(path, format!("metadata `{k}`: {e}")))
     };
+    let saved_options: Value = match meta.get("var_options") {
+        Some(text) => {
+            serde_json::from_str(text).map_err(|e| fail(path, format!("var_options: {e}")))?
+        }
+        None => expected.default_options.clone(),
+    };
+    if let (Value::Array(saved), Value::Array(here)) = (&saved_options, &expected.var_options) {
+        for (i, (s, h)) in saved.iter().zip(here).enumerate() {
+            if s != h {
+                let name = variables.get(i).map_or("?", |v| v.0.as_str());
+                return Err(fail(
+                    path,
+                    format!(
+                        "variable {name:?} has options {s} in the checkpoint, {h} here (set them \
+                         after loading to change them)"
+                    ),
+                ));
+            }
+        }
+    } else {
+        return Err(fail(path, "var_options is not a JSON array"));
+    }
     let iterations = number("iterations")?;
     let skipped = number("skipped_steps")?;
     let listed: Vec<(String, Vec<usize>)> = serde_json::from_str(get("variables")?)
@@ -252,7 +305,7 @@ pub(crate) fn read(
         variables: Vec::new(),
         slots: Vec::new(),
     };
-    for (name, shape) in variables {
+    for ((name, shape), slots) in variables.iter().zip(expected.slots) {
         out.variables
             .push(tensor(&format!("variables/{name}"), shape, false)?);
         let mut per = Vec::new();

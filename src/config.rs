@@ -361,6 +361,28 @@ impl RmsPropConfig {
     pub fn clips(&self) -> bool {
         self.clipvalue.is_some() || self.clipnorm.is_some() || self.global_clipnorm.is_some()
     }
+
+    /// This configuration with one variable's overrides applied (see
+    /// [`crate::VarOptions::effective_config`], which validates them first).
+    pub(crate) fn with_overrides(
+        &self,
+        rho: Option<f64>,
+        momentum: Option<f64>,
+        epsilon: Option<f64>,
+        centered: Option<bool>,
+        maximize: Option<bool>,
+        weight_decay: WeightDecay,
+    ) -> RmsPropConfig {
+        RmsPropConfig {
+            rho: rho.unwrap_or(self.rho),
+            momentum: momentum.unwrap_or(self.momentum),
+            epsilon: epsilon.unwrap_or(self.epsilon),
+            centered: centered.unwrap_or(self.centered),
+            maximize: maximize.unwrap_or(self.maximize),
+            weight_decay,
+            ..self.clone()
+        }
+    }
 }
 
 /// Builder for [`RmsPropConfig`]; see there for the defaults.

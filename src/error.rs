@@ -23,6 +23,19 @@ pub enum Error {
         /// What the value must satisfy, e.g. "must be in [0, 1)".
         requirement: &'static str,
     },
+    /// A variable's options ([`crate::VarOptions`]) hold a value out of range, or one that conflicts
+    /// with the configuration. Names the variable, the option and the value received; nothing changed.
+    #[error("variable {variable:?}: option `{field}` {requirement}. Received: {field}={value}")]
+    InvalidVarOptions {
+        /// The variable's name.
+        variable: String,
+        /// The offending option (`lr_multiplier`, `rho`, ...).
+        field: &'static str,
+        /// The value received, as text.
+        value: String,
+        /// What the value must satisfy.
+        requirement: &'static str,
+    },
     /// No adapter matched the request (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME` or the given options).
     #[error(
         "no GPU adapter found (looked for {wanted}); adapters seen: [{}]. Check WGPU_BACKEND and \

@@ -4,8 +4,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::config::{AverageForm, EpsilonPlacement, MomentumForm, RmsPropConfig, WeightDecay};
+use crate::config::{AverageForm, EpsilonPlacement, MomentumForm, RmsPropConfig};
 use crate::error::{Error, Result};
+use crate::var_options::Variant;
 
 macro_rules! module {
     ($params:literal, $($file:literal),+) => {
@@ -259,7 +260,7 @@ pub const ALL: [Kernel; 9] = [
     GROUP_RESET,
 ];
 
-/// The `Params` uniform of `common.wgsl` (80 bytes).
+/// The `Params` uniform of `common.wgsl` (96 bytes).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable, PartialEq, Default)]
 pub struct Params {
@@ -303,6 +304,14 @@ pub struct Params {
     pub seg_len: u32,
     /// Sparse: element offset of that part in the pool buffer.
     pub seg_base: u32,
+    /// First entry of the per-variable options table in `var_info` (read when `VAR_OPTIONS`).
+    pub opt_base: u32,
+    /// Padding (the struct is a multiple of 16 bytes).
+    pub pad0: u32,
+    /// Padding.
+    pub pad1: u32,
+    /// Padding.
+    pub pad2: u32,
 }
 
 /// The host mirror of `VarInfo` in `common.wgsl` (written on the GPU by `reduce_norm.wgsl::finalize`);
@@ -367,10 +376,33 @@ pub(crate) fn bind_group_layout(
     })
 }
 
-/// The `override` constants that select `config`'s variant, with the launch shape (invocations per
-/// workgroup, vec4s per invocation of the dense kernel).
+/// The `override` constants that select `config`'s variant (no per-variable options), with the launch
+/// shape (invocations per workgroup, vec4s per invocation of the dense kernel).
 pub fn constants(
     config: &RmsPropConfig,
+    workgroup_size: u32,
+    vec4s_per_invocation: u32,
+) -> Vec<(&'static str, f64)> {
+    let variant = Variant::of(config, []);
+    variant_constants(config, &variant, workgroup_size, vec4s_per_invocation)
+}
+
+/// As [`constants`], for `config` with `hypers`, one per variable ([`crate::VarOptions::hyper`]): the
+/// slots any variable keeps, the decay mode any variable needs, and `VAR_OPTIONS` when some variable's
+/// values differ from the configuration's.
+pub fn constants_with_options(
+    config: &RmsPropConfig,
+    hypers: &[crate::VarHyper],
+    workgroup_size: u32,
+    vec4s_per_invocation: u32,
+) -> Vec<(&'static str, f64)> {
+    let variant = Variant::of(config, hypers.iter().copied());
+    variant_constants(config, &variant, workgroup_size, vec4s_per_invocation)
+}
+
+pub(crate) fn variant_constants(
+    config: &RmsPropConfig,
+    variant: &Variant,
     workgroup_size: u32,
     vec4s_per_invocation: u32,
 ) -> Vec<(&'static str, f64)> {
@@ -383,8 +415,8 @@ pub fn constants(
     vec![
         ("WORKGROUP_SIZE", f64::from(workgroup_size)),
         ("VEC4S_PER_INVOCATION", f64::from(vec4s_per_invocation)),
-        ("CENTERED", b(config.centered())),
-        ("HAS_MOMENTUM", b(config.has_momentum())),
+        ("CENTERED", b(variant.centered)),
+        ("HAS_MOMENTUM", b(variant.momentum)),
         (
             "EPS_OUTSIDE",
             b(config.epsilon_placement() == EpsilonPlacement::OutsideSqrt),
@@ -403,14 +435,8 @@ pub fn constants(
             b(config.average_form() == AverageForm::Lerp),
         ),
         ("BIAS_CORRECTION", b(config.bias_correction())),
-        (
-            "DECOUPLED_DECAY",
-            b(matches!(config.weight_decay(), WeightDecay::Decoupled(_))),
-        ),
-        (
-            "L2_DECAY",
-            b(matches!(config.weight_decay(), WeightDecay::L2(_))),
-        ),
+        ("DECOUPLED_DECAY", b(variant.decoupled)),
+        ("L2_DECAY", b(variant.l2)),
         ("MAXIMIZE", b(config.maximize())),
         ("PER_VAR", b(per_var(config))),
         (
@@ -427,6 +453,7 @@ pub fn constants(
             b(config.non_finite() == crate::config::NonFinite::SkipStep),
         ),
         ("CLIP_NORM", clip_norm),
+        ("VAR_OPTIONS", f64::from(variant.var_options)),
     ]
 }
 

@@ -100,6 +100,31 @@
 //! # Ok::<(), wgpu_rmsprop::Error>(())
 //! ```
 
+//! ## Parameter groups
+//!
+//! Per-variable options, as PyTorch's param groups and Keras's `exclude_from_weight_decay`:
+//! [`RmsProp::add_variable_with`] or [`RmsProp::set_variable_options`] with a [`VarOptions`] (a
+//! constant `learning_rate` and/or `lr_multiplier`, `weight_decay` or `exclude_from_weight_decay`,
+//! `momentum`, `centered`, `epsilon`, `rho`, `maximize`, `frozen`; see [`mod@var_options`] for what each
+//! means), and [`RmsProp::exclude_from_weight_decay_names`] for Keras's name matching. Each variable's
+//! values ([`VarHyper`]) sit in a table the kernels read, so a step stays one dispatch per pool buffer;
+//! a variable keeps only the slots its options give it ([`RmsProp::variable_slots`]).
+//!
+//! ```
+//! use wgpu_rmsprop::{GpuContext, Preset, RmsProp, RmsPropConfig, Slot, VarOptions};
+//! let ctx = GpuContext::new()?;
+//! let mut opt = RmsProp::new(&ctx, RmsPropConfig::preset(Preset::Torch).momentum(0.9).build()?)?;
+//! let w = opt.add_variable("w", &[256, 64], &vec![0.0; 256 * 64])?;
+//! let b = opt.add_variable_with("b", &[64], &[0.0; 64], &VarOptions {
+//!     learning_rate: Some(0.003), weight_decay: Some(0.1), momentum: Some(0.0), ..VarOptions::default()
+//! })?;
+//! opt.apply_gradients(&[(w, &vec![0.1; 256 * 64]), (b, &[0.1; 64])])?;
+//! assert_eq!(opt.last_step_dispatches(), 1); // one pool buffer, one dispatch
+//! assert!(opt.read_slot(b, Slot::Momentum).is_err()); // momentum 0: no momentum slot
+//! assert_eq!(opt.variable_slots(w)?, [Slot::Velocity, Slot::Momentum]);
+//! # Ok::<(), wgpu_rmsprop::Error>(())
+//! ```
+//!
 //! ## In your own training loop
 //!
 //! **The submit protocol.** [`RmsProp::apply`] records, submits and resolves a step in one call. In a
@@ -169,6 +194,7 @@ pub mod schedule;
 pub mod sparse;
 mod step;
 mod upload;
+pub mod var_options;
 
 pub use config::{
     AverageForm, ClipRules, DuplicateIndices, EpsilonPlacement, MomentumForm, NonFinite, Preset,
@@ -184,3 +210,4 @@ pub use sparse::Indices;
 pub use step::types::{
     GpuGradient, GpuIndices, GpuSlice, Gradient, OptimizerOptions, RecordedStep, Tensor, VarId,
 };
+pub use var_options::{VarHyper, VarOptions};

@@ -3,12 +3,17 @@
 //! [`Reference::step`] follows the kernels' sequence: norms, finalize, scatter / lazy, dense).
 //!
 //! It is the oracle of the tests and is public so that users can check their own runs.
+//!
+//! Per-variable options ([`VarOptions`]): each variable is updated with its effective configuration
+//! ([`VarOptions::effective_config`]) and its own step scalars ([`crate::VarHyper::scalars`]), the values
+//! the kernels read from the options table; a frozen variable takes part as an absent one.
 
 use crate::config::{
     AverageForm, DuplicateIndices, EpsilonPlacement, MomentumForm, RmsPropConfig, SparseMode,
     StepScalars, WeightDecay,
 };
 use crate::error::Result;
+use crate::var_options::VarOptions;
 
 /// One element's state (`State` in the shader).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -132,18 +137,33 @@ pub struct ReferenceState {
     pub m: Option<Vec<f32>>,
     /// `average_gradient` (when centered).
     pub a: Option<Vec<f32>>,
+    /// The variable's options (default: everything from the configuration).
+    pub options: VarOptions,
 }
 
 impl ReferenceState {
     /// A variable with freshly initialised slots, as the optimizer creates them for `config`.
     pub fn new(config: &RmsPropConfig, shape: &[usize], init: &[f32]) -> Self {
+        Self::with_options(config, shape, init, &VarOptions::default())
+    }
+
+    /// A variable with options (validated by the caller) and the slots its effective configuration
+    /// keeps, freshly initialised.
+    pub fn with_options(
+        config: &RmsPropConfig,
+        shape: &[usize],
+        init: &[f32],
+        options: &VarOptions,
+    ) -> Self {
         let n = init.len();
+        let c = options.effective_config(config);
         ReferenceState {
             shape: shape.to_vec(),
             x: init.to_vec(),
             v: vec![config.initial_accumulator_value() as f32; n],
-            m: config.has_momentum().then(|| vec![0.0; n]),
-            a: config.centered().then(|| vec![0.0; n]),
+            m: c.has_momentum().then(|| vec![0.0; n]),
+            a: c.centered().then(|| vec![0.0; n]),
+            options: options.clone(),
         }
     }
 
@@ -273,14 +293,60 @@ impl Reference {
         self.vars.len() - 1
     }
 
+    /// Adds a variable with options (validated as the optimizer does, the variable named `var<index>`
+    /// in errors); returns its index.
+    pub fn add_variable_with(
+        &mut self,
+        shape: &[usize],
+        init: &[f32],
+        options: &VarOptions,
+    ) -> Result<usize> {
+        options.validate(&format!("var{}", self.vars.len()), &self.config)?;
+        let state = ReferenceState::with_options(&self.config, shape, init, options);
+        self.vars.push(state);
+        Ok(self.vars.len() - 1)
+    }
+
+    /// Changes a variable's options as [`crate::RmsProp::set_variable_options`] does: a slot kept before
+    /// and after keeps its values, a slot gained starts at 0, a slot lost is dropped.
+    ///
+    /// # Panics
+    /// If `index` is not a variable.
+    pub fn set_variable_options(&mut self, index: usize, options: &VarOptions) -> Result<()> {
+        options.validate(&format!("var{index}"), &self.config)?;
+        let c = options.effective_config(&self.config);
+        let var = &mut self.vars[index];
+        let n = var.x.len();
+        if !c.has_momentum() {
+            var.m = None;
+        } else if var.m.is_none() {
+            var.m = Some(vec![0.0; n]);
+        }
+        if !c.centered() {
+            var.a = None;
+        } else if var.a.is_none() {
+            var.a = Some(vec![0.0; n]);
+        }
+        var.options = options.clone();
+        Ok(())
+    }
+
     /// One step; `grads[i]` is the gradient of variable `i` (`None`: not in this step).
     ///
     /// # Panics
     /// On lengths or indices that do not fit (the reference is an oracle, not a checked API).
     pub fn step(&mut self, grads: &[Option<RefGradient<'_>>]) -> Result<()> {
-        let c = self.config.clone();
+        let config = self.config.clone();
         let step = self.iterations + 1;
-        let p = c.scalars(step)?;
+        let p = config.scalars(step)?;
+        // A frozen variable's gradient is ignored entirely: as if it were not in the step.
+        let grads: Vec<Option<RefGradient<'_>>> = grads
+            .iter()
+            .zip(&self.vars)
+            .map(|(g, var)| g.filter(|_| !var.options.frozen))
+            .collect();
+        let grads = &grads[..];
+        let c = &config;
         if c.non_finite() == crate::config::NonFinite::SkipStep {
             let finite = grads.iter().flatten().all(|g| match g {
                 RefGradient::Dense(v) | RefGradient::Sparse { values: v, .. } => {
@@ -349,6 +415,9 @@ impl Reference {
             })
             .collect();
         for ((var, g), info) in self.vars.iter_mut().zip(grads).zip(&info) {
+            // The variable's effective configuration and scalars (the options table's values).
+            let c = var.options.effective_config(&config);
+            let p = var.options.hyper(&config).scalars(&p);
             match g {
                 None => {}
                 Some(RefGradient::Dense(g)) => {

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use naga::{Module, ScalarKind, TypeInner};
 use wgpu_rmsprop::kernels::{self, Params, ParamsMode, VarInfo, VAR_INFO_BYTES};
-use wgpu_rmsprop::{Preset, RmsPropConfig, SparseMode};
+use wgpu_rmsprop::{Preset, RmsPropConfig, SparseMode, VarOptions};
 
 /// One Rust field: name, offset, size, and the WGSL scalar it must be.
 type Field = (&'static str, usize, usize, ScalarKind);
@@ -61,6 +61,10 @@ fn params_fields() -> Vec<Field> {
         seg_first: u32,
         seg_len: u32,
         seg_base: u32,
+        opt_base: u32,
+        pad0: u32,
+        pad1: u32,
+        pad2: u32,
     })
 }
 
@@ -151,7 +155,7 @@ fn params_and_var_info_match_the_wgsl_structs() {
 const LEFT_AT_DEFAULT: &[&str] = &["REDUCE_SIZE"];
 
 /// Every constant the host sets: `kernels::constants` for a few configurations (the names do not depend
-/// on the configuration, the values do), plus the one the optimizer adds (`src/optimizer.rs`).
+/// on the configuration, the values do), with per-variable options too.
 fn host_constants() -> Vec<Vec<(&'static str, f64)>> {
     let configs = [
         RmsPropConfig::default(),
@@ -167,10 +171,23 @@ fn host_constants() -> Vec<Vec<(&'static str, f64)>> {
             .build()
             .unwrap(),
     ];
-    configs
+    let mut out: Vec<Vec<(&'static str, f64)>> = configs
         .iter()
         .map(|c| kernels::constants(c, 64, 2))
-        .collect()
+        .collect();
+    // Per-variable options: VAR_OPTIONS becomes a mask of table fields, momentum and centered slots.
+    let options = VarOptions {
+        lr_multiplier: 0.5,
+        momentum: Some(0.9),
+        centered: Some(true),
+        maximize: Some(true),
+        ..VarOptions::default()
+    };
+    let c = &configs[0];
+    let with = kernels::constants_with_options(c, &[options.hyper(c)], 64, 2);
+    assert!(with.iter().any(|&(n, v)| n == "VAR_OPTIONS" && v > 1.0));
+    out.push(with);
+    out
 }
 
 /// Each name the host sets is declared as an `override` in the modules it is passed to (the host's filter

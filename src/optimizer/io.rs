@@ -9,19 +9,33 @@ use crate::readback::{Range, ReadBack};
 use crate::step::types::{Tensor, VarId};
 
 impl RmsProp {
-    fn kind(&self, t: Tensor) -> Result<Kind> {
+    /// The pooled kind of tensor `t` of variable `id`: a slot the variable does not keep (by the
+    /// configuration and its options) is [`Error::SlotNotPresent`], even where the pools keep it for
+    /// other variables.
+    fn kind(&self, id: VarId, t: Tensor) -> Result<Kind> {
         let kind = match t {
             Tensor::Variable => Kind::Variable,
             Tensor::Gradient => Kind::Gradient,
             Tensor::Slot(slot) => Kind::from(slot),
         };
         if let Tensor::Slot(slot) = t {
-            if !self.kinds.contains(&kind) {
+            let h = self.layout.var(id)?.hyper;
+            let kept = match slot {
+                Slot::Velocity => true,
+                Slot::Momentum => h.momentum_slot,
+                Slot::AverageGradient => h.centered,
+            };
+            if !kept || !self.gpu.kinds.contains(&kind) {
                 return Err(Error::SlotNotPresent {
                     slot: slot.name(),
                     why: match slot {
-                        Slot::Momentum => "it needs momentum > 0, or a preset that always keeps it",
-                        Slot::AverageGradient => "it needs centered = true",
+                        Slot::Momentum => {
+                            "it needs momentum > 0 (in the configuration or the variable's options), \
+                             or a preset that always keeps it"
+                        }
+                        Slot::AverageGradient => {
+                            "it needs centered = true (in the configuration or the variable's options)"
+                        }
                         Slot::Velocity => "internal",
                     },
                 });
@@ -34,8 +48,8 @@ impl RmsProp {
     fn ranges(&self, items: &[(VarId, Tensor)]) -> Result<(Vec<Range<'_>>, Vec<usize>)> {
         let (mut ranges, mut parts) = (Vec::new(), Vec::new());
         for &(id, t) in items {
-            let kind = self.kind(t)?;
             let v = self.layout.var(id)?;
+            let kind = self.kind(id, t)?;
             for s in &v.segments {
                 ranges.push(Range {
                     buffer: self.gpu.chunks[s.chunk].buffer(kind)?,
@@ -132,13 +146,13 @@ impl RmsProp {
         include_variables: bool,
     ) -> Result<()> {
         self.ensure_resolved("save a checkpoint")?;
-        let slots = self.slots();
         let mut items = Vec::new();
         for i in 0..self.layout.variables.len() {
             let id = self.layout.id(i);
             if include_variables {
                 items.push((id, Tensor::Variable));
             }
+            let slots = self.variable_slots(id)?;
             items.extend(slots.iter().map(|&s| (id, Tensor::Slot(s))));
         }
         let read = {
@@ -170,6 +184,7 @@ impl RmsProp {
             .map(|v| (v.name.as_str(), &v.shape[..]))
             .collect();
         let config = crate::checkpoint::config_json(&self.config).to_string();
+        let var_options = self.var_options_json().to_string();
         let metadata = std::collections::HashMap::from([
             ("format".to_string(), crate::checkpoint::FORMAT.to_string()),
             (
@@ -177,6 +192,7 @@ impl RmsProp {
                 self.config.preset_kind().name().to_string(),
             ),
             ("config".to_string(), config),
+            ("var_options".to_string(), var_options),
             ("iterations".to_string(), self.iterations.to_string()),
             ("skipped_steps".to_string(), skipped.to_string()),
             (
@@ -188,8 +204,11 @@ impl RmsProp {
     }
 
     /// Restores a checkpoint written by [`RmsProp::save_checkpoint`] into this optimizer, which must have
-    /// the same preset, configuration and variables (names and shapes, in order). Everything is read and
-    /// checked first; on any error nothing changes. Variables are restored when the file holds them.
+    /// the same preset, configuration, variables (names and shapes, in order) and per-variable options
+    /// (as they resolve: learning rate, rho, momentum, epsilon, centered, maximize, weight decay
+    /// including name exclusions, frozen; a checkpoint written before options existed holds variables
+    /// without options). Set options after loading to change them. Everything is read and checked
+    /// first; on any error nothing changes. Variables are restored when the file holds them.
     pub fn load_checkpoint(&mut self, path: &std::path::Path) -> Result<()> {
         self.ensure_resolved("load a checkpoint")?;
         self.ctx.check_alive()?;
@@ -199,16 +218,28 @@ impl RmsProp {
             .iter()
             .map(|v| (v.name.clone(), v.shape.clone()))
             .collect();
-        let slots = self.slots();
-        let names: Vec<&str> = slots.iter().map(|s| s.name()).collect();
-        let restored = crate::checkpoint::read(path, &self.config, &vars, &names)?;
+        let slots: Vec<Vec<Slot>> = (0..vars.len())
+            .map(|i| self.variable_slots(self.layout.id(i)))
+            .collect::<Result<_>>()?;
+        let names: Vec<Vec<&str>> = slots
+            .iter()
+            .map(|s| s.iter().map(|s| s.name()).collect())
+            .collect();
+        let expected = crate::checkpoint::Expected {
+            config: &self.config,
+            variables: &vars,
+            slots: &names,
+            var_options: self.var_options_json(),
+            default_options: self.var_options_json_of(|_| false),
+        };
+        let restored = crate::checkpoint::read(path, &expected)?;
         let queue = self.ctx.queue().clone();
         for (i, v) in self.layout.variables.iter().enumerate() {
             let mut writes: Vec<(Kind, &[f32])> = Vec::new();
             if let Some(x) = &restored.variables[i] {
                 writes.push((Kind::Variable, x));
             }
-            for (slot, values) in slots.iter().zip(&restored.slots[i]) {
+            for (slot, values) in slots[i].iter().zip(&restored.slots[i]) {
                 writes.push((Kind::from(*slot), values));
             }
             for (kind, values) in writes {
@@ -225,6 +256,27 @@ impl RmsProp {
         self.iterations = restored.iterations;
         self.last_lr = None;
         Ok(())
+    }
+
+    /// Every variable's options as they resolve, for checkpoints.
+    fn var_options_json(&self) -> serde_json::Value {
+        self.var_options_json_of(|_| true)
+    }
+
+    /// As [`RmsProp::var_options_json`], with default options for the variables `own` rejects.
+    fn var_options_json_of(&self, own: impl Fn(usize) -> bool) -> serde_json::Value {
+        let default = crate::VarOptions::default().hyper(&self.config);
+        let list: Vec<serde_json::Value> = self
+            .layout
+            .variables
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match own(i) {
+                true => crate::checkpoint::var_options_json(&v.hyper, v.frozen()),
+                false => crate::checkpoint::var_options_json(&default, false),
+            })
+            .collect();
+        serde_json::Value::Array(list)
     }
 
     /// Reads `bytes` of a step buffer (waits for this read's submission).

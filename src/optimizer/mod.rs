@@ -4,6 +4,7 @@
 //! The step protocol lives in `protocol.rs` (record, resolve, apply), reads and checkpoints in `io.rs`.
 
 mod io;
+mod options;
 mod protocol;
 
 use std::collections::VecDeque;
@@ -21,6 +22,7 @@ use crate::step::sparse_prep::{HeadRegions, SparsePrep};
 use crate::step::types::{GpuGradient, GpuSlice, OptimizerOptions, VarId};
 use crate::step::validate::{check_gpu_buffer, StepShape};
 use crate::upload::Uploader;
+use crate::var_options::{VarOptions, Variant};
 
 static NEXT_OPTIMIZER_ID: AtomicU32 = AtomicU32::new(1);
 
@@ -75,7 +77,10 @@ struct Scratch {
 pub struct RmsProp {
     ctx: GpuContext,
     config: RmsPropConfig,
-    kinds: Vec<Kind>,
+    /// What the kernels are built for (slots kept, decay mode, per-variable options read).
+    variant: Variant,
+    /// Name substrings excluded from weight decay ([`RmsProp::exclude_from_weight_decay_names`]).
+    exclude_names: Vec<String>,
     layout: Layout,
     gpu: Gpu,
     uploader: Uploader,
@@ -167,17 +172,10 @@ impl RmsProp {
         }
 
         let prefix = config.name().to_string();
-        let mut kinds = vec![Kind::Variable, Kind::Gradient, Kind::Velocity];
-        if config.has_momentum() {
-            kinds.push(Kind::Momentum);
-        }
-        if config.centered() {
-            kinds.push(Kind::AverageGradient);
-        }
-        if config.duplicate_indices() == DuplicateIndices::Keras3 {
-            kinds.push(Kind::Squares);
-        }
-        let constants = kernels::constants(&config, wg, options.vec4s_per_invocation);
+        let variant = Variant::of(&config, []);
+        let kinds = kinds_for(&config, &variant, &[]);
+        let constants =
+            kernels::variant_constants(&config, &variant, wg, options.vec4s_per_invocation);
         let immediates = options.use_immediates
             && device.features().contains(wgpu::Features::IMMEDIATES)
             && limits.max_immediate_size as usize >= std::mem::size_of::<Params>();
@@ -187,13 +185,14 @@ impl RmsProp {
             ParamsMode::Uniform
         };
         log::debug!("{prefix}: step parameters as {mode:?}");
-        let gpu = Gpu::new(device, &prefix, mode, kinds.clone(), &constants)?;
+        let gpu = Gpu::new(device, &prefix, mode, kinds, &constants)?;
         let skip_nonfinite = config.non_finite() == NonFinite::SkipStep;
         let plan_cfg = PlanConfig {
             workgroup_size: wg,
             vec4s_per_invocation: options.vec4s_per_invocation,
             max_groups,
             per_var: kernels::per_var(&config),
+            var_options: false,
             skip_nonfinite,
             lazy: config.sparse_mode() == SparseMode::Lazy,
             jobs_needed: config.clipnorm().is_some()
@@ -205,7 +204,8 @@ impl RmsProp {
         let id = NEXT_OPTIMIZER_ID.fetch_add(1, Ordering::Relaxed);
         Ok(RmsProp {
             ctx: ctx.clone(),
-            kinds,
+            variant,
+            exclude_names: Vec::new(),
             layout: Layout::new(id, chunk_limit, align / VEC4_BYTES),
             gpu,
             uploader: Uploader::new(
@@ -263,22 +263,19 @@ impl RmsProp {
         self.layout.variables.len()
     }
 
-    /// The slots this configuration keeps: velocity, then momentum (if kept), then average_gradient (if
-    /// centered).
+    /// The slots the pools keep: velocity, then momentum (if the configuration or some variable's
+    /// options keep it), then average_gradient (likewise for centered). A variable's own slots are
+    /// [`RmsProp::variable_slots`]: with per-variable options some variables may lack one of these.
     pub fn slots(&self) -> Vec<Slot> {
-        let mut s = vec![Slot::Velocity];
-        if self.config.has_momentum() {
-            s.push(Slot::Momentum);
-        }
-        if self.config.centered() {
-            s.push(Slot::AverageGradient);
-        }
-        s
+        [Slot::Velocity, Slot::Momentum, Slot::AverageGradient]
+            .into_iter()
+            .filter(|&s| self.gpu.kinds.contains(&Kind::from(s)))
+            .collect()
     }
 
     /// Bytes held on the GPU.
     pub fn pool_stats(&self) -> PoolStats {
-        let kinds = self.kinds.len() as u64;
+        let kinds = self.gpu.kinds.len() as u64;
         PoolStats {
             chunks: self.layout.chunks.len(),
             pool_bytes: self
@@ -369,7 +366,22 @@ impl RmsProp {
     /// freshly initialised slots. Its state is placed in the pools, which grow (on the GPU, copying what
     /// they hold) when full; steady-state steps allocate nothing.
     pub fn add_variable(&mut self, name: &str, shape: &[usize], init: &[f32]) -> Result<VarId> {
-        self.add(name, shape, Init::Host(init))
+        self.add(name, shape, Init::Host(init), &VarOptions::default())
+    }
+
+    /// As [`RmsProp::add_variable`], with per-variable options (a parameter group; see
+    /// [`VarOptions`]), validated first ([`Error::InvalidVarOptions`]). A variable whose options need a
+    /// slot the pools do not keep yet (momentum or centered where the configuration has neither) makes
+    /// the pools keep that slot for every variable from now on (fresh buffers, pipelines rebuilt; no
+    /// slice moves, so [`RmsProp::layout_version`] moves only if a pool buffer grows, as always).
+    pub fn add_variable_with(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        init: &[f32],
+        options: &VarOptions,
+    ) -> Result<VarId> {
+        self.add(name, shape, Init::Host(init), options)
     }
 
     /// Adds a variable whose initial values are `prod(shape)` f32 already on the GPU (copied GPU-to-GPU
@@ -380,15 +392,23 @@ impl RmsProp {
         shape: &[usize],
         init: GpuGradient<'_>,
     ) -> Result<VarId> {
-        self.add(name, shape, Init::Gpu(init))
+        self.add(name, shape, Init::Gpu(init), &VarOptions::default())
     }
 
-    fn add(&mut self, name: &str, shape: &[usize], init: Init<'_>) -> Result<VarId> {
+    fn add(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        init: Init<'_>,
+        options: &VarOptions,
+    ) -> Result<VarId> {
         self.ensure_resolved("add a variable")?;
         self.ctx.check_alive()?;
         if self.frozen {
             return Err(Error::LayoutFrozen { name: name.into() });
         }
+        options.validate(name, &self.config)?;
+        let hyper = self.resolve(name, options);
         let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let init_len = match init {
             Init::Host(v) => v.len(),
@@ -401,7 +421,8 @@ impl RmsProp {
                 None => 0,
             },
         };
-        // Plan the placement, then allocate everything it needs before changing any state.
+        // Plan the placement, then allocate (and compile) everything it needs before changing any state:
+        // grown chunks get every kind kept from now on, the other chunks the kinds new to the pools.
         let p = self.layout.plan_variable(name, shape, init_len)?;
         // A caller's buffer is first copied into one of ours, in its own submission under an error
         // scope: what the host cannot check (e.g. a buffer of another device) fails here, not in the
@@ -417,14 +438,18 @@ impl RmsProp {
             }
             host => host,
         };
+        let hypers: Vec<_> = self.layout.variables.iter().map(|v| v.hyper).collect();
+        let grown: Vec<usize> = p.grow.iter().map(|&(index, _)| index).collect();
+        let prepared = self.prepare(&[&hypers[..], &[hyper]].concat(), &grown)?;
         let mut new_buffers = Vec::new();
         for &(index, capacity) in &p.grow {
-            new_buffers.push((index, self.gpu.allocate_chunk(index, capacity)?));
+            let kinds = &prepared.kinds;
+            new_buffers.push((index, self.gpu.allocate_chunk(index, capacity, kinds)?));
         }
         // Per-variable tables grow with the variables (read by diagnostics before any step), `var_info`
-        // with the segment map after its entries.
+        // with the segment map and the options table after its entries.
         let vars = self.layout.variables.len() as u64 + 1;
-        let map = self.layout.var_info_entries() + 1 + 2 * p.segments.len() as u64;
+        let map = self.layout.var_info_entries() + 3 + 2 * p.segments.len() as u64;
         let regrown = self.gpu.reserve(&StepSizes {
             var_info: map * crate::kernels::VAR_INFO_BYTES,
             var_step: vars * 16,
@@ -443,7 +468,10 @@ impl RmsProp {
             let used = self.layout.chunks.get(index).map_or(0, |c| c.used);
             self.gpu.install_chunk(&mut encoder, index, buffers, used);
         }
-        let id = self.layout.commit_variable(name, shape, p);
+        self.install(prepared);
+        let id = self
+            .layout
+            .commit_variable(name, shape, p, options.clone(), hyper);
         // Never taken: nothing can have been written into a buffer the pools left (growth copies the
         // gradient pool along with the rest).
         self.gradients_seen.push(u64::MAX);
@@ -469,13 +497,9 @@ impl RmsProp {
                 queue.write_buffer(velocity, s.byte_offset(), bytemuck::cast_slice(&v));
             }
         }
-        if self.plan_cfg.per_var {
-            // The segment map moves with every variable added (it follows the per-variable entries).
-            let (_, entries) = self.layout.segment_map();
-            let at = self.layout.variables.len() as u64 * crate::kernels::VAR_INFO_BYTES;
-            let map = bytemuck::cast_slice(&entries);
-            queue.write_buffer(&self.gpu.var_info.buffer, at, map);
-        }
+        // The segment map and the options table move with every variable added (they follow the
+        // per-variable entries).
+        self.write_tables();
         queue.submit([encoder.finish()]);
         self.gpu.rebuild_bind_groups();
         log::debug!("{}: added variable {name:?} {shape:?}", self.config.name());
@@ -528,6 +552,27 @@ impl RmsProp {
     pub fn last_step_dispatches(&self) -> usize {
         self.last_dispatches
     }
+}
+
+/// The pooled kinds for `variant` (velocity always; momentum and average_gradient when some variable
+/// keeps them; squares for Keras 3 duplicates), at least `kept`.
+fn kinds_for(config: &RmsPropConfig, variant: &Variant, kept: &[Kind]) -> Vec<Kind> {
+    let wanted = [
+        (Kind::Variable, true),
+        (Kind::Gradient, true),
+        (Kind::Velocity, true),
+        (Kind::Momentum, variant.momentum),
+        (Kind::AverageGradient, variant.centered),
+        (
+            Kind::Squares,
+            config.duplicate_indices() == DuplicateIndices::Keras3,
+        ),
+    ];
+    wanted
+        .into_iter()
+        .filter(|&(k, w)| w || kept.contains(&k))
+        .map(|(k, _)| k)
+        .collect()
 }
 
 /// Where a new variable's initial values come from.

@@ -114,6 +114,7 @@ impl RmsProp {
             clipvalue: s.clipvalue,
             bias_correction: s.bias_correction,
             step: step as u32,
+            opt_base: self.layout.options_base() as u32,
             ..Params::default()
         };
         plan(

@@ -68,6 +68,10 @@ impl Step<'_> {
         };
         for (id, g) in copied {
             let v = &self.layout.variables[id.index as usize];
+            if v.frozen() {
+                // Ignored entirely: nothing of it is copied.
+                continue;
+            }
             match g {
                 Gradient::Resident => {}
                 Gradient::Dense(values) => {

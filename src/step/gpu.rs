@@ -128,7 +128,8 @@ pub(crate) struct Gpu {
     pub device: wgpu::Device,
     pub mode: ParamsMode,
     prefix: String,
-    kinds: Vec<Kind>,
+    /// The pooled kinds every chunk holds.
+    pub kinds: Vec<Kind>,
     layouts: Vec<wgpu::BindGroupLayout>,
     pub pipelines: Vec<wgpu::ComputePipeline>,
     /// Stand-ins bound where a pooled kind is not kept, one per kind so that no two bindings of a
@@ -168,16 +169,14 @@ impl Gpu {
         constants: &[(&'static str, f64)],
     ) -> Result<Self> {
         let limits = device.limits();
-        let mut layouts = Vec::new();
-        let mut pipelines = Vec::new();
-        for (_, k) in KERNELS {
-            let label = format!("{prefix}/{} bind group layout", k.name);
-            let layout = kernels::bind_group_layout(device, &label, &k, mode);
-            pipelines.push(kernels::pipeline(
-                device, prefix, &k, mode, &layout, constants,
-            )?);
-            layouts.push(layout);
-        }
+        let layouts: Vec<wgpu::BindGroupLayout> = KERNELS
+            .iter()
+            .map(|(_, k)| {
+                let label = format!("{prefix}/{} bind group layout", k.name);
+                kernels::bind_group_layout(device, &label, k, mode)
+            })
+            .collect();
+        let pipelines = build_pipelines(device, prefix, mode, &layouts, constants)?;
         let placeholders = Kind::ALL
             .iter()
             .map(|k| {
@@ -266,16 +265,54 @@ impl Gpu {
             + self.placeholders.iter().map(|p| p.size()).sum::<u64>()
     }
 
-    /// Allocates the buffers of a chunk of `capacity` vec4 (not yet installed).
+    /// Allocates the buffers of `kinds` for a chunk of `capacity` vec4 (not yet installed).
     pub fn allocate_chunk(
         &mut self,
         index: usize,
         capacity: u64,
+        kinds: &[Kind],
     ) -> Result<[Option<wgpu::Buffer>; 6]> {
-        let b =
-            pool::allocate_chunk_buffers(&self.device, &self.prefix, index, capacity, &self.kinds)?;
-        self.objects_created += self.kinds.len() as u64;
+        let b = pool::allocate_chunk_buffers(&self.device, &self.prefix, index, capacity, kinds)?;
+        self.objects_created += kinds.len() as u64;
         Ok(b)
+    }
+
+    /// Every kernel's pipeline built with `constants` (installed by [`Gpu::set_pipelines`]).
+    pub fn build_pipelines(
+        &self,
+        constants: &[(&'static str, f64)],
+    ) -> Result<Vec<wgpu::ComputePipeline>> {
+        build_pipelines(
+            &self.device,
+            &self.prefix,
+            self.mode,
+            &self.layouts,
+            constants,
+        )
+    }
+
+    /// Installs pipelines from [`Gpu::build_pipelines`] (same bind group layouts: the bind groups stay).
+    pub fn set_pipelines(&mut self, pipelines: Vec<wgpu::ComputePipeline>) {
+        self.pipelines = pipelines;
+    }
+
+    /// Adds the buffers of newly kept kinds (fresh, zeroed) to existing chunks, `(chunk, buffers)` from
+    /// [`Gpu::allocate_chunk`], and keeps `kinds` from now on. Bind groups are rebuilt by the caller.
+    pub fn add_kinds(
+        &mut self,
+        kinds: Vec<Kind>,
+        buffers: Vec<(usize, [Option<wgpu::Buffer>; 6])>,
+    ) {
+        for (index, new) in buffers {
+            if let Some(chunk) = self.chunks.get_mut(index) {
+                for (slot, b) in chunk.buffers.iter_mut().zip(new) {
+                    if slot.is_none() {
+                        *slot = b;
+                    }
+                }
+            }
+        }
+        self.kinds = kinds;
     }
 
     /// Installs chunk `index`'s new buffers, copying `used_vec4` of the old ones on the GPU first.
@@ -439,6 +476,20 @@ impl Gpu {
             c.bind_groups = bgs;
         }
     }
+}
+
+fn build_pipelines(
+    device: &wgpu::Device,
+    prefix: &str,
+    mode: ParamsMode,
+    layouts: &[wgpu::BindGroupLayout],
+    constants: &[(&'static str, f64)],
+) -> Result<Vec<wgpu::ComputePipeline>> {
+    KERNELS
+        .iter()
+        .zip(layouts)
+        .map(|((_, k), layout)| kernels::pipeline(device, prefix, k, mode, layout, constants))
+        .collect()
 }
 
 pub(crate) fn missing_buffer() -> Error {

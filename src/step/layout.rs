@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::pool::{self, Segment};
 use crate::step::types::VarId;
+use crate::var_options::{VarHyper, VarOptions};
 
 /// One variable: its name, shape and where its elements sit in the pools.
 #[derive(Debug, Clone)]
@@ -13,6 +14,18 @@ pub(crate) struct Variable {
     /// Elements per row along axis 0 (the whole variable for a scalar).
     pub row_len: usize,
     pub segments: Vec<Segment>,
+    /// The options as the caller gave them.
+    pub options: VarOptions,
+    /// What the kernels read for it (the options resolved against the configuration, name exclusions
+    /// included): its entries of the options table.
+    pub hyper: VarHyper,
+}
+
+impl Variable {
+    /// Whether the variable ignores its gradients.
+    pub fn frozen(&self) -> bool {
+        self.options.frozen
+    }
 }
 
 /// One pool chunk's bookkeeping (its buffers live in [`crate::step::gpu::ChunkBuffers`]).
@@ -145,11 +158,27 @@ impl Layout {
         end.min(self.chunks[s.chunk].capacity) - s.offset
     }
 
-    /// Entries of `var_info` (16 bytes each) the per-variable state and the segment map need: one per
-    /// variable, then two per segment (see [`Layout::segment_map`]).
+    /// Entries of `var_info` (16 bytes each) the per-variable state, the segment map and the options
+    /// table need: one per variable, then two per segment (see [`Layout::segment_map`]), then two per
+    /// variable (see [`Layout::options_table`]).
     pub fn var_info_entries(&self) -> u64 {
+        self.options_base() + 2 * self.variables.len() as u64
+    }
+
+    /// The first entry of the options table in `var_info`: after the per-variable entries and the
+    /// segment map.
+    pub fn options_base(&self) -> u64 {
         let segments: usize = self.chunks.iter().map(|c| c.segments.len()).sum();
         (self.variables.len() + 2 * segments) as u64
+    }
+
+    /// The options table the kernels read with `VAR_OPTIONS` (`hyper` in `rmsprop_update.wgsl`): two
+    /// entries per variable, in variable order, from [`Layout::options_base`] on.
+    pub fn options_table(&self) -> Vec<[u32; 4]> {
+        self.variables
+            .iter()
+            .flat_map(|v| v.hyper.entries())
+            .collect()
     }
 
     /// The segment map the dense kernel searches for the variable of a vec4 (`variable_of` in
@@ -174,8 +203,16 @@ impl Layout {
         (regions, entries)
     }
 
-    /// Records a planned variable (after its buffers were allocated). Returns its handle.
-    pub fn commit_variable(&mut self, name: &str, shape: &[usize], p: Placement) -> VarId {
+    /// Records a planned variable (after its buffers were allocated) with its options and what they
+    /// resolve to. Returns its handle.
+    pub fn commit_variable(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        p: Placement,
+        options: VarOptions,
+        hyper: VarHyper,
+    ) -> VarId {
         let index = self.variables.len();
         if p.grow.iter().any(|&(c, _)| c < self.chunks.len()) {
             self.version += 1;
@@ -207,7 +244,19 @@ impl Layout {
             len,
             row_len,
             segments: p.segments,
+            options,
+            hyper,
         });
         self.id(index)
+    }
+}
+
+#[cfg(test)]
+impl Layout {
+    /// Records a planned variable without options (tests).
+    pub fn commit_plain(&mut self, name: &str, shape: &[usize], p: Placement) -> VarId {
+        let config = crate::config::RmsPropConfig::default();
+        let hyper = VarOptions::default().hyper(&config);
+        self.commit_variable(name, shape, p, VarOptions::default(), hyper)
     }
 }

@@ -45,8 +45,11 @@ pub(crate) struct PlanConfig {
     pub workgroup_size: u32,
     pub vec4s_per_invocation: u32,
     pub max_groups: u32,
-    /// Per-variable clipping state is read by the update (one dense range per variable).
+    /// Per-variable clipping state is read by the update (found through the segment map).
     pub per_var: bool,
+    /// Per-variable options are read by the update (found through the segment map, then the options
+    /// table); a frozen variable takes part as an absent one whatever this says.
+    pub var_options: bool,
     /// Non-finite policy `SkipStep`: every gradient value is checked on the GPU.
     pub skip_nonfinite: bool,
     /// Sparse mode `Lazy`.
@@ -274,7 +277,7 @@ pub(crate) fn plan(
     //    pool buffer when every variable is in the step; the alignment padding between them is swept
     //    too, it stays zero). Per-variable state is found through the chunk's segment map.
     for (ci, chunk) in layout.chunks.iter().enumerate() {
-        let params = match cfg.per_var {
+        let params = match cfg.per_var || cfg.var_options {
             true => {
                 let (seg_base, seg_len) = map_region(layout, ci);
                 Params {
@@ -327,6 +330,7 @@ mod tests {
             vec4s_per_invocation: 1,
             max_groups,
             per_var,
+            var_options: false,
             skip_nonfinite: false,
             lazy,
             jobs_needed: jobs,
@@ -339,7 +343,7 @@ mod tests {
         for (i, &n) in lens.iter().enumerate() {
             let name = format!("v{i}");
             let p = l.plan_variable(&name, &[n], n).unwrap();
-            l.commit_variable(&name, &[n], p);
+            l.commit_plain(&name, &[n], p);
         }
         l
     }
@@ -419,7 +423,7 @@ mod tests {
         // 10 rows of 4 elements, chunks of 4 vec4 (4 rows each).
         let mut l = Layout::new(1, 4, 1);
         let p = l.plan_variable("table", &[10, 4], 40).unwrap();
-        l.commit_variable("table", &[10, 4], p);
+        l.commit_plain("table", &[10, 4], p);
         let rows = [9i64, 0, 5, 0];
         let values = vec![1.0f32; 16];
         let id = l.id(0);
@@ -465,16 +469,19 @@ mod tests {
             align_pow in 0u32..3,
             max_groups in 1u32..6,
             per_var in any::<bool>(),
+            var_options in any::<bool>(),
         ) {
             let align = 1u64 << align_pow;
             let l = layout(&lens, chunk_limit.max(align), align);
             let parts: Vec<Part> = (0..lens.len())
                 .map(|i| match parts_seed[i] {
                     0 => Part::Absent,
+                    // A frozen variable (per-variable options) takes part as an absent one.
+                    1 if var_options => Part::Frozen,
                     _ => Part::Dense,
                 })
                 .collect();
-            let c = cfg(max_groups, per_var, false, true);
+            let c = PlanConfig { var_options, ..cfg(max_groups, per_var, false, true) };
             let mut out = Plan::default();
             plan(&c, Params::default(), &l, &parts, &SparsePrep::default(), &mut out);
             let cover = dense_coverage(&out, &c, l.chunks.len());
@@ -497,9 +504,9 @@ mod tests {
                     prop_assert!(last < l.chunks[ci].capacity);
                 }
             }
-            // Per-variable state: every dense dispatch searches its own chunk's segment map, and the
-            // variable it finds for each vec4 of a listed variable is that variable.
-            if per_var {
+            // Per-variable state and options: every dense dispatch searches its own chunk's segment
+            // map, and the variable it finds for each vec4 of a listed variable is that variable.
+            if per_var || var_options {
                 let (regions, entries) = l.segment_map();
                 for d in out.dispatches.iter().filter(|d| matches!(d.which, Which::Dense | Which::DenseAt)) {
                     prop_assert_eq!((d.params.seg_base, d.params.seg_len), regions[d.chunk]);
@@ -556,7 +563,7 @@ mod tests {
         let mut l = Layout::new(1, 1 << 30, 16);
         let n = (1usize << 32) - 1; // the most elements a variable may have
         let p = l.plan_variable("huge", &[n], n).unwrap();
-        l.commit_variable("huge", &[n], p);
+        l.commit_plain("huge", &[n], p);
         for (wg, per) in [(1024, 16), (64, 1), (1, 1)] {
             let c = PlanConfig {
                 workgroup_size: wg,

@@ -61,7 +61,8 @@ pub(crate) struct SparsePrep {
 }
 
 impl SparsePrep {
-    /// Fills the layout for `grads` (`count` of them sparse) from the committed `heads`.
+    /// Fills the layout for `grads` (`count` of them sparse; those of frozen variables are skipped) from
+    /// the committed `heads`.
     pub fn prepare(
         &mut self,
         layout: &Layout,
@@ -83,6 +84,9 @@ impl SparsePrep {
         for host in [true, false] {
             for (id, g) in grads {
                 let var = id.index as usize;
+                if layout.variables[var].frozen() {
+                    continue;
+                }
                 let (indices, len) = match g {
                     Gradient::Sparse { indices, values } if host => (indices, values.len()),
                     Gradient::SparseGpu { indices, .. } if !host => {
@@ -115,6 +119,9 @@ impl SparsePrep {
             };
             let var = id.index as usize;
             let v = &layout.variables[var];
+            if v.frozen() {
+                continue;
+            }
             let k = indices.len;
             let heads = &mut self.heads;
             let region = *heads.base[var].get_or_insert_with(|| {

@@ -14,6 +14,8 @@ pub(crate) enum Part {
     Absent,
     Dense,
     Sparse,
+    /// Listed, but the variable is frozen (per-variable options): validated, then treated as absent.
+    Frozen,
 }
 
 /// What the rest of a step needs to know about its gradients (reused between steps).
@@ -23,9 +25,9 @@ pub(crate) struct StepShape {
     pub parts: Vec<Part>,
     /// Bytes of host dense gradients with their padding lanes.
     pub host_bytes: u64,
-    /// Gradients that are copied (anything but `Resident`).
+    /// Gradients that are copied (anything but `Resident`, and not of a frozen variable).
     pub copied: usize,
-    /// Sparse gradients.
+    /// Sparse gradients (not of a frozen variable).
     pub sparse: usize,
 }
 
@@ -117,11 +119,15 @@ pub(crate) fn validate(
             return Err(Error::DuplicateGradient { name: name() });
         }
         *part = match g {
+            _ if v.frozen() => Part::Frozen,
             Gradient::Sparse { .. }
             | Gradient::SparseGpu { .. }
             | Gradient::SparseGpuIndices { .. } => Part::Sparse,
             Gradient::Dense(_) | Gradient::Gpu(_) | Gradient::Resident => Part::Dense,
         };
+        if *part == Part::Frozen {
+            continue;
+        }
         if let Gradient::Dense(_) = g {
             // With the alignment padding after each part (see `Layout::padded_vec4s`).
             out.host_bytes += v
