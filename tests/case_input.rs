@@ -331,8 +331,6 @@ fn every_unsupported_public_case_is_reported_naming_its_key() {
             ("keras_accum_ema_", "config.use_ema"),
             ("keras_accum_", "config.gradient_accumulation_steps"),
             ("keras_lossscale_", "config.loss_scale_factor"),
-            ("keras_wd_exclude_", ".exclude_from_weight_decay"),
-            ("torch_groups_", ".overrides"),
             ("f16_", "dtype \"float16\""),
             ("bf16_", "dtype \"bfloat16\""),
         ]
@@ -352,8 +350,8 @@ fn every_unsupported_public_case_is_reported_naming_its_key() {
     }
     assert_eq!(
         n,
-        26,
-        "the 26 unsupported public cases are in {}",
+        22,
+        "the 22 unsupported public cases are in {}",
         dir.display()
     );
     let case = Case::from_path(&hostile("unsupported_feature.json")).unwrap();
@@ -509,7 +507,11 @@ fn a_case_over_the_memory_budget_is_an_error_before_it_is_allocated() {
 fn same_bits(a: &[StepState], b: &[StepState]) -> bool {
     let bits = |s: &[StepState]| -> Vec<Vec<u32>> {
         s.iter()
-            .flat_map(|s| s.variables.iter().chain(s.slots.values().flatten()))
+            .flat_map(|s| {
+                s.variables
+                    .iter()
+                    .chain(s.slots.values().flatten().flatten())
+            })
             .map(|v| {
                 v.iter()
                     // NaN payloads need not survive a round trip; NaN-ness must.
@@ -534,7 +536,10 @@ fn non_finite_numbers_are_written_as_strings_and_read_back() {
         x[0].is_nan() && x[2] == f32::NEG_INFINITY && x[3].is_nan(),
         "{x:?}"
     );
-    assert_eq!(states[0].slots["velocity"][0][3], f32::INFINITY);
+    assert_eq!(
+        states[0].slots["velocity"][0].as_ref().unwrap()[3],
+        f32::INFINITY
+    );
     // The expected state holds the same non-finite values: they match.
     let v = case.judge(&states).unwrap();
     assert!(v.pass, "{v:?}");

@@ -1,4 +1,4 @@
-//! Per-variable options (parameter groups): the golden cases of `tests/golden/groups/` (torch param
+//! Per-variable options (parameter groups): the group golden cases of `tests/golden/cases/` (torch param
 //! groups, Keras `exclude_from_weight_decay`; format in the conformance set's FORMAT.md, "Parameter
 //! groups (torch)" and "Optimizer base-class features") read by a small local reader, on the GPU and
 //! on the CPU twin after every step; then every option against the twin, dense and sparse, with
@@ -199,11 +199,15 @@ fn read_case(path: &std::path::Path) -> GroupCase {
 }
 
 fn cases() -> Vec<GroupCase> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/groups");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/cases");
+    let group = |p: &PathBuf| {
+        let name = p.file_name().unwrap().to_string_lossy();
+        name.starts_with("torch_groups_") || name.starts_with("keras_wd_exclude_")
+    };
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter(group)
         .collect();
     paths.sort();
     assert_eq!(paths.len(), 4, "the four group cases in {}", dir.display());

@@ -26,11 +26,11 @@ impl Verdict {
         self.worst.get_or_insert(why);
     }
 
-    fn arrays<'a>(
+    fn arrays<'a, 'b>(
         &mut self,
         label: &str,
         expected: impl ExactSizeIterator<Item = Option<&'a Vec<f32>>>,
-        actual: &[Vec<f32>],
+        actual: &[impl AsArray],
         tol: TolerancePair,
     ) {
         if expected.len() != actual.len() {
@@ -44,6 +44,12 @@ impl Verdict {
         for (k, (e, a)) in expected.zip(actual).enumerate() {
             // `null` in the case: this variable has no such slot, nothing to compare.
             let Some(e) = e else { continue };
+            let Some(a) = a.array() else {
+                self.fail(format!(
+                    "{label}[{k}]: not computed (the variable has no such slot)"
+                ));
+                continue;
+            };
             if e.len() != a.len() {
                 self.fail(format!(
                     "{label}[{k}]: {} values computed, {} expected",
@@ -185,5 +191,22 @@ impl Case {
             j.step(a);
         }
         Some(j.finish())
+    }
+}
+
+/// A computed array: a variable's values, or a slot's (`None` where the variable has no such slot).
+trait AsArray {
+    fn array(&self) -> Option<&Vec<f32>>;
+}
+
+impl AsArray for Vec<f32> {
+    fn array(&self) -> Option<&Vec<f32>> {
+        Some(self)
+    }
+}
+
+impl AsArray for Option<Vec<f32>> {
+    fn array(&self) -> Option<&Vec<f32>> {
+        self.as_ref()
     }
 }

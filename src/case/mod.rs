@@ -93,16 +93,43 @@ pub struct CaseVariable {
     /// `prod(shape)` initial values, row-major.
     #[serde(deserialize_with = "values::f32s")]
     pub init: Vec<f32>,
-    /// Keras `exclude_from_weight_decay` (not implemented: `true` makes the case unsupported).
+    /// Keras `exclude_from_weight_decay`: decoupled weight decay skips this variable.
     #[serde(default, deserialize_with = "values::some")]
     pub exclude_from_weight_decay: Option<bool>,
-    /// torch parameter-group settings (not implemented: present makes the case unsupported).
+    /// torch parameter-group settings: the variable is updated with `config` where these keys take
+    /// the given values.
     #[serde(default, deserialize_with = "values::some_object")]
     pub overrides: Option<VariableOverrides>,
 }
 
-/// The per-variable settings of a torch parameter group (FORMAT.md, "Parameter groups"). Read so that
-/// their types are checked and the case can be reported as unsupported by name.
+impl CaseVariable {
+    /// The variable's options: its torch parameter-group overrides and Keras weight-decay exclusion.
+    pub fn options(&self) -> crate::VarOptions {
+        let o = self.overrides.clone().unwrap_or(VariableOverrides {
+            learning_rate: None,
+            rho: None,
+            momentum: None,
+            epsilon: None,
+            centered: None,
+            weight_decay: None,
+            maximize: None,
+        });
+        crate::VarOptions {
+            learning_rate: o.learning_rate,
+            rho: o.rho,
+            momentum: o.momentum,
+            epsilon: o.epsilon,
+            centered: o.centered,
+            weight_decay: o.weight_decay,
+            maximize: o.maximize,
+            exclude_from_weight_decay: self.exclude_from_weight_decay == Some(true),
+            ..crate::VarOptions::default()
+        }
+    }
+}
+
+/// The per-variable settings of a torch parameter group (FORMAT.md, "Parameter groups"), run as the
+/// variable's [`crate::VarOptions`].
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "an object of per-variable settings")]
 pub struct VariableOverrides {
@@ -179,9 +206,9 @@ pub struct StepState {
     /// Slot name (`velocity`, `momentum`, `average_gradient`) to one flat array per variable.
     #[serde(
         serialize_with = "values::ser_slots",
-        deserialize_with = "values::computed_slots"
+        deserialize_with = "values::expected_slots"
     )]
-    pub slots: BTreeMap<String, Vec<Vec<f32>>>,
+    pub slots: ExpectedSlots,
 }
 
 /// Slot name to one flat array per variable, `None` where that variable has no such slot.

@@ -445,16 +445,6 @@ impl Case {
         if c.loss_scale_factor.is_some() {
             missing.push("config.loss_scale_factor (loss scaling)".to_string());
         }
-        for (i, v) in self.variables.iter().enumerate() {
-            if v.exclude_from_weight_decay == Some(true) {
-                missing.push(format!(
-                    "variables[{i}].exclude_from_weight_decay (per-variable weight decay)"
-                ));
-            }
-            if v.overrides.is_some() {
-                missing.push(format!("variables[{i}].overrides (torch parameter groups)"));
-            }
-        }
         (!missing.is_empty()).then(|| missing.join(", "))
     }
 

@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::pool::Slot;
 use crate::reference::{RefGradient, Reference};
 use crate::sparse::Indices;
-use crate::{Gradient, RmsProp, VarId};
+use crate::{Gradient, RmsProp, Tensor, VarId};
 
 /// Rough fixed cost of one vector or map entry (header, allocator rounding).
 const ENTRY_OVERHEAD: u64 = 64;
@@ -175,7 +175,7 @@ impl Case {
         let ids = self
             .variables
             .iter()
-            .map(|v| opt.add_variable(&v.name, &v.shape, &v.init))
+            .map(|v| opt.add_variable_with(&v.name, &v.shape, &v.init, &v.options()))
             .collect::<Result<Vec<_>>>()?;
         Ok((opt, ids))
     }
@@ -205,16 +205,31 @@ impl Case {
                 })
                 .collect();
             let n = opt.apply(&grads)?;
-            let mut variables = Vec::with_capacity(ids.len());
-            let mut slots: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
+            // Every variable and every slot any variable keeps, in one read-back (one wait per step);
+            // a slot a variable does not keep (its own momentum 0, or not centered) is `null`.
+            let names = opt.slots();
+            let mut items = Vec::new();
             for &id in &ids {
-                variables.push(opt.read_variable(id)?);
-                for slot in opt.slots() {
-                    let values = opt.read_slot(id, slot)?;
-                    slots
-                        .entry(slot.name().to_string())
-                        .or_default()
-                        .push(values);
+                let kept = opt.variable_slots(id)?;
+                items.push((id, Tensor::Variable));
+                items.extend(kept.into_iter().map(|s| (id, Tensor::Slot(s))));
+            }
+            let mut values = opt.read_many(&items)?.into_iter();
+            let mut variables = Vec::with_capacity(ids.len());
+            let mut slots: BTreeMap<String, Vec<Option<Vec<f32>>>> = BTreeMap::new();
+            let mut items = items.iter().peekable();
+            for _ in &ids {
+                items.next();
+                variables.push(values.next().unwrap_or_default());
+                for slot in &names {
+                    let kept = items.peek().is_some_and(|(_, t)| *t == Tensor::Slot(*slot));
+                    let v = if kept {
+                        items.next();
+                        values.next()
+                    } else {
+                        None
+                    };
+                    slots.entry(slot.name().to_string()).or_default().push(v);
                 }
             }
             on_step(StepState {
@@ -264,7 +279,7 @@ impl Case {
         let config = self.optimizer_config()?;
         let mut r = Reference::new(config.clone());
         for v in &self.variables {
-            r.add_variable(&v.shape, &v.init);
+            r.add_variable_with(&v.shape, &v.init, &v.options())?;
         }
         for step in &self.steps {
             // Validation made every index non-negative and below the row count.
@@ -294,24 +309,19 @@ impl Case {
                 .collect();
             let lr = config.scalars(r.iterations + 1)?.lr;
             r.step(&grads)?;
-            let mut slots: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
-            for var in &r.vars {
-                slots
-                    .entry(Slot::Velocity.name().into())
-                    .or_default()
-                    .push(var.v.clone());
-                if let Some(m) = &var.m {
-                    slots
-                        .entry(Slot::Momentum.name().into())
-                        .or_default()
-                        .push(m.clone());
-                }
-                if let Some(a) = &var.a {
-                    slots
-                        .entry(Slot::AverageGradient.name().into())
-                        .or_default()
-                        .push(a.clone());
-                }
+            // A slot a variable does not keep is `null`; a slot no variable keeps is left out.
+            let mut slots: BTreeMap<String, Vec<Option<Vec<f32>>>> = BTreeMap::new();
+            slots.insert(
+                Slot::Velocity.name().into(),
+                r.vars.iter().map(|v| Some(v.v.clone())).collect(),
+            );
+            if r.vars.iter().any(|v| v.m.is_some()) {
+                let m = r.vars.iter().map(|v| v.m.clone()).collect();
+                slots.insert(Slot::Momentum.name().into(), m);
+            }
+            if r.vars.iter().any(|v| v.a.is_some()) {
+                let a = r.vars.iter().map(|v| v.a.clone()).collect();
+                slots.insert(Slot::AverageGradient.name().into(), a);
             }
             on_step(StepState {
                 step: r.iterations,

@@ -177,28 +177,6 @@ pub(crate) fn expected_slots<'de, D: Deserializer<'de>>(d: D) -> Result<Expected
     slot_map(d)
 }
 
-/// `#[serde(deserialize_with)]`: slots of a computed state (every entry an array).
-pub(crate) fn computed_slots<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<String, Vec<Vec<f32>>>, D::Error> {
-    let map = slot_map(d)?;
-    let mut out = BTreeMap::new();
-    for (name, values) in map {
-        let values: Option<Vec<Vec<f32>>> = values.into_iter().collect();
-        match values {
-            Some(v) => {
-                out.insert(name, v);
-            }
-            None => {
-                return Err(de::Error::custom(format_args!(
-                    "slot {name:?}: a computed state has an array for every variable, not null"
-                )))
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// A JSON number read as f64 (integers included); nothing else. Holds what the error message says
 /// was expected.
 struct Num(&'static str);
@@ -458,14 +436,12 @@ pub(crate) fn ser_f32_lists<S: Serializer>(v: &[Vec<f32>], s: S) -> Result<S::Ok
 }
 
 /// `#[serde(serialize_with)]`: slot name to one float32 array per variable.
-pub(crate) fn ser_slots<S: Serializer>(
-    v: &BTreeMap<String, Vec<Vec<f32>>>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    struct Lists<'a>(&'a [Vec<f32>]);
+pub(crate) fn ser_slots<S: Serializer>(v: &ExpectedSlots, s: S) -> Result<S::Ok, S::Error> {
+    // One array per variable, `null` where the variable has no such slot.
+    struct Lists<'a>(&'a [Option<Vec<f32>>]);
     impl Serialize for Lists<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            ser_f32_lists(self.0, s)
+            s.collect_seq(self.0.iter().map(|l| l.as_deref().map(Out32s)))
         }
     }
     let mut map = s.serialize_map(Some(v.len()))?;
