@@ -275,4 +275,49 @@ pub enum Error {
     /// Waiting on or reading from the GPU failed.
     #[error("GPU operation failed: {0}")]
     Gpu(String),
+    /// wgpu rejected work the host could not check (e.g. a buffer of another device): nothing of it
+    /// ran. The wgpu error is kept as the source.
+    #[error("{context}: {source}")]
+    Wgpu {
+        /// What was being done.
+        context: String,
+        /// wgpu's error.
+        #[source]
+        source: WgpuError,
+    },
 }
+
+/// A wgpu error kept as the source of [`Error::Wgpu`]: its kind and its full message with every
+/// nested cause (wgpu's own error type is neither `Sync` nor `Clone`, which this crate's error is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgpuError {
+    /// `validation`, `out of memory` or `internal`.
+    pub kind: &'static str,
+    /// The message and its causes, outermost first.
+    pub messages: Vec<String>,
+}
+
+impl From<&wgpu::Error> for WgpuError {
+    fn from(e: &wgpu::Error) -> Self {
+        let kind = match e {
+            wgpu::Error::OutOfMemory { .. } => "out of memory",
+            wgpu::Error::Validation { .. } => "validation",
+            wgpu::Error::Internal { .. } => "internal",
+        };
+        let mut messages = vec![e.to_string()];
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            messages.push(c.to_string());
+            cause = c.source();
+        }
+        WgpuError { kind, messages }
+    }
+}
+
+impl std::fmt::Display for WgpuError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "wgpu {} error: {}", self.kind, self.messages.join(": "))
+    }
+}
+
+impl std::error::Error for WgpuError {}

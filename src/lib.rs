@@ -201,7 +201,7 @@ pub use config::{
     RmsPropConfig, RmsPropConfigBuilder, SparseMode, StepScalars, WeightDecay,
 };
 pub use context::{ContextOptions, GpuContext};
-pub use error::{Error, Result};
+pub use error::{Error, Result, WgpuError};
 pub use optimizer::RmsProp;
 pub use pool::{PoolStats, Slot};
 pub use readback::ReadBack;

@@ -453,6 +453,26 @@ fn a_variable_added_from_a_gpu_buffer_and_batched_reads() {
         )
         .unwrap_err();
     assert!(matches!(e, Error::GradientBuffer { .. }), "{e:?}");
+    // A buffer of another device: what the host cannot check is wgpu's error (kept as the source),
+    // before the pools move; nothing is added.
+    let other = wgpu_rmsprop::GpuContext::new().unwrap();
+    let foreign = other.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 4 * 1030,
+        usage: wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let e = opt
+        .add_variable_from_buffer(
+            "x",
+            &[1030],
+            GpuGradient {
+                buffer: &foreign,
+                offset: 0,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Wgpu { .. }), "{e:?}");
     assert_eq!(opt.num_variables(), 2);
     assert_eq!(opt.read_variable(w).unwrap(), init);
     let mut r = Reference::new(cfg);

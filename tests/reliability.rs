@@ -266,7 +266,12 @@ fn a_gradient_buffer_from_another_device_is_an_error_not_a_panic() {
             },
         )])
         .unwrap_err();
-    assert!(matches!(e, wgpu_rmsprop::Error::Gpu(_)), "{e:?}");
+    // wgpu's error is kept as the source.
+    let wgpu_rmsprop::Error::Wgpu { source, .. } = &e else {
+        panic!("{e:?}");
+    };
+    assert_eq!(source.kind, "validation");
+    assert!(std::error::Error::source(&e).is_some());
     assert_eq!(snapshot(&mut opt, &[w]), before);
     // And the optimizer still works.
     assert_eq!(opt.apply_gradients(&[(w, &[0.5; 4])]).unwrap(), 2);

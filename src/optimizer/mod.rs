@@ -527,9 +527,10 @@ impl RmsProp {
         }
         self.ctx.queue().submit([encoder.finish()]);
         match crate::context::poll_once(scope.pop()) {
-            Some(Some(e)) => Err(Error::Gpu(format!(
-                "the initial values could not be copied: {e}"
-            ))),
+            Some(Some(e)) => Err(Error::Wgpu {
+                context: "the initial values could not be copied".into(),
+                source: (&e).into(),
+            }),
             _ => Ok(buffer),
         }
     }

@@ -65,9 +65,10 @@ impl RmsProp {
             // Nothing of the command buffer ran; the step was the only one unresolved.
             drop(step);
             self.resolve_front(Some(submission), false);
-            return Err(Error::Gpu(format!(
-                "the step was rejected by wgpu and not applied: {e}"
-            )));
+            return Err(Error::Wgpu {
+                context: "the step was rejected by wgpu and not applied".into(),
+                source: (&e).into(),
+            });
         }
         self.submitted(step, submission)
     }
