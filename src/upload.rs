@@ -175,24 +175,26 @@ impl Uploader {
             device
                 .poll(wgpu::PollType::Poll)
                 .map_err(|e| Error::Gpu(e.to_string()))?;
-            let fits = |s: &Slot| s.buffer.size() >= need;
-            if let Some(i) = self
-                .slots
-                .iter()
-                .position(|s| state(s) == MAPPED && fits(s))
-            {
+            // One snapshot of the states per look: a poll on another thread may run a map callback at
+            // any time, and a slot seen MAPPING by one check and MAPPED by the next once made the ring
+            // take it for "every slot held by an unresolved step" and grow.
+            let mut states = [RECORDED; MAX_SLOTS];
+            for (st, s) in states.iter_mut().zip(&self.slots) {
+                *st = state(s);
+            }
+            let states = &states[..self.slots.len()];
+            let fits = |i: usize| self.slots[i].buffer.size() >= need;
+            if let Some(i) = (0..states.len()).find(|&i| states[i] == MAPPED && fits(i)) {
                 break i;
             }
             // A slot whose mapping failed, or a slot made before the last growth, is replaced.
-            if let Some(i) = self
-                .slots
-                .iter()
-                .position(|s| state(s) == FAILED || (state(s) == MAPPED && !fits(s)))
+            if let Some(i) = (0..states.len())
+                .find(|&i| states[i] == FAILED || (states[i] == MAPPED && !fits(i)))
             {
                 self.slots[i] = self.new_slot(device)?;
                 break i;
             }
-            if !self.slots.iter().any(|s| state(s) == MAPPING) {
+            if !states.contains(&MAPPING) {
                 // Every slot belongs to a step recorded but not yet resolved.
                 if self.slots.len() >= MAX_SLOTS {
                     return Err(Error::UnresolvedSteps {
@@ -207,11 +209,9 @@ impl Uploader {
             // Every free slot is still read by submitted work: wait for the submission of one of them
             // (not for the whole device), then look again. A slot of an abandoned step (no submission)
             // maps at the next poll.
-            let submission = self
-                .slots
-                .iter()
-                .filter(|s| state(s) == MAPPING)
-                .find_map(|s| s.submission.clone());
+            let submission = (0..states.len())
+                .filter(|&i| states[i] == MAPPING)
+                .find_map(|i| self.slots[i].submission.clone());
             let poll = match submission {
                 Some(index) => wgpu::PollType::Wait {
                     submission_index: Some(index),
