@@ -50,12 +50,15 @@ pub(crate) fn validate(
         // Sparse gradients: (indices, values) of this step, checked below against the step's total.
         let listed = match g {
             Gradient::Resident => {
-                let moved = v
-                    .segments
-                    .iter()
-                    .map(|s| layout.chunks[s.chunk].moved)
-                    .max();
-                if moved.unwrap_or(0) > seen.get(id.index as usize).copied().unwrap_or(0) {
+                // `u64::MAX`: the slices were never taken (the common case, checked first).
+                let seen = seen.get(id.index as usize).copied().unwrap_or(u64::MAX);
+                let moved = || {
+                    v.segments
+                        .iter()
+                        .map(|s| layout.chunks[s.chunk].moved)
+                        .max()
+                };
+                if seen != u64::MAX && moved().unwrap_or(0) > seen {
                     return Err(Error::StaleLayout {
                         name: name(),
                         version: layout.version,
