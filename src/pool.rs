@@ -3,7 +3,8 @@
 //!
 //! All kinds share one layout: element `i` of a variable sits at the same place in the variable pool, the
 //! gradient pool and every slot pool. That is what lets one dispatch per chunk update every variable in it.
-//! Variables start on vec4 (16-byte) boundaries; the pad lanes after a variable's last element stay zero.
+//! Variables start on the device's storage offset alignment (at least a vec4, 16 bytes); the pad lanes after a
+//! variable's last element and the padding up to the next variable belong to it.
 
 use crate::error::{Error, Result};
 
