@@ -335,13 +335,19 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         .unwrap();
     let mut opt = RmsProp::with_options(ctx(), cfg.clone(), options).unwrap();
     let mut rng = Rng::new(3);
-    let sizes = [1usize, 3, 63, 64, 65, 257];
+    // Odd sizes around the workgroup size, and a 100k-row embedding table.
+    let sizes = [1usize, 3, 63, 64, 65, 257, 100_000 * 8];
     let mut r = Reference::new(cfg);
     let mut ids = Vec::new();
     for (k, &n) in sizes.iter().enumerate() {
         let init = rng.vec(n, 1.0, 0);
-        ids.push(opt.add_variable(&format!("v{k}"), &[n], &init).unwrap());
-        r.add_variable(&[n], &init);
+        let shape = if n == 800_000 {
+            vec![100_000, 8]
+        } else {
+            vec![n]
+        };
+        ids.push(opt.add_variable(&format!("v{k}"), &shape, &init).unwrap());
+        r.add_variable(&shape, &init);
     }
     let align = device.limits().min_storage_buffer_offset_alignment as u64;
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
