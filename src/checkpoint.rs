@@ -63,7 +63,7 @@ pub fn config_json(c: &RmsPropConfig) -> Value {
         WeightDecay::Decoupled(x) => ("decoupled", x),
         WeightDecay::L2(x) => ("l2", x),
     };
-    json!({
+    let mut v = json!({
         "learning_rate": lr,
         "rho": c.rho(),
         "momentum": c.momentum(),
@@ -85,7 +85,13 @@ pub fn config_json(c: &RmsPropConfig) -> Value {
         "sparse_mode": format!("{:?}", c.sparse_mode()),
         "duplicate_indices": format!("{:?}", c.duplicate_indices()),
         "non_finite": format!("{:?}", c.non_finite()),
-    })
+    });
+    // Present only when set, so that checkpoints written before the key existed still match. The loss
+    // scale is not part of it: dynamic loss scaling changes it between steps.
+    if let (Some(n), Some(map)) = (c.gradient_accumulation_steps(), v.as_object_mut()) {
+        map.insert("gradient_accumulation_steps".into(), json!(n));
+    }
+    v
 }
 
 /// One variable's options as they resolve (what the kernels read, and whether it is frozen), as JSON:
@@ -229,6 +235,13 @@ pub(crate) fn read(path: &Path, expected: &Expected<'_>) -> Result<Restored> {
                     format!("config `{k}` is {s} in the checkpoint, {v} here"),
                 ));
             }
+        }
+        // Keys written only when set (gradient_accumulation_steps) must not be dropped either.
+        if let Some((k, s)) = saved.iter().find(|(k, _)| !here.contains_key(*k)) {
+            return Err(fail(
+                path,
+                format!("config `{k}` is {s} in the checkpoint, not set here"),
+            ));
         }
     } else {
         return Err(fail(path, "config is not a JSON object"));

@@ -174,6 +174,8 @@ pub struct RmsPropConfig {
     sparse_mode: SparseMode,
     duplicate_indices: DuplicateIndices,
     non_finite: NonFinite,
+    loss_scale_factor: Option<f64>,
+    gradient_accumulation_steps: Option<u64>,
 }
 
 impl Default for RmsPropConfig {
@@ -223,6 +225,8 @@ impl RmsPropConfig {
             sparse_mode: SparseMode::Lazy,
             duplicate_indices: DuplicateIndices::Sum,
             non_finite: NonFinite::Propagate,
+            loss_scale_factor: None,
+            gradient_accumulation_steps: None,
         };
         let cfg = match preset {
             Preset::Keras => keras,
@@ -328,6 +332,16 @@ impl RmsPropConfig {
     /// Weight decay.
     pub fn weight_decay(&self) -> WeightDecay {
         self.weight_decay
+    }
+    /// Keras's `loss_scale_factor`: every gradient is divided by it first (before accumulation and
+    /// clipping).
+    pub fn loss_scale_factor(&self) -> Option<f64> {
+        self.loss_scale_factor
+    }
+    /// Keras's `gradient_accumulation_steps` `N`: the gradients of `N` consecutive steps are averaged
+    /// and the update runs on every `N`-th step.
+    pub fn gradient_accumulation_steps(&self) -> Option<u64> {
+        self.gradient_accumulation_steps
     }
     /// Element-wise gradient clip.
     pub fn clipvalue(&self) -> Option<f64> {
@@ -508,6 +522,23 @@ impl RmsPropConfigBuilder {
         /// Chooses what a step does with NaN or Inf gradients (default: propagate, as TensorFlow).
         non_finite: NonFinite
     );
+    /// Keras's `loss_scale_factor`: the gradients are those of a loss multiplied by `factor`, so every
+    /// step divides them by it first (`g / factor` in `f32`, before accumulation, clipping and the
+    /// update). Must be finite and > 0. With [`NonFinite::SkipStep`] it makes dynamic loss scaling
+    /// (see [`crate::RmsProp::set_loss_scale_factor`]).
+    pub fn loss_scale_factor(mut self, factor: f64) -> Self {
+        self.cfg.loss_scale_factor = Some(factor);
+        self
+    }
+    /// Keras's `gradient_accumulation_steps` (`N >= 2`): step `t` (1-based) adds its gradients to a
+    /// per-variable accumulator on the GPU when `t % N != 0` (nothing else changes: no clipping, decay
+    /// or update); on every `N`-th step the gradient is `(g + acc) / N`, the accumulator is cleared and
+    /// the update runs. The learning rate of step `t` is the schedule at `t - 1` (steps, not updates),
+    /// as in Keras. Gradients must be dense.
+    pub fn gradient_accumulation_steps(mut self, steps: u64) -> Self {
+        self.cfg.gradient_accumulation_steps = Some(steps);
+        self
+    }
 
     /// Validates every field and returns the configuration.
     pub fn build(self) -> Result<RmsPropConfig> {
@@ -546,6 +577,25 @@ impl RmsPropConfigBuilder {
         ] {
             if let Some(v) = v {
                 check(field, v, "must be a finite number > 0", |x| x > 0.0)?;
+            }
+        }
+        if let Some(f) = c.loss_scale_factor {
+            check_loss_scale(f)?;
+        }
+        if let Some(n) = c.gradient_accumulation_steps {
+            if !(2..=u64::from(u32::MAX)).contains(&n) {
+                return Err(Error::InvalidConfig {
+                    field: "gradient_accumulation_steps",
+                    value: format!("{n}"),
+                    requirement: "must be an integer >= 2",
+                });
+            }
+            if c.bias_correction {
+                return Err(Error::InvalidConfig {
+                    field: "gradient_accumulation_steps",
+                    value: format!("{n}"),
+                    requirement: "cannot be combined with bias_correction",
+                });
             }
         }
         if c.clipnorm.is_some() && c.global_clipnorm.is_some() {
@@ -623,6 +673,20 @@ impl RmsPropConfig {
             self.sparse_mode = m;
         }
         self
+    }
+}
+
+/// Checks a loss scale factor: finite and > 0, also as the `f32` the GPU divides by.
+pub(crate) fn check_loss_scale(f: f64) -> Result<()> {
+    check("loss_scale_factor", f, "must be a finite number > 0", |x| {
+        x > 0.0 && (x as f32) > 0.0
+    })
+}
+
+impl RmsPropConfig {
+    /// Sets the loss scale factor (checked by the caller).
+    pub(crate) fn set_loss_scale_factor(&mut self, factor: f64) {
+        self.loss_scale_factor = Some(factor);
     }
 }
 

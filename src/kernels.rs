@@ -73,6 +73,11 @@ pub const SPARSE_WGSL: Module = Module {
         "rmsprop_sparse.wgsl"
     ),
 };
+/// Keras's base-class preparation of the gradients: loss scale and accumulation (`keras_base.wgsl`).
+pub const KERAS_WGSL: Module = Module {
+    uniform: module!("params_uniform.wgsl", "keras_base.wgsl"),
+    immediate: module!("params_immediate.wgsl", "keras_base.wgsl"),
+};
 /// Grouping GPU-resident sparse indices: `link`, `gather`, `reset`.
 pub const GROUP_WGSL: Module = Module {
     uniform: module!("params_uniform.wgsl", "sparse_group.wgsl"),
@@ -135,6 +140,8 @@ pub mod binding {
     pub const HEADS: u32 = 16;
     /// Per-index list links of GPU index grouping.
     pub const NEXT: u32 = 17;
+    /// Accumulated gradients (`gradient_accumulation_steps`).
+    pub const ACC: u32 = 18;
 }
 
 /// A compute entry point: its module, name and bindings (group 0).
@@ -247,8 +254,16 @@ pub const GROUP_RESET: Kernel = Kernel {
     bindings: GROUP_BINDINGS,
 };
 
+/// The gradients divided by the loss scale, accumulated or averaged with the accumulator, in place.
+pub const PREPARE: Kernel = Kernel {
+    name: "keras_base::prepare",
+    module: KERAS_WGSL,
+    entry: "prepare",
+    bindings: &[(0, U), (2, RW), (18, RW)],
+};
+
 /// Every kernel, for validation.
-pub const ALL: [Kernel; 9] = [
+pub const ALL: [Kernel; 10] = [
     DENSE,
     LAZY,
     SCATTER,
@@ -258,6 +273,7 @@ pub const ALL: [Kernel; 9] = [
     GROUP_LINK,
     GROUP_GATHER,
     GROUP_RESET,
+    PREPARE,
 ];
 
 /// The `Params` uniform of `common.wgsl` (96 bytes).
@@ -454,6 +470,10 @@ pub(crate) fn variant_constants(
         ),
         ("CLIP_NORM", clip_norm),
         ("VAR_OPTIONS", f64::from(variant.var_options)),
+        (
+            "ACCUMULATE",
+            b(config.gradient_accumulation_steps().is_some()),
+        ),
     ]
 }
 

@@ -35,7 +35,10 @@ impl Slot {
     }
 }
 
-/// The kinds of pooled buffer, in the order of the kernels' pool bindings (1..=6).
+/// How many kinds of pooled buffer there are.
+pub(crate) const KINDS: usize = 7;
+
+/// The kinds of pooled buffer, in the order of the kernels' pool bindings (1..=6, then 18).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     Variable = 0,
@@ -45,20 +48,26 @@ pub(crate) enum Kind {
     AverageGradient = 4,
     /// Sums of squares of merged sparse rows (Keras 3 duplicates only).
     Squares = 5,
+    /// Accumulated gradients (Keras's `gradient_accumulation_steps` only).
+    Accumulator = 6,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 6] = [
+    pub(crate) const ALL: [Kind; KINDS] = [
         Kind::Variable,
         Kind::Gradient,
         Kind::Velocity,
         Kind::Momentum,
         Kind::AverageGradient,
         Kind::Squares,
+        Kind::Accumulator,
     ];
     /// The kernels' binding number of this kind.
     pub(crate) fn binding(self) -> u32 {
-        self as u32 + 1
+        match self {
+            Kind::Accumulator => crate::kernels::binding::ACC,
+            _ => self as u32 + 1,
+        }
     }
     fn name(self) -> &'static str {
         match self {
@@ -68,6 +77,7 @@ impl Kind {
             Kind::Momentum => "momentum",
             Kind::AverageGradient => "average_gradient",
             Kind::Squares => "squares",
+            Kind::Accumulator => "accumulator",
         }
     }
 }
@@ -159,10 +169,10 @@ pub(crate) fn allocate_chunk_buffers(
     index: usize,
     capacity: u64,
     kinds: &[Kind],
-) -> Result<[Option<wgpu::Buffer>; 6]> {
+) -> Result<[Option<wgpu::Buffer>; KINDS]> {
     let bytes = capacity * VEC4_BYTES;
     crate::context::allocation_scope(device, || {
-        let mut buffers: [Option<wgpu::Buffer>; 6] = Default::default();
+        let mut buffers: [Option<wgpu::Buffer>; KINDS] = Default::default();
         for &kind in kinds {
             let usage = wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC

@@ -139,6 +139,8 @@ pub struct ReferenceState {
     pub a: Option<Vec<f32>>,
     /// The variable's options (default: everything from the configuration).
     pub options: VarOptions,
+    /// Accumulated gradients (with `gradient_accumulation_steps`).
+    pub acc: Option<Vec<f32>>,
 }
 
 impl ReferenceState {
@@ -164,6 +166,7 @@ impl ReferenceState {
             m: c.has_momentum().then(|| vec![0.0; n]),
             a: c.centered().then(|| vec![0.0; n]),
             options: options.clone(),
+            acc: config.gradient_accumulation_steps().map(|_| vec![0.0; n]),
         }
     }
 
@@ -331,6 +334,58 @@ impl Reference {
         Ok(())
     }
 
+    /// Keras's loss scale and gradient accumulation for step `t`: `None` when the configuration has
+    /// neither, `Some(None)` when the step only accumulates, else the prepared dense gradients.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &mut self,
+        grads: &[Option<RefGradient<'_>>],
+        t: u64,
+    ) -> Result<Option<Option<Vec<Option<Vec<f32>>>>>> {
+        let scale = self.config.loss_scale_factor();
+        let steps = self.config.gradient_accumulation_steps();
+        if scale.is_none() && steps.is_none() {
+            return Ok(None);
+        }
+        let s = scale.map_or(1.0, |s| s as f32);
+        let update = steps.is_none_or(|n| t.is_multiple_of(n));
+        let mut out = Vec::with_capacity(grads.len());
+        for (var, g) in self.vars.iter_mut().zip(grads) {
+            let g = match g {
+                None => {
+                    out.push(None);
+                    continue;
+                }
+                Some(RefGradient::Dense(g)) => g,
+                Some(RefGradient::Sparse { .. }) => {
+                    return Err(crate::Error::InvalidConfig {
+                        field: if steps.is_some() {
+                            "gradient_accumulation_steps"
+                        } else {
+                            "loss_scale_factor"
+                        },
+                        value: format!("{:?}", steps.map_or(scale, |n| Some(n as f64))),
+                        requirement:
+                            "is not supported with sparse gradients yet (the step has one)",
+                    })
+                }
+            };
+            let mut gv: Vec<f32> = g.iter().map(|&x| x / s).collect();
+            if let (Some(n), Some(acc)) = (steps, var.acc.as_mut()) {
+                for (gi, ai) in gv.iter_mut().zip(acc.iter_mut()) {
+                    if update {
+                        *gi = (*gi + *ai) / n as f32;
+                        *ai = 0.0;
+                    } else {
+                        *ai += *gi;
+                    }
+                }
+            }
+            out.push(Some(gv));
+        }
+        Ok(Some(update.then_some(out)))
+    }
+
     /// One step; `grads[i]` is the gradient of variable `i` (`None`: not in this step).
     ///
     /// # Panics
@@ -345,6 +400,20 @@ impl Reference {
             .zip(&self.vars)
             .map(|(g, var)| g.filter(|_| !var.options.frozen))
             .collect();
+        // Keras's base class first: the loss scale, then accumulation (`keras_base.wgsl`).
+        let prepared = self.prepare(&grads, step)?;
+        let grads: Vec<Option<RefGradient<'_>>> = match &prepared {
+            None => grads,
+            Some(Some(owned)) => owned
+                .iter()
+                .map(|g| g.as_deref().map(RefGradient::Dense))
+                .collect(),
+            Some(None) => {
+                // A step that only accumulates.
+                self.iterations = step;
+                return Ok(());
+            }
+        };
         let grads = &grads[..];
         let c = &config;
         if c.non_finite() == crate::config::NonFinite::SkipStep {

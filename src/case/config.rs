@@ -361,6 +361,12 @@ impl Case {
                 SparseMode::Dense
             });
         }
+        if let Some(x) = c.loss_scale_factor {
+            b = b.loss_scale_factor(x);
+        }
+        if let Some(x) = c.gradient_accumulation_steps {
+            b = b.gradient_accumulation_steps(x);
+        }
         if let Some(d) = c.duplicate_indices {
             b = b.duplicate_indices(match d {
                 CaseDuplicates::Sum => DuplicateIndices::Sum,

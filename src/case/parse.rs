@@ -439,12 +439,6 @@ impl Case {
                 missing.push("config.ema_overwrite_frequency".to_string());
             }
         }
-        if c.gradient_accumulation_steps.is_some() {
-            missing.push("config.gradient_accumulation_steps (gradient accumulation)".to_string());
-        }
-        if c.loss_scale_factor.is_some() {
-            missing.push("config.loss_scale_factor (loss scaling)".to_string());
-        }
         (!missing.is_empty()).then(|| missing.join(", "))
     }
 

@@ -146,6 +146,19 @@ impl RmsProp {
         include_variables: bool,
     ) -> Result<()> {
         self.ensure_resolved("save a checkpoint")?;
+        if let Some(n) = self.config.gradient_accumulation_steps() {
+            if !self.iterations.is_multiple_of(n) {
+                return Err(Error::Checkpoint {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "cannot save in the middle of gradient accumulation (step {} of \
+                         gradient_accumulation_steps={n}: the accumulator holds gradients); save \
+                         after a step whose number is a multiple of {n}",
+                        self.iterations
+                    ),
+                });
+            }
+        }
         let mut items = Vec::new();
         for i in 0..self.layout.variables.len() {
             let id = self.layout.id(i);
@@ -233,7 +246,32 @@ impl RmsProp {
             default_options: self.var_options_json_of(|_| false),
         };
         let restored = crate::checkpoint::read(path, &expected)?;
+        if let Some(n) = self.config.gradient_accumulation_steps() {
+            if !restored.iterations.is_multiple_of(n) {
+                return Err(Error::Checkpoint {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "step {} is in the middle of gradient accumulation \
+                         (gradient_accumulation_steps={n})",
+                        restored.iterations
+                    ),
+                });
+            }
+        }
         let queue = self.ctx.queue().clone();
+        if self.config.gradient_accumulation_steps().is_some() {
+            // Saved at an update step: the accumulator was empty.
+            let mut encoder =
+                self.ctx
+                    .device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("checkpoint: clear the accumulator"),
+                    });
+            for chunk in &self.gpu.chunks {
+                encoder.clear_buffer(chunk.buffer(Kind::Accumulator)?, 0, None);
+            }
+            queue.submit([encoder.finish()]);
+        }
         for (i, v) in self.layout.variables.iter().enumerate() {
             let mut writes: Vec<(Kind, &[f32])> = Vec::new();
             if let Some(x) = &restored.variables[i] {

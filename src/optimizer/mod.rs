@@ -241,9 +241,54 @@ impl RmsProp {
     }
 
     /// Steps applied so far (Keras's `optimizer.iterations`): steps resolved as submitted, not those
-    /// recorded and still unresolved.
+    /// recorded and still unresolved. With `gradient_accumulation_steps = N` this counts every step
+    /// (Keras's internal `_iterations`, which drives the schedule); Keras's `iterations`, the number of
+    /// updates, is `iterations() / N`.
     pub fn iterations(&self) -> u64 {
         self.iterations
+    }
+
+    /// Changes the loss scale factor for the steps recorded from now on (see
+    /// [`crate::RmsPropConfigBuilder::loss_scale_factor`]); steps already recorded keep theirs. The
+    /// factor travels with each step's parameters: nothing is rebuilt or uploaded, so it may change
+    /// every step. Refused with [`Error::InvalidConfig`] (nothing changes) when not finite or not > 0.
+    ///
+    /// Dynamic loss scaling without a per-step sync, with [`crate::NonFinite::SkipStep`] (a step whose
+    /// gradients hold a NaN or Inf is skipped on the GPU): halve the scale after a skipped step, double
+    /// it after `K` good ones (PyTorch GradScaler's policy), reading the skip count once per `K` steps.
+    ///
+    /// ```
+    /// use wgpu_rmsprop::{GpuContext, NonFinite, RmsProp, RmsPropConfig};
+    /// let ctx = GpuContext::new()?;
+    /// let cfg = RmsPropConfig::builder()
+    ///     .learning_rate(0.01)
+    ///     .non_finite(NonFinite::SkipStep)
+    ///     .loss_scale_factor(65536.0)
+    ///     .build()?;
+    /// let mut opt = RmsProp::new(&ctx, cfg)?;
+    /// let w = opt.add_variable("w", &[4], &[1.0; 4])?;
+    /// const K: u64 = 4; // steps between checks
+    /// let (mut scale, mut skipped) = (65536.0f64, 0u64);
+    /// for step in 0..12u64 {
+    ///     // The gradients of `loss * scale` (here they overflow on step 5).
+    ///     let g = if step == 5 { [f32::INFINITY; 4] } else { [(0.5 * scale) as f32; 4] };
+    ///     opt.apply_gradients(&[(w, &g)])?;
+    ///     if (step + 1) % K == 0 {
+    ///         let now = opt.skipped_steps()?; // one read-back per K steps
+    ///         scale = if now > skipped { scale / 2.0 } else { scale * 2.0 };
+    ///         skipped = now;
+    ///         opt.set_loss_scale_factor(scale)?;
+    ///     }
+    /// }
+    /// assert_eq!(skipped, 1);
+    /// assert_eq!(scale, 131072.0); // doubled, halved, doubled
+    /// assert!(opt.read_variable(w)?.iter().all(|x| x.is_finite()));
+    /// # Ok::<(), wgpu_rmsprop::Error>(())
+    /// ```
+    pub fn set_loss_scale_factor(&mut self, factor: f64) -> Result<()> {
+        crate::config::check_loss_scale(factor)?;
+        self.config.set_loss_scale_factor(factor);
+        Ok(())
     }
 
     /// The learning rate the next recorded step will use (the schedule at `iterations()` plus the
@@ -567,6 +612,10 @@ fn kinds_for(config: &RmsPropConfig, variant: &Variant, kept: &[Kind]) -> Vec<Ki
         (
             Kind::Squares,
             config.duplicate_indices() == DuplicateIndices::Keras3,
+        ),
+        (
+            Kind::Accumulator,
+            config.gradient_accumulation_steps().is_some(),
         ),
     ];
     wanted

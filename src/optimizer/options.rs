@@ -20,7 +20,7 @@ pub(super) struct Prepared {
     /// The kinds every chunk keeps afterwards.
     pub kinds: Vec<Kind>,
     /// Buffers of the kinds new to the pools, for each existing chunk not being replaced.
-    buffers: Vec<(usize, [Option<wgpu::Buffer>; 6])>,
+    buffers: Vec<(usize, [Option<wgpu::Buffer>; crate::pool::KINDS])>,
     pipelines: Option<Vec<wgpu::ComputePipeline>>,
 }
 

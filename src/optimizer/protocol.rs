@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{Params, ParamsMode};
 use crate::step::encode::{Step, Tables};
 use crate::step::gpu::StepSizes;
-use crate::step::plan::plan;
+use crate::step::plan::{plan, prepare, Prepare};
 use crate::step::types::{GpuGradient, Gradient, RecordedStep, VarId};
 use crate::step::validate::validate;
 
@@ -103,6 +103,25 @@ impl RmsProp {
         let s = self.config.scalars(step)?;
         let sc = &mut self.scratch;
         validate(&self.layout, grads, &self.gradients_seen, &mut sc.shape)?;
+        let prep = Prepare::of(
+            self.config.loss_scale_factor(),
+            self.config.gradient_accumulation_steps(),
+            step,
+        );
+        if prep.is_some() && sc.shape.sparse > 0 {
+            let (field, value) = match self.config.gradient_accumulation_steps() {
+                Some(n) => ("gradient_accumulation_steps", format!("{n}")),
+                None => (
+                    "loss_scale_factor",
+                    format!("{:?}", self.config.loss_scale_factor()),
+                ),
+            };
+            return Err(Error::InvalidConfig {
+                field,
+                value,
+                requirement: "is not supported with sparse gradients yet (the step has one)",
+            });
+        }
         sc.sparse
             .prepare(&self.layout, grads, sc.shape.sparse, &self.heads);
         let base = Params {
@@ -126,6 +145,9 @@ impl RmsProp {
             &sc.sparse,
             &mut sc.plan,
         );
+        if let Some(prep) = &prep {
+            prepare(prep, &mut sc.plan);
+        }
         // Uniform path: one slot per dispatch, copied in before the step's pass (so each recorded step
         // reads its own parameters).
         sc.uniform.clear();

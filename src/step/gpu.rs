@@ -9,12 +9,13 @@ use crate::pool::{self, Kind, VEC4_BYTES};
 use crate::step::plan::Which;
 
 /// Every kernel of a step, by the [`Which`] that selects it.
-pub(crate) const KERNELS: [(Which, Kernel); 10] = [
+pub(crate) const KERNELS: [(Which, Kernel); 11] = [
     (Which::Dense, kernels::DENSE),
     (Which::DenseAt, kernels::DENSE_AT),
     (Which::Lazy, kernels::LAZY),
     (Which::Scatter, kernels::SCATTER),
     (Which::PartialDense, kernels::PARTIAL_DENSE),
+    (Which::Prepare, kernels::PREPARE),
     (Which::PartialSparse, kernels::PARTIAL_SPARSE),
     (Which::Finalize, kernels::FINALIZE),
     (Which::GroupLink, kernels::GROUP_LINK),
@@ -22,7 +23,7 @@ pub(crate) const KERNELS: [(Which, Kernel); 10] = [
     (Which::GroupReset, kernels::GROUP_RESET),
 ];
 /// Kernels from this index on bind step-wide buffers only (one bind group each, not one per chunk).
-pub(crate) const FIRST_GLOBAL_KERNEL: usize = 5;
+pub(crate) const FIRST_GLOBAL_KERNEL: usize = 6;
 
 /// A growable storage buffer of the step machinery (allocated when it must grow, reused otherwise).
 #[derive(Debug)]
@@ -86,8 +87,8 @@ impl StepBuffer {
 #[derive(Debug)]
 pub(crate) struct ChunkBuffers {
     /// One buffer per [`Kind`] (by its index); `None` for kinds this configuration does not keep.
-    pub buffers: [Option<wgpu::Buffer>; 6],
-    /// Bind groups of the per-chunk kernels (dense, dense_at, lazy, scatter, partial_dense).
+    pub buffers: [Option<wgpu::Buffer>; crate::pool::KINDS],
+    /// Bind groups of the per-chunk kernels (dense, dense_at, lazy, scatter, partial_dense, prepare).
     pub bind_groups: Vec<wgpu::BindGroup>,
 }
 
@@ -271,7 +272,7 @@ impl Gpu {
         index: usize,
         capacity: u64,
         kinds: &[Kind],
-    ) -> Result<[Option<wgpu::Buffer>; 6]> {
+    ) -> Result<[Option<wgpu::Buffer>; crate::pool::KINDS]> {
         let b = pool::allocate_chunk_buffers(&self.device, &self.prefix, index, capacity, kinds)?;
         self.objects_created += kinds.len() as u64;
         Ok(b)
@@ -301,7 +302,7 @@ impl Gpu {
     pub fn add_kinds(
         &mut self,
         kinds: Vec<Kind>,
-        buffers: Vec<(usize, [Option<wgpu::Buffer>; 6])>,
+        buffers: Vec<(usize, [Option<wgpu::Buffer>; crate::pool::KINDS])>,
     ) {
         for (index, new) in buffers {
             if let Some(chunk) = self.chunks.get_mut(index) {
@@ -320,7 +321,7 @@ impl Gpu {
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         index: usize,
-        buffers: [Option<wgpu::Buffer>; 6],
+        buffers: [Option<wgpu::Buffer>; crate::pool::KINDS],
         used_vec4: u64,
     ) {
         if let Some(old) = self.chunks.get_mut(index) {

@@ -28,6 +28,8 @@ pub(crate) enum Which {
     GroupLink,
     GroupGather,
     GroupReset,
+    /// Loss scale and gradient accumulation (`keras_base.wgsl`), before everything else.
+    Prepare,
 }
 
 /// One dispatch of a step.
@@ -68,6 +70,67 @@ pub(crate) struct Plan {
     pub jobs: Vec<[u32; 4]>,
     /// Per variable: (first job, job count, flags, 0).
     pub var_step: Vec<[u32; 4]>,
+    /// Room for [`prepare`] to rebuild `dispatches` without allocating (swapped with it).
+    spare: Vec<Dispatch>,
+}
+
+/// What Keras's base class does to a step's gradients before the update ([`prepare`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Prepare {
+    /// The loss scale factor as `f32` (1 when none).
+    pub scale: f32,
+    /// Accumulation steps `N` (1 when none).
+    pub steps: u32,
+    /// 0: scale only; 1: accumulate, no update follows; 2: average with the accumulator, clear it.
+    pub mode: u32,
+}
+
+impl Prepare {
+    /// For 1-based step `t`: `None` when the configuration has neither a loss scale nor accumulation.
+    pub fn of(scale: Option<f64>, steps: Option<u64>, t: u64) -> Option<Prepare> {
+        if scale.is_none() && steps.is_none() {
+            return None;
+        }
+        let n = steps.unwrap_or(1);
+        Some(Prepare {
+            scale: scale.map_or(1.0, |s| s as f32),
+            steps: n as u32,
+            mode: match steps {
+                None => 0,
+                Some(_) if !t.is_multiple_of(n) => 1,
+                Some(_) => 2,
+            },
+        })
+    }
+
+    /// Whether the update runs after the preparation.
+    pub fn updates(&self) -> bool {
+        self.mode != 1
+    }
+}
+
+/// Puts one `Prepare` dispatch over the range of each dense-update dispatch of `out` first (so the norms,
+/// clipping and update see the prepared gradients); without an update (`p.mode == 1`) only those remain.
+pub(crate) fn prepare(p: &Prepare, out: &mut Plan) {
+    out.spare.clear();
+    for d in &out.dispatches {
+        if matches!(d.which, Which::Dense | Which::DenseAt) {
+            out.spare.push(Dispatch {
+                which: Which::Prepare,
+                params: Params {
+                    lr: p.scale,
+                    rho: p.steps as f32,
+                    var_index: p.mode,
+                    ..d.params
+                },
+                ..*d
+            });
+        }
+    }
+    if p.updates() {
+        out.spare.extend_from_slice(&out.dispatches);
+    }
+    std::mem::swap(&mut out.spare, &mut out.dispatches);
 }
 
 /// Splits `[begin, end)` into dispatches of at most `max_groups^2` groups of `per_group` items.

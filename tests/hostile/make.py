@@ -39,9 +39,8 @@ write("wrong_type.json", c)
 c = case("unknown_key")
 c["config"]["rho_typo"] = 0.5
 write("unknown_key.json", c)
-# A feature the crate does not implement (was ignored): gradient accumulation.
-c = case("unsupported_feature")
-c["config"]["gradient_accumulation_steps"] = 2
+# A feature the crate does not implement (was ignored): a float16 case.
+c = case("unsupported_feature", dtype="float16")
 write("unsupported_feature.json", c)
 # A name that forges output: a newline, a fake PASS line, a carriage return and an ANSI colour.
 # The expected value is wrong, so the case itself FAILs.

@@ -1,0 +1,371 @@
+//! Keras's optimizer base class: `loss_scale_factor` and `gradient_accumulation_steps`. The GPU against
+//! the CPU twin bit for bit (variables and every slot, several steps), the protocol (an abandoned step
+//! does not advance accumulation), typed errors that write nothing, and checkpoints.
+
+mod common;
+
+use common::{ctx, snapshot, Rng};
+use wgpu_rmsprop::reference::{RefGradient, Reference};
+use wgpu_rmsprop::{
+    Error, Gradient, Indices, NonFinite, RmsProp, RmsPropConfig, RmsPropConfigBuilder, Slot, VarId,
+};
+
+const SHAPES: [&[usize]; 3] = [&[7], &[4, 5], &[300]];
+
+fn setup(b: RmsPropConfigBuilder) -> (RmsProp, Reference, Vec<VarId>, Rng) {
+    let cfg = b.build().unwrap();
+    let mut opt = RmsProp::new(ctx(), cfg.clone()).unwrap();
+    let mut r = Reference::new(cfg);
+    let mut rng = Rng::new(17);
+    let mut ids = Vec::new();
+    for (i, shape) in SHAPES.iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let init = rng.vec(n, 1.0, 0);
+        ids.push(opt.add_variable(&format!("w{i}"), shape, &init).unwrap());
+        r.add_variable(shape, &init);
+    }
+    (opt, r, ids, rng)
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Variables and every slot, bit for bit (within the tests' tolerance with clipnorm or
+/// global_clipnorm: the twin sums the norms' squares in f64, the GPU in a fixed f32 tree).
+fn assert_bitwise(opt: &mut RmsProp, r: &Reference, ids: &[VarId], label: &str) {
+    let c = &r.config;
+    if c.clipnorm().is_some() || c.global_clipnorm().is_some() {
+        for (i, &id) in ids.iter().enumerate() {
+            common::assert_matches(opt, id, &r.vars[i], &format!("{label} var{i}"));
+        }
+        assert_eq!(opt.iterations(), r.iterations, "{label} iterations");
+        return;
+    }
+    for (i, &id) in ids.iter().enumerate() {
+        let v = &r.vars[i];
+        assert_eq!(
+            bits(&opt.read_variable(id).unwrap()),
+            bits(&v.x),
+            "{label} x{i}"
+        );
+        let slots: [(Slot, Option<&Vec<f32>>); 3] = [
+            (Slot::Velocity, Some(&v.v)),
+            (Slot::Momentum, v.m.as_ref()),
+            (Slot::AverageGradient, v.a.as_ref()),
+        ];
+        for (slot, want) in slots {
+            match want {
+                Some(want) => assert_eq!(
+                    bits(&opt.read_slot(id, slot).unwrap()),
+                    bits(want),
+                    "{label} {slot:?}{i}"
+                ),
+                None => assert!(opt.read_slot(id, slot).is_err()),
+            }
+        }
+    }
+    assert_eq!(opt.iterations(), r.iterations, "{label} iterations");
+}
+
+/// `steps` steps of random dense gradients (scaled by `scale`) on both, compared after each.
+fn run(
+    opt: &mut RmsProp,
+    r: &mut Reference,
+    ids: &[VarId],
+    rng: &mut Rng,
+    steps: usize,
+    scale: f32,
+) {
+    for s in 0..steps {
+        let grads: Vec<Vec<f32>> = SHAPES
+            .iter()
+            .map(|sh| {
+                let n: usize = sh.iter().product();
+                rng.vec(n, 1.0, 5).iter().map(|x| x * scale).collect()
+            })
+            .collect();
+        let g: Vec<(VarId, &[f32])> = ids
+            .iter()
+            .copied()
+            .zip(grads.iter().map(|v| &v[..]))
+            .collect();
+        opt.apply_gradients(&g).unwrap();
+        let rg: Vec<Option<RefGradient>> =
+            grads.iter().map(|v| Some(RefGradient::Dense(v))).collect();
+        r.step(&rg).unwrap();
+        assert_bitwise(opt, r, ids, &format!("step {}", s + 1));
+    }
+}
+
+#[test]
+fn loss_scale_matches_the_twin_bit_for_bit() {
+    for b in [
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .momentum(0.9)
+            .loss_scale_factor(1000.0),
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .centered(true)
+            .clipnorm(0.5)
+            .loss_scale_factor(3.0),
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .clipvalue(0.1)
+            .loss_scale_factor(0.25),
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .global_clipnorm(1.0)
+            .weight_decay(0.1)
+            .loss_scale_factor(7.0),
+    ] {
+        let (mut opt, mut r, ids, mut rng) = setup(b);
+        run(&mut opt, &mut r, &ids, &mut rng, 4, 1000.0);
+    }
+}
+
+#[test]
+fn loss_scale_changes_the_clipping_input() {
+    // clipvalue 0.1 on g = 10: without the scale it clips to 0.1; with scale 100 it is 0.1 / 1 ... the
+    // update equals the unscaled gradient's (Keras divides first).
+    let mk = |b: RmsPropConfigBuilder| {
+        let mut opt = RmsProp::new(ctx(), b.learning_rate(0.1).build().unwrap()).unwrap();
+        let w = opt.add_variable("w", &[1], &[1.0]).unwrap();
+        (opt, w)
+    };
+    let (mut a, wa) = mk(RmsPropConfig::builder()
+        .clipvalue(0.1)
+        .loss_scale_factor(100.0));
+    let (mut b, wb) = mk(RmsPropConfig::builder().clipvalue(0.1));
+    a.apply_gradients(&[(wa, &[5.0])]).unwrap();
+    b.apply_gradients(&[(wb, &[0.05])]).unwrap();
+    assert_eq!(
+        a.read_slot(wa, Slot::Velocity).unwrap(),
+        b.read_slot(wb, Slot::Velocity).unwrap()
+    );
+}
+
+#[test]
+fn accumulation_matches_the_twin_bit_for_bit() {
+    for b in [
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .gradient_accumulation_steps(3),
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .momentum(0.5)
+            .centered(true)
+            .clipnorm(0.5)
+            .weight_decay(0.05)
+            .gradient_accumulation_steps(2)
+            .loss_scale_factor(128.0),
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .global_clipnorm(1.0)
+            .non_finite(NonFinite::SkipStep)
+            .gradient_accumulation_steps(2)
+            .loss_scale_factor(8.0),
+    ] {
+        let (mut opt, mut r, ids, mut rng) = setup(b);
+        run(&mut opt, &mut r, &ids, &mut rng, 7, 10.0);
+    }
+}
+
+#[test]
+fn steps_that_only_accumulate_change_nothing_visible_and_one_dispatch_each() {
+    let (mut opt, _, ids, _) = setup(
+        RmsPropConfig::builder()
+            .momentum(0.9)
+            .gradient_accumulation_steps(3),
+    );
+    let before = snapshot(&mut opt, &ids);
+    let g: Vec<Vec<f32>> = SHAPES
+        .iter()
+        .map(|s| vec![0.5; s.iter().product()])
+        .collect();
+    let grads: Vec<(VarId, &[f32])> = ids.iter().copied().zip(g.iter().map(|v| &v[..])).collect();
+    opt.apply_gradients(&grads).unwrap();
+    assert_eq!(
+        opt.last_step_dispatches(),
+        1,
+        "one pool buffer: one accumulate dispatch"
+    );
+    let after = snapshot(&mut opt, &ids);
+    assert_eq!(after.1, before.1, "variables and slots unchanged");
+    assert_eq!(after.0, 1);
+    opt.apply_gradients(&grads).unwrap();
+    opt.apply_gradients(&grads).unwrap();
+    assert_eq!(opt.last_step_dispatches(), 2, "prepare + update");
+    assert_ne!(snapshot(&mut opt, &ids).1, before.1);
+}
+
+#[test]
+fn an_abandoned_step_does_not_advance_accumulation() {
+    let b = || {
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .gradient_accumulation_steps(2)
+            .loss_scale_factor(4.0)
+    };
+    let (mut opt, mut r, ids, mut rng) = setup(b());
+    run(&mut opt, &mut r, &ids, &mut rng, 1, 1.0);
+    // Step 2 is recorded (it would update) and abandoned: the accumulator and the count stay.
+    let g: Vec<Vec<f32>> = SHAPES
+        .iter()
+        .map(|s| vec![100.0; s.iter().product()])
+        .collect();
+    let grads: Vec<(VarId, Gradient)> = ids
+        .iter()
+        .copied()
+        .zip(g.iter().map(|v| Gradient::Dense(v)))
+        .collect();
+    let mut encoder = ctx().device().create_command_encoder(&Default::default());
+    let step = opt.record(&mut encoder, &grads).unwrap();
+    drop(encoder);
+    opt.abandon(step).unwrap();
+    assert_eq!(opt.iterations(), 1);
+    run(&mut opt, &mut r, &ids, &mut rng, 5, 1.0);
+}
+
+#[test]
+fn bad_values_are_typed_errors_naming_the_value() {
+    for (b, field, value) in [
+        (
+            RmsPropConfig::builder().loss_scale_factor(0.0),
+            "loss_scale_factor",
+            "0",
+        ),
+        (
+            RmsPropConfig::builder().loss_scale_factor(-2.0),
+            "loss_scale_factor",
+            "-2",
+        ),
+        (
+            RmsPropConfig::builder().loss_scale_factor(f64::NAN),
+            "loss_scale_factor",
+            "NaN",
+        ),
+        (
+            RmsPropConfig::builder().loss_scale_factor(f64::INFINITY),
+            "loss_scale_factor",
+            "inf",
+        ),
+        (
+            RmsPropConfig::builder().loss_scale_factor(1e-60),
+            "loss_scale_factor",
+            "0.000000000000000000000000000000000000000000000000000000000001",
+        ),
+        (
+            RmsPropConfig::builder().gradient_accumulation_steps(0),
+            "gradient_accumulation_steps",
+            "0",
+        ),
+        (
+            RmsPropConfig::builder().gradient_accumulation_steps(1),
+            "gradient_accumulation_steps",
+            "1",
+        ),
+    ] {
+        match b.build() {
+            Err(Error::InvalidConfig {
+                field: f, value: v, ..
+            }) => {
+                assert_eq!((f, v.as_str()), (field, value));
+            }
+            other => panic!("{field}={value}: {other:?}"),
+        }
+    }
+    let (mut opt, _, ids, _) = setup(RmsPropConfig::builder().loss_scale_factor(2.0));
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        assert!(matches!(
+            opt.set_loss_scale_factor(bad),
+            Err(Error::InvalidConfig {
+                field: "loss_scale_factor",
+                ..
+            })
+        ));
+    }
+    assert_eq!(opt.config().loss_scale_factor(), Some(2.0));
+    let _ = ids;
+}
+
+#[test]
+fn sparse_gradients_are_refused_and_nothing_is_written() {
+    for b in [
+        RmsPropConfig::builder().gradient_accumulation_steps(2),
+        RmsPropConfig::builder().loss_scale_factor(2.0),
+    ] {
+        let (mut opt, _, ids, _) = setup(b);
+        let before = snapshot(&mut opt, &ids);
+        let values = vec![1.0f32; 5];
+        let err = opt
+            .apply(&[(
+                ids[1],
+                Gradient::Sparse {
+                    indices: Indices::I64(&[2]),
+                    values: &values,
+                },
+            )])
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+        assert_eq!(snapshot(&mut opt, &ids), before);
+    }
+}
+
+#[test]
+fn checkpoints_refuse_the_middle_of_accumulation_and_resume_exactly() {
+    let b = || {
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .momentum(0.9)
+            .gradient_accumulation_steps(2)
+    };
+    let dir = std::env::temp_dir().join(format!("wgpu-rmsprop-keras-base-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ckpt.safetensors");
+    let (mut opt, mut r, ids, mut rng) = setup(b());
+    run(&mut opt, &mut r, &ids, &mut rng, 3, 1.0);
+    let err = opt.save_checkpoint(&file, true).unwrap_err();
+    assert!(matches!(err, Error::Checkpoint { .. }), "{err}");
+    assert!(
+        err.to_string().contains("gradient_accumulation_steps=2"),
+        "{err}"
+    );
+    assert!(!file.exists());
+    run(&mut opt, &mut r, &ids, &mut rng, 1, 1.0);
+    opt.save_checkpoint(&file, true).unwrap();
+    // A fresh optimizer with a half-filled accumulator loads it: the accumulator is cleared.
+    let (mut other, _, other_ids, _) = setup(b());
+    let g: Vec<Vec<f32>> = SHAPES
+        .iter()
+        .map(|s| vec![9.0; s.iter().product()])
+        .collect();
+    let grads: Vec<(VarId, &[f32])> = other_ids
+        .iter()
+        .copied()
+        .zip(g.iter().map(|v| &v[..]))
+        .collect();
+    other.apply_gradients(&grads).unwrap();
+    other.load_checkpoint(&file).unwrap();
+    assert_eq!(other.iterations(), 4);
+    assert_bitwise(&mut other, &r, &other_ids, "loaded");
+    run(&mut other, &mut r, &other_ids, &mut rng, 4, 1.0);
+    // A config without accumulation does not load it.
+    let mut plain = RmsProp::new(
+        ctx(),
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .momentum(0.9)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    for (i, s) in SHAPES.iter().enumerate() {
+        plain
+            .add_variable(&format!("w{i}"), s, &vec![0.0; s.iter().product()])
+            .unwrap();
+    }
+    assert!(plain.load_checkpoint(&file).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
