@@ -39,3 +39,31 @@ fn prepare(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         }
     }
 }
+
+// Keras's moving average of the variables (`use_ema`), after the step's update, over a range of vec4 of a
+// pool buffer (every variable of it). Parameters: `lr` = the momentum of this step (0 on Keras's first
+// iteration, `ema_momentum` after), `one_minus_rho` = 1 - that momentum (f32), `var_index` = the mode:
+//   0: ema = m*ema + (1-m)*x
+//   1: the same, then x = ema (ema_overwrite_frequency)
+// (Swapping the variables and their averages for evaluation is done with buffer copies.)
+@group(0) @binding(1) var<storage, read_write> x: array<vec4<f32>>;
+@group(0) @binding(19) var<storage, read_write> ema_slot: array<vec4<f32>>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn ema(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let first = p.begin + (wid.y * p.groups_x + wid.x) * WORKGROUP_SIZE * VEC4S_PER_INVOCATION + lid;
+    let m = vec4<f32>(p.lr);
+    let one_minus_m = vec4<f32>(p.one_minus_rho);
+    let mode = p.var_index;
+    for (var k = 0u; k < VEC4S_PER_INVOCATION; k++) {
+        let i = first + k * WORKGROUP_SIZE;
+        if i >= p.end {
+            continue;
+        }
+        let e = m * ema_slot[i] + one_minus_m * x[i];
+        ema_slot[i] = e;
+        if mode == 1u {
+            x[i] = e;
+        }
+    }
+}

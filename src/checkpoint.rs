@@ -91,6 +91,14 @@ pub fn config_json(c: &RmsPropConfig) -> Value {
     if let (Some(n), Some(map)) = (c.gradient_accumulation_steps(), v.as_object_mut()) {
         map.insert("gradient_accumulation_steps".into(), json!(n));
     }
+    if let (true, Some(map)) = (c.use_ema(), v.as_object_mut()) {
+        map.insert("use_ema".into(), json!(true));
+        map.insert("ema_momentum".into(), json!(c.ema_momentum()));
+        map.insert(
+            "ema_overwrite_frequency".into(),
+            json!(c.ema_overwrite_frequency()),
+        );
+    }
     v
 }
 

@@ -176,6 +176,9 @@ pub struct RmsPropConfig {
     non_finite: NonFinite,
     loss_scale_factor: Option<f64>,
     gradient_accumulation_steps: Option<u64>,
+    use_ema: bool,
+    ema_momentum: f64,
+    ema_overwrite_frequency: Option<u64>,
 }
 
 impl Default for RmsPropConfig {
@@ -227,6 +230,9 @@ impl RmsPropConfig {
             non_finite: NonFinite::Propagate,
             loss_scale_factor: None,
             gradient_accumulation_steps: None,
+            use_ema: false,
+            ema_momentum: 0.99,
+            ema_overwrite_frequency: None,
         };
         let cfg = match preset {
             Preset::Keras => keras,
@@ -342,6 +348,19 @@ impl RmsPropConfig {
     /// and the update runs on every `N`-th step.
     pub fn gradient_accumulation_steps(&self) -> Option<u64> {
         self.gradient_accumulation_steps
+    }
+    /// Keras's `use_ema`: an exponential moving average of every variable is kept (slot
+    /// [`crate::Slot::Ema`]).
+    pub fn use_ema(&self) -> bool {
+        self.use_ema
+    }
+    /// Keras's `ema_momentum` (default 0.99; used with `use_ema`).
+    pub fn ema_momentum(&self) -> f64 {
+        self.ema_momentum
+    }
+    /// Keras's `ema_overwrite_frequency`: the variables take their averages every this many updates.
+    pub fn ema_overwrite_frequency(&self) -> Option<u64> {
+        self.ema_overwrite_frequency
     }
     /// Element-wise gradient clip.
     pub fn clipvalue(&self) -> Option<f64> {
@@ -530,6 +549,26 @@ impl RmsPropConfigBuilder {
         self.cfg.loss_scale_factor = Some(factor);
         self
     }
+    /// Keras's `use_ema`: keep an exponential moving average of every variable (slot
+    /// [`crate::Slot::Ema`], read like any slot, kept in checkpoints), updated on the GPU after every
+    /// step, also the steps that only accumulate. With `k` Keras's `iterations` before the step (`t - 1`,
+    /// or `(t - 1) / N` with accumulation): `ema = m*ema + (1-m)*x` with `m = ema_momentum`, or `m = 0`
+    /// when `k == 0` (so `ema = x`); then, with `ema_overwrite_frequency = F` and `(k + 1) % F == 0`,
+    /// `x = ema`. [`crate::RmsProp::swap_ema_weights`] evaluates with the averages.
+    pub fn use_ema(mut self, on: bool) -> Self {
+        self.cfg.use_ema = on;
+        self
+    }
+    /// Keras's `ema_momentum` (in `[0, 1]`, default 0.99).
+    pub fn ema_momentum(mut self, m: f64) -> Self {
+        self.cfg.ema_momentum = m;
+        self
+    }
+    /// Keras's `ema_overwrite_frequency` (`>= 1`): see [`RmsPropConfigBuilder::use_ema`].
+    pub fn ema_overwrite_frequency(mut self, every: u64) -> Self {
+        self.cfg.ema_overwrite_frequency = Some(every);
+        self
+    }
     /// Keras's `gradient_accumulation_steps` (`N >= 2`): step `t` (1-based) adds its gradients to a
     /// per-variable accumulator on the GPU when `t % N != 0` (nothing else changes: no clipping, decay
     /// or update); on every `N`-th step the gradient is `(g + acc) / N`, the accumulator is cleared and
@@ -597,6 +636,16 @@ impl RmsPropConfigBuilder {
                     requirement: "cannot be combined with bias_correction",
                 });
             }
+        }
+        check("ema_momentum", c.ema_momentum, "must be in [0, 1]", |x| {
+            (0.0..=1.0).contains(&x)
+        })?;
+        if c.ema_overwrite_frequency == Some(0) {
+            return Err(Error::InvalidConfig {
+                field: "ema_overwrite_frequency",
+                value: "0".into(),
+                requirement: "must be an integer >= 1",
+            });
         }
         if c.clipnorm.is_some() && c.global_clipnorm.is_some() {
             return Err(Error::InvalidConfig {

@@ -142,6 +142,8 @@ pub mod binding {
     pub const NEXT: u32 = 17;
     /// Accumulated gradients (`gradient_accumulation_steps`).
     pub const ACC: u32 = 18;
+    /// Moving average of the variables (`use_ema`).
+    pub const EMA: u32 = 19;
 }
 
 /// A compute entry point: its module, name and bindings (group 0).
@@ -262,8 +264,16 @@ pub const PREPARE: Kernel = Kernel {
     bindings: &[(0, U), (2, RW), (18, RW)],
 };
 
+/// Keras's moving average of the variables, and its overwrite of the variables.
+pub const EMA: Kernel = Kernel {
+    name: "keras_base::ema",
+    module: KERAS_WGSL,
+    entry: "ema",
+    bindings: &[(0, U), (1, RW), (19, RW)],
+};
+
 /// Every kernel, for validation.
-pub const ALL: [Kernel; 10] = [
+pub const ALL: [Kernel; 11] = [
     DENSE,
     LAZY,
     SCATTER,
@@ -274,6 +284,7 @@ pub const ALL: [Kernel; 10] = [
     GROUP_GATHER,
     GROUP_RESET,
     PREPARE,
+    EMA,
 ];
 
 /// The `Params` uniform of `common.wgsl` (96 bytes).

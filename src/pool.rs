@@ -22,6 +22,8 @@ pub enum Slot {
     Momentum,
     /// Moving average of gradients (kept when `centered`).
     AverageGradient,
+    /// Keras's exponential moving average of the variable (kept when `use_ema`).
+    Ema,
 }
 
 impl Slot {
@@ -31,12 +33,13 @@ impl Slot {
             Slot::Velocity => "velocity",
             Slot::Momentum => "momentum",
             Slot::AverageGradient => "average_gradient",
+            Slot::Ema => "ema",
         }
     }
 }
 
 /// How many kinds of pooled buffer there are.
-pub(crate) const KINDS: usize = 7;
+pub(crate) const KINDS: usize = 8;
 
 /// The kinds of pooled buffer, in the order of the kernels' pool bindings (1..=6, then 18).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +53,8 @@ pub(crate) enum Kind {
     Squares = 5,
     /// Accumulated gradients (Keras's `gradient_accumulation_steps` only).
     Accumulator = 6,
+    /// Moving average of the variables (Keras's `use_ema` only).
+    Ema = 7,
 }
 
 impl Kind {
@@ -61,11 +66,13 @@ impl Kind {
         Kind::AverageGradient,
         Kind::Squares,
         Kind::Accumulator,
+        Kind::Ema,
     ];
     /// The kernels' binding number of this kind.
     pub(crate) fn binding(self) -> u32 {
         match self {
             Kind::Accumulator => crate::kernels::binding::ACC,
+            Kind::Ema => crate::kernels::binding::EMA,
             _ => self as u32 + 1,
         }
     }
@@ -78,6 +85,7 @@ impl Kind {
             Kind::AverageGradient => "average_gradient",
             Kind::Squares => "squares",
             Kind::Accumulator => "accumulator",
+            Kind::Ema => "ema",
         }
     }
 }
@@ -88,6 +96,7 @@ impl From<Slot> for Kind {
             Slot::Velocity => Kind::Velocity,
             Slot::Momentum => Kind::Momentum,
             Slot::AverageGradient => Kind::AverageGradient,
+            Slot::Ema => Kind::Ema,
         }
     }
 }

@@ -141,6 +141,8 @@ pub struct ReferenceState {
     pub options: VarOptions,
     /// Accumulated gradients (with `gradient_accumulation_steps`).
     pub acc: Option<Vec<f32>>,
+    /// The moving average of the variable (slot `ema`, with `use_ema`).
+    pub ema: Option<Vec<f32>>,
 }
 
 impl ReferenceState {
@@ -167,6 +169,7 @@ impl ReferenceState {
             a: c.centered().then(|| vec![0.0; n]),
             options: options.clone(),
             acc: config.gradient_accumulation_steps().map(|_| vec![0.0; n]),
+            ema: config.use_ema().then(|| vec![0.0; n]),
         }
     }
 
@@ -391,6 +394,40 @@ impl Reference {
     /// # Panics
     /// On lengths or indices that do not fit (the reference is an oracle, not a checked API).
     pub fn step(&mut self, grads: &[Option<RefGradient<'_>>]) -> Result<()> {
+        let t = self.iterations + 1;
+        self.step_update(grads)?;
+        self.update_ema(t);
+        Ok(())
+    }
+
+    /// Keras's moving average after call `t` (`keras_base.wgsl::ema`): every variable, also on calls
+    /// that only accumulate or were skipped.
+    fn update_ema(&mut self, t: u64) {
+        let c = &self.config;
+        if !c.use_ema() {
+            return;
+        }
+        let k = (t - 1) / c.gradient_accumulation_steps().unwrap_or(1);
+        let m = if k == 0 { 0.0 } else { c.ema_momentum() as f32 };
+        let one_minus_m = 1.0 - m;
+        let overwrite = c
+            .ema_overwrite_frequency()
+            .is_some_and(|f| (k + 1).is_multiple_of(f));
+        for var in &mut self.vars {
+            let Some(ema) = var.ema.as_mut() else {
+                continue;
+            };
+            for (e, x) in ema.iter_mut().zip(var.x.iter_mut()) {
+                *e = m * *e + one_minus_m * *x;
+                if overwrite {
+                    *x = *e;
+                }
+            }
+        }
+    }
+
+    /// The step without the moving average.
+    fn step_update(&mut self, grads: &[Option<RefGradient<'_>>]) -> Result<()> {
         let config = self.config.clone();
         let step = self.iterations + 1;
         let p = config.scalars(step)?;

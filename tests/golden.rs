@@ -18,8 +18,8 @@ fn cases() -> Vec<Case> {
     paths.sort();
     assert_eq!(
         paths.len(),
-        74,
-        "the 74 public cases are in {}",
+        77,
+        "the 77 public cases are in {}",
         dir.display()
     );
     paths.iter().map(|p| Case::from_path(p).unwrap()).collect()

@@ -238,6 +238,7 @@ fn slot_named(name: &str) -> Slot {
         "velocity" => Slot::Velocity,
         "momentum" => Slot::Momentum,
         "average_gradient" => Slot::AverageGradient,
+        "ema" => Slot::Ema,
         other => panic!("slot {other}"),
     }
 }
@@ -323,6 +324,7 @@ fn run_case(case: &GroupCase, by_name: bool) {
                     Slot::Velocity => Some(&r.vars[k].v),
                     Slot::Momentum => r.vars[k].m.as_ref(),
                     Slot::AverageGradient => r.vars[k].a.as_ref(),
+                    Slot::Ema => r.vars[k].ema.as_ref(),
                 };
                 match &per[k] {
                     Some(expected) => {

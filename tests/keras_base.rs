@@ -1,4 +1,4 @@
-//! Keras's optimizer base class: `loss_scale_factor` and `gradient_accumulation_steps`. The GPU against
+//! Keras's optimizer base class: `loss_scale_factor`, `gradient_accumulation_steps` and the EMA. The GPU against
 //! the CPU twin bit for bit (variables and every slot, several steps), the protocol (an abandoned step
 //! does not advance accumulation), typed errors that write nothing, and checkpoints.
 
@@ -38,6 +38,9 @@ fn assert_bitwise(opt: &mut RmsProp, r: &Reference, ids: &[VarId], label: &str) 
     if c.clipnorm().is_some() || c.global_clipnorm().is_some() {
         for (i, &id) in ids.iter().enumerate() {
             common::assert_matches(opt, id, &r.vars[i], &format!("{label} var{i}"));
+            if let Some(e) = &r.vars[i].ema {
+                common::assert_close(label, &opt.read_slot(id, Slot::Ema).unwrap(), e);
+            }
         }
         assert_eq!(opt.iterations(), r.iterations, "{label} iterations");
         return;
@@ -49,10 +52,11 @@ fn assert_bitwise(opt: &mut RmsProp, r: &Reference, ids: &[VarId], label: &str) 
             bits(&v.x),
             "{label} x{i}"
         );
-        let slots: [(Slot, Option<&Vec<f32>>); 3] = [
+        let slots: [(Slot, Option<&Vec<f32>>); 4] = [
             (Slot::Velocity, Some(&v.v)),
             (Slot::Momentum, v.m.as_ref()),
             (Slot::AverageGradient, v.a.as_ref()),
+            (Slot::Ema, v.ema.as_ref()),
         ];
         for (slot, want) in slots {
             match want {
@@ -367,5 +371,162 @@ fn checkpoints_refuse_the_middle_of_accumulation_and_resume_exactly() {
             .unwrap();
     }
     assert!(plain.load_checkpoint(&file).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ema_matches_the_twin_bit_for_bit() {
+    for b in [
+        RmsPropConfig::builder()
+            .learning_rate(0.05)
+            .use_ema(true)
+            .ema_momentum(0.9),
+        RmsPropConfig::builder()
+            .learning_rate(0.05)
+            .momentum(0.9)
+            .use_ema(true)
+            .ema_momentum(0.7)
+            .ema_overwrite_frequency(3),
+        RmsPropConfig::builder()
+            .learning_rate(0.05)
+            .centered(true)
+            .use_ema(true)
+            .ema_momentum(0.8)
+            .ema_overwrite_frequency(2)
+            .gradient_accumulation_steps(3)
+            .loss_scale_factor(16.0),
+        RmsPropConfig::builder()
+            .learning_rate(0.05)
+            .use_ema(true)
+            .ema_momentum(1.0)
+            .non_finite(NonFinite::SkipStep),
+    ] {
+        let (mut opt, mut r, ids, mut rng) = setup(b);
+        run(&mut opt, &mut r, &ids, &mut rng, 8, 1.0);
+    }
+}
+
+#[test]
+fn the_first_step_copies_and_overwrite_happens_at_keras_steps() {
+    let cfg = RmsPropConfig::builder()
+        .learning_rate(0.1)
+        .use_ema(true)
+        .ema_momentum(0.5)
+        .ema_overwrite_frequency(2)
+        .build()
+        .unwrap();
+    let mut opt = RmsProp::new(ctx(), cfg).unwrap();
+    let w = opt.add_variable("w", &[3], &[1.0, -2.0, 0.5]).unwrap();
+    opt.apply_gradients(&[(w, &[1.0, 1.0, 1.0])]).unwrap();
+    let x1 = opt.read_variable(w).unwrap();
+    assert_eq!(opt.read_slot(w, Slot::Ema).unwrap(), x1, "k = 0: ema = x");
+    opt.apply_gradients(&[(w, &[1.0, 1.0, 1.0])]).unwrap();
+    // k = 1: (k + 1) % 2 == 0, the variables take the averages.
+    assert_eq!(
+        opt.read_variable(w).unwrap(),
+        opt.read_slot(w, Slot::Ema).unwrap()
+    );
+    opt.apply_gradients(&[(w, &[1.0, 1.0, 1.0])]).unwrap();
+    assert_ne!(
+        opt.read_variable(w).unwrap(),
+        opt.read_slot(w, Slot::Ema).unwrap()
+    );
+}
+
+#[test]
+fn swapping_with_the_averages_and_back() {
+    let (mut opt, mut r, ids, mut rng) = setup(
+        RmsPropConfig::builder()
+            .learning_rate(0.05)
+            .use_ema(true)
+            .ema_momentum(0.9),
+    );
+    run(&mut opt, &mut r, &ids, &mut rng, 3, 1.0);
+    opt.swap_ema_weights().unwrap();
+    for (i, &id) in ids.iter().enumerate() {
+        assert_eq!(
+            bits(&opt.read_variable(id).unwrap()),
+            bits(r.vars[i].ema.as_ref().unwrap())
+        );
+        assert_eq!(
+            bits(&opt.read_slot(id, Slot::Ema).unwrap()),
+            bits(&r.vars[i].x)
+        );
+    }
+    opt.swap_ema_weights().unwrap();
+    run(&mut opt, &mut r, &ids, &mut rng, 2, 1.0);
+    // Without use_ema: refused, and no such slot.
+    let (mut plain, _, pids, _) = setup(RmsPropConfig::builder());
+    assert!(matches!(
+        plain.swap_ema_weights(),
+        Err(Error::SlotNotPresent { .. })
+    ));
+    assert!(matches!(
+        plain.read_slot(pids[0], Slot::Ema),
+        Err(Error::SlotNotPresent { .. })
+    ));
+    assert!(!plain.slots().contains(&Slot::Ema));
+}
+
+#[test]
+fn bad_ema_values_are_typed_errors() {
+    for (b, field, value) in [
+        (
+            RmsPropConfig::builder().use_ema(true).ema_momentum(1.5),
+            "ema_momentum",
+            "1.5",
+        ),
+        (
+            RmsPropConfig::builder().use_ema(true).ema_momentum(-0.1),
+            "ema_momentum",
+            "-0.1",
+        ),
+        (
+            RmsPropConfig::builder()
+                .use_ema(true)
+                .ema_momentum(f64::NAN),
+            "ema_momentum",
+            "NaN",
+        ),
+        (
+            RmsPropConfig::builder()
+                .use_ema(true)
+                .ema_overwrite_frequency(0),
+            "ema_overwrite_frequency",
+            "0",
+        ),
+    ] {
+        match b.build() {
+            Err(Error::InvalidConfig {
+                field: f, value: v, ..
+            }) => {
+                assert_eq!((f, v.as_str()), (field, value));
+            }
+            other => panic!("{field}={value}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn checkpoints_keep_the_averages() {
+    let b = || {
+        RmsPropConfig::builder()
+            .learning_rate(0.05)
+            .use_ema(true)
+            .ema_momentum(0.9)
+    };
+    let dir = std::env::temp_dir().join(format!("wgpu-rmsprop-keras-ema-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ema.safetensors");
+    let (mut opt, mut r, ids, mut rng) = setup(b());
+    run(&mut opt, &mut r, &ids, &mut rng, 3, 1.0);
+    opt.save_checkpoint(&file, true).unwrap();
+    let (mut other, _, other_ids, _) = setup(b());
+    other.load_checkpoint(&file).unwrap();
+    assert_bitwise(&mut other, &r, &other_ids, "loaded");
+    run(&mut other, &mut r, &other_ids, &mut rng, 2, 1.0);
+    // Another ema_momentum does not load it.
+    let (mut third, _, _, _) = setup(b().ema_momentum(0.5));
+    assert!(third.load_checkpoint(&file).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -361,6 +361,15 @@ impl Case {
                 SparseMode::Dense
             });
         }
+        if let Some(on) = c.use_ema {
+            b = b.use_ema(on);
+        }
+        if let Some(m) = c.ema_momentum {
+            b = b.ema_momentum(m);
+        }
+        if let Some(Some(f)) = c.ema_overwrite_frequency {
+            b = b.ema_overwrite_frequency(f);
+        }
         if let Some(x) = c.loss_scale_factor {
             b = b.loss_scale_factor(x);
         }

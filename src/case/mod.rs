@@ -10,7 +10,7 @@
 //! - **Strict reading** ([`Case::from_json`]): every key is typed, an unknown key at any level, a value of
 //!   the wrong type or a `null` where a value is required is an [`Error::InvalidCase`] naming the field
 //!   path (`config.rho: expected a number, got string "0.5"`). Known features the crate does not
-//!   implement (EMA, per-variable weight-decay exclusion and
+//!   implement (per-variable weight-decay exclusion and
 //!   parameter groups, float16/bfloat16) are reported by [`Case::unsupported`] naming the key.
 //! - **Bounded memory** ([`Limits`]): the text, the parsed case and the run's state are checked against a
 //!   budget before they are allocated; the streaming runs ([`Case::run_gpu_streaming`],
@@ -342,11 +342,11 @@ pub struct CaseConfig {
     pub nesterov: Option<bool>,
     /// torch: maximize.
     pub maximize: Option<bool>,
-    /// Keras EMA of the variables (not implemented).
+    /// Keras EMA of the variables ([`crate::RmsPropConfigBuilder::use_ema`]).
     pub use_ema: Option<bool>,
-    /// Keras EMA decay (not implemented).
+    /// Keras EMA decay.
     pub ema_momentum: Option<f64>,
-    /// Keras EMA overwrite period (not implemented); `Some(None)` = written as `null`.
+    /// Keras EMA overwrite period; `Some(None)` = written as `null`.
     pub ema_overwrite_frequency: Option<Option<u64>>,
     /// Keras gradient accumulation ([`crate::RmsPropConfigBuilder::gradient_accumulation_steps`]).
     pub gradient_accumulation_steps: Option<u64>,

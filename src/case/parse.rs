@@ -422,22 +422,12 @@ impl Case {
         self.optimizer_config().map(|_| ())
     }
 
-    /// What this crate cannot run in the case, naming each key (`config.use_ema (...)`), or `None`
+    /// What this crate cannot run in the case, naming each key (`dtype "float16" (...)`), or `None`
     /// when it can run it.
     pub fn unsupported(&self) -> Option<String> {
-        let c = &self.config;
         let mut missing = Vec::new();
         if self.dtype != "float32" {
             missing.push(format!("dtype {:?} (float32 only)", self.dtype));
-        }
-        if c.use_ema == Some(true) {
-            missing.push("config.use_ema (EMA of the variables)".to_string());
-            if c.ema_momentum.is_some() {
-                missing.push("config.ema_momentum".to_string());
-            }
-            if c.ema_overwrite_frequency.flatten().is_some() {
-                missing.push("config.ema_overwrite_frequency".to_string());
-            }
         }
         (!missing.is_empty()).then(|| missing.join(", "))
     }

@@ -67,8 +67,8 @@ impl Case {
     /// Bytes of one step's state: every variable and every slot the configuration keeps.
     pub fn state_bytes(&self) -> u64 {
         // An invalid configuration never gets to run; count the most slots there can be.
-        let slots = self.optimizer_config().map_or(3, |c| {
-            1 + u64::from(c.has_momentum()) + u64::from(c.centered())
+        let slots = self.optimizer_config().map_or(4, |c| {
+            1 + u64::from(c.has_momentum()) + u64::from(c.centered()) + u64::from(c.use_ema())
         });
         self.variables
             .iter()
@@ -322,6 +322,10 @@ impl Case {
             if r.vars.iter().any(|v| v.a.is_some()) {
                 let a = r.vars.iter().map(|v| v.a.clone()).collect();
                 slots.insert(Slot::AverageGradient.name().into(), a);
+            }
+            if r.vars.iter().any(|v| v.ema.is_some()) {
+                let e = r.vars.iter().map(|v| v.ema.clone()).collect();
+                slots.insert(Slot::Ema.name().into(), e);
             }
             on_step(StepState {
                 step: r.iterations,

@@ -24,6 +24,7 @@ impl RmsProp {
                 Slot::Velocity => true,
                 Slot::Momentum => h.momentum_slot,
                 Slot::AverageGradient => h.centered,
+                Slot::Ema => self.config.use_ema(),
             };
             if !kept || !self.gpu.kinds.contains(&kind) {
                 return Err(Error::SlotNotPresent {
@@ -36,6 +37,7 @@ impl RmsProp {
                         Slot::AverageGradient => {
                             "it needs centered = true (in the configuration or the variable's options)"
                         }
+                        Slot::Ema => "it needs use_ema = true in the configuration",
                         Slot::Velocity => "internal",
                     },
                 });
@@ -134,6 +136,51 @@ impl RmsProp {
             k += n;
         }
         Ok(out)
+    }
+
+    /// Swaps every variable with its moving average (slot [`Slot::Ema`], `use_ema`) on the GPU: the
+    /// variables then hold the averages, for evaluation as Keras's `finalize_variable_values` leaves
+    /// them, and the slot holds the trained values; a second call swaps them back. Copies through a
+    /// temporary buffer per pool buffer (allocated per call: this is not a step). Refused with
+    /// [`Error::SlotNotPresent`] without `use_ema`, and while steps are unresolved.
+    pub fn swap_ema_weights(&mut self) -> Result<()> {
+        self.ensure_resolved("swap the variables and their averages")?;
+        self.ctx.check_alive()?;
+        if !self.config.use_ema() {
+            return Err(Error::SlotNotPresent {
+                slot: Slot::Ema.name(),
+                why: "it needs use_ema = true in the configuration",
+            });
+        }
+        let device = self.ctx.device().clone();
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("swap variables and ema"),
+        });
+        let mut temps = Vec::new();
+        for (ci, chunk) in self.layout.chunks.iter().enumerate() {
+            let used = chunk.segments.iter().map(|s| s.1).max().unwrap_or(0) * 16;
+            if used == 0 {
+                continue;
+            }
+            let temp = crate::context::create_buffer_checked(
+                &device,
+                &wgpu::BufferDescriptor {
+                    label: Some("swap variables and ema: temporary"),
+                    size: used,
+                    usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                },
+            )?;
+            let x = self.gpu.chunks[ci].buffer(Kind::Variable)?;
+            let e = self.gpu.chunks[ci].buffer(Kind::Ema)?;
+            encoder.copy_buffer_to_buffer(x, 0, &temp, 0, used);
+            encoder.copy_buffer_to_buffer(e, 0, x, 0, used);
+            encoder.copy_buffer_to_buffer(&temp, 0, e, 0, used);
+            temps.push(temp);
+        }
+        self.ctx.queue().submit([encoder.finish()]);
+        drop(temps);
+        Ok(())
     }
 
     /// Saves the complete optimizer state to `path` (safetensors; see [`crate::checkpoint`]): every slot,

@@ -312,10 +312,15 @@ impl RmsProp {
     /// options keep it), then average_gradient (likewise for centered). A variable's own slots are
     /// [`RmsProp::variable_slots`]: with per-variable options some variables may lack one of these.
     pub fn slots(&self) -> Vec<Slot> {
-        [Slot::Velocity, Slot::Momentum, Slot::AverageGradient]
-            .into_iter()
-            .filter(|&s| self.gpu.kinds.contains(&Kind::from(s)))
-            .collect()
+        [
+            Slot::Velocity,
+            Slot::Momentum,
+            Slot::AverageGradient,
+            Slot::Ema,
+        ]
+        .into_iter()
+        .filter(|&s| self.gpu.kinds.contains(&Kind::from(s)))
+        .collect()
     }
 
     /// Bytes held on the GPU.
@@ -617,6 +622,7 @@ fn kinds_for(config: &RmsPropConfig, variant: &Variant, kept: &[Kind]) -> Vec<Ki
             Kind::Accumulator,
             config.gradient_accumulation_steps().is_some(),
         ),
+        (Kind::Ema, config.use_ema()),
     ];
     wanted
         .into_iter()

@@ -231,6 +231,9 @@ impl RmsProp {
         if h.centered {
             s.push(Slot::AverageGradient);
         }
+        if self.config.use_ema() {
+            s.push(Slot::Ema);
+        }
         Ok(s)
     }
 }

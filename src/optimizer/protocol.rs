@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{Params, ParamsMode};
 use crate::step::encode::{Step, Tables};
 use crate::step::gpu::StepSizes;
-use crate::step::plan::{plan, prepare, Prepare};
+use crate::step::plan::{ema, plan, prepare, Prepare};
 use crate::step::types::{GpuGradient, Gradient, RecordedStep, VarId};
 use crate::step::validate::validate;
 
@@ -147,6 +147,26 @@ impl RmsProp {
         );
         if let Some(prep) = &prep {
             prepare(prep, &mut sc.plan);
+        }
+        if self.config.use_ema() {
+            // Keras's `iterations` before this call: updates, not calls, with accumulation.
+            let k = (step - 1) / self.config.gradient_accumulation_steps().unwrap_or(1);
+            let m = if k == 0 {
+                0.0
+            } else {
+                self.config.ema_momentum() as f32
+            };
+            let overwrite = self
+                .config
+                .ema_overwrite_frequency()
+                .is_some_and(|f| (k + 1).is_multiple_of(f));
+            ema(
+                &self.plan_cfg,
+                &self.layout,
+                m,
+                u32::from(overwrite),
+                &mut sc.plan.dispatches,
+            );
         }
         // Uniform path: one slot per dispatch, copied in before the step's pass (so each recorded step
         // reads its own parameters).

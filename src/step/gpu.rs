@@ -9,13 +9,14 @@ use crate::pool::{self, Kind, VEC4_BYTES};
 use crate::step::plan::Which;
 
 /// Every kernel of a step, by the [`Which`] that selects it.
-pub(crate) const KERNELS: [(Which, Kernel); 11] = [
+pub(crate) const KERNELS: [(Which, Kernel); 12] = [
     (Which::Dense, kernels::DENSE),
     (Which::DenseAt, kernels::DENSE_AT),
     (Which::Lazy, kernels::LAZY),
     (Which::Scatter, kernels::SCATTER),
     (Which::PartialDense, kernels::PARTIAL_DENSE),
     (Which::Prepare, kernels::PREPARE),
+    (Which::Ema, kernels::EMA),
     (Which::PartialSparse, kernels::PARTIAL_SPARSE),
     (Which::Finalize, kernels::FINALIZE),
     (Which::GroupLink, kernels::GROUP_LINK),
@@ -23,7 +24,7 @@ pub(crate) const KERNELS: [(Which, Kernel); 11] = [
     (Which::GroupReset, kernels::GROUP_RESET),
 ];
 /// Kernels from this index on bind step-wide buffers only (one bind group each, not one per chunk).
-pub(crate) const FIRST_GLOBAL_KERNEL: usize = 6;
+pub(crate) const FIRST_GLOBAL_KERNEL: usize = 7;
 
 /// A growable storage buffer of the step machinery (allocated when it must grow, reused otherwise).
 #[derive(Debug)]
@@ -88,7 +89,8 @@ impl StepBuffer {
 pub(crate) struct ChunkBuffers {
     /// One buffer per [`Kind`] (by its index); `None` for kinds this configuration does not keep.
     pub buffers: [Option<wgpu::Buffer>; crate::pool::KINDS],
-    /// Bind groups of the per-chunk kernels (dense, dense_at, lazy, scatter, partial_dense, prepare).
+    /// Bind groups of the per-chunk kernels (dense, dense_at, lazy, scatter, partial_dense, prepare,
+    /// ema).
     pub bind_groups: Vec<wgpu::BindGroup>,
 }
 

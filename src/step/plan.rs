@@ -30,6 +30,8 @@ pub(crate) enum Which {
     GroupReset,
     /// Loss scale and gradient accumulation (`keras_base.wgsl`), before everything else.
     Prepare,
+    /// Keras's moving average of the variables (`keras_base.wgsl::ema`), after everything else.
+    Ema,
 }
 
 /// One dispatch of a step.
@@ -106,6 +108,30 @@ impl Prepare {
     /// Whether the update runs after the preparation.
     pub fn updates(&self) -> bool {
         self.mode != 1
+    }
+}
+
+/// Appends one `Ema` dispatch per pool buffer over all its variables, with momentum `m` (as `f32`),
+/// `1 - m` and `mode` (see `keras_base.wgsl::ema`).
+pub(crate) fn ema(cfg: &PlanConfig, layout: &Layout, m: f32, mode: u32, out: &mut Vec<Dispatch>) {
+    let group = u64::from(cfg.workgroup_size) * u64::from(cfg.vec4s_per_invocation);
+    let params = Params {
+        lr: m,
+        one_minus_rho: 1.0 - m,
+        var_index: mode,
+        ..Params::default()
+    };
+    for (ci, chunk) in layout.chunks.iter().enumerate() {
+        let end = chunk.segments.iter().map(|s| s.1).max().unwrap_or(0);
+        push(
+            out,
+            u64::from(cfg.max_groups),
+            Which::Ema,
+            ci,
+            params,
+            (0, end),
+            group,
+        );
     }
 }
 
