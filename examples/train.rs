@@ -8,7 +8,11 @@
 //! final: epochs=<n> train_loss=<x> test_loss=<y> test_accuracy=<z> seconds=<s> plot=<path>
 //! ```
 //!
-//! `cargo run --release --example train -- [--epochs N] [--plot PATH]`
+//! `cargo run --release --example train -- [--epochs N] [--plot PATH] [--ema MOMENTUM]`
+//!
+//! With `--ema MOMENTUM` the optimizer keeps Keras's moving average of the weights (`use_ema`), and the
+//! test set is also evaluated with the averages (swapped in on the GPU, then back): the `final:` line
+//! then has `ema_test_accuracy=<a>` after `test_accuracy`.
 
 use std::error::Error;
 use std::time::Instant;
@@ -225,6 +229,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         .transpose()?
         .unwrap_or(40);
     let plot_path = arg("--plot").unwrap_or_else(|| "train_loss.png".to_string());
+    let ema: Option<f64> = arg("--ema").map(|m| m.parse()).transpose()?;
     let start = Instant::now();
 
     let (x, y) = load_digits()?;
@@ -239,10 +244,11 @@ fn run() -> Result<(), Box<dyn Error>> {
     let test = split(&ctx, &x, &y, &rows[n_train..], "test");
 
     // The parameters live in the optimizer's pools.
-    let config = RmsPropConfig::builder()
-        .learning_rate(0.002)
-        .name("mlp")
-        .build()?;
+    let mut config = RmsPropConfig::builder().learning_rate(0.002).name("mlp");
+    if let Some(m) = ema {
+        config = config.use_ema(true).ema_momentum(m);
+    }
+    let config = config.build()?;
     let mut opt = RmsProp::new(&ctx, config)?;
     let glorot = |rng: &mut Rng, fan_in: usize, fan_out: usize| {
         let a = (6.0 / (fan_in + fan_out) as f32).sqrt();
@@ -472,9 +478,31 @@ fn run() -> Result<(), Box<dyn Error>> {
             opt.iterations()
         );
     }
+    // The test set with the moving averages of the weights (Keras's finalize_variable_values), then
+    // the trained weights back.
+    let mut ema_accuracy = String::new();
+    if ema.is_some() {
+        opt.swap_ema_weights()?;
+        let mut encoder = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_bind_group(0, &test_bg, &[(batches as u64 * stride) as u32]);
+            pass.set_pipeline(&hidden);
+            pass.dispatch_workgroups(groups(test.n * HID), 1, 1);
+            pass.set_pipeline(&output);
+            pass.dispatch_workgroups(groups(test.n), 1, 1);
+        }
+        ctx.queue().submit([encoder.finish()]);
+        let a = read(&ctx, &staging, &test.correct, test.n)?
+            .iter()
+            .sum::<f32>()
+            / test.n as f32;
+        opt.swap_ema_weights()?;
+        ema_accuracy = format!(" ema_test_accuracy={a:.4}");
+    }
     plot(&plot_path, &train_curve, &test_curve)?;
     println!(
-        "final: epochs={epochs} train_loss={:.4} test_loss={:.4} test_accuracy={:.4} seconds={:.1} plot={plot_path}",
+        "final: epochs={epochs} train_loss={:.4} test_loss={:.4} test_accuracy={:.4}{ema_accuracy} seconds={:.1} plot={plot_path}",
         train_curve.last().copied().unwrap_or(f32::NAN),
         test_curve.last().copied().unwrap_or(f32::NAN),
         accuracy,

@@ -125,6 +125,34 @@
 //! # Ok::<(), wgpu_rmsprop::Error>(())
 //! ```
 //!
+//! ## Keras's optimizer base class
+//!
+//! [`RmsPropConfigBuilder::loss_scale_factor`] (gradients divided first),
+//! [`RmsPropConfigBuilder::gradient_accumulation_steps`] (`N` steps averaged, one update every `N`) and
+//! [`RmsPropConfigBuilder::use_ema`] (a moving average of the weights in slot [`Slot::Ema`], with
+//! `ema_momentum` and `ema_overwrite_frequency`), in Keras's order and counting; golden cases
+//! `keras_ema_*`, `keras_accum_*`, `keras_lossscale_*`.
+//!
+//! ```
+//! use wgpu_rmsprop::{GpuContext, RmsProp, RmsPropConfig, Slot};
+//! let ctx = GpuContext::new()?;
+//! let cfg = RmsPropConfig::builder()
+//!     .gradient_accumulation_steps(2)
+//!     .use_ema(true)
+//!     .ema_momentum(0.9)
+//!     .build()?;
+//! let mut opt = RmsProp::new(&ctx, cfg)?;
+//! let w = opt.add_variable("w", &[2], &[1.0, -1.0])?;
+//! opt.apply_gradients(&[(w, &[0.5, -0.5])])?; // accumulated only
+//! assert_eq!(opt.read_variable(w)?, [1.0, -1.0]);
+//! opt.apply_gradients(&[(w, &[0.5, -0.5])])?; // the update, with the average of both
+//! assert_ne!(opt.read_variable(w)?, [1.0, -1.0]);
+//! // Both calls are Keras's first iteration (k = (t - 1) / 2 = 0): ema = x.
+//! assert_eq!(opt.read_slot(w, Slot::Ema)?, opt.read_variable(w)?);
+//! opt.swap_ema_weights()?; // evaluate with the averages, then swap back
+//! # Ok::<(), wgpu_rmsprop::Error>(())
+//! ```
+//!
 //! ## In your own training loop
 //!
 //! **The submit protocol.** [`RmsProp::apply`] records, submits and resolves a step in one call. In a

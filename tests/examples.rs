@@ -53,6 +53,28 @@ fn train_example_loss_falls_and_plot_is_written() {
 }
 
 #[test]
+fn train_example_evaluates_the_moving_average_of_the_weights() {
+    let plot = std::env::temp_dir().join(format!("train-ema-{}.png", std::process::id()));
+    let out = run_example(
+        "train",
+        &[
+            "--epochs",
+            "4",
+            "--ema",
+            "0.99",
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+    );
+    let last = out.lines().last().unwrap();
+    assert!(last.starts_with("final: epochs=4 "), "{last}");
+    assert!(field(last, "test_accuracy") > 0.8, "{last}");
+    let ema = field(last, "ema_test_accuracy");
+    assert!(ema > 0.5 && ema <= 1.0, "{last}");
+    std::fs::remove_file(&plot).unwrap();
+}
+
+#[test]
 fn embeddings_example_loss_falls_with_lazy_sparse_updates() {
     let out = run_example(
         "embeddings",
