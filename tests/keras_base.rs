@@ -455,6 +455,11 @@ fn swapping_with_the_averages_and_back() {
     }
     opt.swap_ema_weights().unwrap();
     run(&mut opt, &mut r, &ids, &mut rng, 2, 1.0);
+    // The slot's slices: same place as the variable's, in the ema buffer.
+    let xs = opt.variable_slices(ids[2]).unwrap();
+    let es = opt.slot_slices(ids[2], Slot::Ema).unwrap();
+    assert_eq!((xs[0].offset, xs[0].len), (es[0].offset, es[0].len));
+    assert_ne!(xs[0].buffer, es[0].buffer);
     // Without use_ema: refused, and no such slot.
     let (mut plain, _, pids, _) = setup(RmsPropConfig::builder());
     assert!(matches!(
@@ -466,6 +471,10 @@ fn swapping_with_the_averages_and_back() {
         Err(Error::SlotNotPresent { .. })
     ));
     assert!(!plain.slots().contains(&Slot::Ema));
+    assert!(matches!(
+        plain.slot_slices(pids[0], Slot::Ema),
+        Err(Error::SlotNotPresent { .. })
+    ));
 }
 
 #[test]

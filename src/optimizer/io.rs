@@ -12,7 +12,7 @@ impl RmsProp {
     /// The pooled kind of tensor `t` of variable `id`: a slot the variable does not keep (by the
     /// configuration and its options) is [`Error::SlotNotPresent`], even where the pools keep it for
     /// other variables.
-    fn kind(&self, id: VarId, t: Tensor) -> Result<Kind> {
+    pub(super) fn kind(&self, id: VarId, t: Tensor) -> Result<Kind> {
         let kind = match t {
             Tensor::Variable => Kind::Variable,
             Tensor::Gradient => Kind::Gradient,

@@ -389,6 +389,15 @@ impl RmsProp {
         self.slices(id, Kind::Variable)
     }
 
+    /// Where one of a variable's slots lives on the GPU (e.g. [`Slot::Ema`], to bind the moving average
+    /// of the weights in an evaluation shader), laid out as [`RmsProp::variable_slices`]. A slot the
+    /// variable does not keep is [`Error::SlotNotPresent`]. Valid while [`RmsProp::layout_version`] is
+    /// unchanged.
+    pub fn slot_slices(&mut self, id: VarId, slot: Slot) -> Result<Vec<GpuSlice>> {
+        let kind = self.kind(id, crate::step::types::Tensor::Slot(slot))?;
+        self.slices(id, kind)
+    }
+
     /// Where a variable's gradient is read from: a backward shader that writes there can step with
     /// [`crate::Gradient::Resident`], with no copy at all. Valid while [`RmsProp::layout_version`] is
     /// unchanged; taking them tells the optimizer the caller follows the variable's current buffers
