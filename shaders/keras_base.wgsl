@@ -67,3 +67,16 @@ fn ema(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
         }
     }
 }
+
+// The loss scale on the step's sparse values (IndexedSlices: Keras divides the values), in place over
+// the elements [begin, end) of the step's values buffer, before the norms and the grouping. `lr` = the
+// scale as in `prepare`.
+@group(0) @binding(8) var<storage, read_write> sparse_values: array<f32>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn prepare_values(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = p.begin + (wid.y * p.groups_x + wid.x) * WORKGROUP_SIZE + lid;
+    if i < p.end {
+        sparse_values[i] = sparse_values[i] / p.lr;
+    }
+}

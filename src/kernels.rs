@@ -272,8 +272,16 @@ pub const EMA: Kernel = Kernel {
     bindings: &[(0, U), (1, RW), (19, RW)],
 };
 
+/// The loss scale on the step's sparse values, in place.
+pub const PREPARE_VALUES: Kernel = Kernel {
+    name: "keras_base::prepare_values",
+    module: KERAS_WGSL,
+    entry: "prepare_values",
+    bindings: &[(0, U), (8, RW)],
+};
+
 /// Every kernel, for validation.
-pub const ALL: [Kernel; 11] = [
+pub const ALL: [Kernel; 12] = [
     DENSE,
     LAZY,
     SCATTER,
@@ -285,6 +293,7 @@ pub const ALL: [Kernel; 11] = [
     GROUP_RESET,
     PREPARE,
     EMA,
+    PREPARE_VALUES,
 ];
 
 /// The `Params` uniform of `common.wgsl` (96 bytes).

@@ -338,7 +338,8 @@ impl Reference {
     }
 
     /// Keras's loss scale and gradient accumulation for step `t`: `None` when the configuration has
-    /// neither, `Some(None)` when the step only accumulates, else the prepared dense gradients.
+    /// neither, `Some(None)` when the step only accumulates, else the prepared gradients (dense, or a
+    /// sparse gradient's values).
     #[allow(clippy::type_complexity)]
     fn prepare(
         &mut self,
@@ -360,18 +361,18 @@ impl Reference {
                     continue;
                 }
                 Some(RefGradient::Dense(g)) => g,
-                Some(RefGradient::Sparse { .. }) => {
-                    return Err(crate::Error::InvalidConfig {
-                        field: if steps.is_some() {
-                            "gradient_accumulation_steps"
-                        } else {
-                            "loss_scale_factor"
-                        },
-                        value: format!("{:?}", steps.map_or(scale, |n| Some(n as f64))),
-                        requirement:
-                            "is not supported with sparse gradients yet (the step has one)",
-                    })
-                }
+                Some(RefGradient::Sparse { values, .. }) => match steps {
+                    // The values only (Keras divides the IndexedSlices' values).
+                    None => values,
+                    Some(n) => {
+                        return Err(crate::Error::InvalidConfig {
+                            field: "gradient_accumulation_steps",
+                            value: format!("{n}"),
+                            requirement:
+                                "is not supported with sparse gradients yet (the step has one)",
+                        })
+                    }
+                },
             };
             let mut gv: Vec<f32> = g.iter().map(|&x| x / s).collect();
             if let (Some(n), Some(acc)) = (steps, var.acc.as_mut()) {
@@ -443,7 +444,13 @@ impl Reference {
             None => grads,
             Some(Some(owned)) => owned
                 .iter()
-                .map(|g| g.as_deref().map(RefGradient::Dense))
+                .zip(&grads)
+                .map(|(values, g)| match (values, g) {
+                    (Some(values), Some(RefGradient::Sparse { indices, .. })) => {
+                        Some(RefGradient::Sparse { indices, values })
+                    }
+                    (values, _) => values.as_deref().map(RefGradient::Dense),
+                })
                 .collect(),
             Some(None) => {
                 // A step that only accumulates.

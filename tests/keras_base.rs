@@ -295,25 +295,105 @@ fn bad_values_are_typed_errors_naming_the_value() {
 }
 
 #[test]
-fn sparse_gradients_are_refused_and_nothing_is_written() {
-    for b in [
-        RmsPropConfig::builder().gradient_accumulation_steps(2),
-        RmsPropConfig::builder().loss_scale_factor(2.0),
+fn sparse_gradients_with_accumulation_are_refused_and_nothing_is_written() {
+    let (mut opt, _, ids, _) = setup(RmsPropConfig::builder().gradient_accumulation_steps(2));
+    let before = snapshot(&mut opt, &ids);
+    let values = vec![1.0f32; 5];
+    let err = opt
+        .apply(&[(
+            ids[1],
+            Gradient::Sparse {
+                indices: Indices::I64(&[2]),
+                values: &values,
+            },
+        )])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "gradient_accumulation_steps",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(snapshot(&mut opt, &ids), before);
+}
+
+#[test]
+fn loss_scale_divides_sparse_values_as_the_twin() {
+    use wgpu::util::DeviceExt;
+    use wgpu_rmsprop::{DuplicateIndices, GpuGradient, SparseMode};
+    for (b, gpu_values) in [
+        (RmsPropConfig::builder().momentum(0.9), false),
+        (RmsPropConfig::builder().momentum(0.9), true),
+        (
+            RmsPropConfig::builder()
+                .centered(true)
+                .sparse_mode(SparseMode::Dense)
+                .duplicate_indices(DuplicateIndices::Keras3),
+            false,
+        ),
+        (
+            RmsPropConfig::builder()
+                .clipnorm(0.5)
+                .sparse_mode(SparseMode::Dense)
+                .duplicate_indices(DuplicateIndices::Keras3),
+            true,
+        ),
     ] {
-        let (mut opt, _, ids, _) = setup(b);
-        let before = snapshot(&mut opt, &ids);
-        let values = vec![1.0f32; 5];
-        let err = opt
-            .apply(&[(
-                ids[1],
+        let (mut opt, mut r, ids, mut rng) = setup(b.learning_rate(0.05).loss_scale_factor(64.0));
+        for step in 0..4 {
+            // Variable 1 ([4, 5]) gets rows with a duplicate; the others dense gradients.
+            let rows: [usize; 3] = [3, 0, 3];
+            let values: Vec<f32> = rng.vec(15, 64.0, 0);
+            let dense0 = rng.vec(7, 64.0, 0);
+            let dense2 = rng.vec(300, 64.0, 0);
+            let rows_i64: Vec<i64> = rows.iter().map(|&x| x as i64).collect();
+            let buffer = ctx()
+                .device()
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: None,
+                    contents: bytemuck::cast_slice(&values),
+                    usage: wgpu::BufferUsages::COPY_SRC,
+                });
+            let sparse = if gpu_values {
+                Gradient::SparseGpu {
+                    indices: Indices::I64(&rows_i64),
+                    values: GpuGradient {
+                        buffer: &buffer,
+                        offset: 0,
+                    },
+                }
+            } else {
                 Gradient::Sparse {
-                    indices: Indices::I64(&[2]),
+                    indices: Indices::I64(&rows_i64),
                     values: &values,
-                },
-            )])
-            .unwrap_err();
-        assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
-        assert_eq!(snapshot(&mut opt, &ids), before);
+                }
+            };
+            opt.apply(&[
+                (ids[0], Gradient::Dense(&dense0)),
+                (ids[1], sparse),
+                (ids[2], Gradient::Dense(&dense2)),
+            ])
+            .unwrap();
+            r.step(&[
+                Some(RefGradient::Dense(&dense0)),
+                Some(RefGradient::Sparse {
+                    indices: &rows,
+                    values: &values,
+                }),
+                Some(RefGradient::Dense(&dense2)),
+            ])
+            .unwrap();
+            assert_bitwise(
+                &mut opt,
+                &r,
+                &ids,
+                &format!("gpu_values={gpu_values} step {step}"),
+            );
+        }
     }
 }
 

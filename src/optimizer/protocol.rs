@@ -108,17 +108,13 @@ impl RmsProp {
             self.config.gradient_accumulation_steps(),
             step,
         );
-        if prep.is_some() && sc.shape.sparse > 0 {
-            let (field, value) = match self.config.gradient_accumulation_steps() {
-                Some(n) => ("gradient_accumulation_steps", format!("{n}")),
-                None => (
-                    "loss_scale_factor",
-                    format!("{:?}", self.config.loss_scale_factor()),
-                ),
-            };
+        if let (Some(n), true) = (
+            self.config.gradient_accumulation_steps(),
+            sc.shape.sparse > 0,
+        ) {
             return Err(Error::InvalidConfig {
-                field,
-                value,
+                field: "gradient_accumulation_steps",
+                value: format!("{n}"),
                 requirement: "is not supported with sparse gradients yet (the step has one)",
             });
         }
@@ -146,7 +142,7 @@ impl RmsProp {
             &mut sc.plan,
         );
         if let Some(prep) = &prep {
-            prepare(prep, &mut sc.plan);
+            prepare(prep, &self.plan_cfg, &self.layout, &sc.sparse, &mut sc.plan);
         }
         if self.config.use_ema() {
             // Keras's `iterations` before this call: updates, not calls, with accumulation.

@@ -216,7 +216,8 @@ impl Step<'_> {
                 | Which::Finalize
                 | Which::GroupLink
                 | Which::GroupGather
-                | Which::GroupReset => &gpu.global_bind_groups[k - FIRST_GLOBAL_KERNEL],
+                | Which::GroupReset
+                | Which::PrepareValues => &gpu.global_bind_groups[k - FIRST_GLOBAL_KERNEL],
                 _ => &gpu.chunks[d.chunk].bind_groups[k],
             };
             pass.set_pipeline(&gpu.pipelines[k]);

@@ -9,7 +9,7 @@ use crate::pool::{self, Kind, VEC4_BYTES};
 use crate::step::plan::Which;
 
 /// Every kernel of a step, by the [`Which`] that selects it.
-pub(crate) const KERNELS: [(Which, Kernel); 12] = [
+pub(crate) const KERNELS: [(Which, Kernel); 13] = [
     (Which::Dense, kernels::DENSE),
     (Which::DenseAt, kernels::DENSE_AT),
     (Which::Lazy, kernels::LAZY),
@@ -22,6 +22,7 @@ pub(crate) const KERNELS: [(Which, Kernel); 12] = [
     (Which::GroupLink, kernels::GROUP_LINK),
     (Which::GroupGather, kernels::GROUP_GATHER),
     (Which::GroupReset, kernels::GROUP_RESET),
+    (Which::PrepareValues, kernels::PREPARE_VALUES),
 ];
 /// Kernels from this index on bind step-wide buffers only (one bind group each, not one per chunk).
 pub(crate) const FIRST_GLOBAL_KERNEL: usize = 7;

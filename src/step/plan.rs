@@ -32,6 +32,8 @@ pub(crate) enum Which {
     Prepare,
     /// Keras's moving average of the variables (`keras_base.wgsl::ema`), after everything else.
     Ema,
+    /// The loss scale on the step's sparse values (`keras_base.wgsl::prepare_values`), first.
+    PrepareValues,
 }
 
 /// One dispatch of a step.
@@ -136,9 +138,35 @@ pub(crate) fn ema(cfg: &PlanConfig, layout: &Layout, m: f32, mode: u32, out: &mu
 }
 
 /// Puts one `Prepare` dispatch over the range of each dense-update dispatch of `out` first (so the norms,
-/// clipping and update see the prepared gradients); without an update (`p.mode == 1`) only those remain.
-pub(crate) fn prepare(p: &Prepare, out: &mut Plan) {
+/// clipping and update see the prepared gradients), and one `PrepareValues` over each sparse gradient's
+/// values (loss scale only: accumulation takes dense gradients); without an update (`p.mode == 1`) only
+/// those remain.
+pub(crate) fn prepare(
+    p: &Prepare,
+    cfg: &PlanConfig,
+    layout: &Layout,
+    sparse: &SparsePrep,
+    out: &mut Plan,
+) {
     out.spare.clear();
+    let params = Params {
+        lr: p.scale,
+        ..Params::default()
+    };
+    for sp in &sparse.steps {
+        let n = u64::from(sp.listed) * layout.variables[sp.var].row_len as u64;
+        let first = u64::from(sp.values_base);
+        let (mg, wg) = (u64::from(cfg.max_groups), u64::from(cfg.workgroup_size));
+        push(
+            &mut out.spare,
+            mg,
+            Which::PrepareValues,
+            0,
+            params,
+            (first, first + n),
+            wg,
+        );
+    }
     for d in &out.dispatches {
         if matches!(d.which, Which::Dense | Which::DenseAt) {
             out.spare.push(Dispatch {
