@@ -172,6 +172,8 @@ pub(crate) fn write(path: &Path, mut contents: Contents) -> Result<()> {
 pub(crate) struct Restored {
     pub iterations: u64,
     pub skipped: u64,
+    /// The loss scale factor when saved (it changes with dynamic loss scaling).
+    pub loss_scale_factor: Option<f64>,
     /// Per variable (in the optimizer's order): its values if saved, then each kept slot's values.
     pub variables: Vec<Option<Vec<f32>>>,
     pub slots: Vec<Vec<Vec<f32>>>,
@@ -283,6 +285,16 @@ pub(crate) fn read(path: &Path, expected: &Expected<'_>) -> Result<Restored> {
     }
     let iterations = number("iterations")?;
     let skipped = number("skipped_steps")?;
+    let loss_scale_factor = match meta.get("loss_scale_factor") {
+        None => None,
+        Some(text) => {
+            let f = text
+                .parse::<f64>()
+                .map_err(|e| fail(path, format!("metadata `loss_scale_factor`: {e}")))?;
+            crate::config::check_loss_scale(f).map_err(|e| fail(path, e.to_string()))?;
+            Some(f)
+        }
+    };
     let listed: Vec<(String, Vec<usize>)> = serde_json::from_str(get("variables")?)
         .map_err(|e| fail(path, format!("variables: {e}")))?;
     if listed != variables {
@@ -323,6 +335,7 @@ pub(crate) fn read(path: &Path, expected: &Expected<'_>) -> Result<Restored> {
     let mut out = Restored {
         iterations,
         skipped,
+        loss_scale_factor,
         variables: Vec::new(),
         slots: Vec::new(),
     };

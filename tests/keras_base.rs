@@ -619,3 +619,18 @@ fn checkpoints_keep_the_averages() {
     assert!(third.load_checkpoint(&file).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn checkpoints_keep_the_current_loss_scale() {
+    let dir = std::env::temp_dir().join(format!("wgpu-rmsprop-keras-ls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ls.safetensors");
+    let (mut opt, mut r, ids, mut rng) = setup(RmsPropConfig::builder().loss_scale_factor(2.0));
+    run(&mut opt, &mut r, &ids, &mut rng, 2, 1.0);
+    opt.set_loss_scale_factor(32.0).unwrap();
+    opt.save_checkpoint(&file, true).unwrap();
+    let (mut other, _, _, _) = setup(RmsPropConfig::builder().loss_scale_factor(2.0));
+    other.load_checkpoint(&file).unwrap();
+    assert_eq!(other.config().loss_scale_factor(), Some(32.0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -184,7 +184,8 @@ impl RmsProp {
     }
 
     /// Saves the complete optimizer state to `path` (safetensors; see [`crate::checkpoint`]): every slot,
-    /// the step count, the skipped-step count, the configuration, and the variables when
+    /// the step count, the skipped-step count, the configuration, the current loss scale factor (restored
+    /// by [`RmsProp::load_checkpoint`]: dynamic loss scaling changes it), and the variables when
     /// `include_variables`. Everything is read with one copy and one wait. Atomic: the previous file at
     /// `path` survives a crash mid-save.
     pub fn save_checkpoint(
@@ -245,7 +246,7 @@ impl RmsProp {
             .collect();
         let config = crate::checkpoint::config_json(&self.config).to_string();
         let var_options = self.var_options_json().to_string();
-        let metadata = std::collections::HashMap::from([
+        let mut metadata = std::collections::HashMap::from([
             ("format".to_string(), crate::checkpoint::FORMAT.to_string()),
             (
                 "preset".to_string(),
@@ -260,6 +261,10 @@ impl RmsProp {
                 serde_json::to_string(&listed).unwrap_or_default(),
             ),
         ]);
+        if let Some(f) = self.config.loss_scale_factor() {
+            // Written as Rust prints an f64 (shortest round-trip form): read back bit for bit.
+            metadata.insert("loss_scale_factor".to_string(), f.to_string());
+        }
         crate::checkpoint::write(path, crate::checkpoint::Contents { metadata, tensors })
     }
 
@@ -340,6 +345,10 @@ impl RmsProp {
         queue.submit([]);
         self.iterations = restored.iterations;
         self.last_lr = None;
+        if let Some(f) = restored.loss_scale_factor {
+            // The scale when saved (dynamic loss scaling changes it).
+            self.config.set_loss_scale_factor(f);
+        }
         Ok(())
     }
 
