@@ -634,3 +634,49 @@ fn checkpoints_keep_the_current_loss_scale() {
     assert_eq!(other.config().loss_scale_factor(), Some(32.0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn every_feature_together_allocates_nothing_per_step_and_stays_exact() {
+    let (mut opt, mut r, ids, mut rng) = setup(
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .momentum(0.5)
+            .loss_scale_factor(256.0)
+            .gradient_accumulation_steps(3)
+            .use_ema(true)
+            .ema_momentum(0.95)
+            .ema_overwrite_frequency(7),
+    );
+    let grads: Vec<Vec<Vec<f32>>> = (0..8)
+        .map(|_| {
+            SHAPES
+                .iter()
+                .map(|s| rng.vec(s.iter().product(), 256.0, 4))
+                .collect()
+        })
+        .collect();
+    let mut at_warm = None;
+    for s in 0..300 {
+        let g = &grads[s % 8];
+        let list: Vec<(VarId, &[f32])> =
+            ids.iter().copied().zip(g.iter().map(|v| &v[..])).collect();
+        opt.apply_gradients(&list).unwrap();
+        let rg: Vec<Option<RefGradient>> = g.iter().map(|v| Some(RefGradient::Dense(v))).collect();
+        r.step(&rg).unwrap();
+        if s == 30 {
+            at_warm = Some((opt.pool_stats(), opt.gpu_objects_created()));
+        }
+    }
+    let (pool, created) = at_warm.unwrap();
+    assert_eq!(
+        opt.pool_stats(),
+        pool,
+        "GPU memory must not grow after warm-up"
+    );
+    assert_eq!(
+        opt.gpu_objects_created(),
+        created,
+        "no buffer or bind group per step"
+    );
+    assert_bitwise(&mut opt, &r, &ids, "after 300 steps");
+}
