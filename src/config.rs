@@ -573,7 +573,10 @@ impl RmsPropConfigBuilder {
     /// per-variable accumulator on the GPU when `t % N != 0` (nothing else changes: no clipping, decay
     /// or update); on every `N`-th step the gradient is `(g + acc) / N`, the accumulator is cleared and
     /// the update runs. The learning rate of step `t` is the schedule at `t - 1` (steps, not updates),
-    /// as in Keras. Gradients must be dense.
+    /// as in Keras. A host sparse gradient ([`crate::Gradient::Sparse`]) is accumulated as Keras does:
+    /// made dense (values divided by the loss scale, duplicates summed in list order, absent rows 0),
+    /// so the update is dense for that variable; sparse gradients whose values are on the GPU are
+    /// refused with [`Error::InvalidConfig`] for now.
     pub fn gradient_accumulation_steps(mut self, steps: u64) -> Self {
         self.cfg.gradient_accumulation_steps = Some(steps);
         self

@@ -355,26 +355,29 @@ impl Reference {
         let update = steps.is_none_or(|n| t.is_multiple_of(n));
         let mut out = Vec::with_capacity(grads.len());
         for (var, g) in self.vars.iter_mut().zip(grads) {
-            let g = match g {
+            let mut gv: Vec<f32> = match g {
                 None => {
                     out.push(None);
                     continue;
                 }
-                Some(RefGradient::Dense(g)) => g,
-                Some(RefGradient::Sparse { values, .. }) => match steps {
-                    // The values only (Keras divides the IndexedSlices' values).
-                    None => values,
-                    Some(n) => {
-                        return Err(crate::Error::InvalidConfig {
-                            field: "gradient_accumulation_steps",
-                            value: format!("{n}"),
-                            requirement:
-                                "is not supported with sparse gradients yet (the step has one)",
-                        })
+                Some(RefGradient::Dense(g)) => g.iter().map(|&x| x / s).collect(),
+                // The values only (Keras divides the IndexedSlices' values).
+                Some(RefGradient::Sparse { values, .. }) if steps.is_none() => {
+                    values.iter().map(|&x| x / s).collect()
+                }
+                // Accumulation: Keras adds the slices to a dense accumulator, so the gradient is made
+                // dense (values divided first, duplicates summed in list order, absent rows 0).
+                Some(RefGradient::Sparse { indices, values }) => {
+                    let row_len = var.row_len();
+                    let mut dense = vec![0.0f32; var.x.len()];
+                    for (k, &row) in indices.iter().enumerate() {
+                        for c in 0..row_len {
+                            dense[row * row_len + c] += values[k * row_len + c] / s;
+                        }
                     }
-                },
+                    dense
+                }
             };
-            let mut gv: Vec<f32> = g.iter().map(|&x| x / s).collect();
             if let (Some(n), Some(acc)) = (steps, var.acc.as_mut()) {
                 for (gi, ai) in gv.iter_mut().zip(acc.iter_mut()) {
                     if update {
@@ -446,7 +449,9 @@ impl Reference {
                 .iter()
                 .zip(&grads)
                 .map(|(values, g)| match (values, g) {
-                    (Some(values), Some(RefGradient::Sparse { indices, .. })) => {
+                    (Some(values), Some(RefGradient::Sparse { indices, .. }))
+                        if self.config.gradient_accumulation_steps().is_none() =>
+                    {
                         Some(RefGradient::Sparse { indices, values })
                     }
                     (values, _) => values.as_deref().map(RefGradient::Dense),

@@ -295,16 +295,26 @@ fn bad_values_are_typed_errors_naming_the_value() {
 }
 
 #[test]
-fn sparse_gradients_with_accumulation_are_refused_and_nothing_is_written() {
+fn gpu_sparse_gradients_with_accumulation_are_refused_and_nothing_is_written() {
+    use wgpu::util::DeviceExt;
     let (mut opt, _, ids, _) = setup(RmsPropConfig::builder().gradient_accumulation_steps(2));
     let before = snapshot(&mut opt, &ids);
-    let values = vec![1.0f32; 5];
+    let buffer = ctx()
+        .device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(&[1.0f32; 5]),
+            usage: wgpu::BufferUsages::COPY_SRC,
+        });
     let err = opt
         .apply(&[(
             ids[1],
-            Gradient::Sparse {
+            Gradient::SparseGpu {
                 indices: Indices::I64(&[2]),
-                values: &values,
+                values: wgpu_rmsprop::GpuGradient {
+                    buffer: &buffer,
+                    offset: 0,
+                },
             },
         )])
         .unwrap_err();
@@ -318,7 +328,68 @@ fn sparse_gradients_with_accumulation_are_refused_and_nothing_is_written() {
         ),
         "{err}"
     );
+    // A host sparse gradient with an index out of range: refused before anything is written.
+    let err = opt
+        .apply(&[(
+            ids[1],
+            Gradient::Sparse {
+                indices: Indices::I64(&[4]),
+                values: &[1.0; 5],
+            },
+        )])
+        .unwrap_err();
+    assert!(matches!(err, Error::IndexOutOfRange { .. }), "{err}");
     assert_eq!(snapshot(&mut opt, &ids), before);
+}
+
+#[test]
+fn host_sparse_gradients_accumulate_as_keras_dense() {
+    use wgpu_rmsprop::{DuplicateIndices, SparseMode};
+    for b in [
+        RmsPropConfig::builder().momentum(0.9),
+        RmsPropConfig::builder()
+            .centered(true)
+            .sparse_mode(SparseMode::Dense)
+            .duplicate_indices(DuplicateIndices::Keras3),
+        RmsPropConfig::builder()
+            .weight_decay(0.1)
+            .loss_scale_factor(1.0),
+    ] {
+        let (mut opt, mut r, ids, mut rng) = setup(
+            b.learning_rate(0.05)
+                .loss_scale_factor(64.0)
+                .gradient_accumulation_steps(2)
+                .use_ema(true)
+                .ema_momentum(0.5),
+        );
+        for step in 0..6 {
+            let rows: [usize; 3] = [3, 0, 3];
+            let values: Vec<f32> = rng.vec(15, 64.0, 0);
+            let dense0 = rng.vec(7, 64.0, 0);
+            let rows_i64: Vec<i64> = rows.iter().map(|&x| x as i64).collect();
+            opt.apply(&[
+                (ids[0], Gradient::Dense(&dense0)),
+                (
+                    ids[1],
+                    Gradient::Sparse {
+                        indices: Indices::I64(&rows_i64),
+                        values: &values,
+                    },
+                ),
+            ])
+            .unwrap();
+            r.step(&[
+                Some(RefGradient::Dense(&dense0)),
+                Some(RefGradient::Sparse {
+                    indices: &rows,
+                    values: &values,
+                }),
+                None,
+            ])
+            .unwrap();
+            assert_bitwise(&mut opt, &r, &ids, &format!("step {step}"));
+        }
+    }
 }
 
 #[test]

@@ -57,6 +57,11 @@ struct Scratch {
     sparse: SparsePrep,
     plan: Plan,
     uniform: Vec<u8>,
+    /// Host sparse gradients made dense for gradient accumulation (reused between steps).
+    dense: Vec<Vec<f32>>,
+    /// Per variable: its gradient in the step being recorded is one of `dense` (already divided by the
+    /// loss scale).
+    densified: Vec<bool>,
 }
 
 /// The RMSprop optimizer with its variables and state on the GPU.

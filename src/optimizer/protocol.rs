@@ -92,6 +92,75 @@ impl RmsProp {
         encoder: &mut wgpu::CommandEncoder,
         grads: &[(VarId, Gradient<'_>)],
     ) -> Result<RecordedStep> {
+        let host_sparse = |g: &Gradient<'_>| matches!(g, Gradient::Sparse { .. });
+        if self.config.gradient_accumulation_steps().is_some()
+            && grads.iter().any(|(_, g)| host_sparse(g))
+        {
+            return self.record_densified(encoder, grads);
+        }
+        self.record_checked(encoder, grads)
+    }
+
+    /// Gradient accumulation with host sparse gradients, as Keras: the rows' values are divided by the
+    /// loss scale, then made dense (duplicates summed in list order, absent rows 0) on the host, into
+    /// reused buffers; the step is then a dense one for those variables (every row updated).
+    fn record_densified(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        grads: &[(VarId, Gradient<'_>)],
+    ) -> Result<RecordedStep> {
+        // Checked as given first (indices in range, lengths): nothing is touched on error.
+        validate(
+            &self.layout,
+            grads,
+            &self.gradients_seen,
+            &mut self.scratch.shape,
+        )?;
+        let scale = self.config.loss_scale_factor().map_or(1.0, |f| f as f32);
+        let mut dense = std::mem::take(&mut self.scratch.dense);
+        if dense.len() < grads.len() {
+            dense.resize_with(grads.len(), Vec::new);
+        }
+        let mut densified = std::mem::take(&mut self.scratch.densified);
+        densified.clear();
+        densified.resize(self.layout.variables.len(), false);
+        for ((id, g), buf) in grads.iter().zip(dense.iter_mut()) {
+            if let Gradient::Sparse { indices, values } = g {
+                let v = &self.layout.variables[id.index()];
+                buf.clear();
+                buf.resize(v.len, 0.0);
+                for k in 0..indices.len() {
+                    let at = indices.get(k) as usize * v.row_len;
+                    let row = &values[k * v.row_len..(k + 1) * v.row_len];
+                    for (x, &r) in buf[at..at + v.row_len].iter_mut().zip(row) {
+                        *x += r / scale;
+                    }
+                }
+                densified[id.index()] = true;
+            }
+        }
+        let as_dense: Vec<(VarId, Gradient<'_>)> = grads
+            .iter()
+            .zip(&dense)
+            .map(|(&(id, g), buf)| match g {
+                Gradient::Sparse { .. } => (id, Gradient::Dense(buf)),
+                other => (id, other),
+            })
+            .collect();
+        self.scratch.densified = densified;
+        let out = self.record_checked(encoder, &as_dense);
+        drop(as_dense);
+        self.scratch.dense = dense;
+        self.scratch.densified.fill(false);
+        out
+    }
+
+    /// [`RmsProp::record`] once host sparse gradients are made dense where accumulation needs it.
+    fn record_checked(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        grads: &[(VarId, Gradient<'_>)],
+    ) -> Result<RecordedStep> {
         self.ctx.check_alive()?;
         if self.pending.len() >= self.max_unresolved {
             return Err(Error::UnresolvedSteps {
@@ -115,7 +184,9 @@ impl RmsProp {
             return Err(Error::InvalidConfig {
                 field: "gradient_accumulation_steps",
                 value: format!("{n}"),
-                requirement: "is not supported with sparse gradients yet (the step has one)",
+                requirement:
+                    "is not supported with sparse gradients whose values are on the GPU yet \
+                              (host sparse gradients are accumulated as Keras does)",
             });
         }
         sc.sparse
@@ -142,7 +213,14 @@ impl RmsProp {
             &mut sc.plan,
         );
         if let Some(prep) = &prep {
-            prepare(prep, &self.plan_cfg, &self.layout, &sc.sparse, &mut sc.plan);
+            prepare(
+                prep,
+                &self.plan_cfg,
+                &self.layout,
+                &sc.sparse,
+                (&sc.shape.parts, &sc.densified),
+                &mut sc.plan,
+            );
         }
         if self.config.use_ema() {
             // Keras's `iterations` before this call: updates, not calls, with accumulation.

@@ -141,14 +141,49 @@ pub(crate) fn ema(cfg: &PlanConfig, layout: &Layout, m: f32, mode: u32, out: &mu
 /// clipping and update see the prepared gradients), and one `PrepareValues` over each sparse gradient's
 /// values (loss scale only: accumulation takes dense gradients); without an update (`p.mode == 1`) only
 /// those remain.
+///
+/// `densified[var]`: the variable's gradient was a sparse one made dense on the host, already divided by
+/// the loss scale; then the preparation runs per variable (scale 1 for those), not per run.
 pub(crate) fn prepare(
     p: &Prepare,
     cfg: &PlanConfig,
     layout: &Layout,
     sparse: &SparsePrep,
+    (parts, densified): (&[Part], &[bool]),
     out: &mut Plan,
 ) {
     out.spare.clear();
+    if densified.iter().any(|&d| d) {
+        let group = u64::from(cfg.workgroup_size) * u64::from(cfg.vec4s_per_invocation);
+        for (ci, chunk) in layout.chunks.iter().enumerate() {
+            for &(begin, end, var) in &chunk.segments {
+                if parts[var] != Part::Dense {
+                    continue;
+                }
+                let params = Params {
+                    lr: if densified[var] { 1.0 } else { p.scale },
+                    rho: p.steps as f32,
+                    var_index: p.mode,
+                    ..Params::default()
+                };
+                let mg = u64::from(cfg.max_groups);
+                push(
+                    &mut out.spare,
+                    mg,
+                    Which::Prepare,
+                    ci,
+                    params,
+                    (begin, end),
+                    group,
+                );
+            }
+        }
+        if p.updates() {
+            out.spare.extend_from_slice(&out.dispatches);
+        }
+        std::mem::swap(&mut out.spare, &mut out.dispatches);
+        return;
+    }
     let params = Params {
         lr: p.scale,
         ..Params::default()
