@@ -169,7 +169,9 @@ impl ReferenceState {
             a: c.centered().then(|| vec![0.0; n]),
             options: options.clone(),
             acc: config.gradient_accumulation_steps().map(|_| vec![0.0; n]),
-            ema: config.use_ema().then(|| vec![0.0; n]),
+            // The variable's values: Keras's first call overwrites the average anyway, and a variable added
+            // later starts from its own values rather than from zero.
+            ema: config.use_ema().then(|| init.to_vec()),
         }
     }
 
@@ -353,6 +355,8 @@ impl Reference {
         }
         let s = scale.map_or(1.0, |s| s as f32);
         let update = steps.is_none_or(|n| t.is_multiple_of(n));
+        // On the N-th call Keras resets every accumulator, also those of variables absent from the call.
+        let reset_all = steps.is_some() && update;
         let mut out = Vec::with_capacity(grads.len());
         for (var, g) in self.vars.iter_mut().zip(grads) {
             let mut gv: Vec<f32> = match g {
@@ -390,6 +394,11 @@ impl Reference {
             }
             out.push(Some(gv));
         }
+        if reset_all {
+            for acc in self.vars.iter_mut().filter_map(|v| v.acc.as_mut()) {
+                acc.fill(0.0);
+            }
+        }
         Ok(Some(update.then_some(out)))
     }
 
@@ -418,6 +427,10 @@ impl Reference {
             .ema_overwrite_frequency()
             .is_some_and(|f| (k + 1).is_multiple_of(f));
         for var in &mut self.vars {
+            // Frozen variables are not trainable: Keras does not average them.
+            if var.options.frozen {
+                continue;
+            }
             let Some(ema) = var.ema.as_mut() else {
                 continue;
             };

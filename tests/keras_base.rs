@@ -751,3 +751,94 @@ fn every_feature_together_allocates_nothing_per_step_and_stays_exact() {
     );
     assert_bitwise(&mut opt, &r, &ids, "after 300 steps");
 }
+
+/// Keras resets every accumulator on the N-th call, also those of variables absent from it (N = 2): a
+/// variable listed on call 1, absent from calls 2 and 3 and listed on call 4 is updated on call 4 with
+/// its call-4 gradient alone, averaged: (g + 0) / 2 (the call-1 gradient was reset on call 2).
+#[test]
+fn the_nth_call_resets_the_accumulators_of_absent_variables_too() {
+    let base = || RmsPropConfig::builder().learning_rate(0.01).momentum(0.5);
+    let (mut opt, mut r, ids, mut rng) = setup(base().gradient_accumulation_steps(2));
+    let grads: Vec<Vec<f32>> = SHAPES
+        .iter()
+        .map(|sh| rng.vec(sh.iter().product(), 1.0, 0))
+        .collect();
+    for call in 1..=4 {
+        let listed: Vec<usize> = (0..3).filter(|&k| k != 1 || call % 3 == 1).collect();
+        let g: Vec<(VarId, Gradient)> = listed
+            .iter()
+            .map(|&k| (ids[k], Gradient::Dense(&grads[k])))
+            .collect();
+        opt.apply(&g).unwrap();
+        let rg: Vec<Option<RefGradient>> = (0..3)
+            .map(|k| listed.contains(&k).then(|| RefGradient::Dense(&grads[k])))
+            .collect();
+        r.step(&rg).unwrap();
+        assert_bitwise(&mut opt, &r, &ids, &format!("call {call}"));
+    }
+    // An independent oracle: one plain step of g / 2 (no accumulation) from the same start.
+    // Variable 1's initial values: the second draw of `setup`'s generator.
+    let mut rng0 = Rng::new(17);
+    let _ = rng0.vec(7, 1.0, 0);
+    let init1 = rng0.vec(20, 1.0, 0);
+    let mut plain = Reference::new(base().build().unwrap());
+    plain.add_variable(SHAPES[1], &init1);
+    let half: Vec<f32> = grads[1].iter().map(|g| g / 2.0).collect();
+    plain.step(&[Some(RefGradient::Dense(&half))]).unwrap();
+    assert_eq!(
+        bits(&opt.read_variable(ids[1]).unwrap()),
+        bits(&plain.vars[0].x)
+    );
+}
+
+/// A variable added after training started begins its moving average at its own values (not at zero),
+/// and a frozen variable is neither averaged nor overwritten (Keras averages trainable variables).
+#[test]
+fn late_variables_average_from_their_values_and_frozen_ones_are_left_alone() {
+    let b = RmsPropConfig::builder()
+        .learning_rate(0.01)
+        .use_ema(true)
+        .ema_momentum(0.9)
+        .ema_overwrite_frequency(1);
+    let (mut opt, mut r, mut ids, mut rng) = setup(b);
+    run(&mut opt, &mut r, &ids, &mut rng, 2, 1.0);
+    let init = rng.vec(10, 1.0, 0);
+    ids.push(opt.add_variable("late", &[10], &init).unwrap());
+    r.add_variable(&[10], &init);
+    let frozen = wgpu_rmsprop::VarOptions {
+        frozen: true,
+        ..Default::default()
+    };
+    let init_f = rng.vec(6, 1.0, 0);
+    ids.push(
+        opt.add_variable_with("frozen", &[6], &init_f, &frozen)
+            .unwrap(),
+    );
+    r.add_variable_with(&[6], &init_f, &frozen).unwrap();
+    assert_eq!(opt.read_slot(ids[3], Slot::Ema).unwrap(), init);
+    for call in 0..3 {
+        let grads: Vec<Vec<f32>> = [7usize, 20, 300, 10, 6]
+            .iter()
+            .map(|&n| rng.vec(n, 1.0, 0))
+            .collect();
+        let g: Vec<(VarId, Gradient)> = ids
+            .iter()
+            .zip(&grads)
+            .map(|(&id, v)| (id, Gradient::Dense(v)))
+            .collect();
+        opt.apply(&g).unwrap();
+        let rg: Vec<Option<RefGradient>> =
+            grads.iter().map(|v| Some(RefGradient::Dense(v))).collect();
+        r.step(&rg).unwrap();
+        let label = format!("call {call}");
+        assert_bitwise(&mut opt, &r, &ids, &label);
+    }
+    // With overwrite every call, the late variable is its average (not 10% of it, as from zero), and
+    // the frozen one is as it was.
+    assert_eq!(bits(&opt.read_variable(ids[4]).unwrap()), bits(&init_f));
+    let x = opt.read_variable(ids[3]).unwrap();
+    assert!(x
+        .iter()
+        .zip(&init)
+        .all(|(a, b)| (a - b).abs() < 0.5 * b.abs().max(0.1)));
+}

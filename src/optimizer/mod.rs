@@ -541,18 +541,26 @@ impl RmsProp {
         self.gradients_seen.push(u64::MAX);
         let queue = self.ctx.queue().clone();
         let accumulator = self.config.initial_accumulator_value() as f32;
+        // The moving average starts from the variable's values (Keras's first call overwrites it anyway;
+        // a variable added later does not start from zero).
+        let mut targets = vec![Kind::Variable];
+        if self.config.use_ema() {
+            targets.push(Kind::Ema);
+        }
         for s in &self.layout.variables[id.index()].segments {
             let chunk = &self.gpu.chunks[s.chunk];
-            let x = chunk.buffer(Kind::Variable)?;
-            match init {
-                Init::Host(values) => {
-                    let part = &values[s.first_elem..s.first_elem + s.elems];
-                    queue.write_buffer(x, s.byte_offset(), bytemuck::cast_slice(part));
-                }
-                Init::Gpu(g) => {
-                    let src = g.offset + s.first_elem as u64 * 4;
-                    let bytes = s.elems as u64 * 4;
-                    encoder.copy_buffer_to_buffer(g.buffer, src, x, s.byte_offset(), bytes);
+            for &kind in &targets {
+                let x = chunk.buffer(kind)?;
+                match init {
+                    Init::Host(values) => {
+                        let part = &values[s.first_elem..s.first_elem + s.elems];
+                        queue.write_buffer(x, s.byte_offset(), bytemuck::cast_slice(part));
+                    }
+                    Init::Gpu(g) => {
+                        let src = g.offset + s.first_elem as u64 * 4;
+                        let bytes = s.elems as u64 * 4;
+                        encoder.copy_buffer_to_buffer(g.buffer, src, x, s.byte_offset(), bytes);
+                    }
                 }
             }
             if accumulator != 0.0 {

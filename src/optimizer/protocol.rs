@@ -6,6 +6,7 @@ use super::{Pending, RmsProp};
 use crate::context::poll_once;
 use crate::error::{Error, Result};
 use crate::kernels::{Params, ParamsMode};
+use crate::pool::Kind;
 use crate::step::encode::{Step, Tables};
 use crate::step::gpu::StepSizes;
 use crate::step::plan::{ema, plan, prepare, Prepare};
@@ -309,6 +310,15 @@ impl RmsProp {
             return Err(e);
         }
         st.pass(&self.gpu, encoder);
+        if prep.is_some_and(|p| p.mode == 2) {
+            // Keras resets every accumulator on the N-th call, also those of variables absent from it
+            // (after the pass, which read them).
+            for c in &self.gpu.chunks {
+                if let Some(acc) = c.buffers[Kind::Accumulator as usize].as_ref() {
+                    encoder.clear_buffer(acc, 0, None);
+                }
+            }
+        }
         // Recorded: head regions are address space (kept whatever happens to the step); the rest waits
         // for the resolution.
         if sc.shape.sparse > 0 {

@@ -113,8 +113,9 @@ impl Prepare {
     }
 }
 
-/// Appends one `Ema` dispatch per pool buffer over all its variables, with momentum `m` (as `f32`),
-/// `1 - m` and `mode` (see `keras_base.wgsl::ema`).
+/// Appends one `Ema` dispatch per pool buffer over all its variables (runs split only at frozen ones,
+/// which Keras does not average: they are not trainable), with momentum `m` (as `f32`), `1 - m` and
+/// `mode` (see `keras_base.wgsl::ema`).
 pub(crate) fn ema(cfg: &PlanConfig, layout: &Layout, m: f32, mode: u32, out: &mut Vec<Dispatch>) {
     let group = u64::from(cfg.workgroup_size) * u64::from(cfg.vec4s_per_invocation);
     let params = Params {
@@ -123,17 +124,21 @@ pub(crate) fn ema(cfg: &PlanConfig, layout: &Layout, m: f32, mode: u32, out: &mu
         var_index: mode,
         ..Params::default()
     };
+    let mg = u64::from(cfg.max_groups);
     for (ci, chunk) in layout.chunks.iter().enumerate() {
-        let end = chunk.segments.iter().map(|s| s.1).max().unwrap_or(0);
-        push(
-            out,
-            u64::from(cfg.max_groups),
-            Which::Ema,
-            ci,
-            params,
-            (0, end),
-            group,
-        );
+        let mut run: Option<(u64, u64)> = None;
+        for &(begin, end, var) in &chunk.segments {
+            if layout.variables[var].frozen() {
+                if let Some(r) = run.take() {
+                    push(out, mg, Which::Ema, ci, params, r, group);
+                }
+                continue;
+            }
+            run = Some(run.map_or((begin, end), |(b, _)| (b, end)));
+        }
+        if let Some(r) = run {
+            push(out, mg, Which::Ema, ci, params, r, group);
+        }
     }
 }
 
