@@ -17,8 +17,9 @@ prepare)
   rm -rf devbin && mkdir -p devbin
   cargo build --release --example bench
   cp target/release/examples/bench devbin/
-  # Test binaries (release, so that they are small): the dense kernel and the golden cases.
-  for t in dense golden; do
+  # Test binaries (release, so that they are small): the dense kernel, the golden cases, the submit
+  # protocol and bindable slices, parameter groups.
+  for t in dense golden protocol groups; do
     exe=$(cargo test --release --test "$t" --no-run --message-format=json 2>/dev/null |
       python3 -c 'import json,sys
 for l in sys.stdin:
@@ -48,7 +49,8 @@ run)
   if [ "$root" != "$PWD" ] && [ ! -e "$root" ]; then
     mkdir -p "$(dirname "$root")" && ln -s "$PWD" "$root"
   fi
-  { ./devbin/test-dense 2>&1 && ./devbin/test-golden 2>&1; } | tee "$out/tests.log" |
+  { ./devbin/test-dense 2>&1 && ./devbin/test-golden 2>&1 && ./devbin/test-protocol 2>&1 &&
+    ./devbin/test-groups 2>&1; } | tee "$out/tests.log" |
     grep -E "^test result|FAILED" || echo "tests failed (see tests.log); measuring anyway"
   ./devbin/bench 2>"$out/bench.err" | tee "$out/bench.jsonl" | cut -c1-160
   ./devbin/bench --sweep 2>"$out/sweep.err" | tee "$out/sweep.jsonl" | cut -c1-160
