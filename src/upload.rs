@@ -70,6 +70,15 @@ enum Target {
     OneOff(wgpu::Buffer),
 }
 
+impl Target {
+    fn buffer<'a>(&'a self, slots: &'a [Slot]) -> &'a wgpu::Buffer {
+        match self {
+            Target::Slot(i) => &slots[*i].buffer,
+            Target::OneOff(b) => b,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Active {
     target: Target,
@@ -140,16 +149,7 @@ impl Uploader {
         }
         if need > self.max_slot_bytes {
             let buffer = self.mapped_buffer(device, need.next_multiple_of(wgpu::MAP_ALIGNMENT))?;
-            let view = buffer
-                .get_mapped_range_mut(..)
-                .map_err(|e| Error::Gpu(e.to_string()))?;
-            self.active = Some(Active {
-                target: Target::OneOff(buffer),
-                view,
-                cursor: 0,
-                run: None,
-            });
-            return Ok(());
+            return self.activate(Target::OneOff(buffer));
         }
         let state = |s: &Slot| s.state.load(Ordering::Acquire);
         if need > self.slot_bytes || self.slots.is_empty() {
@@ -221,12 +221,17 @@ impl Uploader {
             };
             device.poll(poll).map_err(|e| Error::Gpu(e.to_string()))?;
         };
-        let view = self.slots[slot]
-            .buffer
+        self.activate(Target::Slot(slot))
+    }
+
+    /// Opens `target` (mapped) for this step's writes.
+    fn activate(&mut self, target: Target) -> Result<()> {
+        let buffer = target.buffer(&self.slots);
+        let view = buffer
             .get_mapped_range_mut(..)
             .map_err(|e| Error::Gpu(e.to_string()))?;
         self.active = Some(Active {
-            target: Target::Slot(slot),
+            target,
             view,
             cursor: 0,
             run: None,
@@ -280,10 +285,7 @@ impl Uploader {
                 r.len += len;
             }
         } else {
-            let buffer = match &a.target {
-                Target::Slot(i) => &self.slots[*i].buffer,
-                Target::OneOff(b) => b,
-            };
+            let buffer = a.target.buffer(&self.slots);
             if let Some(r) = a.run.take() {
                 encoder.copy_buffer_to_buffer(buffer, r.src_offset, &r.dst, r.dst_offset, r.len);
             }
@@ -302,10 +304,7 @@ impl Uploader {
     /// Returns the slot the step used, to be resolved with [`Uploader::resolve`].
     pub(crate) fn finish(&mut self, encoder: &mut wgpu::CommandEncoder) -> Option<usize> {
         let a = self.active.take()?;
-        let buffer = match &a.target {
-            Target::Slot(i) => &self.slots[*i].buffer,
-            Target::OneOff(b) => b,
-        };
+        let buffer = a.target.buffer(&self.slots);
         if let Some(r) = a.run {
             encoder.copy_buffer_to_buffer(buffer, r.src_offset, &r.dst, r.dst_offset, r.len);
         }

@@ -19,14 +19,7 @@ impl RmsProp {
             Tensor::Slot(slot) => Kind::from(slot),
         };
         if let Tensor::Slot(slot) = t {
-            let h = self.layout.var(id)?.hyper;
-            let kept = match slot {
-                Slot::Velocity => true,
-                Slot::Momentum => h.momentum_slot,
-                Slot::AverageGradient => h.centered,
-                Slot::Ema => self.config.use_ema(),
-            };
-            if !kept || !self.gpu.kinds.contains(&kind) {
+            if !self.keeps(id, slot)? || !self.gpu.kinds.contains(&kind) {
                 return Err(Error::SlotNotPresent {
                     slot: slot.name(),
                     why: match slot {

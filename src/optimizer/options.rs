@@ -223,17 +223,29 @@ impl RmsProp {
     /// The slots a variable keeps (velocity, then momentum and average_gradient as its options and the
     /// configuration say); the others are [`Error::SlotNotPresent`] for it.
     pub fn variable_slots(&self, id: VarId) -> Result<Vec<Slot>> {
+        let all = [
+            Slot::Velocity,
+            Slot::Momentum,
+            Slot::AverageGradient,
+            Slot::Ema,
+        ];
+        let mut kept = Vec::new();
+        for slot in all {
+            if self.keeps(id, slot)? {
+                kept.push(slot);
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Whether variable `id` keeps `slot`, by the configuration and its own options.
+    pub(super) fn keeps(&self, id: VarId, slot: Slot) -> Result<bool> {
         let h = self.layout.var(id)?.hyper;
-        let mut s = vec![Slot::Velocity];
-        if h.momentum_slot {
-            s.push(Slot::Momentum);
-        }
-        if h.centered {
-            s.push(Slot::AverageGradient);
-        }
-        if self.config.use_ema() {
-            s.push(Slot::Ema);
-        }
-        Ok(s)
+        Ok(match slot {
+            Slot::Velocity => true,
+            Slot::Momentum => h.momentum_slot,
+            Slot::AverageGradient => h.centered,
+            Slot::Ema => self.config.use_ema(),
+        })
     }
 }

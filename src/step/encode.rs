@@ -7,7 +7,7 @@ use crate::kernels::ParamsMode;
 use crate::pool::{Kind, VEC4_BYTES};
 use crate::step::gpu::{missing_buffer, Gpu, FIRST_GLOBAL_KERNEL, KERNELS};
 use crate::step::layout::Layout;
-use crate::step::plan::{Plan, Which};
+use crate::step::plan::Plan;
 use crate::step::sparse_prep::SparsePrep;
 use crate::step::types::{Gradient, VarId};
 use crate::step::validate::StepShape;
@@ -211,14 +211,10 @@ impl Step<'_> {
         });
         for (slot, d) in self.plan.dispatches.iter().enumerate() {
             let k = KERNELS.iter().position(|(w, _)| *w == d.which).unwrap_or(0);
-            let bg = match d.which {
-                Which::PartialSparse
-                | Which::Finalize
-                | Which::GroupLink
-                | Which::GroupGather
-                | Which::GroupReset
-                | Which::PrepareValues => &gpu.global_bind_groups[k - FIRST_GLOBAL_KERNEL],
-                _ => &gpu.chunks[d.chunk].bind_groups[k],
+            // Kernels from FIRST_GLOBAL_KERNEL on bind step-wide buffers only (one bind group each).
+            let bg = match k.checked_sub(FIRST_GLOBAL_KERNEL) {
+                Some(g) => &gpu.global_bind_groups[g],
+                None => &gpu.chunks[d.chunk].bind_groups[k],
             };
             pass.set_pipeline(&gpu.pipelines[k]);
             match gpu.mode {

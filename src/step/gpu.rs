@@ -118,6 +118,31 @@ pub(crate) struct StepSizes {
     pub var_step: u64,
 }
 
+impl StepSizes {
+    /// The sizes in the order of [`Gpu::step_buffers`].
+    fn in_order(&self) -> [u64; STEP_BUFFERS] {
+        [
+            self.uniform,
+            self.jobs,
+            self.partials,
+            self.sparse_values,
+            self.sparse_index,
+            self.gpu_indices,
+            self.next,
+            self.heads,
+            self.var_info,
+            self.var_step,
+        ]
+    }
+}
+
+/// The growable step buffers, and the positions in [`Gpu::step_buffers`] of those whose contents the
+/// host caches (their replacement is reported by [`Regrown`]).
+const STEP_BUFFERS: usize = 10;
+const JOBS: usize = 1;
+const HEADS: usize = 7;
+const VAR_STEP: usize = 9;
+
 /// What [`Gpu::reserve`] replaced (their contents are gone).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Regrown {
@@ -248,23 +273,54 @@ impl Gpu {
         Ok(gpu)
     }
 
-    /// Bytes held by the step machinery (everything but the pools).
-    pub fn other_bytes(&self) -> u64 {
+    /// The growable step buffers, in one fixed order (that of [`StepSizes::in_order`]; the uniform
+    /// buffer first, whose limit differs).
+    fn step_buffers(&self) -> [&StepBuffer; STEP_BUFFERS] {
         [
             &self.uniform,
-            &self.var_info,
-            &self.var_step,
             &self.jobs,
             &self.partials,
             &self.sparse_values,
             &self.sparse_index,
             &self.gpu_indices,
-            &self.heads,
             &self.next,
+            &self.heads,
+            &self.var_info,
+            &self.var_step,
         ]
-        .iter()
-        .map(|b| b.buffer.size())
-        .sum::<u64>()
+    }
+
+    /// [`Gpu::step_buffers`], to replace them.
+    fn step_buffers_mut(&mut self) -> [&mut StepBuffer; STEP_BUFFERS] {
+        [
+            &mut self.uniform,
+            &mut self.jobs,
+            &mut self.partials,
+            &mut self.sparse_values,
+            &mut self.sparse_index,
+            &mut self.gpu_indices,
+            &mut self.next,
+            &mut self.heads,
+            &mut self.var_info,
+            &mut self.var_step,
+        ]
+    }
+
+    /// The binding limit of step buffer `i`.
+    fn limit(&self, i: usize) -> u64 {
+        if i == 0 {
+            self.uniform_limit
+        } else {
+            self.binding_limit
+        }
+    }
+
+    /// Bytes held by the step machinery (everything but the pools).
+    pub fn other_bytes(&self) -> u64 {
+        self.step_buffers()
+            .iter()
+            .map(|b| b.buffer.size())
+            .sum::<u64>()
             + self.status.size()
             + self.placeholders.iter().map(|p| p.size()).sum::<u64>()
     }
@@ -346,62 +402,38 @@ impl Gpu {
 
     /// Checks that a step's buffers fit the device's bindings, changing nothing.
     pub fn check(&self, s: &StepSizes) -> Result<()> {
-        let l = self.binding_limit;
-        self.uniform.check(s.uniform, self.uniform_limit)?;
-        self.jobs.check(s.jobs, l)?;
-        self.partials.check(s.partials, l)?;
-        self.sparse_values.check(s.sparse_values, l)?;
-        self.sparse_index.check(s.sparse_index, l)?;
-        self.gpu_indices.check(s.gpu_indices, l)?;
-        self.next.check(s.next, l)?;
-        self.heads.check(s.heads, l)?;
-        self.var_info.check(s.var_info, l)?;
-        self.var_step.check(s.var_step, l)
+        let needs = s.in_order();
+        for (i, b) in self.step_buffers().iter().enumerate() {
+            b.check(needs[i], self.limit(i))?;
+        }
+        Ok(())
     }
 
     /// Grows the step buffers to `s` (checked with [`Gpu::check`] first), then rebinds if any grew. All
     /// replacements are allocated before any is installed: a failed allocation changes nothing.
     pub fn reserve(&mut self, s: &StepSizes) -> Result<Regrown> {
         self.check(s)?;
-        let (d, l, u) = (&self.device, self.binding_limit, self.uniform_limit);
-        let new = [
-            self.uniform.grown(d, s.uniform, u)?,
-            self.jobs.grown(d, s.jobs, l)?,
-            self.partials.grown(d, s.partials, l)?,
-            self.sparse_values.grown(d, s.sparse_values, l)?,
-            self.sparse_index.grown(d, s.sparse_index, l)?,
-            self.gpu_indices.grown(d, s.gpu_indices, l)?,
-            self.next.grown(d, s.next, l)?,
-            self.heads.grown(d, s.heads, l)?,
-            self.var_info.grown(d, s.var_info, l)?,
-            self.var_step.grown(d, s.var_step, l)?,
-        ];
+        let needs = s.in_order();
+        let mut new: [Option<wgpu::Buffer>; STEP_BUFFERS] = Default::default();
+        for (i, b) in self.step_buffers().iter().enumerate() {
+            new[i] = b.grown(&self.device, needs[i], self.limit(i))?;
+        }
         let r = Regrown {
-            jobs: new[1].is_some(),
-            var_step: new[9].is_some(),
-            heads: new[7].is_some(),
+            jobs: new[JOBS].is_some(),
+            var_step: new[VAR_STEP].is_some(),
+            heads: new[HEADS].is_some(),
         };
         if new.iter().all(Option::is_none) {
             return Ok(r);
         }
-        let slots = [
-            &mut self.uniform,
-            &mut self.jobs,
-            &mut self.partials,
-            &mut self.sparse_values,
-            &mut self.sparse_index,
-            &mut self.gpu_indices,
-            &mut self.next,
-            &mut self.heads,
-            &mut self.var_info,
-            &mut self.var_step,
-        ];
-        for (slot, buffer) in slots.into_iter().zip(new) {
+        let mut created = 0;
+        for (slot, buffer) in self.step_buffers_mut().into_iter().zip(new) {
             if let Some(buffer) = buffer {
                 slot.buffer = buffer;
-                self.objects_created += 1;
+                created += 1;
             }
         }
+        self.objects_created += created;
         self.rebuild_bind_groups();
         Ok(r)
     }
