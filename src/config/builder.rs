@@ -1,0 +1,311 @@
+//! [`RmsPropConfigBuilder`]: every knob settable, each value checked when the configuration is built.
+
+use super::*;
+use crate::error::{Error, Result};
+
+/// Builder for [`RmsPropConfig`]; see there for the defaults.
+#[derive(Debug, Clone)]
+pub struct RmsPropConfigBuilder {
+    pub(super) cfg: RmsPropConfig,
+    pub(super) overrides: Overrides,
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.cfg.$name = value;
+            self
+        }
+    };
+}
+
+impl RmsPropConfigBuilder {
+    /// Sets the learning rate: a number, a [`Schedule`], or a [`LearningRate`] closure.
+    pub fn learning_rate(mut self, lr: impl Into<LearningRate>) -> Self {
+        self.cfg.learning_rate = lr.into();
+        self
+    }
+    setter!(
+        /// Sets `rho`, the decay of the moving averages; must be in `[0, 1)`.
+        rho: f64
+    );
+    setter!(
+        /// Sets the momentum coefficient; must be finite and `>= 0`.
+        momentum: f64
+    );
+    setter!(
+        /// Sets epsilon; must be finite and `>= 0`.
+        epsilon: f64
+    );
+    setter!(
+        /// Chooses the centered variant.
+        centered: bool
+    );
+    /// Sets the name (prefix of the optimizer's wgpu labels); must not be empty.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.cfg.name = name.into();
+        self
+    }
+    /// Places epsilon inside or outside the square root (overrides the preset's rule).
+    pub fn epsilon_placement(mut self, placement: EpsilonPlacement) -> Self {
+        self.overrides.epsilon_placement = Some(placement);
+        self
+    }
+    setter!(
+        /// Chooses how the momentum buffer is kept.
+        momentum_form: MomentumForm
+    );
+    setter!(
+        /// Chooses how the centered average is updated.
+        average_form: AverageForm
+    );
+    setter!(
+        /// Keeps a momentum slot even when `momentum == 0` (TF's raw kernels).
+        momentum_slot_always: bool
+    );
+    setter!(
+        /// Starting value of the velocity (TF1: 1, optax: `initial_scale`); finite and `>= 0`.
+        initial_accumulator_value: f64
+    );
+    setter!(
+        /// optax's bias correction.
+        bias_correction: bool
+    );
+    setter!(
+        /// optax's Nesterov momentum (needs the `NegatedTrace` or `LrInside` form).
+        nesterov: bool
+    );
+    setter!(
+        /// PyTorch's `maximize`.
+        maximize: bool
+    );
+    /// Sets the weight decay with the preset's convention: decoupled for Keras, L2 for PyTorch (other
+    /// presets: decoupled). Use [`RmsPropConfigBuilder::weight_decay_mode`] to choose explicitly.
+    pub fn weight_decay(mut self, wd: f64) -> Self {
+        self.cfg.weight_decay = match self.cfg.preset {
+            Preset::Torch => WeightDecay::L2(wd),
+            _ => WeightDecay::Decoupled(wd),
+        };
+        self
+    }
+    /// Sets the weight decay and its convention.
+    pub fn weight_decay_mode(mut self, mode: WeightDecay) -> Self {
+        self.cfg.weight_decay = mode;
+        self
+    }
+    /// Clips each gradient element to `[-c, c]`.
+    pub fn clipvalue(mut self, c: f64) -> Self {
+        self.cfg.clipvalue = Some(c);
+        self
+    }
+    /// Clips each variable's gradient to norm `c`: `g * c / max(||g||, c)`.
+    pub fn clipnorm(mut self, c: f64) -> Self {
+        self.cfg.clipnorm = Some(c);
+        self
+    }
+    /// Clips all gradients of a step by their joint norm: `g * c * min(1/n, 1/c)`.
+    pub fn global_clipnorm(mut self, c: f64) -> Self {
+        self.cfg.global_clipnorm = Some(c);
+        self
+    }
+    setter!(
+        /// Which clipping options may be combined (the preset decides by default).
+        clip_rules: ClipRules
+    );
+    /// Chooses which rows sparse gradients update (overrides the preset's rule).
+    pub fn sparse_mode(mut self, mode: SparseMode) -> Self {
+        self.overrides.sparse_mode = Some(mode);
+        self
+    }
+    setter!(
+        /// Chooses how repeated sparse indices are combined.
+        duplicate_indices: DuplicateIndices
+    );
+    setter!(
+        /// Chooses what a step does with NaN or Inf gradients (default: propagate, as TensorFlow).
+        non_finite: NonFinite
+    );
+    /// Keras's `loss_scale_factor`: the gradients are those of a loss multiplied by `factor`, so every
+    /// step divides them by it first (`g / factor` in `f32`, before accumulation, clipping and the
+    /// update). Must be finite and > 0. With [`NonFinite::SkipStep`] it makes dynamic loss scaling
+    /// (see [`crate::RmsProp::set_loss_scale_factor`]).
+    pub fn loss_scale_factor(mut self, factor: f64) -> Self {
+        self.cfg.loss_scale_factor = Some(factor);
+        self
+    }
+    /// Keras's `use_ema`: keep an exponential moving average of every variable (slot
+    /// [`crate::Slot::Ema`], read like any slot, kept in checkpoints), updated on the GPU after every
+    /// step, also the steps that only accumulate. With `k` Keras's `iterations` before the step (`t - 1`,
+    /// or `(t - 1) / N` with accumulation): `ema = m*ema + (1-m)*x` with `m = ema_momentum`, or `m = 0`
+    /// when `k == 0` (so `ema = x`); then, with `ema_overwrite_frequency = F` and `(k + 1) % F == 0`,
+    /// `x = ema`. [`crate::RmsProp::swap_ema_weights`] evaluates with the averages.
+    pub fn use_ema(mut self, on: bool) -> Self {
+        self.cfg.use_ema = on;
+        self
+    }
+    /// Keras's `ema_momentum` (in `[0, 1]`, default 0.99).
+    pub fn ema_momentum(mut self, m: f64) -> Self {
+        self.cfg.ema_momentum = m;
+        self
+    }
+    /// Keras's `ema_overwrite_frequency` (`>= 1`): see [`RmsPropConfigBuilder::use_ema`].
+    pub fn ema_overwrite_frequency(mut self, every: u64) -> Self {
+        self.cfg.ema_overwrite_frequency = Some(every);
+        self
+    }
+    /// Keras's `gradient_accumulation_steps` (`N >= 2`): step `t` (1-based) adds its gradients to a
+    /// per-variable accumulator on the GPU when `t % N != 0` (nothing else changes: no clipping, decay
+    /// or update); on every `N`-th step the gradient is `(g + acc) / N`, the accumulator is cleared and
+    /// the update runs. The learning rate of step `t` is the schedule at `t - 1` (steps, not updates),
+    /// as in Keras. A host sparse gradient ([`crate::Gradient::Sparse`]) is accumulated as Keras does:
+    /// made dense (values divided by the loss scale, duplicates summed in list order, absent rows 0),
+    /// so the update is dense for that variable; sparse gradients whose values are on the GPU are
+    /// refused with [`Error::InvalidConfig`] for now.
+    pub fn gradient_accumulation_steps(mut self, steps: u64) -> Self {
+        self.cfg.gradient_accumulation_steps = Some(steps);
+        self
+    }
+
+    /// Validates every field and returns the configuration.
+    pub fn build(self) -> Result<RmsPropConfig> {
+        let c = self.cfg.resolve(&self.overrides);
+        c.learning_rate.validate()?;
+        check("rho", c.rho, "must be in [0, 1)", |x| {
+            (0.0..1.0).contains(&x)
+        })?;
+        check(
+            "momentum",
+            c.momentum,
+            "must be a finite number >= 0",
+            |x| x >= 0.0,
+        )?;
+        check("epsilon", c.epsilon, "must be a finite number >= 0", |x| {
+            x >= 0.0
+        })?;
+        check(
+            "initial_accumulator_value",
+            c.initial_accumulator_value,
+            "must be a finite number >= 0",
+            |x| x >= 0.0,
+        )?;
+        match c.weight_decay {
+            WeightDecay::None => {}
+            WeightDecay::Decoupled(wd) | WeightDecay::L2(wd) => {
+                check("weight_decay", wd, "must be a finite number >= 0", |x| {
+                    x >= 0.0
+                })?
+            }
+        }
+        for (field, v) in [
+            ("clipvalue", c.clipvalue),
+            ("clipnorm", c.clipnorm),
+            ("global_clipnorm", c.global_clipnorm),
+        ] {
+            if let Some(v) = v {
+                check(field, v, "must be a finite number > 0", |x| x > 0.0)?;
+            }
+        }
+        if let Some(f) = c.loss_scale_factor {
+            check_loss_scale(f)?;
+        }
+        if let Some(n) = c.gradient_accumulation_steps {
+            if !(2..=u64::from(u32::MAX)).contains(&n) {
+                return Err(Error::InvalidConfig {
+                    field: "gradient_accumulation_steps",
+                    value: format!("{n}"),
+                    requirement: "must be an integer >= 2",
+                });
+            }
+            if c.bias_correction {
+                return Err(Error::InvalidConfig {
+                    field: "gradient_accumulation_steps",
+                    value: format!("{n}"),
+                    requirement: "cannot be combined with bias_correction",
+                });
+            }
+        }
+        check("ema_momentum", c.ema_momentum, "must be in [0, 1]", |x| {
+            (0.0..=1.0).contains(&x)
+        })?;
+        if c.ema_overwrite_frequency == Some(0) {
+            return Err(Error::InvalidConfig {
+                field: "ema_overwrite_frequency",
+                value: "0".into(),
+                requirement: "must be an integer >= 1",
+            });
+        }
+        if c.clipnorm.is_some() && c.global_clipnorm.is_some() {
+            return Err(Error::InvalidConfig {
+                field: "global_clipnorm",
+                value: format!("{:?} with clipnorm={:?}", c.global_clipnorm, c.clipnorm),
+                requirement: "cannot be combined with clipnorm",
+            });
+        }
+        if c.clip_rules == ClipRules::AtMostOne
+            && c.clipvalue.is_some()
+            && (c.clipnorm.is_some() || c.global_clipnorm.is_some())
+        {
+            return Err(Error::InvalidConfig {
+                field: "clipvalue",
+                value: format!("{:?}", c.clipvalue),
+                requirement: "cannot be combined with clipnorm or global_clipnorm in Keras 3 (at most one clipping option)",
+            });
+        }
+        if c.duplicate_indices == DuplicateIndices::Keras3 && c.sparse_mode != SparseMode::Dense {
+            return Err(Error::InvalidConfig {
+                field: "duplicate_indices",
+                value: "keras3".into(),
+                requirement: "needs sparse_mode dense (Keras 3 updates every row)",
+            });
+        }
+        if c.duplicate_indices == DuplicateIndices::Sequential && c.sparse_mode != SparseMode::Lazy
+        {
+            return Err(Error::InvalidConfig {
+                field: "duplicate_indices",
+                value: "sequential".into(),
+                requirement: "needs sparse_mode lazy (each listed row is its own update)",
+            });
+        }
+        if c.nesterov && c.momentum_form == MomentumForm::LrAfter {
+            return Err(Error::InvalidConfig {
+                field: "nesterov",
+                value: "true".into(),
+                requirement: "is only defined with the lr_inside or negated_trace momentum forms",
+            });
+        }
+        if c.name.is_empty() {
+            return Err(Error::InvalidConfig {
+                field: "name",
+                value: "\"\"".into(),
+                requirement: "must not be empty",
+            });
+        }
+        Ok(c)
+    }
+}
+
+/// Checks a loss scale factor: finite and > 0, also as the `f32` the GPU divides by.
+pub(crate) fn check_loss_scale(f: f64) -> Result<()> {
+    check("loss_scale_factor", f, "must be a finite number > 0", |x| {
+        x > 0.0 && (x as f32) > 0.0
+    })
+}
+
+/// Checks `ok(x)`, finiteness, and that `x` stays finite as the `f32` the GPU receives.
+fn check(
+    field: &'static str,
+    x: f64,
+    requirement: &'static str,
+    ok: impl Fn(f64) -> bool,
+) -> Result<()> {
+    if x.is_finite() && (x as f32).is_finite() && ok(x) {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig {
+            field,
+            value: format!("{x}"),
+            requirement,
+        })
+    }
+}
