@@ -69,72 +69,50 @@ impl<'de> Deserialize<'de> for F32 {
     }
 }
 
+/// A JSON array of `T`; what errors call it expected is `T::LIST`.
+pub(crate) struct List<T>(pub Vec<T>);
+
+/// The name of a list of this element in error messages.
+pub(crate) trait Listed {
+    const LIST: &'static str;
+}
+
+impl<'de, T: Deserialize<'de> + Listed> Deserialize<'de> for List<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Listed> Visitor<'de> for V<T> {
+            type Value = List<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(T::LIST)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<List<T>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(x) = seq.next_element()? {
+                    out.push(x);
+                }
+                Ok(List(out))
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData))
+    }
+}
+
+impl Listed for F32 {
+    const LIST: &'static str = "a list of numbers";
+}
+impl Listed for F32s {
+    const LIST: &'static str = "a list of lists of numbers";
+}
+impl Listed for Option<F32s> {
+    const LIST: &'static str = "a list of lists of numbers (or null)";
+}
+
 /// A list of float32 elements.
 pub(crate) struct F32s(pub Vec<f32>);
 
 impl<'de> Deserialize<'de> for F32s {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = F32s;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of numbers")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<F32s, A::Error> {
-                let mut out = Vec::new();
-                while let Some(F32(x)) = seq.next_element()? {
-                    out.push(x);
-                }
-                Ok(F32s(out))
-            }
-        }
-        d.deserialize_seq(V)
-    }
-}
-
-/// A list of lists of float32 elements (one flat array per variable).
-struct F32Lists(Vec<Vec<f32>>);
-
-impl<'de> Deserialize<'de> for F32Lists {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = F32Lists;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of lists of numbers")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<F32Lists, A::Error> {
-                let mut out = Vec::new();
-                while let Some(F32s(x)) = seq.next_element()? {
-                    out.push(x);
-                }
-                Ok(F32Lists(out))
-            }
-        }
-        d.deserialize_seq(V)
-    }
-}
-
-/// Like [`F32Lists`], with `null` entries (a variable without that slot).
-struct OptF32Lists(Vec<Option<Vec<f32>>>);
-
-impl<'de> Deserialize<'de> for OptF32Lists {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = OptF32Lists;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of lists of numbers (or null)")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OptF32Lists, A::Error> {
-                let mut out = Vec::new();
-                while let Some(x) = seq.next_element::<Option<F32s>>()? {
-                    out.push(x.map(|v| v.0));
-                }
-                Ok(OptF32Lists(out))
-            }
-        }
-        d.deserialize_seq(V)
+        List::<F32>::deserialize(d).map(|l| F32s(l.0.into_iter().map(|F32(x)| x).collect()))
     }
 }
 
@@ -150,11 +128,11 @@ fn slot_map<'de, D: Deserializer<'de>>(d: D) -> Result<ExpectedSlots, D::Error> 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out = BTreeMap::new();
             while let Some(key) = map.next_key::<String>()? {
-                let values: OptF32Lists = map.next_value()?;
+                let values: List<Option<F32s>> = map.next_value()?;
                 if out.contains_key(&key) {
                     return Err(de::Error::custom(format_args!("slot {key:?} given twice")));
                 }
-                out.insert(key, values.0);
+                out.insert(key, values.0.into_iter().map(|v| v.map(|l| l.0)).collect());
             }
             Ok(out)
         }
@@ -169,7 +147,7 @@ pub(crate) fn f32s<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error
 
 /// `#[serde(deserialize_with)]`: one list of float32 values per variable.
 pub(crate) fn f32_lists<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<f32>>, D::Error> {
-    F32Lists::deserialize(d).map(|v| v.0)
+    List::<F32s>::deserialize(d).map(|l| l.0.into_iter().map(|v| v.0).collect())
 }
 
 /// `#[serde(deserialize_with)]`: slots of an expected state (entries may be `null`).
