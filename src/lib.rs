@@ -210,6 +210,7 @@ pub mod case;
 pub mod checkpoint;
 pub mod config;
 pub mod context;
+pub mod dtype;
 pub mod error;
 #[doc(hidden)]
 pub mod kernels;
@@ -229,6 +230,7 @@ pub use config::{
     RmsPropConfig, RmsPropConfigBuilder, SparseMode, StepScalars, WeightDecay,
 };
 pub use context::{ContextOptions, GpuContext};
+pub use dtype::{Dtype, StorageTypes};
 pub use error::{Error, Result, WgpuError};
 pub use optimizer::RmsProp;
 pub use pool::{PoolStats, Slot};

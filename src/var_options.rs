@@ -80,6 +80,9 @@ pub struct VarOptions {
     pub maximize: Option<bool>,
     /// The variable is not updated: its gradients are ignored (see the module documentation).
     pub frozen: bool,
+    /// The variable's storage types (default: the configuration's [`crate::RmsPropConfig::storage`]).
+    /// Fixed when the variable is added: changing it later is refused.
+    pub storage: Option<crate::dtype::StorageTypes>,
 }
 
 impl Default for VarOptions {
@@ -95,6 +98,7 @@ impl Default for VarOptions {
             rho: None,
             maximize: None,
             frozen: false,
+            storage: None,
         }
     }
 }

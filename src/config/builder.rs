@@ -149,6 +149,12 @@ impl RmsPropConfigBuilder {
         self.cfg.ema_momentum = m;
         self
     }
+    /// The default storage types of the variables, gradients and optimizer state (see
+    /// [`crate::dtype`]).
+    pub fn storage(mut self, storage: crate::dtype::StorageTypes) -> Self {
+        self.cfg.storage = storage;
+        self
+    }
     /// Keras's `ema_overwrite_frequency` (`>= 1`): see [`RmsPropConfigBuilder::use_ema`].
     pub fn ema_overwrite_frequency(mut self, every: u64) -> Self {
         self.cfg.ema_overwrite_frequency = Some(every);

@@ -61,6 +61,7 @@ pub struct RmsPropConfig {
     use_ema: bool,
     ema_momentum: f64,
     ema_overwrite_frequency: Option<u64>,
+    storage: crate::dtype::StorageTypes,
 }
 
 impl Default for RmsPropConfig {
@@ -115,6 +116,7 @@ impl RmsPropConfig {
             use_ema: false,
             ema_momentum: 0.99,
             ema_overwrite_frequency: None,
+            storage: crate::dtype::StorageTypes::default(),
         };
         let cfg = match preset {
             Preset::Keras => keras,
@@ -239,6 +241,11 @@ impl RmsPropConfig {
     /// Keras's `ema_momentum` (default 0.99; used with `use_ema`).
     pub fn ema_momentum(&self) -> f64 {
         self.ema_momentum
+    }
+    /// The storage types of the variables, gradients and optimizer state (default f32 everywhere;
+    /// a variable's [`crate::VarOptions::storage`] overrides it).
+    pub fn storage(&self) -> crate::dtype::StorageTypes {
+        self.storage
     }
     /// Keras's `ema_overwrite_frequency`: the variables take their averages every this many updates.
     pub fn ema_overwrite_frequency(&self) -> Option<u64> {

@@ -1,0 +1,132 @@
+//! Storage types: what each pooled buffer holds (f32, f16 or bf16). Every kernel computes in f32 and
+//! rounds once, to nearest even, when it stores a value of a 16-bit type; float16 subnormals are kept.
+//! 16-bit buffers hold two elements per u32 word (element `2k` in the low half).
+
+use half::{bf16, f16};
+
+/// An element type of a pooled buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Dtype {
+    /// IEEE 754 binary32.
+    #[default]
+    F32,
+    /// IEEE 754 binary16 (`half::f16`): 11-bit significand, largest finite 65504.
+    F16,
+    /// bfloat16 (`half::bf16`): 8-bit significand, float32's exponent range.
+    Bf16,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::Bf16 => 2,
+        }
+    }
+
+    /// The name used in checkpoints, golden cases and benchmark lines: `f32`, `f16`, `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+
+    /// Parses `f32`/`float32`, `f16`/`float16`, `bf16`/`bfloat16`.
+    pub fn parse(s: &str) -> Option<Dtype> {
+        match s {
+            "f32" | "float32" => Some(Dtype::F32),
+            "f16" | "float16" => Some(Dtype::F16),
+            "bf16" | "bfloat16" => Some(Dtype::Bf16),
+            _ => None,
+        }
+    }
+
+    /// `x` rounded to this type (round to nearest, ties to even; f16 subnormals kept; overflow to
+    /// infinity) and widened back to f32, exactly: what a kernel stores, seen as f32.
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            Dtype::F32 => x,
+            Dtype::F16 => f16::from_f32(x).to_f32(),
+            Dtype::Bf16 => bf16::from_f32(x).to_f32(),
+        }
+    }
+
+    /// The 16 bits of `x` rounded to this type (`F32`: the high half of its bits, unused).
+    pub fn to_bits16(self, x: f32) -> u16 {
+        match self {
+            Dtype::F32 => (x.to_bits() >> 16) as u16,
+            Dtype::F16 => f16::from_f32(x).to_bits(),
+            Dtype::Bf16 => bf16::from_f32(x).to_bits(),
+        }
+    }
+
+    /// The f32 value of 16 stored bits (`F32`: the bits as the high half of an f32).
+    pub fn from_bits16(self, bits: u16) -> f32 {
+        match self {
+            Dtype::F32 => f32::from_bits(u32::from(bits) << 16),
+            Dtype::F16 => f16::from_bits(bits).to_f32(),
+            Dtype::Bf16 => bf16::from_bits(bits).to_f32(),
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The storage type of each role: the variables, the gradient buffers the optimizer reads, and the
+/// optimizer state (velocity, momentum, average gradient). The default is f32 everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct StorageTypes {
+    /// The variables.
+    pub variable: Dtype,
+    /// The gradients (host slices and GPU buffers given to a step, and the gradient pool).
+    pub gradient: Dtype,
+    /// Velocity, momentum and average gradient.
+    pub state: Dtype,
+}
+
+impl StorageTypes {
+    /// Every role in `dtype` (what TensorFlow, Keras 3 and PyTorch do for a half-precision variable).
+    pub fn all(dtype: Dtype) -> Self {
+        StorageTypes {
+            variable: dtype,
+            gradient: dtype,
+            state: dtype,
+        }
+    }
+
+    /// Whether every role is f32.
+    pub fn is_f32(&self) -> bool {
+        *self == StorageTypes::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_nearest_even_and_keeps_f16_subnormals() {
+        // 1 + 2^-11 is a tie between 1 and 1 + 2^-10 in f16: even (1) wins.
+        assert_eq!(Dtype::F16.round(1.0 + 2f32.powi(-11)), 1.0);
+        assert_eq!(
+            Dtype::F16.round(1.0 + 3.0 * 2f32.powi(-11)),
+            1.0 + 2.0 * 2f32.powi(-10)
+        );
+        // The smallest f16 subnormal, and half of it (a tie to 0).
+        assert_eq!(Dtype::F16.round(2f32.powi(-24)), 2f32.powi(-24));
+        assert_eq!(Dtype::F16.round(2f32.powi(-25)), 0.0);
+        assert_eq!(Dtype::F16.round(1e6), f32::INFINITY);
+        assert_eq!(Dtype::Bf16.round(1.0 + 2f32.powi(-8)), 1.0);
+        assert_eq!(Dtype::Bf16.round(1e-40), bf16::from_f32(1e-40).to_f32());
+        for d in [Dtype::F16, Dtype::Bf16] {
+            assert_eq!(d.from_bits16(d.to_bits16(0.3)), d.round(0.3));
+        }
+    }
+}
