@@ -90,6 +90,16 @@ impl Kind {
     }
 }
 
+impl Kind {
+    /// Whether this kind is optimizer state (counted in [`PoolStats::state_bytes`]).
+    pub(crate) fn is_state(self) -> bool {
+        matches!(
+            self,
+            Kind::Velocity | Kind::Momentum | Kind::AverageGradient | Kind::Accumulator | Kind::Ema
+        )
+    }
+}
+
 impl From<Slot> for Kind {
     fn from(s: Slot) -> Kind {
         match s {
@@ -209,6 +219,15 @@ pub struct PoolStats {
     pub chunks: usize,
     /// Bytes of all pooled buffers (variables, gradients and slots, capacity included).
     pub pool_bytes: u64,
+    /// Bytes of the variable buffers (capacity included).
+    pub variable_bytes: u64,
+    /// Bytes of the gradient buffers (capacity included).
+    pub gradient_bytes: u64,
+    /// Bytes of the optimizer state: velocity, momentum, average gradient, and Keras's EMA and
+    /// gradient accumulator when kept (capacity included).
+    pub state_bytes: u64,
+    /// Bytes of per-step scratch pools (sums of squares of Keras 3 sparse duplicates).
+    pub scratch_bytes: u64,
     /// Bytes of the uniform, staging and placeholder buffers.
     pub other_bytes: u64,
 }

@@ -330,17 +330,24 @@ impl RmsProp {
 
     /// Bytes held on the GPU.
     pub fn pool_stats(&self) -> PoolStats {
-        let kinds = self.gpu.kinds.len() as u64;
-        PoolStats {
+        let mut stats = PoolStats {
             chunks: self.layout.chunks.len(),
-            pool_bytes: self
-                .layout
-                .chunks
-                .iter()
-                .map(|c| c.capacity * VEC4_BYTES * kinds)
-                .sum(),
             other_bytes: self.gpu.other_bytes() + self.uploader.bytes(),
+            ..PoolStats::default()
+        };
+        for c in &self.layout.chunks {
+            for &kind in &self.gpu.kinds {
+                let bytes = c.capacity * VEC4_BYTES;
+                stats.pool_bytes += bytes;
+                match kind {
+                    Kind::Variable => stats.variable_bytes += bytes,
+                    Kind::Gradient => stats.gradient_bytes += bytes,
+                    k if k.is_state() => stats.state_bytes += bytes,
+                    _ => stats.scratch_bytes += bytes,
+                }
+            }
         }
+        stats
     }
 
     /// Looks a variable up by name.
