@@ -213,6 +213,8 @@ pub mod context;
 pub mod dtype;
 pub mod error;
 #[doc(hidden)]
+pub mod half_bits;
+#[doc(hidden)]
 pub mod kernels;
 mod optimizer;
 mod pool;
