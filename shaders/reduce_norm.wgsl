@@ -14,7 +14,7 @@ override NORM_MODE: u32 = 0u;
 override CLIP_NORM: f32 = 1.0;
 override SKIP_NONFINITE: bool = false;
 
-@group(0) @binding(2) var<storage, read> g: array<f32>;
+// g (binding 2) and `ld_g` are declared for the chunk's gradient type by `pool_wgsl.rs`.
 @group(0) @binding(8) var<storage, read> values: array<f32>;
 // Per job: (first element, element count, variable, 0).
 @group(0) @binding(10) var<storage, read> jobs: array<vec4<u32>>;
@@ -67,7 +67,7 @@ fn partial_dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     var acc = 0.0;
     var bad = 0.0;
     for (var k = lid; k < job.y; k += REDUCE_SIZE) {
-        let x = g[job.x + k];
+        let x = ld_g(job.x + k);
         acc += clipped_square(x);
         bad = max(bad, select(1.0, 0.0, is_finite_bits(x)));
     }

@@ -2,13 +2,10 @@
 // whatever their number (a fused multi-tensor step). Variables start on vec4 boundaries; the pad lanes
 // after a variable's last element hold zeros and are never read back. The workgroup grid is folded into
 // (x, y) so that no dimension exceeds the device limit.
-// (Prepended: common.wgsl, rmsprop_update.wgsl.)
+// The pooled buffers x, g, v, m, a and their accessors `ld_*`/`st_*` are declared for the chunk's
+// storage types by `pool_wgsl.rs` (vec4 form). (Prepended: common.wgsl, half.wgsl, the pool
+// declarations, rmsprop_update.wgsl.)
 
-@group(0) @binding(1) var<storage, read_write> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> g: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> v: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> m: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> a: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> var_info: array<VarInfo>;
 @group(0) @binding(14) var<storage, read> status: array<u32>;
@@ -60,7 +57,7 @@ fn variable_of(i: u32, entries: vec2<u32>) -> u32 {
 // workgroup's first and last vec4, and reading its options with that shared index was slower on
 // lavapipe, 1.8x the minimal kernel against 1.5x, also with the update written out twice: 2x.)
 fn update(i: u32, live: bool, entries: vec2<u32>) {
-    var gv = g[i];
+    var gv = ld_g(i);
     var qv = vec4<f32>(0.0);
     var use_q = false;
     var h = Hyper();
@@ -82,34 +79,34 @@ fn update(i: u32, live: bool, entries: vec2<u32>) {
     }
     var xv = vec4<f32>(0.0);
     if L2_DECAY {
-        xv = x[i];
+        xv = ld_x(i);
     }
     gv = effective_gradient(gv, xv, h);
-    let vn = next_velocity(v[i], gv, qv, use_q, h);
+    let vn = next_velocity(ld_v(i), gv, qv, use_q, h);
     if live {
-        v[i] = vn;
+        st_v(i, vn);
     }
     var an = vec4<f32>(0.0);
     if is_centered(h) {
-        an = next_average(a[i], gv, h);
+        an = next_average(ld_a(i), gv, h);
         if live {
-            a[i] = an;
+            st_a(i, an);
         }
     }
     let dir = direction(gv, denominator(vn, an, h), h);
     var mn = vec4<f32>(0.0);
     if keeps_momentum(h) {
-        mn = next_momentum(m[i], dir, h);
+        mn = next_momentum(ld_m(i), dir, h);
         if live {
-            m[i] = mn;
+            st_m(i, mn);
         }
     }
     if !L2_DECAY {
-        xv = x[i];
+        xv = ld_x(i);
     }
     let xn = next_variable(xv, dir, mn, h);
     if live {
-        x[i] = xn;
+        st_x(i, xn);
     }
 }
 

@@ -8,13 +8,10 @@
 //   scatter: writes the merged gradient row (and, Keras 3, the sum of squares) into the gradient pool,
 //            for the dense kernel to update every row.
 // The pool buffers are seen as scalars here (rows need not be vec4-aligned).
-// (Prepended: common.wgsl, rmsprop_update.wgsl.)
+// The pooled buffers x, g, v, m, a and their accessors `ld_*`/`st_*`/`rnd_*` are declared for the
+// chunk's storage types by `pool_wgsl.rs` (scalar form). (Prepended: common.wgsl, half.wgsl, the pool
+// declarations, rmsprop_update.wgsl.)
 
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> g: array<f32>;
-@group(0) @binding(3) var<storage, read_write> v: array<f32>;
-@group(0) @binding(4) var<storage, read_write> m: array<f32>;
-@group(0) @binding(5) var<storage, read_write> a: array<f32>;
 @group(0) @binding(6) var<storage, read_write> q: array<f32>;
 @group(0) @binding(7) var<storage, read> var_info: array<VarInfo>;
 @group(0) @binding(8) var<storage, read> values: array<f32>;
@@ -85,17 +82,24 @@ fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         h = hyper(p.var_index);
     }
     // One element, splatted into the vec4 lanes of the update; lane x is kept.
-    var s = State(vec4<f32>(x[i]), vec4<f32>(v[i]), vec4<f32>(0.0), vec4<f32>(0.0));
+    var s = State(vec4<f32>(ld_x(i)), vec4<f32>(ld_v(i)), vec4<f32>(0.0), vec4<f32>(0.0));
     if keeps_momentum(h) {
-        s.m = vec4<f32>(m[i]);
+        s.m = vec4<f32>(ld_m(i));
     }
     if is_centered(h) {
-        s.a = vec4<f32>(a[i]);
+        s.a = vec4<f32>(ld_a(i));
     }
     let none = vec4<f32>(0.0);
     if SEQUENTIAL {
         for (var k = it.first; k < it.last; k++) {
             s = rmsprop(s, vec4<f32>(listed(it, k)), none, false, h);
+            // Each pair is a complete update: the row is stored (rounded to its types) before the next.
+            s = State(
+                vec4<f32>(rnd_x(s.x.x)),
+                vec4<f32>(rnd_v(s.v.x)),
+                vec4<f32>(rnd_m(s.m.x)),
+                vec4<f32>(rnd_a(s.a.x)),
+            );
         }
     } else {
         var sum = 0.0;
@@ -105,13 +109,13 @@ fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         s = rmsprop(s, vec4<f32>(sum), none, false, h);
     }
     if live {
-        x[i] = s.x.x;
-        v[i] = s.v.x;
+        st_x(i, s.x.x);
+        st_v(i, s.v.x);
         if keeps_momentum(h) {
-            m[i] = s.m.x;
+            st_m(i, s.m.x);
         }
         if is_centered(h) {
-            a[i] = s.a.x;
+            st_a(i, s.a.x);
         }
     }
 }
@@ -131,7 +135,7 @@ fn scatter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         sum += gk;
         squares += gk * gk;
     }
-    g[it.elem] = sum;
+    st_g(it.elem, sum);
     if HAS_SQUARES {
         q[it.elem] = squares;
     }

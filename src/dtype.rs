@@ -79,6 +79,32 @@ impl std::fmt::Display for Dtype {
     }
 }
 
+/// `values` as the bytes of a buffer holding `dtype` (16-bit types: rounded to nearest even, two per
+/// word, an odd count padded with a zero half so that the bytes fill whole words).
+pub(crate) fn encode(values: &[f32], dtype: Dtype) -> std::borrow::Cow<'_, [u8]> {
+    if dtype == Dtype::F32 {
+        return std::borrow::Cow::Borrowed(bytemuck::cast_slice(values));
+    }
+    let mut bits: Vec<u16> = values.iter().map(|&x| dtype.to_bits16(x)).collect();
+    if bits.len() % 2 == 1 {
+        bits.push(0);
+    }
+    std::borrow::Cow::Owned(bytemuck::cast_slice(&bits).to_vec())
+}
+
+/// The f32 values of the first `elems` elements of `bytes`, a buffer holding `dtype` (exact).
+pub(crate) fn decode(bytes: &[u8], dtype: Dtype, elems: usize, out: &mut Vec<f32>) {
+    match dtype {
+        Dtype::F32 => out.extend_from_slice(&bytemuck::cast_slice::<u8, f32>(bytes)[..elems]),
+        _ => out.extend(
+            bytes
+                .chunks_exact(2)
+                .take(elems)
+                .map(|b| dtype.from_bits16(u16::from_le_bytes([b[0], b[1]]))),
+        ),
+    }
+}
+
 /// The storage type of each role: the variables, the gradient buffers the optimizer reads, and the
 /// optimizer state (velocity, momentum, average gradient). The default is f32 everywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -36,6 +36,18 @@ pub enum Error {
         /// What the value must satisfy.
         requirement: &'static str,
     },
+    /// A gradient's element type is not the variable's gradient type ([`crate::StorageTypes`]).
+    #[error("gradient of {name:?}: {got} values where the variable takes {expected} ({hint})")]
+    GradientType {
+        /// The variable's name.
+        name: String,
+        /// The type the variable takes there.
+        expected: crate::dtype::Dtype,
+        /// The type given.
+        got: crate::dtype::Dtype,
+        /// What to do instead.
+        hint: &'static str,
+    },
     /// No adapter matched the request (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME` or the given options).
     #[error(
         "no GPU adapter found (looked for {wanted}); adapters seen: [{}]. Check WGPU_BACKEND and \

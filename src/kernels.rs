@@ -5,18 +5,10 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::config::{AverageForm, EpsilonPlacement, MomentumForm, RmsPropConfig};
+use crate::dtype::StorageTypes;
 use crate::error::{Error, Result};
+use crate::pool_wgsl::{Flavor, PoolBinding};
 use crate::var_options::Variant;
-
-macro_rules! module {
-    ($params:literal, $($file:literal),+) => {
-        concat!(
-            include_str!("../shaders/common.wgsl"),
-            include_str!(concat!("../shaders/", $params)),
-            $(include_str!(concat!("../shaders/", $file))),+
-        )
-    };
-}
 
 /// How the kernels receive the step's parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,65 +20,86 @@ pub enum ParamsMode {
     Uniform,
 }
 
-/// A WGSL module in both parameter modes.
+/// A WGSL module: `common.wgsl`, the parameter declaration of the mode, then (for modules that bind the
+/// pools) `half.wgsl` and the pool declarations of the chunk's storage types ([`crate::pool_wgsl`]),
+/// then its files.
 #[derive(Debug, Clone, Copy)]
 pub struct Module {
-    /// With `var<uniform> p` at binding 0.
-    pub uniform: &'static str,
-    /// With `var<immediate> p`.
-    pub immediate: &'static str,
+    /// The module's own files, in order.
+    pub files: &'static [&'static str],
+    /// The pooled buffers it binds, and how it indexes them.
+    pub pools: Option<(Flavor, &'static [PoolBinding])>,
 }
 
+const COMMON: &str = include_str!("../shaders/common.wgsl");
+const HALF: &str = include_str!("../shaders/half.wgsl");
+const PARAMS_UNIFORM: &str = include_str!("../shaders/params_uniform.wgsl");
+const PARAMS_IMMEDIATE: &str = include_str!("../shaders/params_immediate.wgsl");
+const UPDATE: &str = include_str!("../shaders/rmsprop_update.wgsl");
+
 impl Module {
-    /// The source for `mode`.
-    pub fn source(&self, mode: ParamsMode) -> &'static str {
-        match mode {
-            ParamsMode::Uniform => self.uniform,
-            ParamsMode::Immediate => self.immediate,
+    /// The source for `mode`, with the pools in `storage`'s types.
+    pub fn source(&self, mode: ParamsMode, storage: StorageTypes) -> String {
+        let mut s = String::from(COMMON);
+        s.push_str(match mode {
+            ParamsMode::Uniform => PARAMS_UNIFORM,
+            ParamsMode::Immediate => PARAMS_IMMEDIATE,
+        });
+        if let Some((flavor, pools)) = self.pools {
+            s.push_str(HALF);
+            s.push_str(&crate::pool_wgsl::declarations(flavor, pools, storage));
         }
+        for f in self.files {
+            s.push_str(f);
+        }
+        s
     }
 }
 
-/// The dense kernel (`common.wgsl` + parameters + `rmsprop_update.wgsl` + `rmsprop_dense.wgsl`).
+use BindingKind::{ReadOnly as R, ReadWrite as RW, UniformDynamic as U};
+
+/// The dense kernel.
 pub const DENSE_WGSL: Module = Module {
-    uniform: module!(
-        "params_uniform.wgsl",
-        "rmsprop_update.wgsl",
-        "rmsprop_dense.wgsl"
-    ),
-    immediate: module!(
-        "params_immediate.wgsl",
-        "rmsprop_update.wgsl",
-        "rmsprop_dense.wgsl"
-    ),
+    files: &[UPDATE, include_str!("../shaders/rmsprop_dense.wgsl")],
+    pools: Some((
+        Flavor::Vec4,
+        &[
+            ("x", 1, RW),
+            ("g", 2, R),
+            ("v", 3, RW),
+            ("m", 4, RW),
+            ("a", 5, RW),
+        ],
+    )),
 };
 /// The sparse kernels `lazy` and `scatter`.
 pub const SPARSE_WGSL: Module = Module {
-    uniform: module!(
-        "params_uniform.wgsl",
-        "rmsprop_update.wgsl",
-        "rmsprop_sparse.wgsl"
-    ),
-    immediate: module!(
-        "params_immediate.wgsl",
-        "rmsprop_update.wgsl",
-        "rmsprop_sparse.wgsl"
-    ),
+    files: &[UPDATE, include_str!("../shaders/rmsprop_sparse.wgsl")],
+    pools: Some((
+        Flavor::Scalar,
+        &[
+            ("x", 1, RW),
+            ("g", 2, RW),
+            ("v", 3, RW),
+            ("m", 4, RW),
+            ("a", 5, RW),
+        ],
+    )),
 };
 /// Keras's base-class preparation of the gradients: loss scale and accumulation (`keras_base.wgsl`).
 pub const KERAS_WGSL: Module = Module {
-    uniform: module!("params_uniform.wgsl", "keras_base.wgsl"),
-    immediate: module!("params_immediate.wgsl", "keras_base.wgsl"),
+    files: &[include_str!("../shaders/keras_base.wgsl")],
+    pools: None,
 };
 /// Grouping GPU-resident sparse indices: `link`, `gather`, `reset`.
 pub const GROUP_WGSL: Module = Module {
-    uniform: module!("params_uniform.wgsl", "sparse_group.wgsl"),
-    immediate: module!("params_immediate.wgsl", "sparse_group.wgsl"),
+    files: &[include_str!("../shaders/sparse_group.wgsl")],
+    pools: None,
 };
 /// The norm reductions `partial_dense`, `partial_sparse` and `finalize`.
 pub const REDUCE_WGSL: Module = Module {
-    uniform: module!("params_uniform.wgsl", "reduce_norm.wgsl"),
-    immediate: module!("params_immediate.wgsl", "reduce_norm.wgsl"),
+    files: &[include_str!("../shaders/reduce_norm.wgsl")],
+    pools: Some((Flavor::Scalar, &[("g", 2, R)])),
 };
 
 /// How a binding is declared.
@@ -99,8 +112,6 @@ pub enum BindingKind {
     /// `var<storage, read_write>`.
     ReadWrite,
 }
-
-use BindingKind::{ReadOnly as R, ReadWrite as RW, UniformDynamic as U};
 
 /// Binding numbers shared by every module.
 pub mod binding {
@@ -526,12 +537,13 @@ pub(crate) fn pipeline(
     mode: ParamsMode,
     layout: &wgpu::BindGroupLayout,
     constants: &[(&'static str, f64)],
+    storage: StorageTypes,
 ) -> Result<wgpu::ComputePipeline> {
-    let source = kernel.module.source(mode);
+    let source = kernel.module.source(mode, storage);
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(&format!("{prefix}/{}", kernel.name)),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
+        source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
     });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(&format!("{prefix}/{} layout", kernel.name)),
@@ -541,7 +553,7 @@ pub(crate) fn pipeline(
             ParamsMode::Uniform => 0,
         },
     });
-    let own = module_constants(source, constants);
+    let own = module_constants(&source, constants);
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(&format!("{prefix}/{}", kernel.name)),
         layout: Some(&pipeline_layout),
@@ -578,16 +590,31 @@ mod tests {
     /// the WGSL with the same access (no GPU needed).
     #[test]
     fn shaders_validate_and_match_the_binding_tables() {
+        use crate::dtype::Dtype::{Bf16, F16, F32};
         let modes = [ParamsMode::Uniform, ParamsMode::Immediate];
-        for (k, mode) in ALL.iter().flat_map(|k| modes.map(|m| (k, m))) {
-            let module = naga::front::wgsl::parse_str(k.module.source(mode))
-                .unwrap_or_else(|e| panic!("{} ({mode:?}): {e}", k.name));
+        let storages = [
+            StorageTypes::default(),
+            StorageTypes::all(F16),
+            StorageTypes::all(Bf16),
+            StorageTypes {
+                variable: F32,
+                gradient: Bf16,
+                state: F16,
+            },
+        ];
+        for (k, mode, storage) in ALL
+            .iter()
+            .flat_map(|k| modes.map(|m| (k, m)))
+            .flat_map(|(k, m)| storages.map(|st| (k, m, st)))
+        {
+            let module = naga::front::wgsl::parse_str(&k.module.source(mode, storage))
+                .unwrap_or_else(|e| panic!("{} ({mode:?}, {storage:?}): {e}", k.name));
             naga::valid::Validator::new(
                 naga::valid::ValidationFlags::all(),
                 naga::valid::Capabilities::all(),
             )
             .validate(&module)
-            .unwrap_or_else(|e| panic!("{}: {e:?}", k.name));
+            .unwrap_or_else(|e| panic!("{} ({storage:?}): {e:?}", k.name));
             assert!(
                 module.entry_points.iter().any(|e| e.name == k.entry),
                 "{}",

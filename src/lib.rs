@@ -218,6 +218,8 @@ pub mod half_bits;
 pub mod kernels;
 mod optimizer;
 mod pool;
+#[doc(hidden)]
+pub mod pool_wgsl;
 mod readback;
 pub mod reference;
 pub mod schedule;

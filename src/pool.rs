@@ -6,6 +6,7 @@
 //! Variables start on the device's storage offset alignment (at least a vec4, 16 bytes); the pad lanes after a
 //! variable's last element and the padding up to the next variable belong to it.
 
+use crate::dtype::{Dtype, StorageTypes};
 use crate::error::{Error, Result};
 
 /// Bytes in one vec4 of f32.
@@ -91,6 +92,17 @@ impl Kind {
 }
 
 impl Kind {
+    /// The element type of this kind's buffers in a chunk of `storage` (the Keras base-class buffers and
+    /// the sums of squares are always f32).
+    pub(crate) fn dtype(self, storage: StorageTypes) -> Dtype {
+        match self {
+            Kind::Variable => storage.variable,
+            Kind::Gradient => storage.gradient,
+            Kind::Velocity | Kind::Momentum | Kind::AverageGradient => storage.state,
+            Kind::Squares | Kind::Accumulator | Kind::Ema => Dtype::F32,
+        }
+    }
+
     /// Whether this kind is optimizer state (counted in [`PoolStats::state_bytes`]).
     pub(crate) fn is_state(self) -> bool {
         matches!(
@@ -129,9 +141,20 @@ impl Segment {
     pub fn vec4s(&self) -> u64 {
         (self.elems as u64).div_ceil(4)
     }
-    /// Byte offset of the segment in each pooled buffer of its chunk.
-    pub fn byte_offset(&self) -> u64 {
-        self.offset * VEC4_BYTES
+    /// Byte offset of the segment in a pooled buffer of its chunk holding `dtype`.
+    pub fn byte_offset(&self, dtype: Dtype) -> u64 {
+        self.offset * 4 * dtype.bytes()
+    }
+
+    /// Bytes of the segment's vec4s in a buffer holding `dtype`.
+    pub fn vec4_bytes(&self, dtype: Dtype) -> u64 {
+        self.vec4s() * 4 * dtype.bytes()
+    }
+
+    /// Bytes of the segment's elements in a buffer holding `dtype`, rounded up to whole 4-byte words
+    /// (an odd count of 16-bit elements takes its pad lane along: copies move whole words).
+    pub fn word_bytes(&self, dtype: Dtype) -> u64 {
+        (self.elems as u64 * dtype.bytes()).next_multiple_of(4)
     }
 }
 
@@ -180,16 +203,21 @@ pub(crate) fn grown_capacity(current: u64, needed: u64, limit: u64) -> u64 {
     needed.max(current * 2).max(MIN_CHUNK_VEC4).min(limit)
 }
 
-/// Allocates the buffers of one chunk of `capacity` vec4 for the kinds in `kinds`, reporting failures
-/// (out of memory, over a limit) as [`Error::Allocation`] through a wgpu error scope.
+/// Allocates the buffers of one chunk of `capacity` vec4 for the kinds in `kinds`, each in its type
+/// under `storage`, reporting failures (out of memory, over a limit) as [`Error::Allocation`] through
+/// a wgpu error scope.
 pub(crate) fn allocate_chunk_buffers(
     device: &wgpu::Device,
     prefix: &str,
     index: usize,
     capacity: u64,
     kinds: &[Kind],
+    storage: StorageTypes,
 ) -> Result<[Option<wgpu::Buffer>; KINDS]> {
-    let bytes = capacity * VEC4_BYTES;
+    let total: u64 = kinds
+        .iter()
+        .map(|k| capacity * 4 * k.dtype(storage).bytes())
+        .sum();
     crate::context::allocation_scope(device, || {
         let mut buffers: [Option<wgpu::Buffer>; KINDS] = Default::default();
         for &kind in kinds {
@@ -198,7 +226,7 @@ pub(crate) fn allocate_chunk_buffers(
                 | wgpu::BufferUsages::COPY_DST;
             buffers[kind as usize] = Some(device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("{prefix}/{}[{index}]", kind.name())),
-                size: bytes,
+                size: capacity * 4 * kind.dtype(storage).bytes(),
                 usage,
                 mapped_at_creation: false,
             }));
@@ -207,7 +235,7 @@ pub(crate) fn allocate_chunk_buffers(
     })
     .map_err(|message| Error::Allocation {
         what: format!("{prefix} pool chunk {index} ({} buffers)", kinds.len()),
-        bytes: bytes * kinds.len() as u64,
+        bytes: total,
         message,
     })
 }

@@ -25,8 +25,8 @@ pub struct ReadBack {
     /// Staging buffers (each within `max_buffer_size`) and their pending maps (`None` once mapped).
     staging: Vec<(wgpu::Buffer, Option<MapFuture>)>,
     submission: wgpu::SubmissionIndex,
-    /// (staging buffer, first byte, bytes) of each range.
-    ranges: Vec<(usize, u64, u64)>,
+    /// (staging buffer, first byte, bytes, type, elements) of each range.
+    ranges: Vec<(usize, u64, u64, crate::dtype::Dtype, usize)>,
     /// Ranges per item.
     parts: Vec<usize>,
     done: bool,
@@ -42,11 +42,27 @@ impl std::fmt::Debug for ReadBack {
     }
 }
 
-/// One range to read: `bytes` from byte `offset` of `buffer` (multiples of 4).
+/// One range to read: `bytes` from byte `offset` of `buffer` (multiples of 4), holding `elems` values
+/// of `dtype` (widened to f32 when read).
 pub(crate) struct Range<'a> {
     pub buffer: &'a wgpu::Buffer,
     pub offset: u64,
     pub bytes: u64,
+    pub dtype: crate::dtype::Dtype,
+    pub elems: usize,
+}
+
+impl<'a> Range<'a> {
+    /// The first `bytes` of `buffer` as 32-bit words (read as the f32 of their bits).
+    pub(crate) fn words(buffer: &'a wgpu::Buffer, bytes: u64) -> Self {
+        Range {
+            buffer,
+            offset: 0,
+            bytes,
+            dtype: crate::dtype::Dtype::F32,
+            elems: (bytes / 4) as usize,
+        }
+    }
 }
 
 impl ReadBack {
@@ -69,7 +85,7 @@ impl ReadBack {
                 sizes.push(0);
             }
             let k = sizes.len() - 1;
-            placed.push((k, sizes[k], r.bytes));
+            placed.push((k, sizes[k], r.bytes, r.dtype, r.elems));
             sizes[k] += r.bytes;
         }
         let buffers = sizes
@@ -88,7 +104,7 @@ impl ReadBack {
             .collect::<Result<Vec<_>>>()?;
         let mut encoder =
             device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
-        for (r, &(k, at, bytes)) in ranges.iter().zip(&placed) {
+        for (r, &(k, at, bytes, _, _)) in ranges.iter().zip(&placed) {
             if bytes > 0 {
                 encoder.copy_buffer_to_buffer(r.buffer, r.offset, &buffers[k], at, bytes);
             }
@@ -129,9 +145,9 @@ impl ReadBack {
         let mut ranges = self.ranges.iter();
         for &n in &self.parts {
             let mut item = Vec::new();
-            for &(k, at, bytes) in ranges.by_ref().take(n) {
+            for &(k, at, bytes, dtype, elems) in ranges.by_ref().take(n) {
                 let bytes = &views[k][at as usize..(at + bytes) as usize];
-                item.extend_from_slice(bytemuck::cast_slice::<u8, f32>(bytes));
+                crate::dtype::decode(bytes, dtype, elems, &mut item);
             }
             out.push(item);
         }

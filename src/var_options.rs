@@ -231,6 +231,12 @@ impl VarOptions {
                 );
             }
         }
+        if let Some(storage) = self.storage {
+            if let Some(why) = crate::config::builder::base_class_storage_conflict(config, storage)
+            {
+                return bad("storage", format!("{storage:?}"), why);
+            }
+        }
         if let (Some(w), true) = (self.weight_decay, self.exclude_from_weight_decay) {
             let v = format!("{w} with exclude_from_weight_decay=true");
             return bad(

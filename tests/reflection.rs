@@ -78,14 +78,26 @@ fn var_info_fields() -> Vec<Field> {
 }
 
 /// Every module the pipelines are built from, parsed by naga, with a label.
-fn modules() -> Vec<(String, &'static str, Module)> {
+fn modules() -> Vec<(String, String, Module)> {
     let mut out = Vec::new();
+    let storages = [
+        wgpu_rmsprop::StorageTypes::default(),
+        wgpu_rmsprop::StorageTypes::all(wgpu_rmsprop::Dtype::F16),
+        wgpu_rmsprop::StorageTypes::all(wgpu_rmsprop::Dtype::Bf16),
+    ];
     for k in kernels::ALL {
         for mode in [ParamsMode::Uniform, ParamsMode::Immediate] {
-            let source = k.module.source(mode);
-            let module = naga::front::wgsl::parse_str(source)
-                .unwrap_or_else(|e| panic!("{} ({mode:?}): {}", k.name, e.emit_to_string(source)));
-            out.push((format!("{} ({mode:?})", k.name), source, module));
+            for storage in storages {
+                let source = k.module.source(mode, storage);
+                let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
+                    panic!("{} ({mode:?}): {}", k.name, e.emit_to_string(&source))
+                });
+                out.push((
+                    format!("{} ({mode:?}, {storage:?})", k.name),
+                    source,
+                    module,
+                ));
+            }
         }
     }
     out

@@ -280,6 +280,13 @@ impl RmsPropConfigBuilder {
                 requirement: "is only defined with the lr_inside or negated_trace momentum forms",
             });
         }
+        if let Some(why) = base_class_storage_conflict(&c, c.storage) {
+            return Err(Error::InvalidConfig {
+                field: "storage",
+                value: format!("{:?}", c.storage),
+                requirement: why,
+            });
+        }
         if c.name.is_empty() {
             return Err(Error::InvalidConfig {
                 field: "name",
@@ -289,6 +296,19 @@ impl RmsPropConfigBuilder {
         }
         Ok(c)
     }
+}
+
+/// Why `storage` cannot serve `c`'s Keras base-class features, if it cannot.
+pub(crate) fn base_class_storage_conflict(
+    c: &RmsPropConfig,
+    storage: crate::dtype::StorageTypes,
+) -> Option<&'static str> {
+    let base =
+        c.loss_scale_factor.is_some() || c.gradient_accumulation_steps.is_some() || c.use_ema;
+    (base && !storage.is_f32()).then_some(
+        "must be f32 everywhere with loss_scale_factor, gradient_accumulation_steps or use_ema \
+         (their kernels read and write f32 buffers; 16-bit storage is not supported with them yet)",
+    )
 }
 
 /// Checks a loss scale factor: finite and > 0, also as the `f32` the GPU divides by.

@@ -1,6 +1,6 @@
 //! Hyperparameters and update conventions: presets for each framework, every knob settable, validation.
 
-mod builder;
+pub(crate) mod builder;
 mod conventions;
 
 pub(crate) use builder::check_loss_scale;

@@ -46,10 +46,13 @@ impl RmsProp {
             let v = self.layout.var(id)?;
             let kind = self.kind(id, t)?;
             for s in &v.segments {
+                let dtype = kind.dtype(self.layout.chunks[s.chunk].storage);
                 ranges.push(Range {
                     buffer: self.gpu.chunks[s.chunk].buffer(kind)?,
-                    offset: s.byte_offset(),
-                    bytes: s.elems as u64 * 4,
+                    offset: s.byte_offset(dtype),
+                    bytes: s.word_bytes(dtype),
+                    dtype,
+                    elems: s.elems,
                 });
             }
             parts.push(v.segments.len());
@@ -91,7 +94,8 @@ impl RmsProp {
     }
 
     /// Records into the caller's `encoder` the copy of `items` into `dst` from byte `dst_offset` on,
-    /// one after another (each starting on a 4-byte boundary): nothing is submitted or waited for.
+    /// one after another (each starting on a 4-byte boundary), each in its storage type (16-bit types:
+    /// two elements per word, an odd count's last word padded): nothing is submitted or waited for.
     /// `dst` needs `COPY_DST`. Returns each item's (byte offset in `dst`, element count). Allowed while
     /// steps are unresolved: the copy reads what the GPU holds at that point of the command stream.
     pub fn record_read(
@@ -119,13 +123,15 @@ impl RmsProp {
         let (mut at, mut k, mut out) = (dst_offset, 0, Vec::new());
         for n in parts {
             let start = at;
+            let mut elems = 0;
             for r in &ranges[k..k + n] {
                 if r.bytes > 0 {
                     encoder.copy_buffer_to_buffer(r.buffer, r.offset, dst, at, r.bytes);
                 }
                 at += r.bytes;
+                elems += r.elems;
             }
-            out.push((start, ((at - start) / 4) as usize));
+            out.push((start, elems));
             k += n;
         }
         Ok(out)
@@ -211,11 +217,7 @@ impl RmsProp {
         }
         let read = {
             let (mut ranges, mut parts) = self.ranges(&items)?;
-            ranges.push(Range {
-                buffer: &self.gpu.status,
-                offset: 0,
-                bytes: 8,
-            });
+            ranges.push(Range::words(&self.gpu.status, 8));
             parts.push(1);
             let label = format!("{}/checkpoint read-back", self.config.name());
             ReadBack::start(self.ctx.device(), self.ctx.queue(), &label, &ranges, &parts)?
@@ -329,7 +331,9 @@ impl RmsProp {
                 for s in &v.segments {
                     let dst = self.gpu.chunks[s.chunk].buffer(kind)?;
                     let part = &values[s.first_elem..s.first_elem + s.elems];
-                    queue.write_buffer(dst, s.byte_offset(), bytemuck::cast_slice(part));
+                    let dtype = kind.dtype(v.storage);
+                    let bytes = crate::dtype::encode(part, dtype);
+                    queue.write_buffer(dst, s.byte_offset(dtype), &bytes);
                 }
             }
         }
@@ -373,11 +377,7 @@ impl RmsProp {
             Raw::Status => &self.gpu.status,
             Raw::VarInfo => &self.gpu.var_info.buffer,
         };
-        let range = Range {
-            buffer,
-            offset: 0,
-            bytes,
-        };
+        let range = Range::words(buffer, bytes);
         let label = format!("{}/read-back", self.config.name());
         let read = ReadBack::start(self.ctx.device(), self.ctx.queue(), &label, &[range], &[1])?;
         Ok(read.wait()?.pop().unwrap_or_default())

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::config::{DuplicateIndices, NonFinite, RmsPropConfig, SparseMode};
 use crate::context::GpuContext;
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::kernels::{self, Params, ParamsMode};
 use crate::pool::{Kind, PoolStats, Slot, VEC4_BYTES};
@@ -337,7 +338,7 @@ impl RmsProp {
         };
         for c in &self.layout.chunks {
             for &kind in &self.gpu.kinds {
-                let bytes = c.capacity * VEC4_BYTES;
+                let bytes = c.capacity * 4 * kind.dtype(c.storage).bytes();
                 stats.pool_bytes += bytes;
                 match kind {
                     Kind::Variable => stats.variable_bytes += bytes,
@@ -379,9 +380,11 @@ impl RmsProp {
             .segments
             .iter()
             .map(|s| {
+                let dtype = kind.dtype(self.layout.chunks[s.chunk].storage);
                 Ok(GpuSlice {
                     buffer: self.gpu.chunks[s.chunk].buffer(kind)?.clone(),
-                    offset: s.byte_offset(),
+                    offset: s.byte_offset(dtype),
+                    dtype,
                     first_element: s.first_elem,
                     len: s.elems,
                     layout: self.layout.version,
@@ -427,7 +430,8 @@ impl RmsProp {
         for &id in ids {
             for s in &self.layout.var(id)?.segments {
                 let b = self.gpu.chunks[s.chunk].buffer(Kind::Gradient)?;
-                encoder.clear_buffer(b, s.byte_offset(), Some(s.vec4s() * VEC4_BYTES));
+                let dtype = Kind::Gradient.dtype(self.layout.chunks[s.chunk].storage);
+                encoder.clear_buffer(b, s.byte_offset(dtype), Some(s.vec4_bytes(dtype)));
             }
         }
         Ok(())
@@ -480,6 +484,16 @@ impl RmsProp {
         }
         options.validate(name, &self.config)?;
         let hyper = self.resolve(name, options);
+        let storage = options.storage.unwrap_or(self.config.storage());
+        if let (Init::Gpu(_), false) = (&init, storage.variable == Dtype::F32) {
+            return Err(Error::InvalidVarOptions {
+                variable: name.into(),
+                field: "storage",
+                value: format!("{storage:?}"),
+                requirement: "needs an f32 variable to take its initial values from a GPU buffer \
+                              (add 16-bit variables from host values)",
+            });
+        }
         let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let init_len = match init {
             Init::Host(v) => v.len(),
@@ -494,7 +508,7 @@ impl RmsProp {
         };
         // Plan the placement, then allocate (and compile) everything it needs before changing any state:
         // grown chunks get every kind kept from now on, the other chunks the kinds new to the pools.
-        let p = self.layout.plan_variable(name, shape, init_len)?;
+        let p = self.layout.plan_variable(name, shape, init_len, storage)?;
         // A caller's buffer is first copied into one of ours, in its own submission under an error
         // scope: what the host cannot check (e.g. a buffer of another device) fails here, not in the
         // submission that moves the pools.
@@ -512,10 +526,12 @@ impl RmsProp {
         let hypers: Vec<_> = self.layout.variables.iter().map(|v| v.hyper).collect();
         let grown: Vec<usize> = p.grow.iter().map(|&(index, _)| index).collect();
         let prepared = self.prepare(&[&hypers[..], &[hyper]].concat(), &grown)?;
+        let typed = self.gpu.build_storage(storage, Some(&prepared.constants))?;
         let mut new_buffers = Vec::new();
         for &(index, capacity) in &p.grow {
             let kinds = &prepared.kinds;
-            new_buffers.push((index, self.gpu.allocate_chunk(index, capacity, kinds)?));
+            let buffers = self.gpu.allocate_chunk(index, capacity, kinds, storage)?;
+            new_buffers.push((index, buffers));
         }
         // Per-variable tables grow with the variables (read by diagnostics before any step), `var_info`
         // with the segment map and the options table after its entries.
@@ -537,9 +553,11 @@ impl RmsProp {
         });
         for (index, buffers) in new_buffers {
             let used = self.layout.chunks.get(index).map_or(0, |c| c.used);
-            self.gpu.install_chunk(&mut encoder, index, buffers, used);
+            self.gpu
+                .install_chunk(&mut encoder, index, buffers, used, storage);
         }
         self.install(prepared);
+        self.gpu.add_storage(typed);
         let id = self
             .layout
             .commit_variable(name, shape, p, options.clone(), hyper);
@@ -558,22 +576,27 @@ impl RmsProp {
             let chunk = &self.gpu.chunks[s.chunk];
             for &kind in &targets {
                 let x = chunk.buffer(kind)?;
+                let dtype = kind.dtype(storage);
                 match init {
                     Init::Host(values) => {
                         let part = &values[s.first_elem..s.first_elem + s.elems];
-                        queue.write_buffer(x, s.byte_offset(), bytemuck::cast_slice(part));
+                        let bytes = crate::dtype::encode(part, dtype);
+                        queue.write_buffer(x, s.byte_offset(dtype), &bytes);
                     }
                     Init::Gpu(g) => {
                         let src = g.offset + s.first_elem as u64 * 4;
                         let bytes = s.elems as u64 * 4;
-                        encoder.copy_buffer_to_buffer(g.buffer, src, x, s.byte_offset(), bytes);
+                        let at = s.byte_offset(dtype);
+                        encoder.copy_buffer_to_buffer(g.buffer, src, x, at, bytes);
                     }
                 }
             }
             if accumulator != 0.0 {
+                let dtype = Kind::Velocity.dtype(storage);
                 let v = vec![accumulator; s.elems];
                 let velocity = chunk.buffer(Kind::Velocity)?;
-                queue.write_buffer(velocity, s.byte_offset(), bytemuck::cast_slice(&v));
+                let bytes = crate::dtype::encode(&v, dtype);
+                queue.write_buffer(velocity, s.byte_offset(dtype), &bytes);
             }
         }
         // The segment map and the options table move with every variable added (they follow the

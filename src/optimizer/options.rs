@@ -10,7 +10,7 @@
 use super::{kinds_for, RmsProp};
 use crate::error::{Error, Result};
 use crate::kernels::{self, VAR_INFO_BYTES};
-use crate::pool::{Kind, Slot, VEC4_BYTES};
+use crate::pool::{Kind, Slot};
 use crate::step::types::VarId;
 use crate::var_options::{name_excluded, VarHyper, VarOptions, Variant};
 
@@ -21,7 +21,9 @@ pub(super) struct Prepared {
     pub kinds: Vec<Kind>,
     /// Buffers of the kinds new to the pools, for each existing chunk not being replaced.
     buffers: Vec<(usize, [Option<wgpu::Buffer>; crate::pool::KINDS])>,
-    pipelines: Option<Vec<wgpu::ComputePipeline>>,
+    pipelines: Option<crate::step::gpu::Pipelines>,
+    /// The override constants of `variant`.
+    pub constants: Vec<(&'static str, f64)>,
 }
 
 impl RmsProp {
@@ -52,19 +54,21 @@ impl RmsProp {
         if !new.is_empty() {
             for (index, chunk) in self.layout.chunks.iter().enumerate() {
                 if !replaced.contains(&index) {
-                    let b = self.gpu.allocate_chunk(index, chunk.capacity, &new)?;
+                    let b = self
+                        .gpu
+                        .allocate_chunk(index, chunk.capacity, &new, chunk.storage)?;
                     buffers.push((index, b));
                 }
             }
         }
+        let c = &self.plan_cfg;
+        let constants = kernels::variant_constants(
+            &self.config,
+            &variant,
+            c.workgroup_size,
+            c.vec4s_per_invocation,
+        );
         let pipelines = if variant != self.variant {
-            let c = &self.plan_cfg;
-            let constants = kernels::variant_constants(
-                &self.config,
-                &variant,
-                c.workgroup_size,
-                c.vec4s_per_invocation,
-            );
             Some(self.gpu.build_pipelines(&constants)?)
         } else {
             None
@@ -74,6 +78,7 @@ impl RmsProp {
             kinds,
             buffers,
             pipelines,
+            constants,
         })
     }
 
@@ -145,7 +150,8 @@ impl RmsProp {
         for (kind, _) in gained.into_iter().filter(|&(_, g)| g) {
             for s in &self.layout.variables[id.index()].segments {
                 let b = self.gpu.chunks[s.chunk].buffer(kind)?;
-                encoder.clear_buffer(b, s.byte_offset(), Some(s.vec4s() * VEC4_BYTES));
+                let dtype = kind.dtype(self.layout.chunks[s.chunk].storage);
+                encoder.clear_buffer(b, s.byte_offset(dtype), Some(s.vec4_bytes(dtype)));
             }
         }
         self.write_tables();

@@ -2,9 +2,10 @@
 //! GPU sources directly), then one compute pass with the plan's dispatches.
 
 use crate::config::SparseMode;
+use crate::dtype::StorageTypes;
 use crate::error::Result;
 use crate::kernels::ParamsMode;
-use crate::pool::{Kind, VEC4_BYTES};
+use crate::pool::Kind;
 use crate::step::gpu::{missing_buffer, Gpu, FIRST_GLOBAL_KERNEL, KERNELS};
 use crate::step::layout::Layout;
 use crate::step::plan::Plan;
@@ -72,39 +73,44 @@ impl Step<'_> {
                 // Ignored entirely: nothing of it is copied.
                 continue;
             }
+            // The variable's gradient type (host values were checked to be of it).
+            let dtype = v.storage.gradient;
             match g {
                 Gradient::Resident => {}
-                Gradient::Dense(values) => {
+                Gradient::Dense(_) | Gradient::Dense16(_) => {
                     for s in &v.segments {
                         let dst = gpu.chunks[s.chunk].buffer(Kind::Gradient)?;
-                        let part = &values[s.first_elem..s.first_elem + s.elems];
+                        let range = s.first_elem..s.first_elem + s.elems;
+                        let part = match g {
+                            Gradient::Dense16(h) => h.bytes(range),
+                            Gradient::Dense(values) => bytemuck::cast_slice(&values[range]),
+                            _ => &[],
+                        };
                         // The padding lanes after the last element, and the alignment padding up to
                         // where the next variable may start, are written as zeros (so that the
                         // writes of neighbouring variables merge into one copy).
-                        let pad = self.layout.padded_vec4s(s) * VEC4_BYTES - s.elems as u64 * 4;
-                        up.write(
-                            encoder,
-                            dst,
-                            s.byte_offset(),
-                            bytemuck::cast_slice(part),
-                            pad,
-                        )?;
+                        let pad =
+                            self.layout.padded_vec4s(s) * 4 * dtype.bytes() - part.len() as u64;
+                        up.write(encoder, dst, s.byte_offset(dtype), part, pad)?;
                     }
                 }
                 Gradient::Gpu(gg) => {
                     for s in &v.segments {
                         let dst = gpu.chunks[s.chunk].buffer(Kind::Gradient)?;
-                        let src = gg.offset + s.first_elem as u64 * 4;
+                        // Later segments start on a vec4 (an even element): whole words.
+                        let src = gg.offset + s.first_elem as u64 * dtype.bytes();
+                        let bytes = s.word_bytes(dtype);
                         encoder.copy_buffer_to_buffer(
                             gg.buffer,
                             src,
                             dst,
-                            s.byte_offset(),
-                            s.elems as u64 * 4,
+                            s.byte_offset(dtype),
+                            bytes,
                         );
                     }
                 }
                 Gradient::Sparse { .. }
+                | Gradient::Sparse16 { .. }
                 | Gradient::SparseGpu { .. }
                 | Gradient::SparseGpuIndices { .. } => {
                     self.stage_sparse_gpu(gpu, encoder, *id, g)?;
@@ -114,11 +120,9 @@ impl Step<'_> {
                             for kind in [Kind::Gradient, Kind::Squares] {
                                 if let Some(b) = gpu.chunks[s.chunk].buffers[kind as usize].as_ref()
                                 {
-                                    encoder.clear_buffer(
-                                        b,
-                                        s.byte_offset(),
-                                        Some(s.vec4s() * VEC4_BYTES),
-                                    );
+                                    let dtype = kind.dtype(v.storage);
+                                    let at = s.byte_offset(dtype);
+                                    encoder.clear_buffer(b, at, Some(s.vec4_bytes(dtype)));
                                 }
                             }
                         }
@@ -216,7 +220,11 @@ impl Step<'_> {
                 Some(g) => &gpu.global_bind_groups[g],
                 None => &gpu.chunks[d.chunk].bind_groups[k],
             };
-            pass.set_pipeline(&gpu.pipelines[k]);
+            let storage = match gpu.chunks.get(d.chunk) {
+                Some(c) if k < FIRST_GLOBAL_KERNEL => c.storage,
+                _ => StorageTypes::default(),
+            };
+            pass.set_pipeline(gpu.pipeline(k, storage));
             match gpu.mode {
                 ParamsMode::Immediate => {
                     pass.set_bind_group(0, bg, &[]);

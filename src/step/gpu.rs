@@ -3,6 +3,7 @@
 //! before anything is encoded and never leaves an unusable binding behind.
 
 use crate::context::create_buffer_checked;
+use crate::dtype::StorageTypes;
 use crate::error::{Error, Result};
 use crate::kernels::{self, binding, Kernel, Params, ParamsMode, VAR_INFO_BYTES};
 use crate::pool::{self, Kind, VEC4_BYTES};
@@ -90,6 +91,8 @@ impl StepBuffer {
 pub(crate) struct ChunkBuffers {
     /// One buffer per [`Kind`] (by its index); `None` for kinds this configuration does not keep.
     pub buffers: [Option<wgpu::Buffer>; crate::pool::KINDS],
+    /// The storage types of its buffers.
+    pub storage: StorageTypes,
     /// Bind groups of the per-chunk kernels (dense, dense_at, lazy, scatter, partial_dense, prepare,
     /// ema).
     pub bind_groups: Vec<wgpu::BindGroup>,
@@ -160,7 +163,7 @@ pub(crate) struct Gpu {
     /// The pooled kinds every chunk holds.
     pub kinds: Vec<Kind>,
     layouts: Vec<wgpu::BindGroupLayout>,
-    pub pipelines: Vec<wgpu::ComputePipeline>,
+    pipelines: Pipelines,
     /// Stand-ins bound where a pooled kind is not kept, one per kind so that no two bindings of a
     /// dispatch alias (never read or written by the kernel variant).
     placeholders: Vec<wgpu::Buffer>,
@@ -205,7 +208,18 @@ impl Gpu {
                 kernels::bind_group_layout(device, &label, k, mode)
             })
             .collect();
-        let pipelines = build_pipelines(device, prefix, mode, &layouts, constants)?;
+        let pipelines = Pipelines {
+            f32: build_pipelines(
+                device,
+                prefix,
+                mode,
+                &layouts,
+                constants,
+                StorageTypes::default(),
+            )?,
+            typed: Vec::new(),
+            constants: constants.to_vec(),
+        };
         let placeholders = Kind::ALL
             .iter()
             .map(|k| {
@@ -325,35 +339,91 @@ impl Gpu {
             + self.placeholders.iter().map(|p| p.size()).sum::<u64>()
     }
 
-    /// Allocates the buffers of `kinds` for a chunk of `capacity` vec4 (not yet installed).
+    /// Allocates the buffers of `kinds` for a chunk of `capacity` vec4 in `storage`'s types (not yet
+    /// installed).
     pub fn allocate_chunk(
         &mut self,
         index: usize,
         capacity: u64,
         kinds: &[Kind],
+        storage: StorageTypes,
     ) -> Result<[Option<wgpu::Buffer>; crate::pool::KINDS]> {
-        let b = pool::allocate_chunk_buffers(&self.device, &self.prefix, index, capacity, kinds)?;
+        let b = pool::allocate_chunk_buffers(
+            &self.device,
+            &self.prefix,
+            index,
+            capacity,
+            kinds,
+            storage,
+        )?;
         self.objects_created += kinds.len() as u64;
         Ok(b)
     }
 
-    /// Every kernel's pipeline built with `constants` (installed by [`Gpu::set_pipelines`]).
-    pub fn build_pipelines(
+    /// Every kernel's pipeline built with `constants`, for f32 pools and for each other storage in use
+    /// (installed by [`Gpu::set_pipelines`]).
+    pub fn build_pipelines(&self, constants: &[(&'static str, f64)]) -> Result<Pipelines> {
+        let build = |storage| {
+            build_pipelines(
+                &self.device,
+                &self.prefix,
+                self.mode,
+                &self.layouts,
+                constants,
+                storage,
+            )
+        };
+        let mut typed = Vec::with_capacity(self.pipelines.typed.len());
+        for (storage, _) in &self.pipelines.typed {
+            typed.push((*storage, build(*storage)?));
+        }
+        Ok(Pipelines {
+            f32: build(StorageTypes::default())?,
+            typed,
+            constants: constants.to_vec(),
+        })
+    }
+
+    /// Installs pipelines from [`Gpu::build_pipelines`] (same bind group layouts: the bind groups stay).
+    pub fn set_pipelines(&mut self, pipelines: Pipelines) {
+        self.pipelines = pipelines;
+    }
+
+    /// The pipelines of pools in `storage` built with `constants` (`None` for the current constants),
+    /// when there are none for it yet (before a chunk of that storage is created): installed by
+    /// [`Gpu::add_storage`]. Changes nothing.
+    pub fn build_storage(
         &self,
-        constants: &[(&'static str, f64)],
-    ) -> Result<Vec<wgpu::ComputePipeline>> {
-        build_pipelines(
+        storage: StorageTypes,
+        constants: Option<&[(&'static str, f64)]>,
+    ) -> Result<Option<(StorageTypes, Vec<wgpu::ComputePipeline>)>> {
+        if storage.is_f32() || self.pipelines.typed.iter().any(|(s, _)| *s == storage) {
+            return Ok(None);
+        }
+        let constants = constants.unwrap_or(&self.pipelines.constants);
+        let built = build_pipelines(
             &self.device,
             &self.prefix,
             self.mode,
             &self.layouts,
             constants,
-        )
+            storage,
+        )?;
+        Ok(Some((storage, built)))
     }
 
-    /// Installs pipelines from [`Gpu::build_pipelines`] (same bind group layouts: the bind groups stay).
-    pub fn set_pipelines(&mut self, pipelines: Vec<wgpu::ComputePipeline>) {
-        self.pipelines = pipelines;
+    /// Installs pipelines from [`Gpu::build_storage`] (after [`Gpu::set_pipelines`] when both change).
+    pub fn add_storage(&mut self, built: Option<(StorageTypes, Vec<wgpu::ComputePipeline>)>) {
+        self.pipelines.typed.extend(built);
+    }
+
+    /// The pipeline of kernel `k` (an index into [`KERNELS`]) for pools in `storage`.
+    pub fn pipeline(&self, k: usize, storage: StorageTypes) -> &wgpu::ComputePipeline {
+        self.pipelines
+            .typed
+            .iter()
+            .find(|(s, _)| *s == storage && k < FIRST_GLOBAL_KERNEL)
+            .map_or(&self.pipelines.f32[k], |(_, p)| &p[k])
     }
 
     /// Adds the buffers of newly kept kinds (fresh, zeroed) to existing chunks, `(chunk, buffers)` from
@@ -375,19 +445,22 @@ impl Gpu {
         self.kinds = kinds;
     }
 
-    /// Installs chunk `index`'s new buffers, copying `used_vec4` of the old ones on the GPU first.
+    /// Installs chunk `index`'s new buffers (in `storage`'s types), copying `used_vec4` of the old ones
+    /// on the GPU first.
     pub fn install_chunk(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         index: usize,
         buffers: [Option<wgpu::Buffer>; crate::pool::KINDS],
         used_vec4: u64,
+        storage: StorageTypes,
     ) {
         if let Some(old) = self.chunks.get_mut(index) {
-            for (src, dst) in old.buffers.iter().zip(&buffers) {
+            for (kind, (src, dst)) in Kind::ALL.iter().zip(old.buffers.iter().zip(&buffers)) {
                 if let (Some(src), Some(dst)) = (src, dst) {
                     if used_vec4 > 0 {
-                        encoder.copy_buffer_to_buffer(src, 0, dst, 0, used_vec4 * VEC4_BYTES);
+                        let bytes = used_vec4 * 4 * kind.dtype(storage).bytes();
+                        encoder.copy_buffer_to_buffer(src, 0, dst, 0, bytes);
                     }
                 }
             }
@@ -396,6 +469,7 @@ impl Gpu {
             self.chunks.push(ChunkBuffers {
                 buffers,
                 bind_groups: Vec::new(),
+                storage,
             });
         }
     }
@@ -514,17 +588,42 @@ impl Gpu {
     }
 }
 
+/// The pipelines of every kernel for f32 pools, and of the per-chunk kernels for each other storage in
+/// use (the step-wide kernels do not bind the pools).
+#[derive(Debug)]
+pub(crate) struct Pipelines {
+    f32: Vec<wgpu::ComputePipeline>,
+    typed: Vec<(StorageTypes, Vec<wgpu::ComputePipeline>)>,
+    constants: Vec<(&'static str, f64)>,
+}
+
+/// The pipelines of the kernels for pools in `storage`: every kernel for f32, the per-chunk kernels
+/// that bind the pools otherwise (the f32 list is used for the rest).
 fn build_pipelines(
     device: &wgpu::Device,
     prefix: &str,
     mode: ParamsMode,
     layouts: &[wgpu::BindGroupLayout],
     constants: &[(&'static str, f64)],
+    storage: StorageTypes,
 ) -> Result<Vec<wgpu::ComputePipeline>> {
-    KERNELS
+    let count = if storage.is_f32() {
+        KERNELS.len()
+    } else {
+        FIRST_GLOBAL_KERNEL
+    };
+    KERNELS[..count]
         .iter()
         .zip(layouts)
-        .map(|((_, k), layout)| kernels::pipeline(device, prefix, k, mode, layout, constants))
+        .map(|((_, k), layout)| {
+            // A kernel that does not bind the pools is the same for every storage.
+            let storage = if k.module.pools.is_some() {
+                storage
+            } else {
+                StorageTypes::default()
+            };
+            kernels::pipeline(device, prefix, k, mode, layout, constants, storage)
+        })
         .collect()
 }
 

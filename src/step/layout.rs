@@ -1,5 +1,6 @@
 //! The variable registry and where everything sits in the pools: pure bookkeeping, no GPU.
 
+use crate::dtype::StorageTypes;
 use crate::error::{Error, Result};
 use crate::pool::{self, Segment};
 use crate::step::types::VarId;
@@ -19,6 +20,8 @@ pub(crate) struct Variable {
     /// What the kernels read for it (the options resolved against the configuration, name exclusions
     /// included): its entries of the options table.
     pub hyper: VarHyper,
+    /// The storage types of its buffers.
+    pub storage: StorageTypes,
 }
 
 impl Variable {
@@ -39,6 +42,8 @@ pub(crate) struct ChunkLayout {
     pub segments: Vec<(u64, u64, usize)>,
     /// The layout version at which this chunk's buffers were last replaced (or created).
     pub moved: u64,
+    /// The storage types of its buffers: a variable goes into a chunk of its own storage types.
+    pub storage: StorageTypes,
 }
 
 /// Every variable and chunk of one optimizer.
@@ -49,7 +54,8 @@ pub(crate) struct Layout {
     pub chunks: Vec<ChunkLayout>,
     /// Capacity of one chunk, in vec4.
     pub chunk_limit: u64,
-    /// Alignment of every variable's first element, in vec4.
+    /// Alignment of every variable's first element in f32 buffers, in vec4 (twice as many in chunks
+    /// with a 16-bit buffer, whose vec4s are half as long: see [`Layout::align_of`]).
     pub align_vec4: u64,
     /// Bumped whenever a pool buffer is replaced (grown): slices of it taken before are stale.
     pub version: u64,
@@ -63,6 +69,8 @@ pub(crate) struct Placement {
     pub used: Vec<u64>,
     /// `(chunk, new capacity in vec4)` for each chunk to allocate or grow.
     pub grow: Vec<(usize, u64)>,
+    /// The storage types of the variable (and of the chunks it goes into).
+    pub storage: StorageTypes,
 }
 
 impl Layout {
@@ -103,8 +111,28 @@ impl Layout {
             .ok_or_else(|| Error::UnknownVariable(format!("{name:?}")))
     }
 
-    /// Checks a new variable (name, shape, length) and plans where it goes, changing nothing.
-    pub fn plan_variable(&self, name: &str, shape: &[usize], init_len: usize) -> Result<Placement> {
+    /// Alignment of a variable's first element in a chunk of `storage`, in vec4: the byte alignment
+    /// holds in every buffer of the chunk, the 16-bit ones included.
+    pub fn align_of(&self, storage: StorageTypes) -> u64 {
+        let narrow = [storage.variable, storage.gradient, storage.state]
+            .iter()
+            .any(|d| d.bytes() < 4);
+        if narrow {
+            self.align_vec4 * 2
+        } else {
+            self.align_vec4
+        }
+    }
+
+    /// Checks a new variable (name, shape, length) and plans where it goes among the chunks of its
+    /// storage types, changing nothing.
+    pub fn plan_variable(
+        &self,
+        name: &str,
+        shape: &[usize],
+        init_len: usize,
+        storage: StorageTypes,
+    ) -> Result<Placement> {
         if self.variables.iter().any(|v| v.name == name) {
             return Err(Error::DuplicateVariable { name: name.into() });
         }
@@ -132,8 +160,29 @@ impl Layout {
                 reason: "cannot be added: too many variables",
             });
         }
+        // Placed among the chunks of its storage types only (in their order); new chunks go after all.
+        let mine: Vec<usize> = (0..self.chunks.len())
+            .filter(|&c| self.chunks[c].storage == storage)
+            .collect();
+        let mut local: Vec<u64> = mine.iter().map(|&c| self.chunks[c].used).collect();
+        let align = self.align_of(storage);
+        let mut segments = pool::place(&mut local, self.chunk_limit, len, align);
+        let global = |j: usize| {
+            mine.get(j)
+                .copied()
+                .unwrap_or(self.chunks.len() + j - mine.len())
+        };
+        for s in &mut segments {
+            s.chunk = global(s.chunk);
+        }
         let mut used: Vec<u64> = self.chunks.iter().map(|c| c.used).collect();
-        let segments = pool::place(&mut used, self.chunk_limit, len, self.align_vec4);
+        for (j, &u) in local.iter().enumerate() {
+            let c = global(j);
+            if c >= used.len() {
+                used.resize(c + 1, 0);
+            }
+            used[c] = u;
+        }
         let grow = used
             .iter()
             .enumerate()
@@ -146,6 +195,7 @@ impl Layout {
             segments,
             used,
             grow,
+            storage,
         })
     }
 
@@ -155,7 +205,7 @@ impl Layout {
     /// (with 32-byte alignment, 1,000 four-element gradients were 1,000 copies: 0.7 ms of host time).
     pub fn padded_vec4s(&self, s: &Segment) -> u64 {
         // A power of two: a mask, not a division (this runs twice per host gradient per step).
-        let mask = self.align_vec4 - 1;
+        let mask = self.align_of(self.chunks[s.chunk].storage) - 1;
         let end = (s.offset + s.vec4s() + mask) & !mask;
         end.min(self.chunks[s.chunk].capacity) - s.offset
     }
@@ -225,6 +275,7 @@ impl Layout {
             }
             self.chunks[chunk].capacity = capacity;
             self.chunks[chunk].moved = self.version;
+            self.chunks[chunk].storage = p.storage;
         }
         for (chunk, u) in self.chunks.iter_mut().zip(&p.used) {
             chunk.used = *u;
@@ -248,6 +299,7 @@ impl Layout {
             segments: p.segments,
             options,
             hyper,
+            storage: p.storage,
         });
         self.id(index)
     }

@@ -499,7 +499,7 @@ mod tests {
         let mut l = Layout::new(1, chunk_limit, align);
         for (i, &n) in lens.iter().enumerate() {
             let name = format!("v{i}");
-            let p = l.plan_variable(&name, &[n], n).unwrap();
+            let p = l.plan_variable(&name, &[n], n, Default::default()).unwrap();
             l.commit_plain(&name, &[n], p);
         }
         l
@@ -579,7 +579,9 @@ mod tests {
     fn sparse_rows_of_a_split_table_are_dispatched_per_chunk() {
         // 10 rows of 4 elements, chunks of 4 vec4 (4 rows each).
         let mut l = Layout::new(1, 4, 1);
-        let p = l.plan_variable("table", &[10, 4], 40).unwrap();
+        let p = l
+            .plan_variable("table", &[10, 4], 40, Default::default())
+            .unwrap();
         l.commit_plain("table", &[10, 4], p);
         let rows = [9i64, 0, 5, 0];
         let values = vec![1.0f32; 16];
@@ -719,7 +721,9 @@ mod tests {
         // workgroups of 1,024, 16 vec4 per invocation.
         let mut l = Layout::new(1, 1 << 30, 16);
         let n = (1usize << 32) - 1; // the most elements a variable may have
-        let p = l.plan_variable("huge", &[n], n).unwrap();
+        let p = l
+            .plan_variable("huge", &[n], n, Default::default())
+            .unwrap();
         l.commit_plain("huge", &[n], p);
         for (wg, per) in [(1024, 16), (64, 1), (1, 1)] {
             let c = PlanConfig {

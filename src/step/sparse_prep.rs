@@ -89,6 +89,7 @@ impl SparsePrep {
                 }
                 let (indices, len) = match g {
                     Gradient::Sparse { indices, values } if host => (indices, values.len()),
+                    Gradient::Sparse16 { indices, values } if host => (indices, values.len()),
                     Gradient::SparseGpu { indices, .. } if !host => {
                         (indices, indices.len() * layout.variables[var].row_len)
                     }
@@ -99,6 +100,7 @@ impl SparsePrep {
                 let values_base = (self.values.len() + self.gpu_values) as u32;
                 match g {
                     Gradient::Sparse { values, .. } => self.values.extend_from_slice(values),
+                    Gradient::Sparse16 { values, .. } => values.widen_into(&mut self.values),
                     _ => self.gpu_values += len,
                 }
                 self.steps.push(SparseStep {

@@ -18,10 +18,13 @@ impl VarId {
     }
 }
 
-/// A gradient already on the GPU: `len(variable)` f32 values starting at byte `offset` of `buffer`.
+/// A gradient already on the GPU: `len(variable)` values of the variable's gradient type starting at
+/// byte `offset` of `buffer` (16-bit types: two per u32 word, element `2k` in the low half; the buffer
+/// must then hold whole words, an odd length's last word padded).
 ///
 /// The buffer needs `COPY_SRC` usage and must belong to the optimizer's device; `offset` must be a
 /// multiple of 4. The values are copied on the GPU into the optimizer's gradient pool (no host round trip).
+/// Sparse values on the GPU ([`Gradient::SparseGpu`], [`Gradient::SparseGpuIndices`]) are f32.
 #[derive(Debug, Clone, Copy)]
 pub struct GpuGradient<'a> {
     /// The caller's buffer.
@@ -33,8 +36,11 @@ pub struct GpuGradient<'a> {
 /// The gradient of one variable in one step.
 #[derive(Debug, Clone, Copy)]
 pub enum Gradient<'a> {
-    /// `len(variable)` values on the host.
+    /// `len(variable)` values on the host, for a variable with f32 gradients.
     Dense(&'a [f32]),
+    /// `len(variable)` 16-bit values on the host, for a variable whose gradient type is theirs
+    /// ([`crate::StorageTypes::gradient`]); written into the gradient pool as they are.
+    Dense16(HalfSlice<'a>),
     /// `len(variable)` values on the GPU, copied GPU-to-GPU into the gradient pool.
     Gpu(GpuGradient<'a>),
     /// The caller already wrote the gradient into the optimizer's own gradient buffer (see
@@ -51,6 +57,14 @@ pub enum Gradient<'a> {
         indices: Indices<'a>,
         /// One row of values per index.
         values: &'a [f32],
+    },
+    /// IndexedSlices with 16-bit values on the host, for a variable whose gradient type is theirs (the
+    /// values are widened to f32, exactly, into the step's sparse buffer).
+    Sparse16 {
+        /// Row indices.
+        indices: Indices<'a>,
+        /// One row of values per index.
+        values: HalfSlice<'a>,
     },
     /// IndexedSlices whose values are already on the GPU (e.g. written by the caller's backward shader):
     /// host indices, and `len(indices) * row_len` f32 values from `values.offset` of `values.buffer`,
@@ -72,6 +86,54 @@ pub enum Gradient<'a> {
         /// Where the rows of values are.
         values: GpuGradient<'a>,
     },
+}
+
+/// Host values of a 16-bit type.
+#[derive(Debug, Clone, Copy)]
+pub enum HalfSlice<'a> {
+    /// IEEE binary16 values.
+    F16(&'a [half::f16]),
+    /// bfloat16 values.
+    Bf16(&'a [half::bf16]),
+}
+
+impl HalfSlice<'_> {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            HalfSlice::F16(v) => v.len(),
+            HalfSlice::Bf16(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Their type.
+    pub fn dtype(&self) -> crate::dtype::Dtype {
+        match self {
+            HalfSlice::F16(_) => crate::dtype::Dtype::F16,
+            HalfSlice::Bf16(_) => crate::dtype::Dtype::Bf16,
+        }
+    }
+
+    /// Values `range` as bytes.
+    pub(crate) fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        match self {
+            HalfSlice::F16(v) => bytemuck::cast_slice(&v[range]),
+            HalfSlice::Bf16(v) => bytemuck::cast_slice(&v[range]),
+        }
+    }
+
+    /// Appends the values, widened to f32 (exact), to `out`.
+    pub(crate) fn widen_into(&self, out: &mut Vec<f32>) {
+        match self {
+            HalfSlice::F16(v) => out.extend(v.iter().map(|h| h.to_f32())),
+            HalfSlice::Bf16(v) => out.extend(v.iter().map(|h| h.to_f32())),
+        }
+    }
 }
 
 /// Row indices of a sparse gradient on the GPU: `len` i32 values from byte `offset` of `buffer` (which
@@ -105,14 +167,17 @@ pub struct GpuSlice {
     pub len: usize,
     /// The layout version this slice was taken from.
     pub layout: u64,
+    /// The element type of the buffer (16-bit types: two elements per u32 word, element `2k` in the low
+    /// half).
+    pub dtype: crate::dtype::Dtype,
 }
 
 impl GpuSlice {
-    /// Bytes to bind for this slice: its values rounded up to whole vec4s. The padding lanes belong to
-    /// the variable, so a shader may read or write them as `vec4<f32>`; the optimizer never reads them
-    /// back.
+    /// Bytes to bind for this slice: its values rounded up to whole vec4s (16 bytes of f32, 8 of a
+    /// 16-bit type). The padding lanes belong to the variable, so a shader may read or write them as
+    /// `vec4<f32>` (or two words of halves); the optimizer never reads them back.
     pub fn bound_bytes(&self) -> u64 {
-        (self.len as u64).div_ceil(4) * 16
+        (self.len as u64).div_ceil(4) * 4 * self.dtype.bytes()
     }
 }
 

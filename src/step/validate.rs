@@ -2,8 +2,8 @@
 //! lengths, sparse indices, the caller's GPU buffers, and the limits the kernels index with. Pure: no GPU
 //! work, so a refused step has changed nothing.
 
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::pool::VEC4_BYTES;
 use crate::sparse;
 use crate::step::layout::Layout;
 use crate::step::types::{GpuGradient, Gradient, VarId};
@@ -47,6 +47,7 @@ pub(crate) fn validate(
     for (id, g) in grads {
         let v = layout.var(*id)?;
         let name = || v.name.clone();
+        check_type(&v.name, g, v.storage.gradient)?;
         // Sparse gradients: (indices, values) of this step, checked below against the step's total.
         let listed = match g {
             Gradient::Resident => {
@@ -66,18 +67,23 @@ pub(crate) fn validate(
                 }
                 None
             }
-            Gradient::Dense(values) => {
-                if values.len() != v.len {
+            Gradient::Dense(_) | Gradient::Dense16(_) => {
+                let got = match g {
+                    Gradient::Dense16(h) => h.len(),
+                    Gradient::Dense(values) => values.len(),
+                    _ => 0,
+                };
+                if got != v.len {
                     return Err(Error::GradientLength {
                         name: name(),
                         expected: v.len,
-                        got: values.len(),
+                        got,
                     });
                 }
                 None
             }
             Gradient::Gpu(gg) => {
-                check_gpu_buffer(&v.name, gg, v.len)?;
+                check_gpu_bytes(&v.name, gg, v.len, v.storage.gradient.bytes())?;
                 None
             }
             Gradient::SparseGpuIndices { indices, values } => {
@@ -103,6 +109,10 @@ pub(crate) fn validate(
                 sparse::validate(&v.name, &v.shape, indices, values.len())?;
                 Some((indices.len(), values.len()))
             }
+            Gradient::Sparse16 { indices, values } => {
+                sparse::validate(&v.name, &v.shape, indices, values.len())?;
+                Some((indices.len(), values.len()))
+            }
         };
         if let Some((k, n)) = listed {
             // The step's sparse values and indices are addressed with u32 in the kernels.
@@ -124,19 +134,23 @@ pub(crate) fn validate(
         *part = match g {
             _ if v.frozen() => Part::Frozen,
             Gradient::Sparse { .. }
+            | Gradient::Sparse16 { .. }
             | Gradient::SparseGpu { .. }
             | Gradient::SparseGpuIndices { .. } => Part::Sparse,
-            Gradient::Dense(_) | Gradient::Gpu(_) | Gradient::Resident => Part::Dense,
+            Gradient::Dense(_) | Gradient::Dense16(_) | Gradient::Gpu(_) | Gradient::Resident => {
+                Part::Dense
+            }
         };
         if *part == Part::Frozen {
             continue;
         }
-        if let Gradient::Dense(_) = g {
+        if let Gradient::Dense(_) | Gradient::Dense16(_) = g {
             // With the alignment padding after each part (see `Layout::padded_vec4s`).
+            let vec4_bytes = 4 * v.storage.gradient.bytes();
             out.host_bytes += v
                 .segments
                 .iter()
-                .map(|s| layout.padded_vec4s(s) * VEC4_BYTES)
+                .map(|s| layout.padded_vec4s(s) * vec4_bytes)
                 .sum::<u64>();
         }
         out.copied += usize::from(!matches!(g, Gradient::Resident));
@@ -145,19 +159,64 @@ pub(crate) fn validate(
     Ok(())
 }
 
+/// Checks that the element type of gradient `g` is the variable's gradient type `dtype` (host slices
+/// carry their type; GPU sparse values are f32).
+fn check_type(name: &str, g: &Gradient<'_>, dtype: Dtype) -> Result<()> {
+    let (got, hint) = match g {
+        Gradient::Dense(_) | Gradient::Sparse { .. } => {
+            (Dtype::F32, "give Dense16/Sparse16 values")
+        }
+        Gradient::Dense16(h) | Gradient::Sparse16 { values: h, .. } => {
+            (h.dtype(), "give the values in the variable's gradient type")
+        }
+        Gradient::SparseGpu { .. } | Gradient::SparseGpuIndices { .. } if dtype != Dtype::F32 => {
+            return Err(Error::GradientType {
+                name: name.into(),
+                expected: Dtype::F32,
+                got: dtype,
+                hint: "sparse values on the GPU are read as f32: a variable with 16-bit gradients \
+                       takes sparse gradients from the host (Sparse16)",
+            })
+        }
+        _ => return Ok(()),
+    };
+    if got != dtype {
+        return Err(Error::GradientType {
+            name: name.into(),
+            expected: dtype,
+            got,
+            hint,
+        });
+    }
+    Ok(())
+}
+
 /// Checks that `len` f32 can be copied from a caller's buffer for variable `name`.
 pub(crate) fn check_gpu_buffer(name: &str, g: &GpuGradient<'_>, len: usize) -> Result<()> {
+    check_gpu_bytes(name, g, len, 4)
+}
+
+/// Checks that `len` values of `elem_bytes` each (in whole 4-byte words) can be copied from a caller's
+/// buffer for variable `name`.
+pub(crate) fn check_gpu_bytes(
+    name: &str,
+    g: &GpuGradient<'_>,
+    len: usize,
+    elem_bytes: u64,
+) -> Result<()> {
     let reason = if !g.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
         Some(format!("usage {:?} lacks COPY_SRC", g.buffer.usage()))
     } else if !g.offset.is_multiple_of(4) {
         Some(format!("offset {} is not a multiple of 4", g.offset))
     } else if (len as u64)
-        .checked_mul(4)
+        .checked_mul(elem_bytes)
+        .map(|bytes| bytes.next_multiple_of(4))
         .and_then(|bytes| g.offset.checked_add(bytes))
         .is_none_or(|end| end > g.buffer.size())
     {
         Some(format!(
-            "offset {} + {len} values x 4 bytes exceeds the buffer's {} bytes",
+            "offset {} + {len} values x {elem_bytes} bytes (in whole 4-byte words) exceeds the \
+             buffer's {} bytes",
             g.offset,
             g.buffer.size()
         ))

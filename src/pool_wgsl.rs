@@ -1,0 +1,118 @@
+//! The WGSL declarations of the pooled buffers (variable, gradient, velocity, momentum, average
+//! gradient) for a chunk's storage types, with the accessors the kernels use instead of indexing the
+//! buffers: `ld_x(i)`, `st_x(i, value)`, and in the scalar form `rnd_x(value)` (the value rounded to the
+//! buffer's type, as storing and loading it would give).
+//!
+//! WGSL has no generic bindings and an `override` cannot change a binding's type, so these few lines are
+//! the only WGSL generated at run time: the rest of each module is the static files.
+//!
+//! - Vec4 form (the dense kernel, vec4 `i`): f32 buffers are `array<vec4<f32>>`; 16-bit buffers are
+//!   `array<vec2<u32>>` (four halves in two words), converted by `shaders/half.wgsl`.
+//! - Scalar form (sparse rows, norms; element `e`): f32 buffers are `array<f32>`; 16-bit buffers are
+//!   words holding two elements. Two invocations may update the two halves of one word (rows need not
+//!   start on an even element), so a written 16-bit buffer is `array<atomic<u32>>` and a store clears its
+//!   half with `atomicAnd` and sets it with `atomicOr`: the other half is never touched, and the result
+//!   does not depend on the order.
+
+use std::fmt::Write;
+
+use crate::dtype::{Dtype, StorageTypes};
+use crate::kernels::BindingKind;
+
+/// How a module indexes the pooled buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `ld_x(i: u32) -> vec4<f32>`: vec4 `i` (elements `4i .. 4i + 4`).
+    Vec4,
+    /// `ld_x(e: u32) -> f32`: element `e`.
+    Scalar,
+}
+
+/// A pooled buffer a module declares: its WGSL name (`x`, `g`, `v`, `m`, `a`), binding and access.
+pub type PoolBinding = (&'static str, u32, BindingKind);
+
+/// The storage type of the pooled buffer named `name` under `storage`.
+pub(crate) fn dtype_of(name: &str, storage: StorageTypes) -> Dtype {
+    match name {
+        "x" => storage.variable,
+        "g" => storage.gradient,
+        _ => storage.state,
+    }
+}
+
+/// The declarations and accessors of `pools` for `storage`.
+pub(crate) fn declarations(flavor: Flavor, pools: &[PoolBinding], storage: StorageTypes) -> String {
+    let mut s = String::from(
+        "// The 16 bits of element `e` in its word (element 2k is the low half).\n\
+         fn half_of(w: u32, e: u32) -> u32 { return (w >> ((e & 1u) * 16u)) & 0xffffu; }\n",
+    );
+    for &(n, b, kind) in pools {
+        let dtype = dtype_of(n, storage);
+        let rw = kind == BindingKind::ReadWrite;
+        let access = if rw { "read_write" } else { "read" };
+        let (to_f32, from_f32) = match dtype {
+            Dtype::F16 => ("f16_to_f32", "f32_to_f16"),
+            _ => ("bf16_to_f32", "f32_to_bf16"),
+        };
+        let _ = match (flavor, dtype) {
+            (Flavor::Vec4, Dtype::F32) => writeln!(
+                s,
+                "@group(0) @binding({b}) var<storage, {access}> {n}: array<vec4<f32>>;\n\
+                 fn ld_{n}(i: u32) -> vec4<f32> {{ return {n}[i]; }}"
+            ),
+            (Flavor::Vec4, _) => {
+                let t = if dtype == Dtype::F16 { "f16" } else { "bf16" };
+                writeln!(
+                    s,
+                    "@group(0) @binding({b}) var<storage, {access}> {n}: array<vec2<u32>>;\n\
+                     fn ld_{n}(i: u32) -> vec4<f32> {{ return unpack_{t}x4({n}[i]); }}"
+                )
+            }
+            (Flavor::Scalar, Dtype::F32) => writeln!(
+                s,
+                "@group(0) @binding({b}) var<storage, {access}> {n}: array<f32>;\n\
+                 fn ld_{n}(e: u32) -> f32 {{ return {n}[e]; }}\n\
+                 fn rnd_{n}(value: f32) -> f32 {{ return value; }}"
+            ),
+            (Flavor::Scalar, _) if rw => writeln!(
+                s,
+                "@group(0) @binding({b}) var<storage, read_write> {n}: array<atomic<u32>>;\n\
+                 fn ld_{n}(e: u32) -> f32 {{ return {to_f32}(half_of(atomicLoad(&{n}[e >> 1u]), e)); }}\n\
+                 fn rnd_{n}(value: f32) -> f32 {{ return {to_f32}({from_f32}(value)); }}"
+            ),
+            (Flavor::Scalar, _) => writeln!(
+                s,
+                "@group(0) @binding({b}) var<storage, read> {n}: array<u32>;\n\
+                 fn ld_{n}(e: u32) -> f32 {{ return {to_f32}(half_of({n}[e >> 1u], e)); }}\n\
+                 fn rnd_{n}(value: f32) -> f32 {{ return {to_f32}({from_f32}(value)); }}"
+            ),
+        };
+        if !rw {
+            continue;
+        }
+        let _ = match (flavor, dtype) {
+            (Flavor::Vec4, Dtype::F32) => writeln!(
+                s,
+                "fn st_{n}(i: u32, value: vec4<f32>) {{ {n}[i] = value; }}"
+            ),
+            (Flavor::Vec4, _) => {
+                let t = if dtype == Dtype::F16 { "f16" } else { "bf16" };
+                writeln!(
+                    s,
+                    "fn st_{n}(i: u32, value: vec4<f32>) {{ {n}[i] = pack_{t}x4(value); }}"
+                )
+            }
+            (Flavor::Scalar, Dtype::F32) => {
+                writeln!(s, "fn st_{n}(e: u32, value: f32) {{ {n}[e] = value; }}")
+            }
+            (Flavor::Scalar, _) => writeln!(
+                s,
+                "fn st_{n}(e: u32, value: f32) {{\n    \
+                 let shift = (e & 1u) * 16u;\n    \
+                 atomicAnd(&{n}[e >> 1u], ~(0xffffu << shift));\n    \
+                 atomicOr(&{n}[e >> 1u], {from_f32}(value) << shift);\n}}"
+            ),
+        };
+    }
+    s
+}
