@@ -16,13 +16,16 @@ fn cases() -> Vec<Case> {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     paths.sort();
+    let all: Vec<Case> = paths.iter().map(|p| Case::from_path(p).unwrap()).collect();
+    // The 77 float32 public cases, and the 15 float16/bfloat16 ones once they move here from
+    // tests/golden/unsupported (when the GPU stores 16-bit values).
     assert_eq!(
-        paths.len(),
+        all.iter().filter(|c| c.dtype == "float32").count(),
         77,
-        "the 77 public cases are in {}",
+        "the 77 float32 public cases are in {}",
         dir.display()
     );
-    paths.iter().map(|p| Case::from_path(p).unwrap()).collect()
+    all
 }
 
 #[test]
