@@ -7,12 +7,24 @@
 //! Per-variable options ([`VarOptions`]): each variable is updated with its effective configuration
 //! ([`VarOptions::effective_config`]) and its own step scalars ([`crate::VarHyper::scalars`]), the values
 //! the kernels read from the options table; a frozen variable takes part as an absent one.
+//!
+//! Storage types ([`crate::dtype`]): each variable's effective [`StorageTypes`] (its
+//! [`VarOptions::storage`], else the configuration's) decide what is stored. Everything is computed in
+//! f32 exactly as for f32 storage; a stored quantity is rounded once, to nearest even, when it is
+//! written at the end of the step ([`store`]): the variable to `storage.variable`, velocity, momentum and
+//! average gradient to `storage.state`. Values computed earlier in the step are used unrounded. A
+//! gradient is read from a buffer of `storage.gradient`: dense and sparse values are rounded to it on
+//! entry, and so is the merged row sum that the sparse scatter writes for a dense update (Keras 3's sums
+//! of squares stay f32). Initial values are rounded when a variable is added. The Keras base-class
+//! features (EMA, gradient accumulation, loss scaling) are f32 only: a step with one of them and a
+//! 16-bit role is refused ([`Error::InvalidConfig`] on `storage`).
 
 use crate::config::{
     AverageForm, DuplicateIndices, EpsilonPlacement, MomentumForm, RmsPropConfig, SparseMode,
     StepScalars, WeightDecay,
 };
-use crate::error::Result;
+use crate::dtype::{Dtype, StorageTypes};
+use crate::error::{Error, Result};
 use crate::var_options::VarOptions;
 
 /// One element's state (`State` in the shader).
@@ -124,6 +136,25 @@ pub fn rmsprop(
     s
 }
 
+/// An element's state as stored at the end of a step (`store_state` in the shaders): the variable
+/// rounded to `storage.variable`, the slots to `storage.state` (identity for f32).
+pub fn store(storage: &StorageTypes, s: State) -> State {
+    State {
+        x: storage.variable.round(s.x),
+        v: storage.state.round(s.v),
+        m: storage.state.round(s.m),
+        a: storage.state.round(s.a),
+    }
+}
+
+/// `variable=f16 gradient=f16 state=f32`: storage types in error messages.
+fn storage_text(s: &StorageTypes) -> String {
+    format!(
+        "variable={} gradient={} state={}",
+        s.variable, s.gradient, s.state
+    )
+}
+
 /// One variable and its optimizer state on the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReferenceState {
@@ -143,6 +174,9 @@ pub struct ReferenceState {
     pub acc: Option<Vec<f32>>,
     /// The moving average of the variable (slot `ema`, with `use_ema`).
     pub ema: Option<Vec<f32>>,
+    /// The storage types (its options' [`VarOptions::storage`], else the configuration's), fixed when
+    /// the variable is added. Every stored value is a value of its role's type.
+    pub storage: StorageTypes,
 }
 
 impl ReferenceState {
@@ -161,17 +195,27 @@ impl ReferenceState {
     ) -> Self {
         let n = init.len();
         let c = options.effective_config(config);
+        let storage = options.storage.unwrap_or(config.storage());
+        // Stored values are values of their type: the initial values and the starting velocity are
+        // rounded (to nearest even) as the upload does.
+        let x: Vec<f32> = init.iter().map(|&x| storage.variable.round(x)).collect();
         ReferenceState {
             shape: shape.to_vec(),
-            x: init.to_vec(),
-            v: vec![config.initial_accumulator_value() as f32; n],
+            v: vec![
+                storage
+                    .state
+                    .round(config.initial_accumulator_value() as f32);
+                n
+            ],
             m: c.has_momentum().then(|| vec![0.0; n]),
             a: c.centered().then(|| vec![0.0; n]),
             options: options.clone(),
             acc: config.gradient_accumulation_steps().map(|_| vec![0.0; n]),
             // The variable's values: Keras's first call overwrites the average anyway, and a variable added
             // later starts from its own values rather than from zero.
-            ema: config.use_ema().then(|| init.to_vec()),
+            ema: config.use_ema().then(|| x.clone()),
+            x,
+            storage,
         }
     }
 
@@ -184,7 +228,9 @@ impl ReferenceState {
         }
     }
 
+    /// Writes element `i` back as the kernels store it: rounded to the storage types ([`store`]).
     fn set(&mut self, i: usize, s: State) {
+        let s = store(&self.storage, s);
         self.x[i] = s.x;
         self.v[i] = s.v;
         if let Some(m) = self.m.as_mut() {
@@ -316,7 +362,8 @@ impl Reference {
     }
 
     /// Changes a variable's options as [`crate::RmsProp::set_variable_options`] does: a slot kept before
-    /// and after keeps its values, a slot gained starts at 0, a slot lost is dropped.
+    /// and after keeps its values, a slot gained starts at 0, a slot lost is dropped. The storage types
+    /// are fixed when the variable is added: options whose effective storage differs are refused.
     ///
     /// # Panics
     /// If `index` is not a variable.
@@ -324,6 +371,15 @@ impl Reference {
         options.validate(&format!("var{index}"), &self.config)?;
         let c = options.effective_config(&self.config);
         let var = &mut self.vars[index];
+        let storage = options.storage.unwrap_or(self.config.storage());
+        if storage != var.storage {
+            return Err(Error::InvalidVarOptions {
+                variable: format!("var{index}"),
+                field: "storage",
+                value: storage_text(&storage),
+                requirement: "cannot change after the variable is added",
+            });
+        }
         let n = var.x.len();
         if !c.has_momentum() {
             var.m = None;
@@ -407,10 +463,30 @@ impl Reference {
     /// # Panics
     /// On lengths or indices that do not fit (the reference is an oracle, not a checked API).
     pub fn step(&mut self, grads: &[Option<RefGradient<'_>>]) -> Result<()> {
+        self.check_storage()?;
         let t = self.iterations + 1;
         self.step_update(grads)?;
         self.update_ema(t);
         Ok(())
+    }
+
+    /// The Keras base-class features are f32 only: with one of them, every role of every variable must
+    /// be f32 (checked before anything changes).
+    fn check_storage(&self) -> Result<()> {
+        let c = &self.config;
+        let base = c.use_ema()
+            || c.gradient_accumulation_steps().is_some()
+            || c.loss_scale_factor().is_some();
+        match self.vars.iter().find(|v| !v.storage.is_f32()) {
+            Some(var) if base => Err(Error::InvalidConfig {
+                field: "storage",
+                value: storage_text(&var.storage),
+                requirement:
+                    "must be f32 for every role with use_ema, gradient_accumulation_steps or \
+                              loss_scale_factor (16-bit storage does not have them yet)",
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Keras's moving average after call `t` (`keras_base.wgsl::ema`): every variable, also on calls
@@ -453,6 +529,31 @@ impl Reference {
             .iter()
             .zip(&self.vars)
             .map(|(g, var)| g.filter(|_| !var.options.frozen))
+            .collect();
+        // The gradient buffers hold values of `storage.gradient`: every incoming value (dense, or a
+        // sparse row's) is rounded on entry, as the upload does (identity for f32).
+        let rounded: Vec<Option<Vec<f32>>> = grads
+            .iter()
+            .zip(&self.vars)
+            .map(|(g, var)| {
+                let d = var.storage.gradient;
+                let values = match g {
+                    Some(RefGradient::Dense(v)) | Some(RefGradient::Sparse { values: v, .. }) => v,
+                    None => return None,
+                };
+                (d != Dtype::F32).then(|| values.iter().map(|&x| d.round(x)).collect())
+            })
+            .collect();
+        let grads: Vec<Option<RefGradient<'_>>> = grads
+            .iter()
+            .zip(&rounded)
+            .map(|(g, r)| match (g, r) {
+                (Some(RefGradient::Dense(_)), Some(r)) => Some(RefGradient::Dense(r)),
+                (Some(RefGradient::Sparse { indices, .. }), Some(r)) => {
+                    Some(RefGradient::Sparse { indices, values: r })
+                }
+                (g, _) => *g,
+            })
             .collect();
         // Keras's base class first: the loss scale, then accumulation (`keras_base.wgsl`).
         let prepared = self.prepare(&grads, step)?;
@@ -568,8 +669,11 @@ impl Reference {
                                     let mut s = var.state(i);
                                     let listed = |k: usize| info.clip(values[k * row_len + col]);
                                     if c.duplicate_indices() == DuplicateIndices::Sequential {
+                                        // Each pair is a complete update, stored (rounded)
+                                        // before the next one reads it.
                                         for &k in ks {
-                                            s = rmsprop(&c, &p, s, listed(k), 0.0, false);
+                                            let next = rmsprop(&c, &p, s, listed(k), 0.0, false);
+                                            s = store(&var.storage, next);
                                         }
                                     } else {
                                         let sum: f32 =
@@ -591,6 +695,9 @@ impl Reference {
                                         gsum[i] += gk;
                                         q[i] += gk * gk;
                                     }
+                                    // The merged row is written to the gradient buffer (its type);
+                                    // the sums of squares stay f32.
+                                    gsum[i] = var.storage.gradient.round(gsum[i]);
                                 }
                             }
                             let use_q = c.duplicate_indices() == DuplicateIndices::Keras3
@@ -606,5 +713,220 @@ impl Reference {
         }
         self.iterations = step;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Preset;
+    use crate::dtype::Dtype;
+
+    fn storage(variable: Dtype, gradient: Dtype, state: Dtype) -> StorageTypes {
+        StorageTypes {
+            variable,
+            gradient,
+            state,
+        }
+    }
+
+    fn keras(lr: f64) -> crate::config::RmsPropConfigBuilder {
+        RmsPropConfig::preset(Preset::Keras).learning_rate(lr)
+    }
+
+    #[test]
+    fn a_step_below_half_an_ulp_leaves_a_bf16_variable_while_f32_state_moves() {
+        // x = 1.5 in bf16 (ulp 2^-7); each step moves it by lr / sqrt(v) <= 0.0032 < 2^-8.
+        let mixed = storage(Dtype::Bf16, Dtype::F32, Dtype::F32);
+        let mut r = Reference::new(keras(0.001).storage(mixed).build().unwrap());
+        let mut f = Reference::new(keras(0.001).build().unwrap());
+        r.add_variable(&[], &[1.5]);
+        f.add_variable(&[], &[1.5]);
+        for _ in 0..5 {
+            r.step(&[Some(RefGradient::Dense(&[1.0]))]).unwrap();
+            f.step(&[Some(RefGradient::Dense(&[1.0]))]).unwrap();
+            assert_eq!(r.vars[0].x[0], 1.5);
+            // The f32 velocity is exactly the f32 optimizer's (it only sees the same gradients).
+            assert_eq!(r.vars[0].v[0].to_bits(), f.vars[0].v[0].to_bits());
+        }
+        // The f32 variable drifted by five increments, more than an ulp of bf16.
+        assert!(f.vars[0].x[0] < 1.5 - 2f32.powi(-7), "{}", f.vars[0].x[0]);
+    }
+
+    #[test]
+    fn an_f16_subnormal_velocity_survives() {
+        // v = (1 - rho) g^2 = 0.1 * 2^-20 ~ 9.5e-8: below f16's smallest normal (2^-14), rounded to
+        // the subnormal 2 * 2^-24, not flushed to zero.
+        let c = keras(0.001)
+            .rho(0.9)
+            .storage(StorageTypes::all(Dtype::F16))
+            .build()
+            .unwrap();
+        let mut r = Reference::new(c.clone());
+        r.add_variable(&[], &[1.0]);
+        r.step(&[Some(RefGradient::Dense(&[2f32.powi(-10)]))])
+            .unwrap();
+        let v = r.vars[0].v[0];
+        assert_eq!(v, 2f32.powi(-23));
+        // The f32 value the step computed, rounded once.
+        let p = c.scalars(1).unwrap();
+        let s = rmsprop(
+            &c,
+            &p,
+            State {
+                x: 1.0,
+                v: 0.0,
+                m: 0.0,
+                a: 0.0,
+            },
+            2f32.powi(-10),
+            0.0,
+            false,
+        );
+        assert_eq!(v, Dtype::F16.round(s.v));
+        assert_eq!(r.vars[0].x[0], Dtype::F16.round(s.x));
+    }
+
+    #[test]
+    fn initial_values_and_gradients_are_rounded_on_entry() {
+        let c = keras(0.01)
+            .storage(StorageTypes::all(Dtype::Bf16))
+            .build()
+            .unwrap();
+        let mut r = Reference::new(c.clone());
+        r.add_variable(&[2], &[0.1, 3.0]);
+        assert_eq!(r.vars[0].x, vec![205.0 / 2048.0, 3.0]);
+        // 1 + 2^-9 is below half an ulp of 1 in bf16: the step is the step of gradient 1.
+        let mut q = r.clone();
+        r.step(&[Some(RefGradient::Dense(&[1.0 + 2f32.powi(-9), 1.0]))])
+            .unwrap();
+        q.step(&[Some(RefGradient::Dense(&[1.0, 1.0]))]).unwrap();
+        assert_eq!(r.vars[0].x, q.vars[0].x);
+        assert_eq!(r.vars[0].v, q.vars[0].v);
+    }
+
+    #[test]
+    fn keras3_duplicates_round_the_merged_row_but_not_the_squares() {
+        // Rows 1 and 2^-8 for row 0: the merged row 1 + 2^-8 is a tie in bf16 and rounds to 1; the sum of
+        // squares 1 + 2^-16 stays f32.
+        let c = keras(0.01)
+            .sparse_mode(SparseMode::Dense)
+            .duplicate_indices(DuplicateIndices::Keras3)
+            .storage(StorageTypes::all(Dtype::Bf16))
+            .build()
+            .unwrap();
+        let mut r = Reference::new(c.clone());
+        r.add_variable(&[2, 1], &[1.0, 1.0]);
+        let (indices, values) = ([0usize, 0], [1.0f32, 2f32.powi(-8)]);
+        r.step(&[Some(RefGradient::Sparse {
+            indices: &indices,
+            values: &values,
+        })])
+        .unwrap();
+        let p = c.scalars(1).unwrap();
+        let s0 = State {
+            x: 1.0,
+            v: 0.0,
+            m: 0.0,
+            a: 0.0,
+        };
+        let st = StorageTypes::all(Dtype::Bf16);
+        let want = store(&st, rmsprop(&c, &p, s0, 1.0, 1.0 + 2f32.powi(-16), true));
+        assert_eq!((r.vars[0].x[0], r.vars[0].v[0]), (want.x, want.v));
+        // The absent row decays (nothing to decay from 0) and keeps its value.
+        assert_eq!((r.vars[0].x[1], r.vars[0].v[1]), (1.0, 0.0));
+    }
+
+    #[test]
+    fn sequential_duplicates_store_each_pair_before_the_next() {
+        let c = RmsPropConfig::preset(Preset::TfRaw)
+            .learning_rate(0.01)
+            .momentum(0.5)
+            .sparse_mode(SparseMode::Lazy)
+            .duplicate_indices(DuplicateIndices::Sequential)
+            .storage(StorageTypes::all(Dtype::F16))
+            .build()
+            .unwrap();
+        let mut r = Reference::new(c.clone());
+        r.add_variable(&[3], &[1.0, -2.0, 0.5]);
+        let (indices, values) = ([2usize, 0, 2], [0.3f32, 0.7, -0.2]);
+        r.step(&[Some(RefGradient::Sparse {
+            indices: &indices,
+            values: &values,
+        })])
+        .unwrap();
+        let p = c.scalars(1).unwrap();
+        let st = StorageTypes::all(Dtype::F16);
+        let fresh = |x: f32| State {
+            x,
+            v: 0.0,
+            m: 0.0,
+            a: 0.0,
+        };
+        let g = |x: f32| Dtype::F16.round(x);
+        let once = store(&st, rmsprop(&c, &p, fresh(0.5), g(0.3), 0.0, false));
+        let twice = store(&st, rmsprop(&c, &p, once, g(-0.2), 0.0, false));
+        assert_eq!(r.vars[0].x[2], twice.x);
+        assert_eq!(r.vars[0].v[2], twice.v);
+        assert_eq!(r.vars[0].m.as_ref().unwrap()[2], twice.m);
+        let row0 = store(&st, rmsprop(&c, &p, fresh(1.0), g(0.7), 0.0, false));
+        assert_eq!(r.vars[0].x[0], row0.x);
+        // The unlisted row is untouched.
+        assert_eq!((r.vars[0].x[1], r.vars[0].v[1]), (-2.0, 0.0));
+    }
+
+    #[test]
+    fn per_variable_storage_overrides_the_configuration() {
+        let c = keras(0.001).build().unwrap();
+        let mut r = Reference::new(c);
+        let bf16 = VarOptions {
+            storage: Some(StorageTypes::all(Dtype::Bf16)),
+            ..VarOptions::default()
+        };
+        r.add_variable_with(&[], &[1.5], &bf16).unwrap();
+        r.add_variable(&[], &[1.5]);
+        r.step(&[
+            Some(RefGradient::Dense(&[1.0])),
+            Some(RefGradient::Dense(&[1.0])),
+        ])
+        .unwrap();
+        assert_eq!(r.vars[0].x[0], 1.5);
+        assert!(r.vars[1].x[0] < 1.5);
+        assert_eq!(r.vars[0].v[0], Dtype::Bf16.round(r.vars[1].v[0]));
+        // Fixed when added.
+        let err = r
+            .set_variable_options(0, &VarOptions::default())
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::InvalidVarOptions {
+                field: "storage",
+                ..
+            }
+        ));
+        r.set_variable_options(0, &bf16).unwrap();
+    }
+
+    #[test]
+    fn keras_base_features_with_16_bit_storage_are_refused() {
+        let c = keras(0.001)
+            .use_ema(true)
+            .storage(StorageTypes::all(Dtype::F16))
+            .build()
+            .unwrap();
+        let mut r = Reference::new(c);
+        r.add_variable(&[], &[1.0]);
+        let err = r.step(&[Some(RefGradient::Dense(&[1.0]))]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidConfig {
+                    field: "storage",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!((r.iterations, r.vars[0].x[0]), (0, 1.0));
     }
 }

@@ -316,44 +316,69 @@ fn an_unknown_key_at_any_level_is_an_error() {
 }
 
 #[test]
-fn every_unsupported_public_case_is_reported_naming_its_key() {
-    let dir = root().join("tests/golden/unsupported");
+fn reduced_precision_cases_are_supported_except_with_the_keras_base_features() {
+    // The 15 float16/bfloat16 public cases wait in tests/golden/unsupported for the GPU's 16-bit
+    // storage (then they move to tests/golden/cases); the engine runs them (tests/golden.rs judges the
+    // CPU reference on them).
     let mut n = 0;
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let path = e.unwrap().path();
-        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
-        let case = Case::from_path(&path).unwrap_or_else(|e| panic!("{stem}: {e}"));
-        let what = case
-            .unsupported()
-            .unwrap_or_else(|| panic!("{stem} must be unsupported"));
-        let key = [
-            ("f16_", "dtype \"float16\""),
-            ("bf16_", "dtype \"bfloat16\""),
-        ]
-        .iter()
-        .filter(|(prefix, _)| stem.starts_with(prefix))
-        .map(|(_, key)| *key)
-        .collect::<Vec<_>>();
-        assert!(!key.is_empty(), "{stem}: no rule");
-        for k in key {
-            assert!(what.contains(k), "{stem}: {what:?} must name {k}");
+    for dir in ["tests/golden/unsupported", "tests/golden/cases"] {
+        let Ok(entries) = std::fs::read_dir(root().join(dir)) else {
+            continue;
+        };
+        for e in entries {
+            let path = e.unwrap().path();
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let case = Case::from_path(&path).unwrap_or_else(|e| panic!("{stem}: {e}"));
+            if case.dtype == "float32" {
+                continue;
+            }
+            assert!(
+                stem.starts_with("f16_") || stem.starts_with("bf16_"),
+                "{stem}: no rule"
+            );
+            assert_eq!(case.unsupported(), None, "{stem}");
+            n += 1;
         }
-        assert!(
-            matches!(case.run_reference(), Err(Error::Unsupported { .. })),
-            "{stem} must not run"
-        );
-        n += 1;
     }
-    assert_eq!(
-        n,
-        15,
-        "the 15 unsupported public cases are in {}",
-        dir.display()
-    );
+    assert_eq!(n, 15, "the 15 reduced-precision public cases");
+    // What is left unsupported: a 16-bit case with a Keras base-class feature, named by its keys.
     let case = Case::from_path(&hostile("unsupported_feature.json")).unwrap();
     assert_eq!(
         case.unsupported().unwrap(),
-        "dtype \"float16\" (float32 only)"
+        "dtype \"float16\" with use_ema (the Keras base-class features are float32 only)"
+    );
+    assert!(matches!(
+        case.run_reference(),
+        Err(Error::Unsupported { .. })
+    ));
+    let mut v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(hostile("unsupported_feature.json")).unwrap(),
+    )
+    .unwrap();
+    v["config"]["use_ema"] = json!(false);
+    v["config"]["gradient_accumulation_steps"] = json!(2);
+    v["config"]["loss_scale_factor"] = json!(4.0);
+    let what = Case::from_json(&v.to_string())
+        .unwrap()
+        .unsupported()
+        .unwrap();
+    assert!(
+        what.contains("with gradient_accumulation_steps, loss_scale_factor"),
+        "{what}"
+    );
+    // Values are rounded to the type when read; one beyond its range is an error.
+    let obj = v["config"].as_object_mut().unwrap();
+    obj.remove("gradient_accumulation_steps");
+    obj.remove("loss_scale_factor");
+    v["variables"][0]["init"] = json!([0.1]);
+    let case = Case::from_json(&v.to_string()).unwrap();
+    assert_eq!(case.variables[0].init, vec![0.099975586]);
+    assert_eq!(case.unsupported(), None);
+    v["variables"][0]["init"] = json!([70000.0]);
+    let msg = Case::from_json(&v.to_string()).unwrap_err().to_string();
+    assert!(
+        msg.contains("variables[0].init[0]: 70000 is beyond the range of float16"),
+        "{msg}"
     );
     // Reading them is still strict: a wrong type inside an unsupported feature is an error.
     let msg = read_error(&mutated(|v| v["config"]["use_ema"] = json!("yes")));

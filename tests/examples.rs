@@ -1,5 +1,6 @@
 //! The examples run end to end and learn: the `train` MLP's loss falls over a few epochs and its plot is
-//! written; the `embeddings` factorization's loss falls with lazy sparse updates.
+//! written; the `embeddings` factorization's loss falls with lazy sparse updates; the `precision` study
+//! (CPU only) finds round-once storage closer to exact arithmetic than the frameworks.
 
 use std::process::Command;
 
@@ -83,4 +84,23 @@ fn embeddings_example_loss_falls_with_lazy_sparse_updates() {
     let last = out.lines().last().unwrap();
     let (first, final_loss) = (field(last, "first_loss"), field(last, "last_loss"));
     assert!(final_loss < first * 0.1, "loss must fall: {last}");
+}
+
+#[test]
+fn precision_study_round_once_is_closer_to_exact_than_the_frameworks() {
+    let out = run_example("precision", &[]);
+    for label in ["all float16", "all bfloat16"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("{label} in {out}"));
+        // elems, fw diff%, fw mean, fw max, f32 diff%, f32 mean, f32 max
+        let cols: Vec<f64> = line[label.len()..]
+            .split_whitespace()
+            .map(|c| c.trim_end_matches('%').parse().unwrap())
+            .collect();
+        assert_eq!(cols.len(), 7, "{line}");
+        assert!(cols[4] < 0.1 && cols[4] * 10.0 < cols[1], "{line}");
+    }
+    assert_eq!(out.lines().count(), 2 + 15 + 2, "{out}");
 }

@@ -16,13 +16,16 @@ fn cases() -> Vec<Case> {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     paths.sort();
+    let all: Vec<Case> = paths.iter().map(|p| Case::from_path(p).unwrap()).collect();
+    // The 77 float32 public cases, and the 15 float16/bfloat16 ones once they move here from
+    // tests/golden/unsupported (when the GPU stores 16-bit values).
     assert_eq!(
-        paths.len(),
+        all.iter().filter(|c| c.dtype == "float32").count(),
         77,
-        "the 77 public cases are in {}",
+        "the 77 float32 public cases are in {}",
         dir.display()
     );
-    paths.iter().map(|p| Case::from_path(p).unwrap()).collect()
+    all
 }
 
 #[test]
@@ -58,6 +61,45 @@ fn every_case_passes_on_the_gpu_and_the_reference() {
             .any(|g| matches!(g, CaseGradient::Sparse { .. }))
     };
     assert!(all.iter().filter(|c| sparse(c)).count() >= 17);
+}
+
+/// The float16/bfloat16 cases (FORMAT.md, "Reduced precision"), wherever they are: in
+/// `tests/golden/unsupported` until the GPU stores 16-bit values, then in `tests/golden/cases`.
+fn reduced_precision_cases() -> Vec<Case> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut paths: Vec<_> = ["cases", "unsupported"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(root.join(d)).ok())
+        .flatten()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    let all: Vec<Case> = paths.iter().map(|p| Case::from_path(p).unwrap()).collect();
+    all.into_iter().filter(|c| c.dtype != "float32").collect()
+}
+
+#[test]
+fn the_twin_meets_every_reduced_precision_case() {
+    let all = reduced_precision_cases();
+    assert_eq!(all.len(), 15, "the 15 float16/bfloat16 public cases");
+    for case in &all {
+        assert_eq!(case.unsupported(), None, "{} must be supported", case.name);
+        let states = case.run_reference().unwrap();
+        let v = case.judge(&states).unwrap();
+        assert!(v.pass, "{} on the reference: {:?}", case.name, v);
+        // Every stored value is a value of the type.
+        let d = case.element_type();
+        for s in &states {
+            let slots = s.slots.values().flatten().flatten();
+            for x in s.variables.iter().chain(slots).flatten() {
+                assert_eq!(d.round(*x).to_bits(), x.to_bits(), "{}", case.name);
+            }
+        }
+    }
+    for dtype in ["float16", "bfloat16"] {
+        assert!(all.iter().any(|c| c.dtype == dtype), "{dtype}");
+    }
 }
 
 #[test]
@@ -136,8 +178,13 @@ fn malformed_cases_are_errors_not_panics() {
         ),
         (mutate(&|v| v["format"] = "rmsprop-case/9".into()), "format"),
     ];
-    // A dtype the crate does not compute in is reported as unsupported (replay: UNSUPPORTED), not run.
-    let f16 = Case::from_json(&mutate(&|v| v["dtype"] = "float16".into())).unwrap();
+    // A 16-bit case with a Keras base-class feature is reported as unsupported (replay: UNSUPPORTED),
+    // not run.
+    let f16 = Case::from_json(&mutate(&|v| {
+        v["dtype"] = "float16".into();
+        v["config"]["loss_scale_factor"] = 2.0.into();
+    }))
+    .unwrap();
     assert!(f16.unsupported().unwrap().contains("float16"));
     assert!(matches!(
         f16.run_reference(),

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::values;
 use super::{invalid, Case, CaseConfig, CaseDuplicates, CaseLearningRate};
 use crate::config::{DuplicateIndices, EpsilonPlacement, Preset, RmsPropConfig, SparseMode};
+use crate::dtype::StorageTypes;
 use crate::error::Result;
 use crate::schedule::Schedule;
 
@@ -383,6 +384,8 @@ impl Case {
                 CaseDuplicates::Keras3 => DuplicateIndices::Keras3,
             });
         }
+        // Everything (variables, gradients, every slot) in the case's type.
+        b = b.storage(StorageTypes::all(self.element_type()));
         b.build().map_err(|e| invalid(n, format!("config: {e}")))
     }
 }

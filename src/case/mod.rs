@@ -10,8 +10,11 @@
 //! - **Strict reading** ([`Case::from_json`]): every key is typed, an unknown key at any level, a value of
 //!   the wrong type or a `null` where a value is required is an [`Error::InvalidCase`] naming the field
 //!   path (`config.rho: expected a number, got string "0.5"`). Known features the crate does not
-//!   implement (per-variable weight-decay exclusion and
-//!   parameter groups, float16/bfloat16) are reported by [`Case::unsupported`] naming the key.
+//!   implement (the Keras base-class features with float16/bfloat16) are reported by
+//!   [`Case::unsupported`] naming the keys.
+//! - **Reduced precision**: a `float16`/`bfloat16` case runs with every role stored in that type
+//!   ([`crate::dtype::StorageTypes::all`]); its values are rounded to the type when it is read, and it is
+//!   judged with its per-quantity tolerances.
 //! - **Bounded memory** ([`Limits`]): the text, the parsed case and the run's state are checked against a
 //!   budget before they are allocated; the streaming runs ([`Case::run_gpu_streaming`],
 //!   [`Case::run_reference_streaming`]) hand over one step's state at a time, so memory does not grow
@@ -360,7 +363,8 @@ pub struct CaseConfig {
 pub struct Case {
     /// Format tag, `rmsprop-case/1`.
     pub format: String,
-    /// Element type of everything in the case (`float32`; `float16`/`bfloat16` are unsupported).
+    /// Element type of everything in the case (`float32`, `float16` or `bfloat16`; see
+    /// [`Case::element_type`]).
     pub dtype: String,
     /// Unique name. Untrusted: print it with [`escape_name`], name files with [`sanitize_file_stem`].
     pub name: String,

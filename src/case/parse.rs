@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::values::{self, F32s, IndexList};
 use super::{invalid, Case, CaseGradient, Limits, TolerancePair};
 use crate::config::Preset;
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 
 /// The format tag this reader accepts.
@@ -178,7 +179,9 @@ impl Case {
             serde_path_to_error::deserialize(&mut de).map_err(|e| invalid(&name(), describe(e)))?;
         de.end()
             .map_err(|e| invalid(&case.name, format!("after the case: {e}")))?;
+        let mut case = case;
         case.validate()?;
+        case.round_to_dtype()?;
         Ok(case)
     }
 
@@ -422,12 +425,88 @@ impl Case {
         self.optimizer_config().map(|_| ())
     }
 
-    /// What this crate cannot run in the case, naming each key (`dtype "float16" (...)`), or `None`
-    /// when it can run it.
+    /// The type everything in the case is stored in (`dtype`; validation accepts only the three).
+    pub fn element_type(&self) -> Dtype {
+        Dtype::parse(&self.dtype).unwrap_or_default()
+    }
+
+    /// Rounds every stored value of the case (initial values, gradients, expected variables and slots)
+    /// to [`Case::element_type`], to nearest even: FORMAT.md writes float16/bfloat16 values as short
+    /// decimals within 1/16 ulp of them, so this gives their exact bits. (They are read as float32 first;
+    /// rounding a value that close to one of the type twice gives the same result.) A finite value beyond
+    /// the type's range is an error, as one beyond float32's is. The learning rates are not stored
+    /// values and stay as written.
+    fn round_to_dtype(&mut self) -> Result<()> {
+        let d = self.element_type();
+        if d == Dtype::F32 {
+            return Ok(());
+        }
+        let name = self.name.clone();
+        let round = |at: &dyn Fn() -> String, xs: &mut [f32]| -> Result<()> {
+            for (i, x) in xs.iter_mut().enumerate() {
+                let r = d.round(*x);
+                if x.is_finite() && !r.is_finite() {
+                    return Err(invalid(
+                        &name,
+                        format!("{}[{i}]: {x} is beyond the range of {}", at(), self.dtype),
+                    ));
+                }
+                *x = r;
+            }
+            Ok(())
+        };
+        for (k, v) in self.variables.iter_mut().enumerate() {
+            round(&|| format!("variables[{k}].init"), &mut v.init)?;
+        }
+        for (t, step) in self.steps.iter_mut().enumerate() {
+            for (k, g) in step.grads.iter_mut().enumerate() {
+                let values = match g {
+                    CaseGradient::Dense { values } | CaseGradient::Sparse { values, .. } => values,
+                };
+                round(&|| format!("steps[{t}].grads[{k}].values"), values)?;
+            }
+        }
+        for (t, e) in self.expected.iter_mut().flatten().enumerate() {
+            for (k, a) in e.variables.iter_mut().enumerate() {
+                round(&|| format!("expected[{t}].variables[{k}]"), a)?;
+            }
+            for (slot, arrays) in e.slots.iter_mut() {
+                for (k, a) in arrays.iter_mut().enumerate() {
+                    if let Some(a) = a {
+                        round(&|| format!("expected[{t}].slots.{slot}[{k}]"), a)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What this crate cannot run in the case, naming each key (`dtype "float16" with use_ema (...)`),
+    /// or `None` when it can run it. Every key of FORMAT.md is implemented; what is missing is the Keras
+    /// base-class features (EMA, gradient accumulation, loss scaling) with a 16-bit `dtype`.
     pub fn unsupported(&self) -> Option<String> {
         let mut missing = Vec::new();
-        if self.dtype != "float32" {
-            missing.push(format!("dtype {:?} (float32 only)", self.dtype));
+        if self.element_type() != Dtype::F32 {
+            let c = &self.config;
+            let keys: Vec<&str> = [
+                ("use_ema", c.use_ema == Some(true)),
+                (
+                    "gradient_accumulation_steps",
+                    c.gradient_accumulation_steps.is_some(),
+                ),
+                ("loss_scale_factor", c.loss_scale_factor.is_some()),
+            ]
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(k, _)| *k)
+            .collect();
+            if !keys.is_empty() {
+                missing.push(format!(
+                    "dtype {:?} with {} (the Keras base-class features are float32 only)",
+                    self.dtype,
+                    keys.join(", ")
+                ));
+            }
         }
         (!missing.is_empty()).then(|| missing.join(", "))
     }

@@ -39,8 +39,9 @@ write("wrong_type.json", c)
 c = case("unknown_key")
 c["config"]["rho_typo"] = 0.5
 write("unknown_key.json", c)
-# A feature the crate does not implement (was ignored): a float16 case.
+# A feature the crate does not implement (was ignored): a float16 case with Keras's moving average.
 c = case("unsupported_feature", dtype="float16")
+c["config"]["use_ema"] = True
 write("unsupported_feature.json", c)
 # A name that forges output: a newline, a fake PASS line, a carriage return and an ANSI colour.
 # The expected value is wrong, so the case itself FAILs.
