@@ -236,12 +236,15 @@ pub use config::{
 pub use context::{ContextOptions, GpuContext};
 pub use dtype::{Dtype, StorageTypes};
 pub use error::{Error, Result, WgpuError};
+/// The `half` crate, whose `f16` and `bf16` carry 16-bit host values ([`HalfSlice`]).
+pub use half;
 pub use optimizer::RmsProp;
 pub use pool::{PoolStats, Slot};
 pub use readback::ReadBack;
 pub use schedule::{LearningRate, Schedule};
 pub use sparse::Indices;
 pub use step::types::{
-    GpuGradient, GpuIndices, GpuSlice, Gradient, OptimizerOptions, RecordedStep, Tensor, VarId,
+    GpuGradient, GpuIndices, GpuSlice, Gradient, HalfSlice, OptimizerOptions, RecordedStep, Tensor,
+    VarId,
 };
 pub use var_options::{VarHyper, VarOptions};

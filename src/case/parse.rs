@@ -422,6 +422,10 @@ impl Case {
                 "config.gradient_accumulation_steps: {k}, must be an integer >= 2"
             ));
         }
+        if self.unsupported().is_some() {
+            // Read, then reported UNSUPPORTED (the optimizer refuses what it names).
+            return Ok(());
+        }
         self.optimizer_config().map(|_| ())
     }
 

@@ -187,18 +187,37 @@ impl Case {
         on_step: &mut dyn FnMut(StepState) -> Result<()>,
     ) -> Result<()> {
         let (mut opt, mut ids) = self.build(ctx)?;
+        let dtype = self.element_type();
         for (t, step) in self.steps.iter().enumerate() {
+            // A 16-bit case's gradients are given in its type (the values are of it: read rounded).
+            let halves: Vec<Halves> =
+                step.grads
+                    .iter()
+                    .map(|g| {
+                        let values = match g {
+                            CaseGradient::Dense { values }
+                            | CaseGradient::Sparse { values, .. } => values,
+                        };
+                        Halves::of(values, dtype)
+                    })
+                    .collect();
             let grads: Vec<(VarId, Gradient)> = ids
                 .iter()
                 .zip(&step.grads)
-                .map(|(&id, g)| {
+                .zip(&halves)
+                .map(|((&id, g), h)| {
                     (
                         id,
-                        match g {
-                            CaseGradient::Dense { values } => Gradient::Dense(values),
-                            CaseGradient::Sparse { indices, values } => Gradient::Sparse {
+                        match (g, h.slice()) {
+                            (CaseGradient::Dense { values }, None) => Gradient::Dense(values),
+                            (CaseGradient::Dense { .. }, Some(h)) => Gradient::Dense16(h),
+                            (CaseGradient::Sparse { indices, values }, None) => Gradient::Sparse {
                                 indices: Indices::I64(indices),
                                 values,
+                            },
+                            (CaseGradient::Sparse { indices, .. }, Some(h)) => Gradient::Sparse16 {
+                                indices: Indices::I64(indices),
+                                values: h,
                             },
                         },
                     )
@@ -335,5 +354,34 @@ impl Case {
             })?;
         }
         Ok(())
+    }
+}
+
+/// A gradient's values in a 16-bit type (empty for f32).
+enum Halves {
+    F32,
+    F16(Vec<half::f16>),
+    Bf16(Vec<half::bf16>),
+}
+
+impl Halves {
+    fn of(values: &[f32], dtype: crate::dtype::Dtype) -> Self {
+        match dtype {
+            crate::dtype::Dtype::F32 => Halves::F32,
+            crate::dtype::Dtype::F16 => {
+                Halves::F16(values.iter().map(|&x| half::f16::from_f32(x)).collect())
+            }
+            crate::dtype::Dtype::Bf16 => {
+                Halves::Bf16(values.iter().map(|&x| half::bf16::from_f32(x)).collect())
+            }
+        }
+    }
+
+    fn slice(&self) -> Option<crate::step::types::HalfSlice<'_>> {
+        match self {
+            Halves::F32 => None,
+            Halves::F16(v) => Some(crate::step::types::HalfSlice::F16(v)),
+            Halves::Bf16(v) => Some(crate::step::types::HalfSlice::Bf16(v)),
+        }
     }
 }
