@@ -73,7 +73,7 @@ impl Cli {
 
     /// One of `choices` after `option`.
     pub fn choice(&mut self, option: &str, choices: &[&'static str]) -> &'static str {
-        let v = self.raw(option, &choices.join("|"));
+        let v = self.raw(option, &format!("one of {}", choices.join("|")));
         choices
             .iter()
             .copied()
