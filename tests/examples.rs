@@ -1,5 +1,6 @@
 //! The examples run end to end and learn: the `train` MLP's loss falls over a few epochs and its plot is
-//! written; the `embeddings` factorization's loss falls with lazy sparse updates.
+//! written; the `embeddings` factorization's loss falls with lazy sparse updates; `--dtype` reaches the
+//! final line; unknown options and malformed values exit with status 2.
 
 use std::process::Command;
 
@@ -83,4 +84,51 @@ fn embeddings_example_loss_falls_with_lazy_sparse_updates() {
     let last = out.lines().last().unwrap();
     let (first, final_loss) = (field(last, "first_loss"), field(last, "last_loss"));
     assert!(final_loss < first * 0.1, "loss must fall: {last}");
+}
+
+#[test]
+fn train_example_names_its_storage_types_on_the_final_line() {
+    let plot = std::env::temp_dir().join(format!("train-bf16-{}.png", std::process::id()));
+    let out = run_example(
+        "train",
+        &[
+            "--epochs",
+            "1",
+            "--dtype",
+            "bf16",
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+    );
+    let last = out.lines().last().unwrap();
+    assert!(
+        last.contains(" dtype=bf16 state=bf16 state_bytes="),
+        "{last}"
+    );
+    assert!(field(last, "state_bytes") > 0.0, "{last}");
+    std::fs::remove_file(&plot).unwrap();
+}
+
+#[test]
+fn the_examples_reject_unknown_options_and_malformed_values_with_status_2() {
+    for (name, args) in [
+        ("train", &["--dtype", "f64"][..]),
+        ("train", &["--bogus"]),
+        ("train", &["--epochs", "x"]),
+        ("embeddings", &["--users", "0"]),
+        ("bench", &["--dense", "1024", "fancy"]),
+        ("bench", &["--storage", "var=bf16,weights=f32"]),
+        ("replay", &["--bogus", "case.json"]),
+    ] {
+        let out = Command::new(env!("CARGO"))
+            .args(["run", "--quiet", "--example", name, "--"])
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name} {args:?}: {stderr}");
+        let line = stderr.lines().last().unwrap_or_default();
+        assert!(line.contains("usage: "), "{name} {args:?}: {stderr}");
+    }
 }
