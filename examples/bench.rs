@@ -2,7 +2,11 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--quick] [--sweep] [--dense N VARIANT] [--case NAME] [--reps N]
+//!     [--dtype f32|f16|bf16 | --storage var=T,grad=T,state=T]
 //! ```
+//!
+//! VARIANT: plain, momentum, centered, centered_momentum. NAME: host, dense, dense_options, scale,
+//! dense_many, clip_many, sparse. Unknown options and malformed values exit with status 2.
 //!
 //! Each case times the GPU work to completion after warm-up and reports the median, min and max over the
 //! repetitions: with timestamp queries written around the step in its encoder where the device has
@@ -15,18 +19,46 @@
 //! time the calling thread spends per step (validate, encode, submit; not waiting) above an empty submit.
 //! `dense_options` is the dense step of a variable with per-variable options (the kernels then read the
 //! options table), against the minimal kernel.
+//!
+//! `--dtype` / `--storage` set the storage types of every optimizer of the run (`--dtype bf16`: variables
+//! and state bf16; `f16`: state f16, variables f32; gradients f32; `--storage` names each role, the
+//! others f32). Cases that step with f32 host gradients (`host`, `sparse`) keep f32 gradients. Every line
+//! has `dtype` (`{"variable":..,"gradient":..,"state":..}`, what its optimizer stores) and
+//! `state_bytes` (`PoolStats::state_bytes` of its optimizer; a `minimal_kernel` line has those of the step
+//! it is compared with); the bytes behind `gb_s` count each role in its type (`2 variable + gradient + 2
+//! state x slots` bytes per element), and the minimal kernel moves as many: each of its f32 buffers holds
+//! its role's bytes (a 16-bit role's buffer has half the vec4s).
 
 use std::time::Instant;
 
 use serde_json::{json, Value};
-use wgpu_rmsprop::{GpuContext, Gradient, Indices, OptimizerOptions, RmsProp, VarId, VarOptions};
+use wgpu_rmsprop::{
+    Dtype, GpuContext, Gradient, Indices, OptimizerOptions, RmsProp, StorageTypes, VarId,
+    VarOptions,
+};
 
 #[path = "../benches/support/mod.rs"]
 mod support;
 use support::{
-    bytes_per_element, dense_optimizer, resident, sparse_indices, stats, variant_config, Minimal,
-    Stats, Timer,
+    bytes_per_element_in, dense_optimizer_in, fill_gradients, resident, sparse_indices,
+    state_slots, stats, variant_config_in, Minimal, Stats, Timer,
 };
+#[path = "support/cli.rs"]
+mod cli;
+
+const USAGE: &str =
+    "usage: bench [--quick] [--sweep] [--dense N VARIANT] [--case NAME] [--reps N] \
+[--dtype f32|f16|bf16 | --storage var=T,grad=T,state=T]";
+const VARIANTS: [&str; 4] = ["plain", "momentum", "centered", "centered_momentum"];
+const CASES: [&str; 7] = [
+    "host",
+    "dense",
+    "dense_options",
+    "scale",
+    "dense_many",
+    "clip_many",
+    "sparse",
+];
 
 /// Microseconds the calling thread spends in `f` and in an empty submit, alternately (the GPU is
 /// drained outside the timing), after 20 untimed rounds.
@@ -85,6 +117,23 @@ fn time_alternately(
     times.into_iter().map(stats).collect()
 }
 
+/// What a line measured besides its times: dispatches per step, the storage types and the bytes of the
+/// optimizer state.
+struct Of {
+    dispatches: usize,
+    storage: StorageTypes,
+    state_bytes: u64,
+}
+
+/// Those of `opt` and its last step.
+fn of(opt: &RmsProp) -> Of {
+    Of {
+        dispatches: opt.last_step_dispatches(),
+        storage: opt.config().storage(),
+        state_bytes: opt.pool_stats().state_bytes,
+    }
+}
+
 /// The common fields of a timed row.
 fn row(case: &str, variant: &str, n: usize, tensors: usize, s: &Stats, bytes: f64) -> Value {
     json!({"case": case, "variant": variant, "n": n, "tensors": tensors, "rows": null, "nnz": null,
@@ -94,26 +143,47 @@ fn row(case: &str, variant: &str, n: usize, tensors: usize, s: &Stats, bytes: f6
 
 fn main() {
     env_logger::init();
-    let quick = std::env::args().any(|a| a == "--quick");
-    let sweep = std::env::args().any(|a| a == "--sweep");
+    let mut cli = cli::Cli::new(USAGE);
+    let (mut quick, mut sweep) = (false, false);
+    let mut reps = None;
+    // `--dense N VARIANT`: only that comparison. `--case NAME`: only that family.
+    let mut only: Option<(usize, &str)> = None;
+    let mut case: Option<&str> = None;
+    let mut storage = StorageTypes::default();
+    while let Some(option) = cli.next_option() {
+        match option.as_str() {
+            "--quick" => quick = true,
+            "--sweep" => sweep = true,
+            "--reps" => reps = Some(cli.count(&option)),
+            "--dense" => only = Some((cli.count(&option), cli.choice(&option, &VARIANTS))),
+            "--case" => case = Some(cli.choice(&option, &CASES)),
+            "--dtype" => storage = cli.dtype(&option),
+            "--storage" => storage = cli.storage(&option),
+            _ => cli.unknown(&option),
+        }
+    }
+    let reps = reps.unwrap_or(if quick { 15 } else { 30 });
+    // Cases stepping with f32 host gradients.
+    let host_storage = StorageTypes {
+        gradient: Dtype::F32,
+        ..storage
+    };
     let ctx = support::context();
     let timer = Timer::new(&ctx);
     let adapter = ctx.adapter_description();
-    let args: Vec<String> = std::env::args().collect();
-    let reps = match args.iter().position(|a| a == "--reps") {
-        Some(i) => args[i + 1].parse().expect("--reps N"),
-        None if quick => 15,
-        None => 30,
-    };
-    let emit = |mut v: Value, dispatches: usize| {
-        v["dispatches_per_step"] = json!(dispatches);
+    let emit = |mut v: Value, of: Of| {
+        let s = of.storage;
+        v["dispatches_per_step"] = json!(of.dispatches);
+        v["dtype"] = json!({"variable": s.variable.name(), "gradient": s.gradient.name(),
+            "state": s.state.name()});
+        v["state_bytes"] = json!(of.state_bytes);
         v["adapter"] = json!(adapter);
         if v.get("timing").is_none() {
             v["timing"] = json!(timer.method());
         }
         println!("{v}");
     };
-    let variants = ["plain", "momentum", "centered", "centered_momentum"];
+    let variants = VARIANTS;
 
     if sweep {
         // What the adapter rewards: invocations per workgroup, and vec4s per invocation.
@@ -134,41 +204,32 @@ fn main() {
                         vec4s_per_invocation: per,
                         ..Default::default()
                     };
-                    let Ok(mut opt) = RmsProp::with_options(&ctx, variant_config(variant), options)
+                    let Ok(mut opt) =
+                        RmsProp::with_options(&ctx, variant_config_in(variant, storage), options)
                     else {
                         continue;
                     };
                     let init = vec![0.5f32; n];
                     let id = opt.add_variable("w", &[n], &init).unwrap();
-                    opt.apply_gradients(&[(id, &init)]).unwrap();
+                    fill_gradients(&ctx, &mut opt, &[id], |_| 0.5);
                     let grads = resident(&[id]);
                     let s = &time_alternately(
                         2,
                         reps,
                         &mut [&mut || step(&timer, &ctx, &mut opt, &grads)],
                     )[0];
-                    let bytes = bytes_per_element(variant) * n as f64;
+                    let bytes = bytes_per_element_in(variant, storage) * n as f64;
                     let mut v = row("dense_workgroup_size", variant, n, 1, s, bytes);
                     v["workgroup_size"] = json!(wg);
                     v["vec4s_per_invocation"] = json!(per);
-                    emit(v, opt.last_step_dispatches());
+                    emit(v, of(&opt));
                 }
             }
         }
         return;
     }
 
-    // `--dense N VARIANT`: only that comparison. `--case NAME`: only that family (host, dense,
-    // dense_options, scale, dense_many, sparse).
-    let only = args.iter().position(|a| a == "--dense").map(|i| {
-        let n: usize = args[i + 1].parse().expect("--dense N VARIANT");
-        (n, args[i + 2].clone())
-    });
-    let case = args
-        .iter()
-        .position(|a| a == "--case")
-        .map(|i| args[i + 1].clone());
-    let wants = |name: &str| only.is_none() && case.as_deref().is_none_or(|c| c == name);
+    let wants = |name: &str| only.is_none() && case.is_none_or(|c| c == name);
 
     if wants("host") {
         // Host overhead first, on a quiet machine: tiny steps whose GPU work is negligible, above an empty
@@ -176,7 +237,8 @@ fn main() {
         let host_ctx = GpuContext::new().expect("a GPU adapter");
         // Gradients already on the GPU (`Resident`), then uploaded from host slices each step.
         for (tensors, from_host) in [(1usize, false), (1000, false), (1, true), (1000, true)] {
-            let (mut opt, ids) = dense_optimizer(&host_ctx, "plain", &vec![4; tensors]);
+            let (mut opt, ids) =
+                dense_optimizer_in(&host_ctx, "plain", &vec![4; tensors], host_storage);
             let host_grads = [0.25f32; 4];
             let grads: Vec<(VarId, Gradient<'_>)> = ids
                 .iter()
@@ -203,7 +265,7 @@ fn main() {
             v["empty_submit_us"] = json!(empty.median);
             v["gradients"] = json!(if from_host { "host" } else { "resident" });
             v["timing"] = json!("host_clock");
-            emit(v, opt.last_step_dispatches());
+            emit(v, of(&opt));
         }
     }
 
@@ -216,12 +278,12 @@ fn main() {
     };
     for &n in sizes {
         for variant in variants {
-            if only.as_ref().is_some_and(|(_, v)| v != variant) {
+            if only.is_some_and(|(_, v)| v != variant) {
                 continue;
             }
-            let (mut opt, ids) = dense_optimizer(&ctx, variant, &[n]);
+            let (mut opt, ids) = dense_optimizer_in(&ctx, variant, &[n], storage);
             let grads = resident(&ids);
-            let minimal = Minimal::new(&ctx, variant, n);
+            let minimal = Minimal::with_storage(&ctx, variant, n, storage);
             // The ratio is what matters here: twice the repetitions where a step is short.
             let pair_reps = if n <= 16 << 20 { 2 * reps } else { reps };
             let t = time_alternately(
@@ -232,14 +294,14 @@ fn main() {
                 }],
             );
             let (s, m) = (&t[0], &t[1]);
-            let bytes = bytes_per_element(variant) * n as f64;
-            emit(
-                row("dense", variant, n, 1, s, bytes),
-                opt.last_step_dispatches(),
-            );
+            let bytes = bytes_per_element_in(variant, storage) * n as f64;
+            emit(row("dense", variant, n, 1, s, bytes), of(&opt));
             emit(
                 row("minimal_kernel", variant, n, 1, m, bytes),
-                minimal.dispatches(),
+                Of {
+                    dispatches: minimal.dispatches(),
+                    ..of(&opt)
+                },
             );
         }
     }
@@ -274,10 +336,10 @@ fn main() {
                 ..VarOptions::default()
             };
             for (label, options) in [("lr", &lr_only), ("every_field", &every)] {
-                let (mut opt, ids) = dense_optimizer(&ctx, variant, &[n]);
+                let (mut opt, ids) = dense_optimizer_in(&ctx, variant, &[n], storage);
                 opt.set_variable_options(ids[0], options).unwrap();
                 let grads = resident(&ids);
-                let minimal = Minimal::new(&ctx, variant, n);
+                let minimal = Minimal::with_storage(&ctx, variant, n, storage);
                 let t = time_alternately(
                     2,
                     2 * reps,
@@ -285,13 +347,19 @@ fn main() {
                         timer.once(&ctx, |e| minimal.record(e))
                     }],
                 );
-                let bytes = bytes_per_element(variant) * n as f64;
+                let bytes = bytes_per_element_in(variant, storage) * n as f64;
                 let mut v = row("dense_options", variant, n, 1, &t[0], bytes);
                 v["options"] = json!(label);
-                emit(v, opt.last_step_dispatches());
+                emit(v, of(&opt));
                 let mut m = row("minimal_kernel", variant, n, 1, &t[1], bytes);
                 m["options"] = json!(label);
-                emit(m, minimal.dispatches());
+                emit(
+                    m,
+                    Of {
+                        dispatches: minimal.dispatches(),
+                        ..of(&opt)
+                    },
+                );
             }
         }
     }
@@ -299,7 +367,7 @@ fn main() {
     // Scale: a state of several GiB (256M elements, centered + momentum: 5 GiB with the gradients).
     if !quick && wants("scale") {
         let (n, variant) = (256usize << 20, "centered_momentum");
-        let (mut opt, ids) = dense_optimizer(&ctx, variant, &[n]);
+        let (mut opt, ids) = dense_optimizer_in(&ctx, variant, &[n], storage);
         let grads = resident(&ids);
         let s = &time_alternately(1, 3, &mut [&mut || step(&timer, &ctx, &mut opt, &grads)])[0];
         let mut v = row(
@@ -308,10 +376,11 @@ fn main() {
             n,
             1,
             s,
-            bytes_per_element(variant) * n as f64,
+            bytes_per_element_in(variant, storage) * n as f64,
         );
-        v["state_bytes"] = json!(opt.pool_stats().pool_bytes);
-        emit(v, opt.last_step_dispatches());
+        // Every pooled buffer (variables, gradients, state); `state_bytes` is the state's alone.
+        v["pool_bytes"] = json!(opt.pool_stats().pool_bytes);
+        emit(v, of(&opt));
     }
 
     // 1,000 tensors of 16k against one of the same total size, timed alternately.
@@ -327,9 +396,9 @@ fn main() {
     };
     for &variant in many_variants {
         let n = tensors * each;
-        let (mut many, many_ids) = dense_optimizer(&ctx, variant, &vec![each; tensors]);
+        let (mut many, many_ids) = dense_optimizer_in(&ctx, variant, &vec![each; tensors], storage);
         let many_grads = resident(&many_ids);
-        let (mut one, one_ids) = dense_optimizer(&ctx, variant, &[n]);
+        let (mut one, one_ids) = dense_optimizer_in(&ctx, variant, &[n], storage);
         let one_grads = resident(&one_ids);
         let t = time_alternately(
             2,
@@ -340,15 +409,9 @@ fn main() {
             ],
         );
         let (sm, so) = (&t[0], &t[1]);
-        let bytes = bytes_per_element(variant) * n as f64;
-        emit(
-            row("dense_many", variant, n, tensors, sm, bytes),
-            many.last_step_dispatches(),
-        );
-        emit(
-            row("dense", variant, n, 1, so, bytes),
-            one.last_step_dispatches(),
-        );
+        let bytes = bytes_per_element_in(variant, storage) * n as f64;
+        emit(row("dense_many", variant, n, tensors, sm, bytes), of(&many));
+        emit(row("dense", variant, n, 1, so, bytes), of(&one));
     }
 
     // 1,000 tensors with global_clipnorm (per-variable clipping state, one dense dispatch per pool
@@ -359,6 +422,7 @@ fn main() {
         let clip_cfg = wgpu_rmsprop::RmsPropConfig::builder()
             .learning_rate(1e-4)
             .global_clipnorm(1.0)
+            .storage(storage)
             .build()
             .unwrap();
         let mut clipped = RmsProp::new(&ctx, clip_cfg).unwrap();
@@ -373,7 +437,7 @@ fn main() {
             .collect();
         let clipped_grads = resident(&clipped_ids);
         clipped.apply(&clipped_grads).unwrap();
-        let (mut plain, plain_ids) = dense_optimizer(&ctx, "plain", &sizes);
+        let (mut plain, plain_ids) = dense_optimizer_in(&ctx, "plain", &sizes, storage);
         let plain_grads = resident(&plain_ids);
         let t = time_alternately(
             2,
@@ -385,7 +449,8 @@ fn main() {
         );
         // Clipping reads every gradient once more (the norm) on top of the update's bytes.
         let n = tensors * each;
-        let bytes = (bytes_per_element("plain") + 4.0) * n as f64;
+        let bytes =
+            (bytes_per_element_in("plain", storage) + storage.gradient.bytes() as f64) * n as f64;
         let mut v = row(
             "clip_many",
             "plain_global_clipnorm",
@@ -395,7 +460,7 @@ fn main() {
             bytes,
         );
         v["baseline_ms"] = json!(t[1].median);
-        emit(v, clipped.last_step_dispatches());
+        emit(v, of(&clipped));
         let path =
             std::env::temp_dir().join(format!("bench-save-{}.safetensors", std::process::id()));
         let saves: Vec<f64> = (0..5)
@@ -418,7 +483,13 @@ fn main() {
         v["gb_s"] = Value::Null;
         v["timing"] = json!("host_clock");
         v["read_backs"] = json!(1);
-        emit(v, 0);
+        emit(
+            v,
+            Of {
+                dispatches: 0,
+                ..of(&clipped)
+            },
+        );
     }
 
     // Sparse: k = 16,384 indices (about 20% repeats) on 64-column tables of 100k and 1M rows, the two
@@ -438,7 +509,7 @@ fn main() {
         let mut opts = Vec::new();
         let mut lists = Vec::new();
         for &rows in row_counts {
-            let mut opt = RmsProp::new(&ctx, variant_config(variant)).unwrap();
+            let mut opt = RmsProp::new(&ctx, variant_config_in(variant, host_storage)).unwrap();
             let table = opt
                 .add_variable("table", &[rows, cols], &vec![0.5; rows * cols])
                 .unwrap();
@@ -477,13 +548,17 @@ fn main() {
             let mut distinct = indices.clone();
             distinct.sort_unstable();
             distinct.dedup();
-            // State of the touched rows (read + write) plus the listed values and indices.
-            let state_bytes = (bytes_per_element(variant) - 4.0) * (distinct.len() * cols) as f64;
-            let bytes = state_bytes + (k * cols * 4 + k * 8) as f64;
+            // Variables and state of the touched rows (read + write) plus the listed values and
+            // indices.
+            let s = host_storage;
+            let per_touched = 2 * s.variable.bytes() + 2 * state_slots(variant) * s.state.bytes();
+            let touched_bytes = per_touched * (distinct.len() * cols) as u64;
+            let bytes =
+                (touched_bytes + (k * cols) as u64 * s.gradient.bytes() + k as u64 * 8) as f64;
             let mut v = row("sparse", variant, rows * cols, 1, t, bytes);
             v["rows"] = json!(rows);
             v["nnz"] = json!(k);
-            emit(v, opt.last_step_dispatches());
+            emit(v, of(opt));
         }
     }
 }

@@ -4,14 +4,26 @@
 //! of the tables and their slots change) with `Gradient::SparseGpu`. The loss falls; at the end the time
 //! of a lazy sparse step is compared with a dense step over the same tables.
 //!
-//! `cargo run --release --example embeddings -- [--steps N] [--users N] [--items N]`
+//! `cargo run --release --example embeddings -- [--steps N] [--users N] [--items N] [--dtype f32|f16|bf16]`
 //!
-//! Last line: `final: steps=<n> first_loss=<x> last_loss=<y> sparse_ms_per_step=<a> dense_ms_per_step=<b>`
+//! `--dtype` sets the optimizer's storage types as in `train` (`bf16`: tables and state in bfloat16;
+//! `f16`: state in float16, f32 tables; the gradient rows stay f32). Unknown options and malformed
+//! values exit with status 2.
+//!
+//! Last line: `final: steps=<n> first_loss=<x> last_loss=<y> sparse_ms_per_step=<a> dense_ms_per_step=<b>
+//! dtype=<v> state=<s> state_bytes=<b>`
 
 use std::error::Error;
 use std::time::Instant;
 
-use wgpu_rmsprop::{GpuContext, GpuGradient, Gradient, Indices, RmsProp, RmsPropConfig};
+use wgpu_rmsprop::{
+    GpuContext, GpuGradient, Gradient, Indices, RmsProp, RmsPropConfig, StorageTypes,
+};
+
+#[path = "support/cli.rs"]
+mod cli;
+#[path = "support/storage.rs"]
+mod storage;
 
 const SHADER: &str = include_str!("embeddings.wgsl");
 const DIM: usize = 16;
@@ -55,22 +67,20 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<(), Box<dyn Error>> {
     env_logger::init();
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str, default: usize| -> Result<usize, Box<dyn Error>> {
-        match args
-            .iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-        {
-            Some(v) => Ok(v.parse()?),
-            None => Ok(default),
-        }
-    };
-    let (steps, users, items) = (
-        arg("--steps", 3000)?,
-        arg("--users", 5_000)?,
-        arg("--items", 1_000)?,
+    let mut cli = cli::Cli::new(
+        "usage: embeddings [--steps N] [--users N] [--items N] [--dtype f32|f16|bf16]",
     );
+    let (mut steps, mut users, mut items) = (3000, 5_000, 1_000);
+    let mut storage_types = StorageTypes::default();
+    while let Some(option) = cli.next_option() {
+        match option.as_str() {
+            "--steps" => steps = cli.count(&option),
+            "--users" => users = cli.count(&option),
+            "--items" => items = cli.count(&option),
+            "--dtype" => storage_types = cli.dtype(&option),
+            _ => cli.unknown(&option),
+        }
+    }
     let ctx = GpuContext::new()?;
     eprintln!("adapter: {}", ctx.adapter_description());
     let mut rng = Rng(7);
@@ -86,6 +96,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     let config = RmsPropConfig::builder()
         .learning_rate(0.01)
         .name("embeddings")
+        .storage(storage_types)
         .build()?;
     let mut opt = RmsProp::new(&ctx, config)?;
     let init_u: Vec<f32> = (0..users * DIM).map(|_| rng.uniform(0.3)).collect();
@@ -98,7 +109,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     }
 
     let device = ctx.device();
-    let storage =
+    let rw =
         wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
     let params = buffer(
         &ctx,
@@ -106,24 +117,49 @@ fn run() -> Result<(), Box<dyn Error>> {
         16,
         wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
     );
-    let p: [u32; 4] = [
-        BATCH as u32,
-        DIM as u32,
-        (us[0].offset / 4) as u32,
-        (vs[0].offset / 4) as u32,
-    ];
-    ctx.queue()
-        .write_buffer(&params, 0, bytemuck::cast_slice(&p));
-    let batch_buf = buffer(&ctx, "batch", BATCH * 16, storage);
-    let du = buffer(&ctx, "user gradient rows", BATCH * DIM * 4, storage);
-    let dv = buffer(&ctx, "item gradient rows", BATCH * DIM * 4, storage);
-    let losses = buffer(&ctx, "losses", BATCH * 4, storage);
+    let batch_buf = buffer(&ctx, "batch", BATCH * 16, rw);
+    let du = buffer(&ctx, "user gradient rows", BATCH * DIM * 4, rw);
+    let dv = buffer(&ctx, "item gradient rows", BATCH * DIM * 4, rw);
+    let losses = buffer(&ctx, "losses", BATCH * 4, rw);
     let staging = buffer(
         &ctx,
         "read-out",
         BATCH * 4,
         wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
     );
+    // The type the variable pool holds (the configured one, or f32 where this build's kernels do not
+    // store 16-bit variables yet), judged from the users table's first word; the element offsets of
+    // the tables in it.
+    let word = {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&us[0].buffer, us[0].offset, &staging, 0, 4);
+        ctx.queue().submit([encoder.finish()]);
+        let slice = staging.slice(..4);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        ctx.wait_idle()?;
+        rx.recv()??;
+        let word = bytemuck::pod_read_unaligned::<u32>(&slice.get_mapped_range()?[..4]);
+        staging.unmap();
+        word
+    };
+    let var_dtype = storage::stored_dtype(storage_types.variable, word, init_u[0], init_u[1])?;
+    if var_dtype != storage_types.variable {
+        eprintln!(
+            "note: variables requested in {}, the pool holds {var_dtype}",
+            storage_types.variable
+        );
+    }
+    let p: [u32; 4] = [
+        BATCH as u32,
+        DIM as u32,
+        storage::element_offset(us[0].offset, var_dtype),
+        storage::element_offset(vs[0].offset, var_dtype),
+    ];
+    ctx.queue()
+        .write_buffer(&params, 0, bytemuck::cast_slice(&p));
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("embeddings.wgsl"),
         source: wgpu::ShaderSource::Wgsl(SHADER.into()),
@@ -133,7 +169,10 @@ fn run() -> Result<(), Box<dyn Error>> {
         layout: None,
         module: &module,
         entry_point: Some("main"),
-        compilation_options: Default::default(),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &[("VAR_DTYPE", storage::shader_code(var_dtype))],
+            ..Default::default()
+        },
         cache: None,
     });
     let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -262,7 +301,10 @@ fn run() -> Result<(), Box<dyn Error>> {
         users + items
     );
     println!(
-        "final: steps={steps} first_loss={first:.5} last_loss={last:.5} sparse_ms_per_step={sparse_ms:.3} dense_ms_per_step={dense_ms:.3}"
+        "final: steps={steps} first_loss={first:.5} last_loss={last:.5} sparse_ms_per_step={sparse_ms:.3} dense_ms_per_step={dense_ms:.3} dtype={} state={} state_bytes={}",
+        storage_types.variable,
+        storage_types.state,
+        opt.pool_stats().state_bytes
     );
     Ok(())
 }

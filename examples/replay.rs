@@ -13,7 +13,9 @@
 //! after step K, dropped, restored from the file into a new optimizer and finished (the results must
 //! be the same as without). `--memory-budget` (default 4 GiB; suffixes K, M, G) bounds what one case
 //! may take: a case that would exceed it is an ERROR before it is read or run. A repeated case name
-//! is an ERROR for the later case. Exits 0 only when every case passed or ran.
+//! is an ERROR for the later case. Exits 0 only when every case passed or ran. An unknown option, a
+//! missing or malformed value or no case at all exits 2 with the usage on stderr; after `--` every
+//! argument is a case path.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,19 +37,27 @@ fn parse_bytes(s: &str) -> Option<u64> {
     digits.parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
+/// A usage error: what is wrong and the usage, on one line of stderr; exit status 2.
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("error: {message}; {USAGE}");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
     env_logger::init();
     let mut options = ReplayOptions::default();
     let mut paths = Vec::new();
     let mut args = std::env::args_os().skip(1);
+    let mut only_paths = false;
     while let Some(a) = args.next() {
+        if only_paths {
+            paths.push(PathBuf::from(a));
+            continue;
+        }
         match a.to_str() {
             Some("--emit") => match args.next() {
                 Some(dir) => options.emit = Some(dir.into()),
-                None => {
-                    eprintln!("--emit needs a directory");
-                    return ExitCode::from(2);
-                }
+                None => return usage_error("--emit needs a directory"),
             },
             Some("--resume-at") => {
                 match args
@@ -56,29 +66,29 @@ fn main() -> ExitCode {
                     .filter(|&k| k >= 1)
                 {
                     Some(k) => options.resume_at = Some(k),
-                    None => {
-                        eprintln!("--resume-at needs a step number >= 1");
-                        return ExitCode::from(2);
-                    }
+                    None => return usage_error("--resume-at needs a step number >= 1"),
                 }
             }
             Some("--memory-budget") => match args.next().and_then(|b| parse_bytes(b.to_str()?)) {
                 Some(b) => options.limits = Limits::new(b),
-                None => {
-                    eprintln!("--memory-budget needs a byte count (e.g. 4G, 512M)");
-                    return ExitCode::from(2);
-                }
+                None => return usage_error("--memory-budget needs a byte count (e.g. 4G, 512M)"),
             },
             Some("-h" | "--help") => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
             }
+            Some("--") => only_paths = true,
+            _ if a.to_string_lossy().starts_with('-') && a.len() > 1 => {
+                return usage_error(&format!(
+                    "unknown option `{}`",
+                    escape_text(&a.to_string_lossy())
+                ));
+            }
             _ => paths.push(PathBuf::from(a)),
         }
     }
     if paths.is_empty() {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
+        return usage_error("no CASE.json given");
     }
     let ctx = match GpuContext::new() {
         Ok(c) => c,

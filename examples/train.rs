@@ -5,10 +5,16 @@
 //! read-out. Prints a line per epoch, writes a PNG plot of the train and test loss, and ends with
 //!
 //! ```text
-//! final: epochs=<n> train_loss=<x> test_loss=<y> test_accuracy=<z> seconds=<s> plot=<path>
+//! final: epochs=<n> train_loss=<x> test_loss=<y> test_accuracy=<z> seconds=<s> plot=<path> dtype=<v> state=<s> state_bytes=<b>
 //! ```
 //!
-//! `cargo run --release --example train -- [--epochs N] [--plot PATH] [--ema MOMENTUM]`
+//! `cargo run --release --example train -- [--epochs N] [--plot PATH] [--ema MOMENTUM] [--dtype f32|f16|bf16]`
+//!
+//! `--dtype` sets the optimizer's storage types: `bf16` keeps the weights and the optimizer state in
+//! bfloat16, `f16` the state in float16 with f32 weights; the gradients stay f32. `dtype` and `state` on
+//! the `final:` line are the weights' and the state's types, `state_bytes` the optimizer state's bytes
+//! (`PoolStats::state_bytes`). The shaders read the weights in the type the pool holds. Unknown options
+//! and malformed values exit with status 2.
 //!
 //! With `--ema MOMENTUM` the optimizer keeps Keras's moving average of the weights (`use_ema`), and the
 //! test set is also evaluated with the averages (swapped in on the GPU, then back): the `final:` line
@@ -17,7 +23,12 @@
 use std::error::Error;
 use std::time::Instant;
 
-use wgpu_rmsprop::{GpuContext, Gradient, RmsProp, RmsPropConfig, VarId};
+use wgpu_rmsprop::{GpuContext, Gradient, RmsProp, RmsPropConfig, StorageTypes, VarId};
+
+#[path = "support/cli.rs"]
+mod cli;
+#[path = "support/storage.rs"]
+mod storage;
 
 const SHADER: &str = include_str!("train_mlp.wgsl");
 const IN: usize = 64;
@@ -118,9 +129,20 @@ fn read(
     src: &wgpu::Buffer,
     len: usize,
 ) -> Result<Vec<f32>, Box<dyn Error>> {
+    read_at(ctx, staging, src, 0, len)
+}
+
+/// Reads `len` 32-bit values of `src` from byte `offset` on, as f32.
+fn read_at(
+    ctx: &GpuContext,
+    staging: &wgpu::Buffer,
+    src: &wgpu::Buffer,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<f32>, Box<dyn Error>> {
     let bytes = len as u64 * 4;
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(src, 0, staging, 0, bytes);
+    encoder.copy_buffer_to_buffer(src, offset, staging, 0, bytes);
     ctx.queue().submit([encoder.finish()]);
     let slice = staging.slice(0..bytes);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -217,19 +239,21 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<(), Box<dyn Error>> {
     env_logger::init();
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let epochs: usize = arg("--epochs")
-        .map(|e| e.parse())
-        .transpose()?
-        .unwrap_or(40);
-    let plot_path = arg("--plot").unwrap_or_else(|| "train_loss.png".to_string());
-    let ema: Option<f64> = arg("--ema").map(|m| m.parse()).transpose()?;
+    let mut cli = cli::Cli::new(
+        "usage: train [--epochs N] [--plot PATH] [--ema MOMENTUM] [--dtype f32|f16|bf16]",
+    );
+    let (mut epochs, mut plot_path) = (40, "train_loss.png".to_string());
+    let mut ema: Option<f64> = None;
+    let mut storage_types = StorageTypes::default();
+    while let Some(option) = cli.next_option() {
+        match option.as_str() {
+            "--epochs" => epochs = cli.count(&option),
+            "--plot" => plot_path = cli.raw(&option, "a PATH"),
+            "--ema" => ema = Some(cli.value(&option, "a MOMENTUM")),
+            "--dtype" => storage_types = cli.dtype(&option),
+            _ => cli.unknown(&option),
+        }
+    }
     let start = Instant::now();
 
     let (x, y) = load_digits()?;
@@ -244,7 +268,10 @@ fn run() -> Result<(), Box<dyn Error>> {
     let test = split(&ctx, &x, &y, &rows[n_train..], "test");
 
     // The parameters live in the optimizer's pools.
-    let mut config = RmsPropConfig::builder().learning_rate(0.002).name("mlp");
+    let mut config = RmsPropConfig::builder()
+        .learning_rate(0.002)
+        .name("mlp")
+        .storage(storage_types);
     if let Some(m) = ema {
         config = config.use_ema(true).ema_momentum(m);
     }
@@ -272,7 +299,25 @@ fn run() -> Result<(), Box<dyn Error>> {
     {
         return Err("the parameters are expected in one pool buffer".into());
     }
-    let offset = |i: usize| (params[i].offset / 4) as u32;
+    // The type the variable pool holds (the configured one, or f32 where this build's kernels do not
+    // store 16-bit variables yet), judged from W1's first word.
+    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("read-out"),
+        size: (train.n.max(test.n) * 4) as u64,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let w1_init = opt.read_variable(w1)?;
+    let word = read_at(&ctx, &staging, &params[0].buffer, params[0].offset, 1)?[0].to_bits();
+    let var_dtype = storage::stored_dtype(storage_types.variable, word, w1_init[0], w1_init[1])?;
+    if var_dtype != storage_types.variable {
+        eprintln!(
+            "note: variables requested in {}, the pool holds {var_dtype}",
+            storage_types.variable
+        );
+    }
+    let offset = |i: usize| storage::element_offset(params[i].offset, var_dtype);
+    let grad_offset = |i: usize| storage::element_offset(grads[i].offset, wgpu_rmsprop::Dtype::F32);
 
     // Scratch activations and the pipeline (one layout for the four entry points).
     let max_n = BATCH.max(test.n);
@@ -324,7 +369,10 @@ fn run() -> Result<(), Box<dyn Error>> {
             layout: Some(&pipeline_layout),
             module: &module,
             entry_point: Some(name),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[("VAR_DTYPE", storage::shader_code(var_dtype))],
+                ..Default::default()
+            },
             cache: None,
         })
     };
@@ -337,7 +385,10 @@ fn run() -> Result<(), Box<dyn Error>> {
 
     // One uniform slot per batch of an epoch, and one for the test set.
     let batches = train.n / BATCH;
-    let stride = u64::from(device.limits().min_uniform_buffer_offset_alignment).max(32);
+    const SLOT: usize = 48;
+    let stride = (SLOT as u64).next_multiple_of(u64::from(
+        device.limits().min_uniform_buffer_offset_alignment,
+    ));
     let mut slots = vec![0u8; (batches + 1) * stride as usize];
     for s in 0..=batches {
         let (base, count) = if s < batches {
@@ -345,7 +396,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         } else {
             (0, test.n)
         };
-        let p: [u32; 8] = [
+        let p: [u32; SLOT / 4] = [
             base as u32,
             count as u32,
             offset(0),
@@ -354,9 +405,13 @@ fn run() -> Result<(), Box<dyn Error>> {
             offset(3),
             (1.0 / count as f32).to_bits(),
             0,
+            grad_offset(0),
+            grad_offset(1),
+            grad_offset(2),
+            grad_offset(3),
         ];
         let at = s * stride as usize;
-        slots[at..at + 32].copy_from_slice(bytemuck::cast_slice(&p));
+        slots[at..at + SLOT].copy_from_slice(bytemuck::cast_slice(&p));
     }
     let uniform = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("mlp batches"),
@@ -383,7 +438,7 @@ fn run() -> Result<(), Box<dyn Error>> {
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                 buffer: &uniform,
                 offset: 0,
-                size: wgpu::BufferSize::new(32),
+                size: wgpu::BufferSize::new(SLOT as u64),
             }),
         }];
         for (i, b) in buffers.iter().enumerate() {
@@ -399,12 +454,6 @@ fn run() -> Result<(), Box<dyn Error>> {
         })
     };
     let (train_bg, test_bg) = (bind(&train), bind(&test));
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("read-out"),
-        size: (train.n.max(test.n) * 4) as u64,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
     let groups = |items: usize| items.div_ceil(64) as u32;
     let resident: Vec<(VarId, Gradient)> = ids.iter().map(|&id| (id, Gradient::Resident)).collect();
 
@@ -502,11 +551,14 @@ fn run() -> Result<(), Box<dyn Error>> {
     }
     plot(&plot_path, &train_curve, &test_curve)?;
     println!(
-        "final: epochs={epochs} train_loss={:.4} test_loss={:.4} test_accuracy={:.4}{ema_accuracy} seconds={:.1} plot={plot_path}",
+        "final: epochs={epochs} train_loss={:.4} test_loss={:.4} test_accuracy={:.4}{ema_accuracy} seconds={:.1} plot={plot_path} dtype={} state={} state_bytes={}",
         train_curve.last().copied().unwrap_or(f32::NAN),
         test_curve.last().copied().unwrap_or(f32::NAN),
         accuracy,
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        storage_types.variable,
+        storage_types.state,
+        opt.pool_stats().state_bytes,
     );
     Ok(())
 }

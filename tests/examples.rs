@@ -1,6 +1,7 @@
 //! The examples run end to end and learn: the `train` MLP's loss falls over a few epochs and its plot is
 //! written; the `embeddings` factorization's loss falls with lazy sparse updates; the `precision` study
-//! (CPU only) finds round-once storage closer to exact arithmetic than the frameworks.
+//! (CPU only) finds round-once storage closer to exact arithmetic than the frameworks; `--dtype` reaches
+//! the final line; unknown options and malformed values exit with status 2.
 
 use std::process::Command;
 
@@ -103,4 +104,51 @@ fn precision_study_round_once_is_closer_to_exact_than_the_frameworks() {
         assert!(cols[4] < 0.1 && cols[4] * 10.0 < cols[1], "{line}");
     }
     assert_eq!(out.lines().count(), 2 + 15 + 2, "{out}");
+}
+
+#[test]
+fn train_example_names_its_storage_types_on_the_final_line() {
+    let plot = std::env::temp_dir().join(format!("train-bf16-{}.png", std::process::id()));
+    let out = run_example(
+        "train",
+        &[
+            "--epochs",
+            "1",
+            "--dtype",
+            "bf16",
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+    );
+    let last = out.lines().last().unwrap();
+    assert!(
+        last.contains(" dtype=bf16 state=bf16 state_bytes="),
+        "{last}"
+    );
+    assert!(field(last, "state_bytes") > 0.0, "{last}");
+    std::fs::remove_file(&plot).unwrap();
+}
+
+#[test]
+fn the_examples_reject_unknown_options_and_malformed_values_with_status_2() {
+    for (name, args) in [
+        ("train", &["--dtype", "f64"][..]),
+        ("train", &["--bogus"]),
+        ("train", &["--epochs", "x"]),
+        ("embeddings", &["--users", "0"]),
+        ("bench", &["--dense", "1024", "fancy"]),
+        ("bench", &["--storage", "var=bf16,weights=f32"]),
+        ("replay", &["--bogus", "case.json"]),
+    ] {
+        let out = Command::new(env!("CARGO"))
+            .args(["run", "--quiet", "--example", name, "--"])
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name} {args:?}: {stderr}");
+        let line = stderr.lines().last().unwrap_or_default();
+        assert!(line.contains("usage: "), "{name} {args:?}: {stderr}");
+    }
 }

@@ -4,7 +4,9 @@
 
 use std::time::Instant;
 
-use wgpu_rmsprop::{ContextOptions, GpuContext, Gradient, RmsProp, RmsPropConfig, VarId};
+use wgpu_rmsprop::{
+    ContextOptions, Dtype, GpuContext, Gradient, RmsProp, RmsPropConfig, StorageTypes, VarId,
+};
 
 const MINIMAL_WGSL: &str = include_str!("../../examples/bench_minimal.wgsl");
 
@@ -135,7 +137,14 @@ impl Timer {
 }
 
 pub fn variant_config(variant: &str) -> RmsPropConfig {
-    let b = RmsPropConfig::builder().learning_rate(1e-4);
+    variant_config_in(variant, StorageTypes::default())
+}
+
+/// The variant's configuration with `storage` as its storage types.
+pub fn variant_config_in(variant: &str, storage: StorageTypes) -> RmsPropConfig {
+    let b = RmsPropConfig::builder()
+        .learning_rate(1e-4)
+        .storage(storage);
     match variant {
         "plain" => b,
         "momentum" => b.momentum(0.9),
@@ -146,19 +155,38 @@ pub fn variant_config(variant: &str) -> RmsPropConfig {
     .unwrap()
 }
 
-/// Bytes RMSprop must move per element: variable, gradient and velocity read, variable and velocity
-/// written, plus 8 for momentum and 8 for the centered average.
+/// Bytes RMSprop must move per element, all f32: variable, gradient and velocity read, variable and
+/// velocity written, plus 8 for momentum and 8 for the centered average (20/28/28/36).
 pub fn bytes_per_element(variant: &str) -> f64 {
-    match variant {
-        "plain" => 20.0,
-        "momentum" | "centered" => 28.0,
-        _ => 36.0,
-    }
+    bytes_per_element_in(variant, StorageTypes::default())
+}
+
+/// The optimizer state's slots of a variant: velocity, plus momentum, plus the centered average.
+pub fn state_slots(variant: &str) -> u64 {
+    1 + u64::from(variant.contains("momentum")) + u64::from(variant.contains("centered"))
+}
+
+/// Bytes RMSprop must move per element with `storage`: the variable read and written, the gradient
+/// read, each state slot read and written, each in its role's type.
+pub fn bytes_per_element_in(variant: &str, storage: StorageTypes) -> f64 {
+    (2 * storage.variable.bytes()
+        + storage.gradient.bytes()
+        + 2 * state_slots(variant) * storage.state.bytes()) as f64
 }
 
 /// An optimizer with variables of `sizes` and their gradients already in the gradient pool.
 pub fn dense_optimizer(ctx: &GpuContext, variant: &str, sizes: &[usize]) -> (RmsProp, Vec<VarId>) {
-    let mut opt = RmsProp::new(ctx, variant_config(variant)).unwrap();
+    dense_optimizer_in(ctx, variant, sizes, StorageTypes::default())
+}
+
+/// As [`dense_optimizer`], with `storage` as the storage types.
+pub fn dense_optimizer_in(
+    ctx: &GpuContext,
+    variant: &str,
+    sizes: &[usize],
+    storage: StorageTypes,
+) -> (RmsProp, Vec<VarId>) {
+    let mut opt = RmsProp::new(ctx, variant_config_in(variant, storage)).unwrap();
     let ids: Vec<VarId> = sizes
         .iter()
         .enumerate()
@@ -167,12 +195,47 @@ pub fn dense_optimizer(ctx: &GpuContext, variant: &str, sizes: &[usize]) -> (Rms
             opt.add_variable(&format!("w{k}"), &[n], &init).unwrap()
         })
         .collect();
-    for &id in &ids {
-        let n = opt.variable_info(id).unwrap().1[0];
-        let g: Vec<f32> = (0..n).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect();
-        opt.apply_gradients(&[(id, &g)]).unwrap();
-    }
+    fill_gradients(ctx, &mut opt, &ids, |i| ((i % 13) as f32 - 6.0) * 0.1);
     (opt, ids)
+}
+
+/// Puts `grad(i)` as the gradient of element `i` of each variable into the gradient pool, and steps
+/// with it. f32 gradients go through `apply_gradients` (one step per variable); 16-bit ones, which no
+/// f32 host slice can carry, are written into the gradient pool in their type (two per u32 word,
+/// element `2k` in the low half) and stepped once with `Gradient::Resident`.
+pub fn fill_gradients(
+    ctx: &GpuContext,
+    opt: &mut RmsProp,
+    ids: &[VarId],
+    grad: impl Fn(usize) -> f32,
+) {
+    let dtype = opt.config().storage().gradient;
+    for &id in ids {
+        let n = opt.variable_info(id).unwrap().1.iter().product::<usize>();
+        if dtype == Dtype::F32 {
+            let g: Vec<f32> = (0..n).map(&grad).collect();
+            opt.apply_gradients(&[(id, &g)]).unwrap();
+            continue;
+        }
+        for s in opt.gradient_slices(id).unwrap() {
+            let words: Vec<u32> = (s.first_element..s.first_element + s.len)
+                .step_by(2)
+                .map(|i| {
+                    let hi = if i + 1 < s.first_element + s.len {
+                        dtype.to_bits16(grad(i + 1))
+                    } else {
+                        0
+                    };
+                    u32::from(dtype.to_bits16(grad(i))) | (u32::from(hi) << 16)
+                })
+                .collect();
+            ctx.queue()
+                .write_buffer(&s.buffer, s.offset, bytemuck::cast_slice(&words));
+        }
+    }
+    if dtype != Dtype::F32 {
+        opt.apply(&resident(ids)).unwrap();
+    }
 }
 
 pub fn resident(ids: &[VarId]) -> Vec<(VarId, Gradient<'static>)> {
@@ -204,7 +267,10 @@ struct MinimalChunk {
 }
 
 /// The baseline: a WGSL kernel with the dense step's vec4 loads and stores (same workgroup size, grid
-/// folding and buffer split at the binding limit) and trivial arithmetic.
+/// folding and buffer split at the binding limit) and trivial arithmetic. It moves f32 vec4s; with
+/// 16-bit storage types each buffer holds the bytes of its role instead (`n` times the role's element
+/// bytes, in f32 vec4s: a 16-bit role's buffer has half the vec4s, touched by the first half of the
+/// invocations), so that it moves the bytes the step moves, role by role.
 pub struct Minimal {
     pipeline: wgpu::ComputePipeline,
     chunks: Vec<MinimalChunk>,
@@ -212,6 +278,11 @@ pub struct Minimal {
 
 impl Minimal {
     pub fn new(ctx: &GpuContext, variant: &str, n: usize) -> Self {
+        Self::with_storage(ctx, variant, n, StorageTypes::default())
+    }
+
+    /// The baseline of a step with `storage` as its storage types.
+    pub fn with_storage(ctx: &GpuContext, variant: &str, n: usize, storage: StorageTypes) -> Self {
         let device = ctx.device();
         let limits = device.limits();
         let max_bytes = limits
@@ -223,9 +294,11 @@ impl Minimal {
             source: wgpu::ShaderSource::Wgsl(MINIMAL_WGSL.into()),
         });
         let flag = |on: bool| if on { 1.0 } else { 0.0 };
+        let split = !storage.is_f32();
         let constants = [
             ("CENTERED", flag(variant.contains("centered"))),
             ("HAS_MOMENTUM", flag(variant.contains("momentum"))),
+            ("SPLIT", flag(split)),
         ];
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some("minimal"),
@@ -241,31 +314,42 @@ impl Minimal {
         let layout = pipeline.get_bind_group_layout(0);
         let max_groups = u64::from(limits.max_compute_workgroups_per_dimension);
         let mut chunks = Vec::new();
-        let mut left = n.div_ceil(4) as u64;
+        // Elements per chunk: as many as f32 vec4s fit in a binding.
+        let mut left = n as u64;
         while left > 0 {
-            let vec4s = left.min(chunk_vec4s);
-            left -= vec4s;
+            let elements = left.min(chunk_vec4s * 4);
+            left -= elements;
+            // vec4s of the variable, gradient and state buffers, and of the grid (the largest).
+            let role = |d: Dtype| (elements * d.bytes()).div_ceil(16);
+            let ends = [
+                role(storage.variable),
+                role(storage.gradient),
+                role(storage.state),
+            ];
+            let vec4s = ends.into_iter().max().unwrap();
             let groups = vec4s.div_ceil(256);
             let (gx, gy) = wgpu_rmsprop::kernels::fold_grid(groups, max_groups);
             let uniform = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("minimal params"),
-                size: 16,
+                size: 32,
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
+            let [x_end, g_end, s_end] = ends.map(|e| e as u32);
             ctx.queue().write_buffer(
                 &uniform,
                 0,
-                bytemuck::cast_slice(&[vec4s as u32, gx as u32, 0, 0]),
+                bytemuck::cast_slice(&[vec4s as u32, gx as u32, x_end, g_end, s_end, 0, 0, 0]),
             );
             let buffers: Vec<wgpu::Buffer> = (0..5)
                 .map(|k| {
                     let used = k < 3
                         || (k == 3 && variant.contains("momentum"))
                         || (k == 4 && variant.contains("centered"));
+                    let vec4s = if split { ends[k.min(2)] } else { vec4s };
                     device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some("minimal state"),
-                        size: if used { vec4s * 16 } else { 16 },
+                        size: if used { vec4s.max(1) * 16 } else { 16 },
                         usage: wgpu::BufferUsages::STORAGE,
                         mapped_at_creation: false,
                     })
