@@ -127,31 +127,8 @@ fn run() -> Result<(), Box<dyn Error>> {
         BATCH * 4,
         wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
     );
-    // The type the variable pool holds (the configured one, or f32 where this build's kernels do not
-    // store 16-bit variables yet), judged from the users table's first word; the element offsets of
-    // the tables in it.
-    let word = {
-        let mut encoder = device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(&us[0].buffer, us[0].offset, &staging, 0, 4);
-        ctx.queue().submit([encoder.finish()]);
-        let slice = staging.slice(..4);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        ctx.wait_idle()?;
-        rx.recv()??;
-        let word = bytemuck::pod_read_unaligned::<u32>(&slice.get_mapped_range()?[..4]);
-        staging.unmap();
-        word
-    };
-    let var_dtype = storage::stored_dtype(storage_types.variable, word, init_u[0], init_u[1])?;
-    if var_dtype != storage_types.variable {
-        eprintln!(
-            "note: variables requested in {}, the pool holds {var_dtype}",
-            storage_types.variable
-        );
-    }
+    // The type the variable pool holds (the slices say it); the element offsets of the tables in it.
+    let var_dtype = us[0].dtype;
     let p: [u32; 4] = [
         BATCH as u32,
         DIM as u32,

@@ -299,25 +299,16 @@ fn run() -> Result<(), Box<dyn Error>> {
     {
         return Err("the parameters are expected in one pool buffer".into());
     }
-    // The type the variable pool holds (the configured one, or f32 where this build's kernels do not
-    // store 16-bit variables yet), judged from W1's first word.
     let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some("read-out"),
         size: (train.n.max(test.n) * 4) as u64,
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let w1_init = opt.read_variable(w1)?;
-    let word = read_at(&ctx, &staging, &params[0].buffer, params[0].offset, 1)?[0].to_bits();
-    let var_dtype = storage::stored_dtype(storage_types.variable, word, w1_init[0], w1_init[1])?;
-    if var_dtype != storage_types.variable {
-        eprintln!(
-            "note: variables requested in {}, the pool holds {var_dtype}",
-            storage_types.variable
-        );
-    }
+    // The type the variable pool holds (the slices say it).
+    let var_dtype = params[0].dtype;
     let offset = |i: usize| storage::element_offset(params[i].offset, var_dtype);
-    let grad_offset = |i: usize| storage::element_offset(grads[i].offset, wgpu_rmsprop::Dtype::F32);
+    let grad_offset = |i: usize| storage::element_offset(grads[i].offset, grads[i].dtype);
 
     // Scratch activations and the pipeline (one layout for the four entry points).
     let max_n = BATCH.max(test.n);

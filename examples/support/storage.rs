@@ -18,20 +18,3 @@ pub fn shader_code(d: Dtype) -> f64 {
 pub fn element_offset(byte_offset: u64, d: Dtype) -> u32 {
     (byte_offset / d.bytes()) as u32
 }
-
-/// The type the pool really stores for a variable whose first two initial values are `a` and `b`,
-/// judged from the first u32 `word` of its slice: `configured` when that is what the word holds, f32
-/// when the word still holds `a` as f32 (a build whose kernels do not store 16-bit types yet), else an
-/// error (an unknown layout: better stop than train on misread weights).
-pub fn stored_dtype(configured: Dtype, word: u32, a: f32, b: f32) -> Result<Dtype, String> {
-    let packed = u32::from(configured.to_bits16(a)) | (u32::from(configured.to_bits16(b)) << 16);
-    if configured == Dtype::F32 || word == packed {
-        Ok(configured)
-    } else if word == a.to_bits() {
-        Ok(Dtype::F32)
-    } else {
-        Err(format!(
-            "the variable pool holds neither {configured} nor f32 values (first word {word:#010x})"
-        ))
-    }
-}
