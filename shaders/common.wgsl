@@ -34,8 +34,9 @@ struct Params {
     // Per-variable options (VAR_OPTIONS): the first entry of the options table in `var_info` (two
     // entries per variable, after the segment map; see `hyper` in rmsprop_update.wgsl).
     opt_base: u32,
+    // Seed of stochastic rounding (STOCHASTIC).
+    sr_seed: u32,
     // Padding to a multiple of 16 bytes.
-    pad0: u32,
     pad1: u32,
     pad2: u32,
 }

@@ -44,8 +44,24 @@ fn workgroup_entries(a: u32, b: u32) -> vec2<u32> {
     return vec2<u32>(first, last - first + 1u);
 }
 
-fn variable_of(i: u32, entries: vec2<u32>) -> u32 {
-    return var_info[last_start_at_most(entries.x, entries.y, i) + p.seg_len].flags;
+// The variable of vec4 `i` and the index in it of the vec4's first element (each start entry holds
+// its segment's first element in the bits of `mul`).
+fn variable_of(i: u32, entries: vec2<u32>) -> vec2<u32> {
+    let at = last_start_at_most(entries.x, entries.y, i);
+    let start = var_info[at];
+    return vec2<u32>(var_info[at + p.seg_len].flags, bitcast<u32>(start.mul) + (i - start.flags) * 4u);
+}
+
+// The random bits of stochastic rounding for the four elements from element `elem` of variable
+// `var_index` (twin: `reference::sr_bits`).
+fn sr_bits(var_index: u32, elem: u32) -> vec4<u32> {
+    let seed = p.sr_seed + var_index * 0x9e3779b9u;
+    return vec4<u32>(
+        sr_hash(seed, p.step, elem),
+        sr_hash(seed, p.step, elem + 1u),
+        sr_hash(seed, p.step, elem + 2u),
+        sr_hash(seed, p.step, elem + 3u),
+    );
 }
 
 // The update of vec4 `i`; `live` false: compute, but write nothing (see `run`).
@@ -61,8 +77,10 @@ fn update(i: u32, live: bool, entries: vec2<u32>) {
     var qv = vec4<f32>(0.0);
     var use_q = false;
     var h = Hyper();
-    if PER_VAR || VAR_OPTIONS != 0u {
-        let var_index = variable_of(i, entries);
+    var var_elem = vec2<u32>(0u);
+    if PER_VAR || VAR_OPTIONS != 0u || STOCHASTIC {
+        var_elem = variable_of(i, entries);
+        let var_index = var_elem.x;
         if PER_VAR {
             let info = var_info[var_index];
             if (info.flags & PRECLIPPED) == 0u {
@@ -106,7 +124,11 @@ fn update(i: u32, live: bool, entries: vec2<u32>) {
     }
     let xn = next_variable(xv, dir, mn, h);
     if live {
-        st_x(i, xn);
+        if STOCHASTIC {
+            st_x_sr(i, xn, sr_bits(var_elem.x, var_elem.y));
+        } else {
+            st_x(i, xn);
+        }
     }
 }
 
@@ -122,7 +144,7 @@ fn run(first: u32, group_first: u32) {
         ok = status[0] == 0u;
     }
     var entries = vec2<u32>(0u);
-    if PER_VAR || VAR_OPTIONS != 0u {
+    if PER_VAR || VAR_OPTIONS != 0u || STOCHASTIC {
         let last = p.end - 1u;
         let span = WORKGROUP_SIZE * VEC4S_PER_INVOCATION - 1u;
         entries = workgroup_entries(min(group_first, last), min(group_first + span, last));

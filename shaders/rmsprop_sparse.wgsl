@@ -21,6 +21,8 @@
 struct Item {
     // Element of the pool buffer (a valid one even when `live` is false).
     elem: u32,
+    // Its index in the variable.
+    var_elem: u32,
     col: u32,
     // The item's listed duplicates: positions [first, last) (empty when `live` is false).
     first: u32,
@@ -52,6 +54,7 @@ fn item(wid: vec3<u32>, lid: u32) -> Item {
     let last = index[head + 2u * p.unique_rows + uu];
     return Item(
         select(p.seg_base, p.seg_base + (e - p.seg_first), live),
+        e,
         col,
         first,
         select(first, last, live),
@@ -109,7 +112,12 @@ fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         s = rmsprop(s, vec4<f32>(sum), none, false, h);
     }
     if live {
-        st_x(i, s.x.x);
+        if STOCHASTIC {
+            let seed = p.sr_seed + p.var_index * 0x9e3779b9u;
+            st_x_sr(i, s.x.x, sr_hash(seed, p.step, it.var_elem));
+        } else {
+            st_x(i, s.x.x);
+        }
         st_v(i, s.v.x);
         if keeps_momentum(h) {
             st_m(i, s.m.x);

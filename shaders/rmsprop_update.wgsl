@@ -32,6 +32,8 @@ override SKIP_NONFINITE: bool = false;
 // needs it) and the variable's flags say whether it has it. Only the fields set are read because on
 // lavapipe every read indexed by the variable costs one load per invocation and component.
 override VAR_OPTIONS: u32 = 0u;
+// Stochastic rounding of bf16 variables (`st_x_sr`, seed `p.sr_seed`).
+override STOCHASTIC: bool = false;
 const VO_LR_MUL: u32 = 1u;
 const VO_LR_ADD: u32 = 2u;
 const VO_RHO: u32 = 4u;

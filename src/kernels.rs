@@ -353,8 +353,8 @@ pub struct Params {
     pub seg_base: u32,
     /// First entry of the per-variable options table in `var_info` (read when `VAR_OPTIONS`).
     pub opt_base: u32,
-    /// Padding (the struct is a multiple of 16 bytes).
-    pub pad0: u32,
+    /// Seed of stochastic rounding (`STOCHASTIC`).
+    pub sr_seed: u32,
     /// Padding.
     pub pad1: u32,
     /// Padding.
@@ -501,6 +501,7 @@ pub(crate) fn variant_constants(
         ),
         ("CLIP_NORM", clip_norm),
         ("VAR_OPTIONS", f64::from(variant.var_options)),
+        ("STOCHASTIC", b(config.stochastic_rounding().is_some())),
         (
             "ACCUMULATE",
             b(config.gradient_accumulation_steps().is_some()),

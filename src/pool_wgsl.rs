@@ -90,6 +90,35 @@ pub(crate) fn declarations(flavor: Flavor, pools: &[PoolBinding], storage: Stora
         if !rw {
             continue;
         }
+        if n == "x" {
+            // `st_x_sr`: the variable stored with stochastic rounding (bf16 only; the random bits
+            // `r` per element), a plain store for the other types.
+            let _ = match (flavor, dtype) {
+                (Flavor::Vec4, Dtype::Bf16) => writeln!(
+                    s,
+                    "fn st_x_sr(i: u32, value: vec4<f32>, r: vec4<u32>) {{\n    \
+                     x[i] = vec2<u32>(\n        \
+                     f32_to_bf16_stochastic(value.x, r.x) | (f32_to_bf16_stochastic(value.y, r.y) << 16u),\n        \
+                     f32_to_bf16_stochastic(value.z, r.z) | (f32_to_bf16_stochastic(value.w, r.w) << 16u),\n    \
+                     );\n}}"
+                ),
+                (Flavor::Vec4, _) => writeln!(
+                    s,
+                    "fn st_x_sr(i: u32, value: vec4<f32>, r: vec4<u32>) {{ st_x(i, value); }}"
+                ),
+                (Flavor::Scalar, Dtype::Bf16) => writeln!(
+                    s,
+                    "fn st_x_sr(e: u32, value: f32, r: u32) {{\n    \
+                     let shift = (e & 1u) * 16u;\n    \
+                     atomicAnd(&x[e >> 1u], ~(0xffffu << shift));\n    \
+                     atomicOr(&x[e >> 1u], f32_to_bf16_stochastic(value, r) << shift);\n}}"
+                ),
+                (Flavor::Scalar, _) => writeln!(
+                    s,
+                    "fn st_x_sr(e: u32, value: f32, r: u32) {{ st_x(e, value); }}"
+                ),
+            };
+        }
         let _ = match (flavor, dtype) {
             (Flavor::Vec4, Dtype::F32) => writeln!(
                 s,

@@ -62,7 +62,7 @@ fn params_fields() -> Vec<Field> {
         seg_len: u32,
         seg_base: u32,
         opt_base: u32,
-        pad0: u32,
+        sr_seed: u32,
         pad1: u32,
         pad2: u32,
     })

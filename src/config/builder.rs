@@ -149,6 +149,18 @@ impl RmsPropConfigBuilder {
         self.cfg.ema_momentum = m;
         self
     }
+    /// Stochastic rounding of the variables stored in bf16: each stored value is one of the two bf16
+    /// neighbours of the f32 result, the upper with probability equal to its distance from the lower in
+    /// bf16 ulps (unbiased in expectation), so that updates smaller than half a bf16 ulp still move a
+    /// variable on average instead of being lost. The random bits are a hash of `seed`, the step
+    /// number, the variable's index and the element's index in the variable
+    /// ([`crate::half_bits::sr_hash`]`(seed + index * 0x9E3779B9, step, element)`): deterministic,
+    /// independent of where the variable sits in the pools. Other types and the state round to
+    /// nearest even; the TF raw sequential duplicates round each listed pair but the last to nearest.
+    pub fn stochastic_rounding(mut self, seed: u32) -> Self {
+        self.cfg.stochastic_rounding = Some(seed);
+        self
+    }
     /// The default storage types of the variables, gradients and optimizer state (see
     /// [`crate::dtype`]).
     pub fn storage(mut self, storage: crate::dtype::StorageTypes) -> Self {

@@ -62,6 +62,7 @@ pub struct RmsPropConfig {
     ema_momentum: f64,
     ema_overwrite_frequency: Option<u64>,
     storage: crate::dtype::StorageTypes,
+    stochastic_rounding: Option<u32>,
 }
 
 impl Default for RmsPropConfig {
@@ -117,6 +118,7 @@ impl RmsPropConfig {
             ema_momentum: 0.99,
             ema_overwrite_frequency: None,
             storage: crate::dtype::StorageTypes::default(),
+            stochastic_rounding: None,
         };
         let cfg = match preset {
             Preset::Keras => keras,
@@ -241,6 +243,11 @@ impl RmsPropConfig {
     /// Keras's `ema_momentum` (default 0.99; used with `use_ema`).
     pub fn ema_momentum(&self) -> f64 {
         self.ema_momentum
+    }
+    /// The seed of stochastic rounding of bf16 variables (`None`: round to nearest even). See
+    /// [`RmsPropConfigBuilder::stochastic_rounding`].
+    pub fn stochastic_rounding(&self) -> Option<u32> {
+        self.stochastic_rounding
     }
     /// The storage types of the variables, gradients and optimizer state (default f32 everywhere;
     /// a variable's [`crate::VarOptions::storage`] overrides it).

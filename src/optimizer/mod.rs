@@ -200,6 +200,7 @@ impl RmsProp {
             per_var: kernels::per_var(&config),
             var_options: false,
             skip_nonfinite,
+            stochastic: config.stochastic_rounding().is_some(),
             lazy: config.sparse_mode() == SparseMode::Lazy,
             jobs_needed: config.clipnorm().is_some()
                 || config.global_clipnorm().is_some()

@@ -203,6 +203,7 @@ impl RmsProp {
             bias_correction: s.bias_correction,
             step: step as u32,
             opt_base: self.layout.options_base() as u32,
+            sr_seed: self.config.stochastic_rounding().unwrap_or(0),
             ..Params::default()
         };
         plan(

@@ -241,14 +241,19 @@ impl Layout {
         let mut at = self.variables.len() as u32;
         let mut regions = Vec::with_capacity(self.chunks.len());
         let mut entries = Vec::new();
-        for c in &self.chunks {
+        for (ci, c) in self.chunks.iter().enumerate() {
             let n = c.segments.len() as u32;
             regions.push((at, n));
-            entries.extend(
-                c.segments
+            // The segment's first element in its variable rides in the first word (stochastic
+            // rounding hashes it).
+            entries.extend(c.segments.iter().map(|&(begin, _, var)| {
+                let first = self.variables[var]
+                    .segments
                     .iter()
-                    .map(|&(begin, _, _)| [0, 0, 0, begin as u32]),
-            );
+                    .find(|s| s.chunk == ci && s.offset == begin)
+                    .map_or(0, |s| s.first_elem as u32);
+                [first, 0, 0, begin as u32]
+            }));
             entries.extend(c.segments.iter().map(|&(_, _, var)| [0, 0, 0, var as u32]));
             at += 2 * n;
         }

@@ -58,6 +58,9 @@ pub(crate) struct PlanConfig {
     pub var_options: bool,
     /// Non-finite policy `SkipStep`: every gradient value is checked on the GPU.
     pub skip_nonfinite: bool,
+    /// Stochastic rounding: the dense kernel finds each element's variable and index in it (segment
+    /// map).
+    pub stochastic: bool,
     /// Sparse mode `Lazy`.
     pub lazy: bool,
     /// Norm jobs are needed (clipnorm, global_clipnorm or the non-finite check).
@@ -434,7 +437,7 @@ pub(crate) fn plan(
     //    pool buffer when every variable is in the step; the alignment padding between them is swept
     //    too, it stays zero). Per-variable state is found through the chunk's segment map.
     for (ci, chunk) in layout.chunks.iter().enumerate() {
-        let params = match cfg.per_var || cfg.var_options {
+        let params = match cfg.per_var || cfg.var_options || cfg.stochastic {
             true => {
                 let (seg_base, seg_len) = map_region(layout, ci);
                 Params {
@@ -489,6 +492,7 @@ mod tests {
             per_var,
             var_options: false,
             skip_nonfinite: false,
+            stochastic: false,
             lazy,
             jobs_needed: jobs,
             use_squares: false,
@@ -681,6 +685,9 @@ mod tests {
                                 // The kernel's search: the last start <= i.
                                 let k = starts.partition_point(|e| u64::from(e[3]) <= i) - 1;
                                 prop_assert_eq!(vars[k][3] as usize, var);
+                                // And the index of the vec4's first element in the variable.
+                                let at = u64::from(starts[k][0]) + (i - u64::from(starts[k][3])) * 4;
+                                prop_assert_eq!(at, s.first_elem as u64 + (i - s.offset) * 4);
                             }
                         }
                     }
