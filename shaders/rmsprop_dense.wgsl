@@ -129,6 +129,8 @@ fn update(i: u32, live: bool, entries: vec2<u32>) {
         } else {
             st_x(i, xn);
         }
+        // The 16-bit copy of the variable, if the pools keep one (else this does nothing).
+        st_c(i, xn);
     }
 }
 

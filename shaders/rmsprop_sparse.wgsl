@@ -118,6 +118,7 @@ fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         } else {
             st_x(i, s.x.x);
         }
+        st_c(i, s.x.x);
         st_v(i, s.v.x);
         if keeps_momentum(h) {
             st_m(i, s.m.x);

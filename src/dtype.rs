@@ -115,6 +115,13 @@ pub struct StorageTypes {
     pub gradient: Dtype,
     /// Velocity, momentum and average gradient.
     pub state: Dtype,
+    /// A copy of the variables in this type, written by the same kernels whenever they write a
+    /// variable (master weights: f32 variables for the optimizer, a 16-bit copy for the caller's
+    /// forward pass, with no cast pass; rounded to nearest even). `None` (default): no copy. Set it in
+    /// the configuration: every variable then has its copy ([`crate::RmsProp::copy_slices`]), and a
+    /// variable's own [`crate::VarOptions::storage`] must keep the same `copy`. Needs 9 storage
+    /// buffers per shader stage (WebGPU's default limit is 8).
+    pub copy: Option<Dtype>,
 }
 
 impl StorageTypes {
@@ -124,6 +131,7 @@ impl StorageTypes {
             variable: dtype,
             gradient: dtype,
             state: dtype,
+            copy: None,
         }
     }
 

@@ -69,6 +69,7 @@ pub const DENSE_WGSL: Module = Module {
             ("v", 3, RW),
             ("m", 4, RW),
             ("a", 5, RW),
+            ("c", 20, RW),
         ],
     )),
 };
@@ -83,6 +84,7 @@ pub const SPARSE_WGSL: Module = Module {
             ("v", 3, RW),
             ("m", 4, RW),
             ("a", 5, RW),
+            ("c", 20, RW),
         ],
     )),
 };
@@ -155,6 +157,8 @@ pub mod binding {
     pub const ACC: u32 = 18;
     /// Moving average of the variables (`use_ema`).
     pub const EMA: u32 = 19;
+    /// The 16-bit copy of the variables (`StorageTypes::copy`).
+    pub const COPY: u32 = 20;
 }
 
 /// A compute entry point: its module, name and bindings (group 0).
@@ -390,14 +394,30 @@ impl Kernel {
     }
 }
 
+/// The kernels that write the variables, which bind their 16-bit copy too when the pools keep one
+/// ([`crate::StorageTypes::copy`]).
+pub(crate) fn writes_variables(kernel: &Kernel) -> bool {
+    ["main", "main_at", "lazy"].contains(&kernel.entry) && kernel.module.pools.is_some()
+}
+
+/// The bindings of `kernel` in `mode`, with the copy of the variables when `copy` and it writes them.
+pub(crate) fn bindings_with(
+    kernel: &Kernel,
+    mode: ParamsMode,
+    copy: bool,
+) -> impl Iterator<Item = (u32, BindingKind)> + '_ {
+    let extra = (copy && writes_variables(kernel)).then_some((binding::COPY, RW));
+    kernel.bindings_for(mode).chain(extra)
+}
+
 pub(crate) fn bind_group_layout(
     device: &wgpu::Device,
     label: &str,
     kernel: &Kernel,
     mode: ParamsMode,
+    copy: bool,
 ) -> wgpu::BindGroupLayout {
-    let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
-        .bindings_for(mode)
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings_with(kernel, mode, copy)
         .map(|(binding, kind)| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
@@ -601,6 +621,7 @@ mod tests {
                 variable: F32,
                 gradient: Bf16,
                 state: F16,
+                copy: Some(Bf16),
             },
         ];
         for (k, mode, storage) in ALL

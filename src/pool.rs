@@ -40,7 +40,7 @@ impl Slot {
 }
 
 /// How many kinds of pooled buffer there are.
-pub(crate) const KINDS: usize = 8;
+pub(crate) const KINDS: usize = 9;
 
 /// The kinds of pooled buffer, in the order of the kernels' pool bindings (1..=6, then 18).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,8 @@ pub(crate) enum Kind {
     Accumulator = 6,
     /// Moving average of the variables (Keras's `use_ema` only).
     Ema = 7,
+    /// The 16-bit copy of the variables ([`crate::StorageTypes::copy`] only).
+    Copy = 8,
 }
 
 impl Kind {
@@ -68,12 +70,14 @@ impl Kind {
         Kind::Squares,
         Kind::Accumulator,
         Kind::Ema,
+        Kind::Copy,
     ];
     /// The kernels' binding number of this kind.
     pub(crate) fn binding(self) -> u32 {
         match self {
             Kind::Accumulator => crate::kernels::binding::ACC,
             Kind::Ema => crate::kernels::binding::EMA,
+            Kind::Copy => crate::kernels::binding::COPY,
             _ => self as u32 + 1,
         }
     }
@@ -87,6 +91,7 @@ impl Kind {
             Kind::Squares => "squares",
             Kind::Accumulator => "accumulator",
             Kind::Ema => "ema",
+            Kind::Copy => "copy",
         }
     }
 }
@@ -99,6 +104,7 @@ impl Kind {
             Kind::Variable => storage.variable,
             Kind::Gradient => storage.gradient,
             Kind::Velocity | Kind::Momentum | Kind::AverageGradient => storage.state,
+            Kind::Copy => storage.copy.unwrap_or(Dtype::F32),
             Kind::Squares | Kind::Accumulator | Kind::Ema => Dtype::F32,
         }
     }

@@ -36,6 +36,7 @@ pub(crate) fn dtype_of(name: &str, storage: StorageTypes) -> Dtype {
     match name {
         "x" => storage.variable,
         "g" => storage.gradient,
+        "c" => storage.copy.unwrap_or(Dtype::F32),
         _ => storage.state,
     }
 }
@@ -47,6 +48,14 @@ pub(crate) fn declarations(flavor: Flavor, pools: &[PoolBinding], storage: Stora
          fn half_of(w: u32, e: u32) -> u32 { return (w >> ((e & 1u) * 16u)) & 0xffffu; }\n",
     );
     for &(n, b, kind) in pools {
+        if n == "c" && storage.copy.is_none() {
+            // No copy of the variables: its store does nothing (and binding 20 is not declared).
+            let _ = match flavor {
+                Flavor::Vec4 => writeln!(s, "fn st_c(i: u32, value: vec4<f32>) {{}}"),
+                Flavor::Scalar => writeln!(s, "fn st_c(e: u32, value: f32) {{}}"),
+            };
+            continue;
+        }
         let dtype = dtype_of(n, storage);
         let rw = kind == BindingKind::ReadWrite;
         let access = if rw { "read_write" } else { "read" };

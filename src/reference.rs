@@ -746,6 +746,7 @@ mod tests {
             variable,
             gradient,
             state,
+            copy: None,
         }
     }
 

@@ -231,6 +231,14 @@ impl VarOptions {
                 );
             }
         }
+        if let Some(storage) = self.storage.filter(|s| s.copy != config.storage().copy) {
+            return bad(
+                "storage",
+                format!("{storage:?}"),
+                "must keep the configuration's copy (a copy of the variables is kept for all or \
+                 none)",
+            );
+        }
         if let Some(storage) = self.storage {
             if let Some(why) = crate::config::builder::base_class_storage_conflict(config, storage)
             {

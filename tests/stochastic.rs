@@ -21,6 +21,7 @@ fn storage(gradient: Dtype) -> StorageTypes {
         variable: Dtype::Bf16,
         gradient,
         state: Dtype::Bf16,
+        copy: None,
     }
 }
 

@@ -116,6 +116,7 @@ pub fn storage_for(dtype: Dtype) -> StorageTypes {
         variable,
         gradient: Dtype::F32,
         state,
+        copy: None,
     }
 }
 

@@ -292,6 +292,13 @@ impl RmsPropConfigBuilder {
                 requirement: "is only defined with the lr_inside or negated_trace momentum forms",
             });
         }
+        if c.storage.copy == Some(crate::dtype::Dtype::F32) {
+            return Err(Error::InvalidConfig {
+                field: "storage",
+                value: format!("{:?}", c.storage),
+                requirement: "copy must be a 16-bit type (f16 or bf16) or None",
+            });
+        }
         if let Some(why) = base_class_storage_conflict(&c, c.storage) {
             return Err(Error::InvalidConfig {
                 field: "storage",

@@ -17,7 +17,14 @@ impl RmsProp {
             Tensor::Variable => Kind::Variable,
             Tensor::Gradient => Kind::Gradient,
             Tensor::Slot(slot) => Kind::from(slot),
+            Tensor::Copy => Kind::Copy,
         };
+        if t == Tensor::Copy && !self.gpu.kinds.contains(&Kind::Copy) {
+            return Err(Error::SlotNotPresent {
+                slot: "copy",
+                why: "it needs StorageTypes::copy in the configuration",
+            });
+        }
         if let Tensor::Slot(slot) = t {
             if !self.keeps(id, slot)? || !self.gpu.kinds.contains(&kind) {
                 return Err(Error::SlotNotPresent {
@@ -323,6 +330,10 @@ impl RmsProp {
             let mut writes: Vec<(Kind, &[f32])> = Vec::new();
             if let Some(x) = &restored.variables[i] {
                 writes.push((Kind::Variable, x));
+                if v.storage.copy.is_some() {
+                    // The copy follows the restored variable (it is not saved: it is derived).
+                    writes.push((Kind::Copy, x));
+                }
             }
             for (slot, values) in slots[i].iter().zip(&restored.slots[i]) {
                 writes.push((Kind::from(*slot), values));

@@ -131,6 +131,18 @@ impl RmsProp {
             value,
             requirement,
         };
+        if config.storage().copy.is_some() && limits.max_storage_buffers_per_shader_stage < 9 {
+            let have = limits.max_storage_buffers_per_shader_stage;
+            return Err(invalid(
+                "storage",
+                format!(
+                    "{:?} on a device with {have} storage buffers per stage",
+                    config.storage()
+                ),
+                "copy needs 9 storage buffers per shader stage (the kernels that write the \
+                 variables bind the copy too)",
+            ));
+        }
         let wg = options.workgroup_size;
         if wg == 0
             || wg > limits.max_compute_workgroup_size_x
@@ -342,7 +354,7 @@ impl RmsProp {
                 let bytes = c.capacity * 4 * kind.dtype(c.storage).bytes();
                 stats.pool_bytes += bytes;
                 match kind {
-                    Kind::Variable => stats.variable_bytes += bytes,
+                    Kind::Variable | Kind::Copy => stats.variable_bytes += bytes,
                     Kind::Gradient => stats.gradient_bytes += bytes,
                     k if k.is_state() => stats.state_bytes += bytes,
                     _ => stats.scratch_bytes += bytes,
@@ -411,6 +423,15 @@ impl RmsProp {
     /// unchanged.
     pub fn slot_slices(&mut self, id: VarId, slot: Slot) -> Result<Vec<GpuSlice>> {
         let kind = self.kind(id, crate::step::types::Tensor::Slot(slot))?;
+        self.slices(id, kind)
+    }
+
+    /// Where a variable's 16-bit copy lives on the GPU ([`crate::StorageTypes::copy`]: written by the
+    /// kernels with every update of the variable), laid out as [`RmsProp::variable_slices`] in the
+    /// copy's type ([`GpuSlice::dtype`]). Without a copy: [`Error::SlotNotPresent`]. A caller who
+    /// writes a variable through its slices leaves the copy as it was until the next update.
+    pub fn copy_slices(&mut self, id: VarId) -> Result<Vec<GpuSlice>> {
+        let kind = self.kind(id, crate::step::types::Tensor::Copy)?;
         self.slices(id, kind)
     }
 
@@ -486,13 +507,14 @@ impl RmsProp {
         options.validate(name, &self.config)?;
         let hyper = self.resolve(name, options);
         let storage = options.storage.unwrap_or(self.config.storage());
-        if let (Init::Gpu(_), false) = (&init, storage.variable == Dtype::F32) {
+        let plain = storage.variable == Dtype::F32 && storage.copy.is_none();
+        if let (Init::Gpu(_), false) = (&init, plain) {
             return Err(Error::InvalidVarOptions {
                 variable: name.into(),
                 field: "storage",
                 value: format!("{storage:?}"),
-                requirement: "needs an f32 variable to take its initial values from a GPU buffer \
-                              (add 16-bit variables from host values)",
+                requirement: "needs an f32 variable without a 16-bit copy to take its initial \
+                              values from a GPU buffer (add the others from host values)",
             });
         }
         let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
@@ -572,6 +594,9 @@ impl RmsProp {
         let mut targets = vec![Kind::Variable];
         if self.config.use_ema() {
             targets.push(Kind::Ema);
+        }
+        if storage.copy.is_some() {
+            targets.push(Kind::Copy);
         }
         for s in &self.layout.variables[id.index()].segments {
             let chunk = &self.gpu.chunks[s.chunk];
@@ -676,6 +701,7 @@ fn kinds_for(config: &RmsPropConfig, variant: &Variant, kept: &[Kind]) -> Vec<Ki
             config.gradient_accumulation_steps().is_some(),
         ),
         (Kind::Ema, config.use_ema()),
+        (Kind::Copy, config.storage().copy.is_some()),
     ];
     wanted
         .into_iter()

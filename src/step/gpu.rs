@@ -164,6 +164,8 @@ pub(crate) struct Gpu {
     pub kinds: Vec<Kind>,
     layouts: Vec<wgpu::BindGroupLayout>,
     pipelines: Pipelines,
+    /// The pools keep a 16-bit copy of the variables (bound by the kernels that write them).
+    copy: bool,
     /// Stand-ins bound where a pooled kind is not kept, one per kind so that no two bindings of a
     /// dispatch alias (never read or written by the kernel variant).
     placeholders: Vec<wgpu::Buffer>,
@@ -201,11 +203,13 @@ impl Gpu {
         constants: &[(&'static str, f64)],
     ) -> Result<Self> {
         let limits = device.limits();
+        // The 16-bit copy of the variables is bound by the kernels that write them.
+        let copy = kinds.contains(&Kind::Copy);
         let layouts: Vec<wgpu::BindGroupLayout> = KERNELS
             .iter()
             .map(|(_, k)| {
                 let label = format!("{prefix}/{} bind group layout", k.name);
-                kernels::bind_group_layout(device, &label, k, mode)
+                kernels::bind_group_layout(device, &label, k, mode, copy)
             })
             .collect();
         let pipelines = Pipelines {
@@ -245,6 +249,7 @@ impl Gpu {
             kinds,
             layouts,
             pipelines,
+            copy,
             placeholders,
             chunks: Vec::new(),
             uniform: mk(
@@ -536,37 +541,35 @@ impl Gpu {
                 _ => return None,
             })
         };
-        let make = |k: usize, chunk: Option<&ChunkBuffers>, label: String| {
-            let entries: Vec<wgpu::BindGroupEntry> = KERNELS[k]
-                .1
-                .bindings_for(self.mode)
-                .map(|(b, _)| wgpu::BindGroupEntry {
-                    binding: b,
-                    resource: if b == binding::PARAMS {
-                        uniform.clone()
-                    } else {
-                        let pooled =
-                            Kind::ALL
-                                .iter()
-                                .find(|kind| kind.binding() == b)
-                                .map(|&kind| {
-                                    chunk
-                                        .and_then(|c| c.buffers[kind as usize].as_ref())
-                                        .unwrap_or(&self.placeholders[kind as usize])
-                                });
-                        pooled
-                            .or_else(|| global(b))
-                            .unwrap_or(&self.placeholders[0])
-                            .as_entire_binding()
-                    },
+        let make =
+            |k: usize, chunk: Option<&ChunkBuffers>, label: String| {
+                let entries: Vec<wgpu::BindGroupEntry> =
+                    kernels::bindings_with(&KERNELS[k].1, self.mode, self.copy)
+                        .map(|(b, _)| wgpu::BindGroupEntry {
+                            binding: b,
+                            resource: if b == binding::PARAMS {
+                                uniform.clone()
+                            } else {
+                                let pooled = Kind::ALL.iter().find(|kind| kind.binding() == b).map(
+                                    |&kind| {
+                                        chunk
+                                            .and_then(|c| c.buffers[kind as usize].as_ref())
+                                            .unwrap_or(&self.placeholders[kind as usize])
+                                    },
+                                );
+                                pooled
+                                    .or_else(|| global(b))
+                                    .unwrap_or(&self.placeholders[0])
+                                    .as_entire_binding()
+                            },
+                        })
+                        .collect();
+                self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(&label),
+                    layout: &self.layouts[k],
+                    entries: &entries,
                 })
-                .collect();
-            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(&label),
-                layout: &self.layouts[k],
-                entries: &entries,
-            })
-        };
+            };
         let prefix = &self.prefix;
         let per_chunk: Vec<Vec<wgpu::BindGroup>> = self
             .chunks

@@ -270,4 +270,6 @@ pub enum Tensor {
     Gradient,
     /// One of its optimizer slots.
     Slot(crate::pool::Slot),
+    /// Its 16-bit copy ([`crate::StorageTypes::copy`]), read as f32 (exactly).
+    Copy,
 }
