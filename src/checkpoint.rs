@@ -2,27 +2,45 @@
 //! configuration and preset, and optionally the variables) in the safetensors format, so that Python
 //! users can open it (`safetensors.numpy.load_file`).
 //!
-//! Tensors are named `slots/<slot>/<variable>` and `variables/<variable>` (f32, the variable's shape).
+//! Tensors are named `slots/<slot>/<variable>` and `variables/<variable>` (the variable's shape). Each
+//! tensor keeps the element type of the buffer it comes from (see [`crate::StorageTypes`] and
+//! [`crate::VarOptions::storage`]): safetensors `F32`, `F16` or `BF16`, holding the stored values bit for
+//! bit (a 16-bit tensor is the buffer's 16-bit values, not values widened to f32), so a restored
+//! optimizer continues bit for bit. Variables are in the variable type, velocity, momentum and average
+//! gradient in the state type; the moving average ([`crate::Slot::Ema`]) is always f32. NumPy has no
+//! bfloat16: in Python, `BF16` tensors load with `safetensors.torch` (or `safe_open(framework="pt")`).
+//!
 //! The metadata holds `format`, `preset`, `config` (JSON), `iterations`, `skipped_steps`, `variables`
 //! (JSON list of names and shapes), `var_options` (JSON list, per variable, of its options as they
-//! resolve: see [`var_options_json`]) and `checksum` (FNV-1a 64 of the tensors' names and bytes). A
-//! variable's slot tensors are those it keeps (with per-variable options, not every variable has every
-//! slot). Writing
-//! is atomic: a temporary file beside the target is written,
-//! flushed to disk and renamed over it, so a crash mid-save leaves the previous checkpoint intact.
-//! Restoring reads and checks everything (format, preset, configuration, names, shapes, dtypes, sizes)
-//! before it writes anything to the GPU: a truncated, corrupted or mismatched file (per-variable options
-//! included; a file without `var_options` holds variables without options) is an [`Error::Checkpoint`]
-//! and the optimizer is left exactly as it was.
+//! resolve: see [`var_options_json`]), `storage` (JSON list, per variable, of its storage types: see
+//! [`storage_json`]) and `checksum` (FNV-1a 64 of the tensors' names and bytes). A variable's slot
+//! tensors are those it keeps (with per-variable options, not every variable has every slot). The
+//! format stays `wgpu-rmsprop-checkpoint/1`: `storage` is an addition, and a file without it (written
+//! before 16-bit storage existed) holds f32 variables only, so it loads into an all-f32 optimizer as
+//! before. The configuration's default storage ([`crate::RmsPropConfig::storage`]) is not compared:
+//! what each variable holds is, through `storage` and the tensors' types.
+//!
+//! Writing is atomic: a temporary file beside the target is written, flushed to disk and renamed over
+//! it, so a crash mid-save leaves the previous checkpoint intact. Restoring reads and checks everything
+//! (format, preset, configuration, names, shapes, tensor types, sizes, storage types) before it writes
+//! anything to the GPU: a truncated, corrupted or mismatched file (per-variable options included; a file
+//! without `var_options` holds variables without options) is an [`Error::Checkpoint`] and the optimizer
+//! is left exactly as it was. There is no conversion between types: a tensor whose safetensors type is
+//! not its buffer's type (a `BF16` velocity for an optimizer whose state is f16, an `F32` variable for
+//! a bf16 variable, an `F64` or integer tensor) is an error naming the tensor, the file's type and the
+//! optimizer's, and so is a variable whose storage types (variable, gradient or state) differ from
+//! the file's. A variable's storage types are fixed when it is added: to change them, add the
+//! variables with the file's types, load, and copy the values over.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 use serde_json::{json, Value};
 
 use crate::config::{LearningRate, RmsPropConfig, WeightDecay};
+use crate::dtype::{Dtype, StorageTypes};
 use crate::error::{Error, Result};
 use crate::var_options::VarHyper;
 
@@ -119,10 +137,47 @@ pub fn var_options_json(h: &VarHyper, frozen: bool) -> Value {
     })
 }
 
-/// What [`crate::RmsProp::save_checkpoint`] gathers: metadata and named f32 tensors.
+/// One variable's storage types as JSON (`{"variable": "bf16", "gradient": "bf16", "state": "f16"}`,
+/// the names of [`Dtype::name`]); the `storage` metadata is the list of these, per variable.
+pub fn storage_json(s: &StorageTypes) -> Value {
+    json!({
+        "variable": s.variable.name(),
+        "gradient": s.gradient.name(),
+        "state": s.state.name(),
+    })
+}
+
+/// The safetensors type of `dtype`.
+fn st_dtype(dtype: Dtype) -> StDtype {
+    match dtype {
+        Dtype::F32 => StDtype::F32,
+        Dtype::F16 => StDtype::F16,
+        Dtype::Bf16 => StDtype::BF16,
+    }
+}
+
+/// The storage type a safetensors type stands for, if any buffer can hold it.
+fn from_st_dtype(dtype: StDtype) -> Option<Dtype> {
+    match dtype {
+        StDtype::F32 => Some(Dtype::F32),
+        StDtype::F16 => Some(Dtype::F16),
+        StDtype::BF16 => Some(Dtype::Bf16),
+        _ => None,
+    }
+}
+
+/// One tensor of a checkpoint: its values as stored (little-endian bytes of `dtype`).
+pub(crate) struct Tensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: Dtype,
+    pub bytes: Vec<u8>,
+}
+
+/// What [`crate::RmsProp::save_checkpoint`] gathers: metadata and named tensors.
 pub(crate) struct Contents {
     pub metadata: HashMap<String, String>,
-    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    pub tensors: Vec<Tensor>,
 }
 
 /// Writes `contents` to `path` atomically (temporary file, flush, rename, directory sync).
@@ -131,16 +186,16 @@ pub(crate) fn write(path: &Path, mut contents: Contents) -> Result<()> {
         contents
             .tensors
             .iter()
-            .map(|(name, _, data)| (name.as_str(), bytemuck::cast_slice::<f32, u8>(data))),
+            .map(|t| (t.name.as_str(), t.bytes.as_slice())),
     );
     contents.metadata.insert("checksum".into(), sum);
     let views: Vec<(String, TensorView)> = contents
         .tensors
         .iter()
-        .map(|(name, shape, data)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
-                .map(|v| (name.clone(), v))
-                .map_err(|e| fail(path, format!("tensor {name}: {e}")))
+        .map(|t| {
+            TensorView::new(st_dtype(t.dtype), t.shape.clone(), &t.bytes)
+                .map(|v| (t.name.clone(), v))
+                .map_err(|e| fail(path, format!("tensor {}: {e}", t.name)))
         })
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(views, Some(contents.metadata))
@@ -174,9 +229,10 @@ pub(crate) struct Restored {
     pub skipped: u64,
     /// The loss scale factor when saved (it changes with dynamic loss scaling).
     pub loss_scale_factor: Option<f64>,
-    /// Per variable (in the optimizer's order): its values if saved, then each kept slot's values.
-    pub variables: Vec<Option<Vec<f32>>>,
-    pub slots: Vec<Vec<Vec<f32>>>,
+    /// Per variable (in the optimizer's order): its values if saved, then each kept slot's values, as
+    /// stored (little-endian bytes of the buffer's type, checked to be the file's).
+    pub variables: Vec<Option<Vec<u8>>>,
+    pub slots: Vec<Vec<Vec<u8>>>,
 }
 
 /// What a checkpoint must match.
@@ -184,8 +240,10 @@ pub(crate) struct Expected<'a> {
     pub config: &'a RmsPropConfig,
     /// `(name, shape)` of every variable.
     pub variables: &'a [(String, Vec<usize>)],
-    /// The slot names of each variable.
-    pub slots: &'a [Vec<&'a str>],
+    /// The storage types of every variable (its variable tensor is `storage.variable`).
+    pub storage: &'a [StorageTypes],
+    /// The slot names of each variable, with the type of the slot's buffer.
+    pub slots: &'a [Vec<(&'a str, Dtype)>],
     /// Every variable's [`var_options_json`], as an array.
     pub var_options: Value,
     /// The same with default options, what a file without `var_options` holds.
@@ -303,35 +361,48 @@ pub(crate) fn read(path: &Path, expected: &Expected<'_>) -> Result<Restored> {
             format!("variables {listed:?} in the checkpoint, {variables:?} here"),
         ));
     }
-    let tensor = |name: &str, shape: &[usize], required: bool| -> Result<Option<Vec<f32>>> {
-        match st.tensor(name) {
-            Ok(t) => {
-                if t.dtype() != Dtype::F32 {
-                    return Err(fail(
-                        path,
-                        format!("tensor {name} is {:?}, expected F32", t.dtype()),
-                    ));
+    let tensor =
+        |name: &str, shape: &[usize], dtype: Dtype, required: bool| -> Result<Option<Vec<u8>>> {
+            match st.tensor(name) {
+                Ok(t) => {
+                    let file = t.dtype();
+                    if from_st_dtype(file) != Some(dtype) {
+                        return Err(fail(
+                            path,
+                            format!(
+                                "tensor {name} is {file:?} in the checkpoint, {:?} here (the \
+                                 optimizer's {dtype} buffer); storage types are not converted on \
+                                 load",
+                                st_dtype(dtype)
+                            ),
+                        ));
+                    }
+                    if t.shape() != shape {
+                        return Err(fail(
+                            path,
+                            format!(
+                                "tensor {name} has shape {:?}, expected {shape:?}",
+                                t.shape()
+                            ),
+                        ));
+                    }
+                    let elems: usize = shape.iter().product();
+                    let data = t.data();
+                    if Some(data.len()) != elems.checked_mul(dtype.bytes() as usize) {
+                        return Err(fail(
+                            path,
+                            format!(
+                                "tensor {name} holds {} bytes, expected {elems} {dtype} values",
+                                data.len()
+                            ),
+                        ));
+                    }
+                    Ok(Some(data.to_vec()))
                 }
-                if t.shape() != shape {
-                    return Err(fail(
-                        path,
-                        format!(
-                            "tensor {name} has shape {:?}, expected {shape:?}",
-                            t.shape()
-                        ),
-                    ));
-                }
-                let data = t.data();
-                let values = data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
-                Ok(Some(values))
+                Err(_) if !required => Ok(None),
+                Err(e) => Err(fail(path, format!("tensor {name}: {e}"))),
             }
-            Err(_) if !required => Ok(None),
-            Err(e) => Err(fail(path, format!("tensor {name}: {e}"))),
-        }
-    };
+        };
     let mut out = Restored {
         iterations,
         skipped,
@@ -339,14 +410,60 @@ pub(crate) fn read(path: &Path, expected: &Expected<'_>) -> Result<Restored> {
         variables: Vec::new(),
         slots: Vec::new(),
     };
-    for ((name, shape), slots) in variables.iter().zip(expected.slots) {
-        out.variables
-            .push(tensor(&format!("variables/{name}"), shape, false)?);
+    for (((name, shape), slots), storage) in
+        variables.iter().zip(expected.slots).zip(expected.storage)
+    {
+        out.variables.push(tensor(
+            &format!("variables/{name}"),
+            shape,
+            storage.variable,
+            false,
+        )?);
         let mut per = Vec::new();
-        for slot in slots {
-            per.push(tensor(&format!("slots/{slot}/{name}"), shape, true)?.unwrap_or_default());
+        for &(slot, dtype) in slots {
+            per.push(
+                tensor(&format!("slots/{slot}/{name}"), shape, dtype, true)?.unwrap_or_default(),
+            );
         }
         out.slots.push(per);
+    }
+    // After the tensors (whose errors name the tensor): the storage types, which also cover the
+    // gradient type and a variable type when the variables were not saved.
+    let saved_storage: Value = match meta.get("storage") {
+        Some(text) => {
+            serde_json::from_str(text).map_err(|e| fail(path, format!("storage: {e}")))?
+        }
+        // Written before 16-bit storage existed: every buffer f32.
+        None => Value::Array(vec![
+            storage_json(&StorageTypes::default());
+            variables.len()
+        ]),
+    };
+    match &saved_storage {
+        Value::Array(saved) if saved.len() == variables.len() => {
+            for ((s, here), (name, _)) in saved.iter().zip(expected.storage).zip(variables) {
+                let h = storage_json(here);
+                if *s != h {
+                    return Err(fail(
+                        path,
+                        format!(
+                            "variable {name:?} has storage types {s} in the checkpoint, {h} here \
+                             (a variable's storage types are fixed when it is added; they are not \
+                             converted on load)"
+                        ),
+                    ));
+                }
+            }
+        }
+        _ => {
+            return Err(fail(
+                path,
+                format!(
+                    "storage is not a JSON array of {} entries, one per variable",
+                    variables.len()
+                ),
+            ))
+        }
     }
     Ok(out)
 }

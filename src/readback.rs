@@ -132,6 +132,24 @@ impl ReadBack {
     }
 
     fn take(&mut self) -> Result<Vec<Vec<f32>>> {
+        self.take_with(|bytes, dtype, elems, item: &mut Vec<f32>| {
+            crate::dtype::decode(bytes, dtype, elems, item)
+        })
+    }
+
+    /// Each item's elements as stored (little-endian, `elems` of each range's type, pad lanes dropped).
+    fn take_bytes(&mut self) -> Result<Vec<Vec<u8>>> {
+        self.take_with(|bytes, dtype, elems, item: &mut Vec<u8>| {
+            item.extend_from_slice(&bytes[..elems * dtype.bytes() as usize])
+        })
+    }
+
+    /// Gathers each item from the mapped ranges with `part(range bytes, type, elements, item)`, then
+    /// unmaps.
+    fn take_with<T: Default>(
+        &mut self,
+        mut part: impl FnMut(&[u8], crate::dtype::Dtype, usize, &mut T),
+    ) -> Result<Vec<T>> {
         self.done = true;
         let views = self
             .staging
@@ -144,10 +162,14 @@ impl ReadBack {
         let mut out = Vec::with_capacity(self.parts.len());
         let mut ranges = self.ranges.iter();
         for &n in &self.parts {
-            let mut item = Vec::new();
+            let mut item = T::default();
             for &(k, at, bytes, dtype, elems) in ranges.by_ref().take(n) {
-                let bytes = &views[k][at as usize..(at + bytes) as usize];
-                crate::dtype::decode(bytes, dtype, elems, &mut item);
+                part(
+                    &views[k][at as usize..(at + bytes) as usize],
+                    dtype,
+                    elems,
+                    &mut item,
+                );
             }
             out.push(item);
         }
@@ -181,6 +203,19 @@ impl ReadBack {
 
     /// Blocks until this read's submission is done (not the whole device), then returns the values.
     pub fn wait(mut self) -> Result<Vec<Vec<f32>>> {
+        self.wait_maps()?;
+        self.take()
+    }
+
+    /// As [`ReadBack::wait`], returning each item's elements as stored: the little-endian bytes of its
+    /// values in each range's type (16-bit values bit for bit, pad lanes dropped). Checkpoints use it.
+    pub(crate) fn wait_bytes(mut self) -> Result<Vec<Vec<u8>>> {
+        self.wait_maps()?;
+        self.take_bytes()
+    }
+
+    /// Blocks until this read's submission is done and every staging buffer is mapped.
+    fn wait_maps(&mut self) -> Result<()> {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut submission = Some(self.submission.clone());
         // A map callback can still be pending right after the wait on the read's own submission returns:
@@ -195,7 +230,7 @@ impl ReadBack {
                 })
                 .map_err(|e| Error::Gpu(e.to_string()))?;
             match self.poll_maps(&mut cx) {
-                Poll::Ready(Ok(())) => return self.take(),
+                Poll::Ready(Ok(())) => return Ok(()),
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => std::thread::yield_now(),
             }

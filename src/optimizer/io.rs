@@ -192,8 +192,10 @@ impl RmsProp {
     /// Saves the complete optimizer state to `path` (safetensors; see [`crate::checkpoint`]): every slot,
     /// the step count, the skipped-step count, the configuration, the current loss scale factor (restored
     /// by [`RmsProp::load_checkpoint`]: dynamic loss scaling changes it), and the variables when
-    /// `include_variables`. Everything is read with one copy and one wait. Atomic: the previous file at
-    /// `path` survives a crash mid-save.
+    /// `include_variables`. Each tensor keeps its buffer's type (safetensors `F32`, `F16` or `BF16`, the
+    /// stored 16-bit values bit for bit) and each variable's storage types are recorded (metadata
+    /// `storage`), so that loading resumes bit for bit. Everything is read with one copy and one wait.
+    /// Atomic: the previous file at `path` survives a crash mid-save.
     pub fn save_checkpoint(
         &mut self,
         path: &std::path::Path,
@@ -229,16 +231,28 @@ impl RmsProp {
             let label = format!("{}/checkpoint read-back", self.config.name());
             ReadBack::start(self.ctx.device(), self.ctx.queue(), &label, &ranges, &parts)?
         };
-        let mut values = read.wait()?;
-        let skipped = values.pop().map_or(0, |s| u64::from(s[1].to_bits()));
+        // As stored: 16-bit values bit for bit (NaN payloads included), never widened and rounded back.
+        let mut values = read.wait_bytes()?;
+        let skipped = values
+            .pop()
+            .and_then(|s| {
+                s.get(4..8)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            })
+            .map_or(0, u64::from);
         let mut tensors = Vec::new();
-        for ((id, t), data) in items.into_iter().zip(values) {
+        for ((id, t), bytes) in items.into_iter().zip(values) {
             let v = &self.layout.variables[id.index()];
             let name = match t {
                 Tensor::Slot(s) => format!("slots/{}/{}", s.name(), v.name),
                 _ => format!("variables/{}", v.name),
             };
-            tensors.push((name, v.shape.clone(), data));
+            tensors.push(crate::checkpoint::Tensor {
+                name,
+                shape: v.shape.clone(),
+                dtype: self.kind(id, t)?.dtype(v.storage),
+                bytes,
+            });
         }
         let listed: Vec<(&str, &[usize])> = self
             .layout
@@ -248,6 +262,12 @@ impl RmsProp {
             .collect();
         let config = crate::checkpoint::config_json(&self.config).to_string();
         let var_options = self.var_options_json().to_string();
+        let storage: Vec<serde_json::Value> = self
+            .layout
+            .variables
+            .iter()
+            .map(|v| crate::checkpoint::storage_json(&v.storage))
+            .collect();
         let mut metadata = std::collections::HashMap::from([
             ("format".to_string(), crate::checkpoint::FORMAT.to_string()),
             (
@@ -256,6 +276,10 @@ impl RmsProp {
             ),
             ("config".to_string(), config),
             ("var_options".to_string(), var_options),
+            (
+                "storage".to_string(),
+                serde_json::Value::Array(storage).to_string(),
+            ),
             ("iterations".to_string(), self.iterations.to_string()),
             ("skipped_steps".to_string(), skipped.to_string()),
             (
@@ -274,8 +298,12 @@ impl RmsProp {
     /// the same preset, configuration, variables (names and shapes, in order) and per-variable options
     /// (as they resolve: learning rate, rho, momentum, epsilon, centered, maximize, weight decay
     /// including name exclusions, frozen; a checkpoint written before options existed holds variables
-    /// without options). Set options after loading to change them. Everything is read and checked
-    /// first; on any error nothing changes. Variables are restored when the file holds them.
+    /// without options) and storage types: every tensor's safetensors type must be its buffer's type and
+    /// every variable's storage types (variable, gradient, state) the file's, else
+    /// [`Error::Checkpoint`] naming the tensor (or variable) and both types; nothing is converted. A
+    /// checkpoint written before 16-bit storage existed holds f32 variables. Set options after loading to
+    /// change them. Everything is read and checked first; on any error nothing changes. Variables are
+    /// restored when the file holds them; 16-bit values are written back bit for bit.
     pub fn load_checkpoint(&mut self, path: &std::path::Path) -> Result<()> {
         self.ensure_resolved("load a checkpoint")?;
         self.ctx.check_alive()?;
@@ -288,13 +316,21 @@ impl RmsProp {
         let slots: Vec<Vec<Slot>> = (0..vars.len())
             .map(|i| self.variable_slots(self.layout.id(i)))
             .collect::<Result<_>>()?;
-        let names: Vec<Vec<&str>> = slots
+        let storage: Vec<crate::dtype::StorageTypes> =
+            self.layout.variables.iter().map(|v| v.storage).collect();
+        let names: Vec<Vec<(&str, crate::dtype::Dtype)>> = slots
             .iter()
-            .map(|s| s.iter().map(|s| s.name()).collect())
+            .zip(&storage)
+            .map(|(s, &st)| {
+                s.iter()
+                    .map(|&s| (s.name(), Kind::from(s).dtype(st)))
+                    .collect()
+            })
             .collect();
         let expected = crate::checkpoint::Expected {
             config: &self.config,
             variables: &vars,
+            storage: &storage,
             slots: &names,
             var_options: self.var_options_json(),
             default_options: self.var_options_json_of(|_| false),
@@ -327,7 +363,7 @@ impl RmsProp {
             queue.submit([encoder.finish()]);
         }
         for (i, v) in self.layout.variables.iter().enumerate() {
-            let mut writes: Vec<(Kind, &[f32])> = Vec::new();
+            let mut writes: Vec<(Kind, &[u8])> = Vec::new();
             if let Some(x) = &restored.variables[i] {
                 writes.push((Kind::Variable, x));
                 if v.storage.copy.is_some() {
@@ -339,11 +375,17 @@ impl RmsProp {
                 writes.push((Kind::from(*slot), values));
             }
             for (kind, values) in writes {
+                // The file's bytes as they are (their type was checked to be the buffer's).
+                let dtype = kind.dtype(v.storage);
+                let size = dtype.bytes() as usize;
                 for s in &v.segments {
                     let dst = self.gpu.chunks[s.chunk].buffer(kind)?;
-                    let part = &values[s.first_elem..s.first_elem + s.elems];
-                    let dtype = kind.dtype(v.storage);
-                    let bytes = crate::dtype::encode(part, dtype);
+                    let part = &values[s.first_elem * size..(s.first_elem + s.elems) * size];
+                    let mut bytes = std::borrow::Cow::Borrowed(part);
+                    if part.len() % 4 != 0 {
+                        // An odd count of 16-bit values: the last word's pad lane is zero.
+                        bytes.to_mut().extend_from_slice(&[0, 0]);
+                    }
                     queue.write_buffer(dst, s.byte_offset(dtype), &bytes);
                 }
             }
