@@ -364,12 +364,18 @@ impl RmsProp {
         }
         for (i, v) in self.layout.variables.iter().enumerate() {
             let mut writes: Vec<(Kind, &[u8])> = Vec::new();
+            // The copy follows the restored variable (it is not saved: it is derived), rounded.
+            let mut copy = None;
             if let Some(x) = &restored.variables[i] {
                 writes.push((Kind::Variable, x));
-                if v.storage.copy.is_some() {
-                    // The copy follows the restored variable (it is not saved: it is derived).
-                    writes.push((Kind::Copy, x));
+                if let Some(c) = v.storage.copy {
+                    let mut values = Vec::with_capacity(v.len);
+                    crate::dtype::decode(x, v.storage.variable, v.len, &mut values);
+                    copy = Some(crate::dtype::encode(&values, c).into_owned());
                 }
+            }
+            if let Some(c) = &copy {
+                writes.push((Kind::Copy, c));
             }
             for (slot, values) in slots[i].iter().zip(&restored.slots[i]) {
                 writes.push((Kind::from(*slot), values));
