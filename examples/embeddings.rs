@@ -93,17 +93,23 @@ fn run() -> Result<(), Box<dyn Error>> {
             .sum::<f32>()
     };
 
-    let config = RmsPropConfig::builder()
-        .learning_rate(0.01)
-        .name("embeddings")
-        .storage(storage_types)
-        .build()?;
+    let config = cli::with_storage(
+        RmsPropConfig::builder()
+            .learning_rate(0.01)
+            .name("embeddings"),
+        storage_types,
+    )
+    .build()?;
     let mut opt = RmsProp::new(&ctx, config)?;
     let init_u: Vec<f32> = (0..users * DIM).map(|_| rng.uniform(0.3)).collect();
     let init_v: Vec<f32> = (0..items * DIM).map(|_| rng.uniform(0.3)).collect();
     let u = opt.add_variable("users", &[users, DIM], &init_u)?;
     let v = opt.add_variable("items", &[items, DIM], &init_v)?;
-    let (us, vs) = (opt.variable_slices(u)?, opt.variable_slices(v)?);
+    // The loss kernel reads the 16-bit copy of the tables where the optimizer keeps one.
+    let (us, vs) = match storage_types.copy {
+        Some(_) => (opt.copy_slices(u)?, opt.copy_slices(v)?),
+        None => (opt.variable_slices(u)?, opt.variable_slices(v)?),
+    };
     if us.len() != 1 || vs.len() != 1 {
         return Err("each table is expected in one pool buffer (use smaller tables)".into());
     }

@@ -5,7 +5,7 @@
 //! read-out. Prints a line per epoch, writes a PNG plot of the train and test loss, and ends with
 //!
 //! ```text
-//! final: epochs=<n> train_loss=<x> test_loss=<y> test_accuracy=<z> seconds=<s> plot=<path> dtype=<v> state=<s> state_bytes=<b>
+//! final: epochs=<n> train_loss=<x> test_loss=<y> test_accuracy=<z> seconds=<s> plot=<path> dtype=<v> state=<s> state_bytes=<b> [copy=<c>]
 //! ```
 //!
 //! `cargo run --release --example train -- [--epochs N] [--plot PATH] [--ema MOMENTUM] [--dtype f32|f16|bf16]`
@@ -268,10 +268,10 @@ fn run() -> Result<(), Box<dyn Error>> {
     let test = split(&ctx, &x, &y, &rows[n_train..], "test");
 
     // The parameters live in the optimizer's pools.
-    let mut config = RmsPropConfig::builder()
-        .learning_rate(0.002)
-        .name("mlp")
-        .storage(storage_types);
+    let mut config = cli::with_storage(
+        RmsPropConfig::builder().learning_rate(0.002).name("mlp"),
+        storage_types,
+    );
     if let Some(m) = ema {
         config = config.use_ema(true).ema_momentum(m);
     }
@@ -288,7 +288,14 @@ fn run() -> Result<(), Box<dyn Error>> {
     let w2 = opt.add_variable("w2", &[HID, OUT], &glorot(&mut rng, HID, OUT))?;
     let b2 = opt.add_variable("b2", &[OUT], &[0.0; OUT])?;
     let ids = [w1, b1, w2, b2];
-    let params = ids.map(|id| opt.variable_slices(id).map(|s| s[0].clone()));
+    // The forward pass reads the 16-bit copy of the weights where the optimizer keeps one.
+    let params = ids.map(|id| {
+        match storage_types.copy {
+            Some(_) => opt.copy_slices(id),
+            None => opt.variable_slices(id),
+        }
+        .map(|s| s[0].clone())
+    });
     let grads = ids.map(|id| opt.gradient_slices(id).map(|s| s[0].clone()));
     let (params, grads) = (
         params.map(|p| p.expect("slices")),
@@ -541,8 +548,12 @@ fn run() -> Result<(), Box<dyn Error>> {
         ema_accuracy = format!(" ema_test_accuracy={a:.4}");
     }
     plot(&plot_path, &train_curve, &test_curve)?;
+    // The 16-bit copy of the weights the forward pass read (master weights), if any.
+    let copy = storage_types
+        .copy
+        .map_or(String::new(), |c| format!(" copy={c}"));
     println!(
-        "final: epochs={epochs} train_loss={:.4} test_loss={:.4} test_accuracy={:.4}{ema_accuracy} seconds={:.1} plot={plot_path} dtype={} state={} state_bytes={}",
+        "final: epochs={epochs} train_loss={:.4} test_loss={:.4} test_accuracy={:.4}{ema_accuracy} seconds={:.1} plot={plot_path} dtype={} state={} state_bytes={}{copy}",
         train_curve.last().copied().unwrap_or(f32::NAN),
         test_curve.last().copied().unwrap_or(f32::NAN),
         accuracy,

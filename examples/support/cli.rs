@@ -103,9 +103,11 @@ impl Cli {
     }
 }
 
-/// The storage types of `--dtype`: `bf16` keeps the variables and the optimizer state in bfloat16;
-/// `f16` keeps the state in float16 and the variables in f32 (f32 master weights: float16's range is
-/// too narrow for the weights themselves); `f32` everywhere is the default. The gradients stay f32.
+/// The storage types of `--dtype`: `bf16` keeps the variables and the optimizer state in bfloat16
+/// (the examples add stochastic rounding, [`SR_SEED`]); `f16` keeps the state in float16 and the
+/// variables in f32 (f32 master weights: float16's range is too narrow for the weights themselves) with
+/// a float16 copy that the optimizer writes with every update, which the forward pass reads; `f32`
+/// everywhere is the default. The gradients stay f32.
 pub fn storage_for(dtype: Dtype) -> StorageTypes {
     let (variable, state) = match dtype {
         Dtype::F32 => (Dtype::F32, Dtype::F32),
@@ -116,7 +118,23 @@ pub fn storage_for(dtype: Dtype) -> StorageTypes {
         variable,
         gradient: Dtype::F32,
         state,
-        copy: None,
+        copy: (dtype == Dtype::F16).then_some(Dtype::F16),
+    }
+}
+
+/// The seed of stochastic rounding where the variables are bf16.
+pub const SR_SEED: u32 = 0x5eed;
+
+/// `builder` with `storage` and, for bf16 variables, stochastic rounding.
+pub fn with_storage(
+    builder: wgpu_rmsprop::RmsPropConfigBuilder,
+    storage: StorageTypes,
+) -> wgpu_rmsprop::RmsPropConfigBuilder {
+    let builder = builder.storage(storage);
+    if storage.variable == Dtype::Bf16 {
+        builder.stochastic_rounding(SR_SEED)
+    } else {
+        builder
     }
 }
 
