@@ -98,25 +98,72 @@ fn f32_to_bf16(x: f32) -> u32 {
     return (b + 0x7fffu + ((b >> 16u) & 1u)) >> 16u;
 }
 
-// Four f16 lanes from two words: x, y from w.x (low, high), z, w from w.y (low, high).
+// The x4 forms below are what the kernels call: the same results as the scalar functions above, lane by
+// lane, computed without branches (every case computed, the right one selected), which lavapipe runs as
+// straight-line SIMD code; the scalar functions read better and the tests hold the two together.
+
+// Four halves from two words: x, y from w.x (low, high), z, w from w.y (low, high).
+fn unpack_halves(w: vec2<u32>) -> vec4<u32> {
+    return vec4<u32>(w.x & 0xffffu, w.x >> 16u, w.y & 0xffffu, w.y >> 16u);
+}
+
+fn pack_halves(h: vec4<u32>) -> vec2<u32> {
+    return vec2<u32>(h.x | (h.y << 16u), h.z | (h.w << 16u));
+}
+
 fn unpack_f16x4(w: vec2<u32>) -> vec4<f32> {
-    return vec4<f32>(f16_to_f32(w.x & 0xffffu), f16_to_f32(w.x >> 16u),
-                     f16_to_f32(w.y & 0xffffu), f16_to_f32(w.y >> 16u));
+    let h = unpack_halves(w);
+    let sign = (h & vec4<u32>(0x8000u)) << vec4<u32>(16u);
+    let e = (h >> vec4<u32>(10u)) & vec4<u32>(0x1fu);
+    let m = h & vec4<u32>(0x3ffu);
+    let normal = sign | ((e + vec4<u32>(112u)) << vec4<u32>(23u)) | (m << vec4<u32>(13u));
+    let payload = select(vec4<u32>(0u), vec4<u32>(0x400000u) | (m << vec4<u32>(13u)), m != vec4<u32>(0u));
+    let special = sign | vec4<u32>(0x7f800000u) | payload;
+    // Subnormal: normalized on the leading one at bit p (m = 0 selects the signed zero instead).
+    let p = firstLeadingBit(m) & vec4<u32>(31u);
+    let shift = (vec4<u32>(23u) - p) & vec4<u32>(31u);
+    let sub = sign | ((p + vec4<u32>(103u)) << vec4<u32>(23u)) | ((m << shift) & vec4<u32>(0x7fffffu));
+    let tiny = select(sub, sign, m == vec4<u32>(0u));
+    let r = select(select(normal, special, e == vec4<u32>(0x1fu)), tiny, e == vec4<u32>(0u));
+    return bitcast<vec4<f32>>(r);
 }
 
 fn pack_f16x4(v: vec4<f32>) -> vec2<u32> {
-    return vec2<u32>(f32_to_f16(v.x) | (f32_to_f16(v.y) << 16u),
-                     f32_to_f16(v.z) | (f32_to_f16(v.w) << 16u));
+    let b = bitcast<vec4<u32>>(v);
+    let sign = (b >> vec4<u32>(16u)) & vec4<u32>(0x8000u);
+    let a = b & vec4<u32>(0x7fffffffu);
+    let nan = sign | vec4<u32>(0x7e00u) | ((a >> vec4<u32>(13u)) & vec4<u32>(0x3ffu));
+    let inf = sign | vec4<u32>(0x7c00u);
+    let r = a - vec4<u32>(0x38000000u);
+    let normal = sign | ((r + vec4<u32>(0xfffu) + ((r >> vec4<u32>(13u)) & vec4<u32>(1u))) >> vec4<u32>(13u));
+    // Subnormal f16: the significand shifted right by s (14..24 where this lane is selected), rounded
+    // on the dropped bits; other lanes compute a value that is not selected (shifts kept below 32).
+    let s = min((vec4<u32>(126u) - (a >> vec4<u32>(23u))) & vec4<u32>(31u), vec4<u32>(31u));
+    let m = (a & vec4<u32>(0x7fffffu)) | vec4<u32>(0x800000u);
+    let half_bit = vec4<u32>(1u) << ((s - vec4<u32>(1u)) & vec4<u32>(31u));
+    let dropped = m & ((vec4<u32>(1u) << s) - vec4<u32>(1u));
+    let q = m >> s;
+    let up = (dropped > half_bit) | ((dropped == half_bit) & ((q & vec4<u32>(1u)) == vec4<u32>(1u)));
+    let sub = sign | (q + select(vec4<u32>(0u), vec4<u32>(1u), up));
+    var h = select(sub, sign, a < vec4<u32>(0x33000000u));
+    h = select(h, normal, a >= vec4<u32>(0x38800000u));
+    h = select(h, inf, a >= vec4<u32>(0x477ff000u));
+    h = select(h, nan, a > vec4<u32>(0x7f800000u));
+    return pack_halves(h);
 }
 
 fn unpack_bf16x4(w: vec2<u32>) -> vec4<f32> {
-    return vec4<f32>(bf16_to_f32(w.x & 0xffffu), bf16_to_f32(w.x >> 16u),
-                     bf16_to_f32(w.y & 0xffffu), bf16_to_f32(w.y >> 16u));
+    let h = unpack_halves(w);
+    let nan = (h & vec4<u32>(0x7fffu)) > vec4<u32>(0x7f80u);
+    return bitcast<vec4<f32>>(select(h, h | vec4<u32>(0x40u), nan) << vec4<u32>(16u));
 }
 
 fn pack_bf16x4(v: vec4<f32>) -> vec2<u32> {
-    return vec2<u32>(f32_to_bf16(v.x) | (f32_to_bf16(v.y) << 16u),
-                     f32_to_bf16(v.z) | (f32_to_bf16(v.w) << 16u));
+    let b = bitcast<vec4<u32>>(v);
+    let high = b >> vec4<u32>(16u);
+    let rne = (b + vec4<u32>(0x7fffu) + (high & vec4<u32>(1u))) >> vec4<u32>(16u);
+    let nan = (b & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+    return pack_halves(select(rne, high | vec4<u32>(0x40u), nan));
 }
 
 // The "lowbias32" integer finalizer (bijective, strong avalanche); wrapping u32 arithmetic.
