@@ -115,7 +115,9 @@ impl RmsProp {
 
     /// Sets the options of an existing variable (see [`VarOptions`]): validated first
     /// ([`Error::InvalidVarOptions`]); refused with [`Error::UnresolvedSteps`] while recorded steps wait
-    /// for their resolution. On error nothing changes.
+    /// for their resolution. The storage types are fixed when the variable is added: options whose
+    /// storage ([`VarOptions::storage`], else the configuration's) differs are refused
+    /// ([`Error::InvalidVarOptions`] on `storage`). On error nothing changes.
     ///
     /// Slots: a slot the variable keeps before and after keeps its values (as a torch param group's
     /// state when its momentum changes from 0.9 to 0.5). A slot the variable gains starts at 0, as a
@@ -127,6 +129,16 @@ impl RmsProp {
         self.ctx.check_alive()?;
         let v = self.layout.var(id)?;
         options.validate(&v.name, &self.config)?;
+        // The storage types are fixed when the variable is added: its buffers are in pools of that type.
+        let storage = options.storage.unwrap_or(self.config.storage());
+        if storage != v.storage {
+            return Err(Error::InvalidVarOptions {
+                variable: v.name.clone(),
+                field: "storage",
+                value: format!("{storage:?}"),
+                requirement: "cannot change after the variable is added",
+            });
+        }
         let hyper = self.resolve(&v.name, options);
         let old = v.hyper;
         let mut hypers: Vec<VarHyper> = self.layout.variables.iter().map(|v| v.hyper).collect();
