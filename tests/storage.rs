@@ -26,6 +26,7 @@ fn st(variable: Dtype, gradient: Dtype, state: Dtype) -> StorageTypes {
         variable,
         gradient,
         state,
+        copy: None,
     }
 }
 
