@@ -6,8 +6,7 @@
 //! cargo run --release --example precision -- [DIR ...]
 //! ```
 //!
-//! Reads the float16/bfloat16 golden cases (by default from `tests/golden/cases` and
-//! `tests/golden/unsupported`, whichever exist). For every case and every step `t`, each model starts
+//! Reads the float16/bfloat16 golden cases (by default from `tests/golden/cases`). For every case and every step `t`, each model starts
 //! from the framework's stored state after step `t - 1` (`expected[t-2]`, or the initial state) and
 //! computes step `t`:
 //! - **CR** (correctly rounded): the step in float64, each stored value rounded once to the type at
@@ -472,7 +471,7 @@ fn main() -> ExitCode {
     let mut dirs: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
     if dirs.is_empty() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-        dirs = vec![root.join("cases"), root.join("unsupported")];
+        dirs = vec![root.join("cases")];
     }
     let mut cases = Vec::new();
     for p in case_paths(&dirs) {

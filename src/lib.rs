@@ -153,6 +153,35 @@
 //! # Ok::<(), wgpu_rmsprop::Error>(())
 //! ```
 //!
+//! ## Half the memory: f16 and bf16 storage
+//!
+//! [`StorageTypes`] gives the variables, the gradients and the optimizer state each a [`Dtype`] (f32,
+//! f16 or bf16; [`RmsPropConfigBuilder::storage`] for all, [`VarOptions::storage`] per variable). The
+//! kernels compute in f32 and round once when they store; the CPU twin ([`reference`](mod@reference)) does the same,
+//! bit for bit. [`RmsPropConfigBuilder::stochastic_rounding`] rounds bf16 variables stochastically;
+//! [`StorageTypes::copy`] keeps f32 master weights with a 16-bit copy written by the same kernels
+//! ([`RmsProp::copy_slices`]). Host gradients of a 16-bit type travel as [`Gradient::Dense16`] /
+//! [`Gradient::Sparse16`]; reads widen to f32 exactly.
+//!
+//! ```
+//! use wgpu_rmsprop::half::bf16;
+//! use wgpu_rmsprop::{Dtype, GpuContext, Gradient, HalfSlice, RmsProp, RmsPropConfig, StorageTypes};
+//! let ctx = GpuContext::new()?;
+//! let cfg = RmsPropConfig::builder()
+//!     .storage(StorageTypes::all(Dtype::Bf16))
+//!     .stochastic_rounding(7)
+//!     .build()?;
+//! let mut opt = RmsProp::new(&ctx, cfg)?;
+//! let w = opt.add_variable("w", &[3], &[1.0, 0.5, -2.0])?;
+//! let g = [bf16::from_f32(0.1), bf16::from_f32(-0.2), bf16::from_f32(0.3)];
+//! opt.apply(&[(w, Gradient::Dense16(HalfSlice::Bf16(&g)))])?;
+//! let x = opt.read_variable(w)?;
+//! assert!(x.iter().all(|&v| bf16::from_f32(v).to_f32() == v)); // bf16 values
+//! let stats = opt.pool_stats(); // the velocity and the variable, both 2 bytes per element
+//! assert_eq!(stats.state_bytes, stats.variable_bytes);
+//! # Ok::<(), wgpu_rmsprop::Error>(())
+//! ```
+//!
 //! ## In your own training loop
 //!
 //! **The submit protocol.** [`RmsProp::apply`] records, submits and resolves a step in one call. In a

@@ -317,11 +317,10 @@ fn an_unknown_key_at_any_level_is_an_error() {
 
 #[test]
 fn reduced_precision_cases_are_supported_except_with_the_keras_base_features() {
-    // The 15 float16/bfloat16 public cases wait in tests/golden/unsupported for the GPU's 16-bit
-    // storage (then they move to tests/golden/cases); the engine runs them (tests/golden.rs judges the
-    // CPU reference on them).
+    // The 15 float16/bfloat16 public cases are supported (tests/golden.rs runs them on the GPU and judges
+    // the CPU reference on them).
     let mut n = 0;
-    for dir in ["tests/golden/unsupported", "tests/golden/cases"] {
+    for dir in ["tests/golden/cases"] {
         let Ok(entries) = std::fs::read_dir(root().join(dir)) else {
             continue;
         };

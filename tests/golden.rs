@@ -17,12 +17,17 @@ fn cases() -> Vec<Case> {
         .collect();
     paths.sort();
     let all: Vec<Case> = paths.iter().map(|p| Case::from_path(p).unwrap()).collect();
-    // The 77 float32 public cases, and the 15 float16/bfloat16 ones once they move here from
-    // tests/golden/unsupported (when the GPU stores 16-bit values).
+    // The 77 float32 public cases and the 15 float16/bfloat16 ones.
     assert_eq!(
         all.iter().filter(|c| c.dtype == "float32").count(),
         77,
         "the 77 float32 public cases are in {}",
+        dir.display()
+    );
+    assert_eq!(
+        all.iter().filter(|c| c.dtype != "float32").count(),
+        15,
+        "the 15 float16/bfloat16 public cases are in {}",
         dir.display()
     );
     all
@@ -63,11 +68,10 @@ fn every_case_passes_on_the_gpu_and_the_reference() {
     assert!(all.iter().filter(|c| sparse(c)).count() >= 17);
 }
 
-/// The float16/bfloat16 cases (FORMAT.md, "Reduced precision"), wherever they are: in
-/// `tests/golden/unsupported` until the GPU stores 16-bit values, then in `tests/golden/cases`.
+/// The float16/bfloat16 cases (FORMAT.md, "Reduced precision") in `tests/golden/cases`.
 fn reduced_precision_cases() -> Vec<Case> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let mut paths: Vec<_> = ["cases", "unsupported"]
+    let mut paths: Vec<_> = ["cases"]
         .iter()
         .filter_map(|d| std::fs::read_dir(root.join(d)).ok())
         .flatten()
