@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::{ctx, Rng};
+use common::{ctx, kept_state, Rng};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 use wgpu_rmsprop::half::{bf16, f16};
 use wgpu_rmsprop::{
@@ -102,23 +102,6 @@ fn run(opt: &mut RmsProp, ids: &[VarId], gradient_types: &[Dtype], seed: u64, st
     }
 }
 
-/// Bit patterns of every variable and every slot it keeps, and the step count.
-fn state(opt: &mut RmsProp, ids: &[VarId]) -> (u64, Vec<Vec<u32>>) {
-    let mut items = Vec::new();
-    for &id in ids {
-        items.push((id, Tensor::Variable));
-        for slot in opt.variable_slots(id).unwrap() {
-            items.push((id, Tensor::Slot(slot)));
-        }
-    }
-    let values = opt.read_many(&items).unwrap();
-    let bits = values
-        .iter()
-        .map(|v| v.iter().map(|x| x.to_bits()).collect())
-        .collect();
-    (opt.iterations(), bits)
-}
-
 /// Every tensor's safetensors type in `path`, by name.
 fn tensor_types(path: &Path) -> HashMap<String, StDtype> {
     let bytes = std::fs::read(path).unwrap();
@@ -148,7 +131,7 @@ fn resume_bit_for_bit(tag: &str, default: StorageTypes, vars: &[Spec]) {
     let (mut a, ids) = make(default, vars);
     run(&mut a, &ids, &gradient_types, 11, 4);
     a.save_checkpoint(&file, true).unwrap();
-    let saved = state(&mut a, &ids);
+    let saved = kept_state(&mut a, &ids);
 
     // Each tensor in its buffer's type, holding the stored bits.
     let types = tensor_types(&file);
@@ -210,11 +193,11 @@ fn resume_bit_for_bit(tag: &str, default: StorageTypes, vars: &[Spec]) {
     let (mut b, ids_b) = make(default, vars);
     run(&mut b, &ids_b, &gradient_types, 99, 1);
     b.load_checkpoint(&file).unwrap();
-    assert_eq!(state(&mut b, &ids_b), saved, "{tag}: restored");
+    assert_eq!(kept_state(&mut b, &ids_b), saved, "{tag}: restored");
 
     run(&mut a, &ids, &gradient_types, 23, 3);
     run(&mut b, &ids_b, &gradient_types, 23, 3);
-    let (sa, sb) = (state(&mut a, &ids), state(&mut b, &ids_b));
+    let (sa, sb) = (kept_state(&mut a, &ids), kept_state(&mut b, &ids_b));
     assert_eq!(sa.0, 7);
     assert_eq!(sa, sb, "{tag}: continued");
     assert_ne!(sa.1, saved.1, "{tag}: the steps changed the state");
@@ -273,7 +256,7 @@ fn all_f32_checkpoints_still_load() {
     );
     let (mut b, ids_b) = make(StorageTypes::default(), &vars);
     b.load_checkpoint(&legacy).unwrap();
-    assert_eq!(state(&mut b, &ids_b), state(&mut a, &ids));
+    assert_eq!(kept_state(&mut b, &ids_b), kept_state(&mut a, &ids));
 
     let state_only = StorageTypes {
         state: Dtype::Bf16,
@@ -287,7 +270,7 @@ fn all_f32_checkpoints_still_load() {
 /// Loading `file` into `opt` is an `Error::Checkpoint` whose message holds every `needle`, and the
 /// optimizer's state is unchanged, bit for bit.
 fn expect_refused(opt: &mut RmsProp, ids: &[VarId], file: &Path, needles: &[&str]) {
-    let before = state(opt, ids);
+    let before = kept_state(opt, ids);
     match opt.load_checkpoint(file) {
         Err(Error::Checkpoint { message, path }) => {
             assert_eq!(path, file.display().to_string());
@@ -305,7 +288,7 @@ fn expect_refused(opt: &mut RmsProp, ids: &[VarId], file: &Path, needles: &[&str
         ),
     }
     assert_eq!(
-        state(opt, ids),
+        kept_state(opt, ids),
         before,
         "{} changed the state",
         file.display()
@@ -385,7 +368,7 @@ fn differing_storage_types_are_refused_and_change_nothing() {
     let (mut ok, idsok) = make(bf16, &vars);
     ok.load_checkpoint(&bf16_state_only).unwrap();
     ok.load_checkpoint(&bf16_file).unwrap();
-    assert_eq!(state(&mut ok, &idsok), state(&mut src, &ids));
+    assert_eq!(kept_state(&mut ok, &idsok), kept_state(&mut src, &ids));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -528,6 +511,6 @@ fn malformed_16_bit_tensors_are_typed_errors() {
         expect_refused(&mut opt, &ids_o, file, needles);
     }
     opt.load_checkpoint(&good).unwrap();
-    assert_eq!(state(&mut opt, &ids_o), state(&mut src, &ids));
+    assert_eq!(kept_state(&mut opt, &ids_o), kept_state(&mut src, &ids));
     std::fs::remove_dir_all(&dir).unwrap();
 }

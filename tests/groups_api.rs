@@ -5,29 +5,12 @@
 
 mod common;
 
-use common::{assert_close, ctx, Rng};
+use common::{assert_close, ctx, kept_state, Rng};
 use wgpu_rmsprop::reference::{RefGradient, Reference};
 use wgpu_rmsprop::{
     Error, GpuGradient, GpuIndices, Gradient, Indices, NonFinite, OptimizerOptions, RmsProp,
-    RmsPropConfig, Slot, Tensor, VarId, VarOptions,
+    RmsPropConfig, Slot, VarId, VarOptions,
 };
-
-/// Bit patterns of every variable, every slot it keeps, and the step count.
-fn snapshot(opt: &mut RmsProp, ids: &[VarId]) -> (u64, Vec<Vec<u32>>) {
-    let mut items = Vec::new();
-    for &id in ids {
-        items.push((id, Tensor::Variable));
-        for slot in opt.variable_slots(id).unwrap() {
-            items.push((id, Tensor::Slot(slot)));
-        }
-    }
-    let values = opt.read_many(&items).unwrap();
-    let bits = values
-        .iter()
-        .map(|v| v.iter().map(|x| x.to_bits()).collect())
-        .collect();
-    (opt.iterations(), bits)
-}
 
 /// Compares every variable and every slot with the twin; slots the twin lacks must be absent.
 fn check(opt: &mut RmsProp, ids: &[VarId], r: &Reference, label: &str) {
@@ -213,7 +196,7 @@ fn frozen_variables_stay_bit_for_bit_and_leave_norms_and_the_nonfinite_check() {
         (33, VarOptions::default()),
     ];
     let (mut opt, ids, mut r) = build(&config, OptimizerOptions::default(), &vars, &mut rng);
-    let before = snapshot(&mut opt, &ids[1..5]).1;
+    let before = kept_state(&mut opt, &ids[1..5]).1;
     let device = ctx().device();
     let gpu_values = wgpu::util::DeviceExt::create_buffer_init(
         device,
@@ -295,7 +278,7 @@ fn frozen_variables_stay_bit_for_bit_and_leave_norms_and_the_nonfinite_check() {
     );
     assert_eq!(opt.invalid_gpu_indices().unwrap(), 0);
     assert_eq!(
-        snapshot(&mut opt, &ids[1..5]).1,
+        kept_state(&mut opt, &ids[1..5]).1,
         before,
         "a frozen variable changed"
     );
@@ -334,7 +317,7 @@ fn bad_options_are_typed_errors_and_change_nothing() {
     let vars = vec![(5, VarOptions::default()), (7, mixed()[2].clone())];
     let (mut opt, ids, mut r) = build(&config, OptimizerOptions::default(), &vars, &mut rng);
     dense_step(&mut opt, &ids, &mut r, &mut rng);
-    let before = snapshot(&mut opt, &ids);
+    let before = kept_state(&mut opt, &ids);
     let version = opt.layout_version();
     let bad = VarOptions {
         rho: Some(1.5),
@@ -394,7 +377,7 @@ fn bad_options_are_typed_errors_and_change_nothing() {
     }
     opt.abandon(step).unwrap();
     drop(encoder);
-    assert_eq!(snapshot(&mut opt, &ids), before);
+    assert_eq!(kept_state(&mut opt, &ids), before);
     assert_eq!(opt.layout_version(), version);
     // Later steps are unaffected.
     dense_step(&mut opt, &ids, &mut r, &mut rng);
@@ -559,24 +542,24 @@ fn checkpoints_record_options_and_refuse_a_mismatch() {
     let mut rb = Rng::new(99);
     let (mut b, b_ids, _) = build(&config, OptimizerOptions::default(), &vars, &mut rb);
     b.load_checkpoint(&path).unwrap();
-    assert_eq!(snapshot(&mut b, &b_ids), snapshot(&mut a, &ids));
+    assert_eq!(kept_state(&mut b, &b_ids), kept_state(&mut a, &ids));
     let g: Vec<Vec<f32>> = vars.iter().map(|(n, _)| rng.vec(*n, 1.0, 0)).collect();
     for (opt, ids) in [(&mut a, &ids), (&mut b, &b_ids)] {
         let pairs: Vec<(VarId, &[f32])> =
             ids.iter().copied().zip(g.iter().map(|g| &g[..])).collect();
         opt.apply_gradients(&pairs).unwrap();
     }
-    assert_eq!(snapshot(&mut b, &b_ids), snapshot(&mut a, &ids));
+    assert_eq!(kept_state(&mut b, &b_ids), kept_state(&mut a, &ids));
     // Other options (one variable's momentum): refused, naming the variable; nothing changed.
     let mut changed = vars.clone();
     changed[1].1.momentum = Some(0.5);
     let (mut c, c_ids, _) = build(&config, OptimizerOptions::default(), &changed, &mut rb);
-    let before = snapshot(&mut c, &c_ids);
+    let before = kept_state(&mut c, &c_ids);
     match c.load_checkpoint(&path) {
         Err(Error::Checkpoint { message, .. }) => assert!(message.contains("\"v1\""), "{message}"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(snapshot(&mut c, &c_ids), before);
+    assert_eq!(kept_state(&mut c, &c_ids), before);
     // Without options: refused too (the file's variables have options).
     let plain: Vec<(usize, VarOptions)> = vars
         .iter()

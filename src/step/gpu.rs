@@ -368,16 +368,7 @@ impl Gpu {
     /// Every kernel's pipeline built with `constants`, for f32 pools and for each other storage in use
     /// (installed by [`Gpu::set_pipelines`]).
     pub fn build_pipelines(&self, constants: &[(&'static str, f64)]) -> Result<Pipelines> {
-        let build = |storage| {
-            build_pipelines(
-                &self.device,
-                &self.prefix,
-                self.mode,
-                &self.layouts,
-                constants,
-                storage,
-            )
-        };
+        let build = |storage| self.build_for(storage, constants);
         let mut typed = Vec::with_capacity(self.pipelines.typed.len());
         for (storage, _) in &self.pipelines.typed {
             typed.push((*storage, build(*storage)?));
@@ -406,15 +397,23 @@ impl Gpu {
             return Ok(None);
         }
         let constants = constants.unwrap_or(&self.pipelines.constants);
-        let built = build_pipelines(
+        Ok(Some((storage, self.build_for(storage, constants)?)))
+    }
+
+    /// [`build_pipelines`] for this device, mode and layouts.
+    fn build_for(
+        &self,
+        storage: StorageTypes,
+        constants: &[(&'static str, f64)],
+    ) -> Result<Vec<wgpu::ComputePipeline>> {
+        build_pipelines(
             &self.device,
             &self.prefix,
             self.mode,
             &self.layouts,
             constants,
             storage,
-        )?;
-        Ok(Some((storage, built)))
+        )
     }
 
     /// Installs pipelines from [`Gpu::build_storage`] (after [`Gpu::set_pipelines`] when both change).

@@ -118,3 +118,20 @@ pub fn snapshot(opt: &mut RmsProp, ids: &[VarId]) -> (u64, Vec<Vec<u32>>) {
     }
     (opt.iterations(), out)
 }
+
+/// Bit patterns of every variable and every slot it keeps (one read-back), and the step count.
+pub fn kept_state(opt: &mut RmsProp, ids: &[VarId]) -> (u64, Vec<Vec<u32>>) {
+    let mut items = Vec::new();
+    for &id in ids {
+        items.push((id, wgpu_rmsprop::Tensor::Variable));
+        for slot in opt.variable_slots(id).unwrap() {
+            items.push((id, wgpu_rmsprop::Tensor::Slot(slot)));
+        }
+    }
+    let values = opt.read_many(&items).unwrap();
+    let bits = values
+        .iter()
+        .map(|v| v.iter().map(|x| x.to_bits()).collect())
+        .collect();
+    (opt.iterations(), bits)
+}
