@@ -36,9 +36,10 @@ struct Params {
     opt_base: u32,
     // Seed of stochastic rounding (STOCHASTIC).
     sr_seed: u32,
-    // Padding to a multiple of 16 bytes.
-    pad1: u32,
-    pad2: u32,
+    // Keras's moving average in the dense dispatch (`ema_step`): 0 none, 1 update, 2 update and overwrite
+    // the variables; its momentum for this step.
+    ema_mode: u32,
+    ema_momentum: f32,
 }
 
 // Per-variable clipping state of a step, computed on the GPU by `reduce_norm.wgsl::finalize`:

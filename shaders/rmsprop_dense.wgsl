@@ -72,7 +72,9 @@ fn sr_bits(var_index: u32, elem: u32) -> vec4<u32> {
 // does not keep is neither read nor written. (Finding the variable once per workgroup, from the
 // workgroup's first and last vec4, and reading its options with that shared index was slower on
 // lavapipe, 1.8x the minimal kernel against 1.5x, also with the update written out twice: 2x.)
-fn update(i: u32, live: bool, entries: vec2<u32>) {
+// `in_range`: `i` lies in the dispatch's range (Keras's moving average, `ema_step`, runs on a step the
+// non-finite policy skips too, as its own dispatch does).
+fn update(i: u32, live: bool, in_range: bool, entries: vec2<u32>) {
     var gv = ld_g(i);
     var qv = vec4<f32>(0.0);
     var use_q = false;
@@ -132,6 +134,9 @@ fn update(i: u32, live: bool, entries: vec2<u32>) {
         // The 16-bit copy of the variable, if the pools keep one (else this does nothing).
         st_c(i, xn);
     }
+    // Keras's moving average of the variable as stored (in the step's dispatch where the device has a
+    // ninth storage binding; else `keras_base.wgsl::ema` and this does nothing).
+    ema_step(i, select(xv, xn, live), in_range);
 }
 
 // Invocations past the range do not return early: they read the range's last vec4 (in bounds) and write
@@ -153,7 +158,7 @@ fn run(first: u32, group_first: u32) {
     }
     for (var k = 0u; k < VEC4S_PER_INVOCATION; k++) {
         let i = first + k * WORKGROUP_SIZE;
-        update(min(i, p.end - 1u), ok && i < p.end, entries);
+        update(min(i, p.end - 1u), ok && i < p.end, i < p.end, entries);
     }
 }
 

@@ -40,6 +40,12 @@ const UPDATE: &str = include_str!("../shaders/rmsprop_update.wgsl");
 impl Module {
     /// The source for `mode`, with the pools in `storage`'s types.
     pub fn source(&self, mode: ParamsMode, storage: StorageTypes) -> String {
+        self.source_with(mode, storage, false)
+    }
+
+    /// [`Module::source`], with Keras's moving average of the variables bound in the dense kernel
+    /// (`ema`: `ema_step` updates binding 19) or not (`ema_step` does nothing).
+    pub fn source_with(&self, mode: ParamsMode, storage: StorageTypes, ema: bool) -> String {
         let mut s = String::from(COMMON);
         s.push_str(match mode {
             ParamsMode::Uniform => PARAMS_UNIFORM,
@@ -47,7 +53,7 @@ impl Module {
         });
         if let Some((flavor, pools)) = self.pools {
             s.push_str(HALF);
-            s.push_str(&crate::pool_wgsl::declarations(flavor, pools, storage));
+            s.push_str(&crate::pool_wgsl::declarations(flavor, pools, storage, ema));
         }
         for f in self.files {
             s.push_str(f);
@@ -70,6 +76,7 @@ pub const DENSE_WGSL: Module = Module {
             ("m", 4, RW),
             ("a", 5, RW),
             ("c", 20, RW),
+            ("e", 19, RW),
         ],
     )),
 };
@@ -359,10 +366,11 @@ pub struct Params {
     pub opt_base: u32,
     /// Seed of stochastic rounding (`STOCHASTIC`).
     pub sr_seed: u32,
-    /// Padding.
-    pub pad1: u32,
-    /// Padding.
-    pub pad2: u32,
+    /// Keras's moving average in the dense dispatch (`ema_step`): 0 none, 1 update, 2 update and
+    /// overwrite the variables.
+    pub ema_mode: u32,
+    /// The momentum of that average for this step.
+    pub ema_momentum: f32,
 }
 
 /// The host mirror of `VarInfo` in `common.wgsl` (written on the GPU by `reduce_norm.wgsl::finalize`);
@@ -400,14 +408,17 @@ pub(crate) fn writes_variables(kernel: &Kernel) -> bool {
     ["main", "main_at", "lazy"].contains(&kernel.entry) && kernel.module.pools.is_some()
 }
 
-/// The bindings of `kernel` in `mode`, with the copy of the variables when `copy` and it writes them.
+/// The bindings of `kernel` in `mode`, with the copy of the variables when `copy` and it writes them,
+/// and the moving average of the variables when `ema` and it is the dense update.
 pub(crate) fn bindings_with(
     kernel: &Kernel,
     mode: ParamsMode,
-    copy: bool,
+    (copy, ema): (bool, bool),
 ) -> impl Iterator<Item = (u32, BindingKind)> + '_ {
     let extra = (copy && writes_variables(kernel)).then_some((binding::COPY, RW));
-    kernel.bindings_for(mode).chain(extra)
+    let dense = writes_variables(kernel) && kernel.entry != "lazy";
+    let average = (ema && dense).then_some((binding::EMA, RW));
+    kernel.bindings_for(mode).chain(extra).chain(average)
 }
 
 pub(crate) fn bind_group_layout(
@@ -415,9 +426,9 @@ pub(crate) fn bind_group_layout(
     label: &str,
     kernel: &Kernel,
     mode: ParamsMode,
-    copy: bool,
+    extras: (bool, bool),
 ) -> wgpu::BindGroupLayout {
-    let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings_with(kernel, mode, copy)
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings_with(kernel, mode, extras)
         .map(|(binding, kind)| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
@@ -559,8 +570,9 @@ pub(crate) fn pipeline(
     layout: &wgpu::BindGroupLayout,
     constants: &[(&'static str, f64)],
     storage: StorageTypes,
+    ema: bool,
 ) -> Result<wgpu::ComputePipeline> {
-    let source = kernel.module.source(mode, storage);
+    let source = kernel.module.source_with(mode, storage, ema);
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(&format!("{prefix}/{}", kernel.name)),

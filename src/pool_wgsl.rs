@@ -42,12 +42,23 @@ pub(crate) fn dtype_of(name: &str, storage: StorageTypes) -> Dtype {
 }
 
 /// The declarations and accessors of `pools` for `storage`.
-pub(crate) fn declarations(flavor: Flavor, pools: &[PoolBinding], storage: StorageTypes) -> String {
+/// With `ema`, the dense kernel's `ema_step` updates Keras's moving average of the variables (binding
+/// 19, f32) in the step's dispatch; without, it does nothing.
+pub(crate) fn declarations(
+    flavor: Flavor,
+    pools: &[PoolBinding],
+    storage: StorageTypes,
+    ema: bool,
+) -> String {
     let mut s = String::from(
         "// The 16 bits of element `e` in its word (element 2k is the low half).\n\
          fn half_of(w: u32, e: u32) -> u32 { return (w >> ((e & 1u) * 16u)) & 0xffffu; }\n",
     );
     for &(n, b, kind) in pools {
+        if n == "e" {
+            s.push_str(if ema { EMA_STEP } else { NO_EMA_STEP });
+            continue;
+        }
         if n == "c" && storage.copy.is_none() {
             // No copy of the variables: its store does nothing (and binding 20 is not declared).
             let _ = match flavor {
@@ -154,3 +165,23 @@ pub(crate) fn declarations(flavor: Flavor, pools: &[PoolBinding], storage: Stora
     }
     s
 }
+
+/// Keras's moving average in the dense dispatch: after the update of vec4 `i` (`x` its stored value),
+/// `ema = m*ema + (1-m)*x` (`m` = 0 on Keras's first iteration), then with `ema_mode` 2 the variable
+/// takes the average; the same arithmetic as `keras_base.wgsl::ema`, which serves the steps this cannot
+/// (`in_range` false: past the dispatch's range).
+const EMA_STEP: &str = "@group(0) @binding(19) var<storage, read_write> ema_slot: array<vec4<f32>>;
+fn ema_step(i: u32, x: vec4<f32>, in_range: bool) {
+    if p.ema_mode != 0u && in_range {
+        let m = p.ema_momentum;
+        let e = vec4<f32>(m) * ema_slot[i] + vec4<f32>(1.0 - m) * x;
+        ema_slot[i] = e;
+        if p.ema_mode == 2u {
+            st_x(i, e);
+        }
+    }
+}
+";
+
+/// No moving average in the dense dispatch.
+const NO_EMA_STEP: &str = "fn ema_step(i: u32, x: vec4<f32>, in_range: bool) {}\n";

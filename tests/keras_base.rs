@@ -842,3 +842,76 @@ fn late_variables_average_from_their_values_and_frozen_ones_are_left_alone() {
         .zip(&init)
         .all(|(a, b)| (a - b).abs() < 0.5 * b.abs().max(0.1)));
 }
+
+/// A step that updates every variable densely averages them in its own dispatches (one per pool buffer,
+/// no extra one, on a device with a ninth storage binding such as lavapipe); a step that leaves a
+/// variable out, or that the non-finite policy skips, averages exactly as the separate dispatch does.
+#[test]
+fn the_average_rides_in_the_dense_dispatch_of_a_full_step() {
+    let (mut opt, mut r, ids, mut rng) = setup(
+        RmsPropConfig::builder()
+            .learning_rate(0.05)
+            .momentum(0.5)
+            .use_ema(true)
+            .ema_momentum(0.9)
+            .ema_overwrite_frequency(3)
+            .non_finite(NonFinite::SkipStep),
+    );
+    let limit = ctx().device().limits().max_storage_buffers_per_shader_stage;
+    assert!(
+        limit >= 9,
+        "lavapipe binds 32 storage buffers per stage: {limit}"
+    );
+    let chunks = opt.pool_stats().chunks;
+    // Full steps: the dense dispatches only.
+    run(&mut opt, &mut r, &ids, &mut rng, 4, 1.0);
+    // (SkipStep checks every gradient first: one norm job dispatch and the finalize.)
+    assert_eq!(
+        opt.last_step_dispatches(),
+        chunks + 2,
+        "checks, then one update dispatch per pool buffer"
+    );
+    // A step without the first variable: the averages take their own dispatch, every variable averaged.
+    let grads: Vec<Vec<f32>> = SHAPES[1..]
+        .iter()
+        .map(|s| rng.vec(s.iter().product(), 1.0, 0))
+        .collect();
+    let listed: Vec<(VarId, &[f32])> = ids[1..]
+        .iter()
+        .copied()
+        .zip(grads.iter().map(|g| &g[..]))
+        .collect();
+    opt.apply_gradients(&listed).unwrap();
+    assert_eq!(
+        opt.last_step_dispatches(),
+        2 * chunks + 2,
+        "and the averages"
+    );
+    let mut rg: Vec<Option<RefGradient>> = vec![None];
+    rg.extend(grads.iter().map(|g| Some(RefGradient::Dense(g))));
+    r.step(&rg).unwrap();
+    assert_bitwise(&mut opt, &r, &ids, "partial step");
+    // A full step the policy skips (a NaN): nothing updated, the averages still move (fused).
+    let mut grads: Vec<Vec<f32>> = SHAPES
+        .iter()
+        .map(|s| rng.vec(s.iter().product(), 1.0, 0))
+        .collect();
+    grads[0][0] = f32::NAN;
+    let listed: Vec<(VarId, &[f32])> = ids
+        .iter()
+        .copied()
+        .zip(grads.iter().map(|g| &g[..]))
+        .collect();
+    opt.apply_gradients(&listed).unwrap();
+    assert_eq!(
+        opt.last_step_dispatches(),
+        chunks + 2,
+        "norm jobs, finalize, update"
+    );
+    let rg: Vec<Option<RefGradient>> = grads.iter().map(|g| Some(RefGradient::Dense(g))).collect();
+    r.step(&rg).unwrap();
+    assert_eq!(opt.skipped_steps().unwrap(), 1);
+    assert_bitwise(&mut opt, &r, &ids, "skipped step");
+    // And full steps again, through an overwrite step.
+    run(&mut opt, &mut r, &ids, &mut rng, 3, 1.0);
+}

@@ -63,8 +63,8 @@ fn params_fields() -> Vec<Field> {
         seg_base: u32,
         opt_base: u32,
         sr_seed: u32,
-        pad1: u32,
-        pad2: u32,
+        ema_mode: u32,
+        ema_momentum: f32,
     })
 }
 

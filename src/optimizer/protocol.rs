@@ -9,9 +9,9 @@ use crate::kernels::{Params, ParamsMode};
 use crate::pool::Kind;
 use crate::step::encode::{Step, Tables};
 use crate::step::gpu::StepSizes;
-use crate::step::plan::{ema, plan, prepare, Prepare};
+use crate::step::plan::{ema, plan, prepare, Prepare, Which};
 use crate::step::types::{GpuGradient, Gradient, RecordedStep, VarId};
-use crate::step::validate::validate;
+use crate::step::validate::{validate, Part};
 
 impl RmsProp {
     /// Applies one step of dense gradients given as host slices, one per variable listed (variables not
@@ -236,13 +236,28 @@ impl RmsProp {
                 .config
                 .ema_overwrite_frequency()
                 .is_some_and(|f| (k + 1).is_multiple_of(f));
-            ema(
-                &self.plan_cfg,
-                &self.layout,
-                m,
-                u32::from(overwrite),
-                &mut sc.plan.dispatches,
-            );
+            // A step that updates every variable densely updates the averages in its own dispatches
+            // (where the device binds them there); any other step averages in one more dispatch per
+            // pool buffer.
+            let fused = self.gpu.ema
+                && prep.as_ref().is_none_or(|p| p.updates())
+                && sc.shape.parts.iter().all(|&p| p == Part::Dense);
+            if fused {
+                for d in sc.plan.dispatches.iter_mut() {
+                    if matches!(d.which, Which::Dense | Which::DenseAt) {
+                        d.params.ema_mode = 1 + u32::from(overwrite);
+                        d.params.ema_momentum = m;
+                    }
+                }
+            } else {
+                ema(
+                    &self.plan_cfg,
+                    &self.layout,
+                    m,
+                    u32::from(overwrite),
+                    &mut sc.plan.dispatches,
+                );
+            }
         }
         // Uniform path: one slot per dispatch, copied in before the step's pass (so each recorded step
         // reads its own parameters).

@@ -166,6 +166,9 @@ pub(crate) struct Gpu {
     pipelines: Pipelines,
     /// The pools keep a 16-bit copy of the variables (bound by the kernels that write them).
     copy: bool,
+    /// The dense kernel binds Keras's moving average of the variables and can update it in the step's
+    /// dispatch (`Params::ema_mode`).
+    pub ema: bool,
     /// Stand-ins bound where a pooled kind is not kept, one per kind so that no two bindings of a
     /// dispatch alias (never read or written by the kernel variant).
     placeholders: Vec<wgpu::Buffer>,
@@ -203,13 +206,17 @@ impl Gpu {
         constants: &[(&'static str, f64)],
     ) -> Result<Self> {
         let limits = device.limits();
-        // The 16-bit copy of the variables is bound by the kernels that write them.
+        // The 16-bit copy of the variables is bound by the kernels that write them; Keras's moving
+        // average by the dense kernel where the device has a binding to spare (else its own dispatch).
         let copy = kinds.contains(&Kind::Copy);
+        let needed = 8 + u32::from(copy) + 1;
+        let ema =
+            kinds.contains(&Kind::Ema) && limits.max_storage_buffers_per_shader_stage >= needed;
         let layouts: Vec<wgpu::BindGroupLayout> = KERNELS
             .iter()
             .map(|(_, k)| {
                 let label = format!("{prefix}/{} bind group layout", k.name);
-                kernels::bind_group_layout(device, &label, k, mode, copy)
+                kernels::bind_group_layout(device, &label, k, mode, (copy, ema))
             })
             .collect();
         let pipelines = Pipelines {
@@ -219,7 +226,7 @@ impl Gpu {
                 mode,
                 &layouts,
                 constants,
-                StorageTypes::default(),
+                (StorageTypes::default(), ema),
             )?,
             typed: Vec::new(),
             constants: constants.to_vec(),
@@ -250,6 +257,7 @@ impl Gpu {
             layouts,
             pipelines,
             copy,
+            ema,
             placeholders,
             chunks: Vec::new(),
             uniform: mk(
@@ -412,7 +420,7 @@ impl Gpu {
             self.mode,
             &self.layouts,
             constants,
-            storage,
+            (storage, self.ema),
         )
     }
 
@@ -543,7 +551,7 @@ impl Gpu {
         let make =
             |k: usize, chunk: Option<&ChunkBuffers>, label: String| {
                 let entries: Vec<wgpu::BindGroupEntry> =
-                    kernels::bindings_with(&KERNELS[k].1, self.mode, self.copy)
+                    kernels::bindings_with(&KERNELS[k].1, self.mode, (self.copy, self.ema))
                         .map(|(b, _)| wgpu::BindGroupEntry {
                             binding: b,
                             resource: if b == binding::PARAMS {
@@ -607,7 +615,7 @@ fn build_pipelines(
     mode: ParamsMode,
     layouts: &[wgpu::BindGroupLayout],
     constants: &[(&'static str, f64)],
-    storage: StorageTypes,
+    (storage, ema): (StorageTypes, bool),
 ) -> Result<Vec<wgpu::ComputePipeline>> {
     let count = if storage.is_f32() {
         KERNELS.len()
@@ -624,7 +632,7 @@ fn build_pipelines(
             } else {
                 StorageTypes::default()
             };
-            kernels::pipeline(device, prefix, k, mode, layout, constants, storage)
+            kernels::pipeline(device, prefix, k, mode, layout, constants, storage, ema)
         })
         .collect()
 }
