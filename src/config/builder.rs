@@ -139,7 +139,9 @@ impl RmsPropConfigBuilder {
     /// step, also the steps that only accumulate. With `k` Keras's `iterations` before the step (`t - 1`,
     /// or `(t - 1) / N` with accumulation): `ema = m*ema + (1-m)*x` with `m = ema_momentum`, or `m = 0`
     /// when `k == 0` (so `ema = x`); then, with `ema_overwrite_frequency = F` and `(k + 1) % F == 0`,
-    /// `x = ema`. [`crate::RmsProp::swap_ema_weights`] evaluates with the averages.
+    /// `x = ema`. [`crate::RmsProp::swap_ema_weights`] evaluates with the averages. A step that updates
+    /// every variable densely averages them in its own dispatch where the device has a ninth storage
+    /// binding per stage; other steps take one more dispatch per pool buffer.
     pub fn use_ema(mut self, on: bool) -> Self {
         self.cfg.use_ema = on;
         self
