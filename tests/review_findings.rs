@@ -604,3 +604,40 @@ fn stochastic_rounding_of_the_last_sequential_pair() {
         "sequential sparse step: {sparse} of {n} moved (dense: {dense}): no stochastic rounding"
     );
 }
+
+/// Sparse values on the GPU (f32) for a variable with bf16 gradients: the error names the types the
+/// right way round (f32 given, bf16 taken).
+#[test]
+fn gpu_sparse_values_for_16_bit_gradients_name_the_types() {
+    let cfg = RmsPropConfig::builder()
+        .storage(StorageTypes::all(Bf16))
+        .build()
+        .unwrap();
+    let mut opt = RmsProp::new(ctx(), cfg).unwrap();
+    let w = opt.add_variable("w", &[4, 2], &[1.0; 8]).unwrap();
+    let values = ctx().device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 64,
+        usage: wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let rows = [1i64];
+    let e = opt
+        .apply(&[(
+            w,
+            Gradient::SparseGpu {
+                indices: Indices::I64(&rows),
+                values: GpuGradient {
+                    buffer: &values,
+                    offset: 0,
+                },
+            },
+        )])
+        .unwrap_err();
+    match e {
+        wgpu_rmsprop::Error::GradientType { expected, got, .. } => {
+            assert_eq!((expected, got), (Bf16, F32), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
