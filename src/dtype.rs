@@ -119,7 +119,8 @@ pub struct StorageTypes {
     /// variable (master weights: f32 variables for the optimizer, a 16-bit copy for the caller's
     /// forward pass, with no cast pass; rounded to nearest even). `None` (default): no copy. Set it in
     /// the configuration: every variable then has its copy ([`crate::RmsProp::copy_slices`]), and a
-    /// variable's own [`crate::VarOptions::storage`] must keep the same `copy`. Needs 9 storage
+    /// variable's own [`crate::VarOptions::storage`] must keep the same `copy`. The variables must be
+    /// f32 (refused otherwise: a 16-bit variable is its own 16-bit copy). Needs 9 storage
     /// buffers per shader stage (WebGPU's default limit is 8).
     pub copy: Option<Dtype>,
 }

@@ -690,9 +690,13 @@ impl Reference {
                                     if c.duplicate_indices() == DuplicateIndices::Sequential {
                                         // Each pair is a complete update, stored (rounded)
                                         // before the next one reads it.
-                                        for &k in ks {
-                                            let next = rmsprop(&c, &p, s, listed(k), 0.0, false);
-                                            s = store(&var.storage, next);
+                                        // The last pair's result is stored by `set` below
+                                        // (stochastically rounded with stochastic rounding).
+                                        for (j, &k) in ks.iter().enumerate() {
+                                            s = rmsprop(&c, &p, s, listed(k), 0.0, false);
+                                            if j + 1 < ks.len() {
+                                                s = store(&var.storage, s);
+                                            }
                                         }
                                     } else {
                                         let sum: f32 =

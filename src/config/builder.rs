@@ -301,6 +301,13 @@ impl RmsPropConfigBuilder {
                 requirement: "copy must be a 16-bit type (f16 or bf16) or None",
             });
         }
+        if let Some(why) = copy_storage_conflict(c.storage) {
+            return Err(Error::InvalidConfig {
+                field: "storage",
+                value: format!("{:?}", c.storage),
+                requirement: why,
+            });
+        }
         if let Some(why) = base_class_storage_conflict(&c, c.storage) {
             return Err(Error::InvalidConfig {
                 field: "storage",
@@ -317,6 +324,17 @@ impl RmsPropConfigBuilder {
         }
         Ok(c)
     }
+}
+
+/// Why `storage`'s copy of the variables is refused, if it is: a copy is of f32 variables (master
+/// weights). With a 16-bit variable the kernels would store the copy from the unrounded result (and
+/// without the variable's stochastic rounding), the upload and a restore from the variable's values,
+/// so the copy would not be the variable's.
+pub(crate) fn copy_storage_conflict(storage: crate::dtype::StorageTypes) -> Option<&'static str> {
+    (storage.copy.is_some() && storage.variable != crate::dtype::Dtype::F32).then_some(
+        "a copy of the variables needs f32 variables (master weights); a 16-bit variable is its own \
+         16-bit copy",
+    )
 }
 
 /// Why `storage` cannot serve `c`'s Keras base-class features, if it cannot.

@@ -336,6 +336,15 @@ impl RmsProp {
             default_options: self.var_options_json_of(|_| false),
         };
         let restored = crate::checkpoint::read(path, &expected)?;
+        if let (Some(_), Some(why)) = (
+            restored.loss_scale_factor,
+            self.loss_scale_storage_conflict(),
+        ) {
+            return Err(Error::Checkpoint {
+                path: path.display().to_string(),
+                message: format!("the checkpoint's loss_scale_factor {why}"),
+            });
+        }
         if let Some(n) = self.config.gradient_accumulation_steps() {
             if !restored.iterations.is_multiple_of(n) {
                 return Err(Error::Checkpoint {

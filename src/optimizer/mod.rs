@@ -304,10 +304,31 @@ impl RmsProp {
     /// assert!(opt.read_variable(w)?.iter().all(|x| x.is_finite()));
     /// # Ok::<(), wgpu_rmsprop::Error>(())
     /// ```
+    ///
+    /// Refused with [`Error::InvalidConfig`] on `loss_scale_factor` where the configuration or a
+    /// variable has 16-bit storage (the loss scale's kernel reads and writes f32 gradient buffers).
     pub fn set_loss_scale_factor(&mut self, factor: f64) -> Result<()> {
         crate::config::check_loss_scale(factor)?;
+        if let Some(why) = self.loss_scale_storage_conflict() {
+            return Err(Error::InvalidConfig {
+                field: "loss_scale_factor",
+                value: factor.to_string(),
+                requirement: why,
+            });
+        }
         self.config.set_loss_scale_factor(factor);
         Ok(())
+    }
+
+    /// Why a loss scale cannot be applied to this optimizer's pools, if it cannot: every role of the
+    /// configuration and of every variable must be f32 (as the builder requires with a loss scale).
+    fn loss_scale_storage_conflict(&self) -> Option<&'static str> {
+        let mut storages = std::iter::once(self.config.storage())
+            .chain(self.layout.variables.iter().map(|v| v.storage));
+        storages.any(|s| !s.is_f32()).then_some(
+            "cannot be set with 16-bit storage or a copy of the variables (the loss scale's kernel \
+             reads and writes f32 gradient buffers)",
+        )
     }
 
     /// The learning rate the next recorded step will use (the schedule at `iterations()` plus the

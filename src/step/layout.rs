@@ -112,10 +112,12 @@ impl Layout {
     }
 
     /// Alignment of a variable's first element in a chunk of `storage`, in vec4: the byte alignment
-    /// holds in every buffer of the chunk, the 16-bit ones included.
+    /// holds in every buffer of the chunk, the 16-bit ones included (the copy of the variables too:
+    /// its slices are bound by the caller).
     pub fn align_of(&self, storage: StorageTypes) -> u64 {
         let narrow = [storage.variable, storage.gradient, storage.state]
-            .iter()
+            .into_iter()
+            .chain(storage.copy)
             .any(|d| d.bytes() < 4);
         if narrow {
             self.align_vec4 * 2

@@ -172,8 +172,8 @@ fn check_type(name: &str, g: &Gradient<'_>, dtype: Dtype) -> Result<()> {
         Gradient::SparseGpu { .. } | Gradient::SparseGpuIndices { .. } if dtype != Dtype::F32 => {
             return Err(Error::GradientType {
                 name: name.into(),
-                expected: Dtype::F32,
-                got: dtype,
+                expected: dtype,
+                got: Dtype::F32,
                 hint: "sparse values on the GPU are read as f32: a variable with 16-bit gradients \
                        takes sparse gradients from the host (Sparse16)",
             })
