@@ -1,5 +1,8 @@
-//! Review of the 16-bit storage change: each test pins one suspected defect (or checks an area against
-//! the CPU twin bit for bit).
+//! Edges of 16-bit storage found by an independent review: copy slices aligned for binding, a loss
+//! scale set later refused, the copy only of f32 variables, stochastic rounding of the last sequential
+//! pair, error messages naming the right types; and areas checked against the CPU twin bit for bit
+//! (interleaved chunks growing, slot kinds gained later, split variables with stochastic rounding,
+//! record_read of 16-bit items).
 
 mod common;
 
