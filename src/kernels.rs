@@ -569,8 +569,7 @@ pub(crate) fn pipeline(
     mode: ParamsMode,
     layout: &wgpu::BindGroupLayout,
     constants: &[(&'static str, f64)],
-    storage: StorageTypes,
-    ema: bool,
+    (storage, ema): (StorageTypes, bool),
 ) -> Result<wgpu::ComputePipeline> {
     let source = kernel.module.source_with(mode, storage, ema);
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);

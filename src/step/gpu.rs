@@ -632,7 +632,7 @@ fn build_pipelines(
             } else {
                 StorageTypes::default()
             };
-            kernels::pipeline(device, prefix, k, mode, layout, constants, storage, ema)
+            kernels::pipeline(device, prefix, k, mode, layout, constants, (storage, ema))
         })
         .collect()
 }
