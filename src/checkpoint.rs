@@ -153,6 +153,8 @@ fn st_dtype(dtype: Dtype) -> StDtype {
         Dtype::F32 => StDtype::F32,
         Dtype::F16 => StDtype::F16,
         Dtype::Bf16 => StDtype::BF16,
+        // Codes: one byte per element (their blocks' absmax are F32 tensors of their own).
+        Dtype::Q8 => StDtype::U8,
     }
 }
 

@@ -14,6 +14,11 @@ pub enum Dtype {
     F16,
     /// bfloat16 (`half::bf16`): 8-bit significand, float32's exponent range.
     Bf16,
+    /// 8-bit block-wise quantized state (optimizer state only): one code per element on a dynamic
+    /// (non-linear) map of 256 values, unsigned for the velocity and signed for momentum and average
+    /// gradient, and one f32 absmax per block of [`crate::RmsPropConfig::q8_block`] elements
+    /// (Dettmers et al., "8-bit Optimizers via Block-wise Quantization"; see [`crate::quant`]).
+    Q8,
 }
 
 impl Dtype {
@@ -22,6 +27,7 @@ impl Dtype {
         match self {
             Dtype::F32 => 4,
             Dtype::F16 | Dtype::Bf16 => 2,
+            Dtype::Q8 => 1,
         }
     }
 
@@ -31,6 +37,7 @@ impl Dtype {
             Dtype::F32 => "f32",
             Dtype::F16 => "f16",
             Dtype::Bf16 => "bf16",
+            Dtype::Q8 => "q8",
         }
     }
 
@@ -40,6 +47,7 @@ impl Dtype {
             "f32" | "float32" => Some(Dtype::F32),
             "f16" | "float16" => Some(Dtype::F16),
             "bf16" | "bfloat16" => Some(Dtype::Bf16),
+            "q8" => Some(Dtype::Q8),
             _ => None,
         }
     }
@@ -48,7 +56,8 @@ impl Dtype {
     /// infinity) and widened back to f32, exactly: what a kernel stores, seen as f32.
     pub fn round(self, x: f32) -> f32 {
         match self {
-            Dtype::F32 => x,
+            // Q8 is quantized block-wise (crate::quant), not element by element.
+            Dtype::F32 | Dtype::Q8 => x,
             Dtype::F16 => f16::from_f32(x).to_f32(),
             Dtype::Bf16 => bf16::from_f32(x).to_f32(),
         }
@@ -57,7 +66,7 @@ impl Dtype {
     /// The 16 bits of `x` rounded to this type (`F32`: the high half of its bits, unused).
     pub fn to_bits16(self, x: f32) -> u16 {
         match self {
-            Dtype::F32 => (x.to_bits() >> 16) as u16,
+            Dtype::F32 | Dtype::Q8 => (x.to_bits() >> 16) as u16,
             Dtype::F16 => f16::from_f32(x).to_bits(),
             Dtype::Bf16 => bf16::from_f32(x).to_bits(),
         }
@@ -66,7 +75,7 @@ impl Dtype {
     /// The f32 value of 16 stored bits (`F32`: the bits as the high half of an f32).
     pub fn from_bits16(self, bits: u16) -> f32 {
         match self {
-            Dtype::F32 => f32::from_bits(u32::from(bits) << 16),
+            Dtype::F32 | Dtype::Q8 => f32::from_bits(u32::from(bits) << 16),
             Dtype::F16 => f16::from_bits(bits).to_f32(),
             Dtype::Bf16 => bf16::from_bits(bits).to_f32(),
         }

@@ -367,7 +367,7 @@ enum Halves {
 impl Halves {
     fn of(values: &[f32], dtype: crate::dtype::Dtype) -> Self {
         match dtype {
-            crate::dtype::Dtype::F32 => Halves::F32,
+            crate::dtype::Dtype::F32 | crate::dtype::Dtype::Q8 => Halves::F32,
             crate::dtype::Dtype::F16 => {
                 Halves::F16(values.iter().map(|&x| half::f16::from_f32(x)).collect())
             }

@@ -163,6 +163,18 @@ impl RmsPropConfigBuilder {
         self.cfg.stochastic_rounding = Some(seed);
         self
     }
+    /// Elements per block of 8-bit quantized state (a power of two in [64, 4096], at most 4x the
+    /// workgroup size; default 256): each block has one f32 absmax.
+    pub fn q8_block(mut self, elements: usize) -> Self {
+        self.cfg.q8_block = elements;
+        self
+    }
+    /// Variables with fewer elements than this keep f32 state where the storage asks for 8-bit state
+    /// (default 4,096, bitsandbytes' `min_8bit_size`).
+    pub fn q8_min_size(mut self, elements: usize) -> Self {
+        self.cfg.q8_min_size = elements;
+        self
+    }
     /// The default storage types of the variables, gradients and optimizer state (see
     /// [`crate::dtype`]).
     pub fn storage(mut self, storage: crate::dtype::StorageTypes) -> Self {
@@ -294,6 +306,20 @@ impl RmsPropConfigBuilder {
                 requirement: "is only defined with the lr_inside or negated_trace momentum forms",
             });
         }
+        if !(c.q8_block.is_power_of_two() && (64..=4096).contains(&c.q8_block)) {
+            return Err(Error::InvalidConfig {
+                field: "q8_block",
+                value: c.q8_block.to_string(),
+                requirement: "must be a power of two in [64, 4096]",
+            });
+        }
+        if let Some(why) = q8_conflict(c.storage) {
+            return Err(Error::InvalidConfig {
+                field: "storage",
+                value: format!("{:?}", c.storage),
+                requirement: why,
+            });
+        }
         if c.storage.copy == Some(crate::dtype::Dtype::F32) {
             return Err(Error::InvalidConfig {
                 field: "storage",
@@ -334,6 +360,15 @@ pub(crate) fn copy_storage_conflict(storage: crate::dtype::StorageTypes) -> Opti
     (storage.copy.is_some() && storage.variable != crate::dtype::Dtype::F32).then_some(
         "a copy of the variables needs f32 variables (master weights); a 16-bit variable is its own \
          16-bit copy",
+    )
+}
+
+/// Why `storage` cannot hold 8-bit quantized values where it asks for them, if it cannot: only the
+/// optimizer state is quantized.
+pub(crate) fn q8_conflict(storage: crate::dtype::StorageTypes) -> Option<&'static str> {
+    let q8 = crate::dtype::Dtype::Q8;
+    (storage.variable == q8 || storage.gradient == q8 || storage.copy == Some(q8)).then_some(
+        "q8 (8-bit quantized) is a state type only: variables, gradients and the copy cannot be q8",
     )
 }
 

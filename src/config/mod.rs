@@ -63,6 +63,8 @@ pub struct RmsPropConfig {
     ema_overwrite_frequency: Option<u64>,
     storage: crate::dtype::StorageTypes,
     stochastic_rounding: Option<u32>,
+    q8_block: usize,
+    q8_min_size: usize,
 }
 
 impl Default for RmsPropConfig {
@@ -119,6 +121,8 @@ impl RmsPropConfig {
             ema_overwrite_frequency: None,
             storage: crate::dtype::StorageTypes::default(),
             stochastic_rounding: None,
+            q8_block: 256,
+            q8_min_size: 4096,
         };
         let cfg = match preset {
             Preset::Keras => keras,
@@ -243,6 +247,15 @@ impl RmsPropConfig {
     /// Keras's `ema_momentum` (default 0.99; used with `use_ema`).
     pub fn ema_momentum(&self) -> f64 {
         self.ema_momentum
+    }
+    /// Elements per block of 8-bit quantized state ([`crate::Dtype::Q8`]; default 256).
+    pub fn q8_block(&self) -> usize {
+        self.q8_block
+    }
+    /// Variables with fewer elements keep f32 state where the storage asks for 8-bit state (default
+    /// 4,096, as bitsandbytes' `min_8bit_size`).
+    pub fn q8_min_size(&self) -> usize {
+        self.q8_min_size
     }
     /// The seed of stochastic rounding of bf16 variables (`None`: round to nearest even). See
     /// [`RmsPropConfigBuilder::stochastic_rounding`].
