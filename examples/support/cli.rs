@@ -111,6 +111,7 @@ impl Cli {
 pub fn storage_for(dtype: Dtype) -> StorageTypes {
     let (variable, state) = match dtype {
         Dtype::F32 => (Dtype::F32, Dtype::F32),
+        Dtype::Q8 => (Dtype::F32, Dtype::Q8),
         Dtype::F16 => (Dtype::F32, Dtype::F16),
         Dtype::Bf16 => (Dtype::Bf16, Dtype::Bf16),
     };

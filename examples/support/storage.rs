@@ -8,7 +8,7 @@ use wgpu_rmsprop::Dtype;
 /// `VAR_DTYPE` of the examples' shaders: 0 f32, 1 f16, 2 bf16.
 pub fn shader_code(d: Dtype) -> f64 {
     match d {
-        Dtype::F32 => 0.0,
+        Dtype::F32 | Dtype::Q8 => 0.0,
         Dtype::F16 => 1.0,
         Dtype::Bf16 => 2.0,
     }
