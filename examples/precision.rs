@@ -162,7 +162,7 @@ impl Stored {
 /// `y` rounded to nearest even in the type, directly from float64 (no intermediate float32).
 fn round64(d: Dtype, y: f64) -> f32 {
     match d {
-        Dtype::F32 => y as f32,
+        Dtype::F32 | Dtype::Q8 => y as f32,
         Dtype::F16 => half::f16::from_f64(y).to_f32(),
         Dtype::Bf16 => half::bf16::from_f64(y).to_f32(),
     }
