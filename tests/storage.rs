@@ -81,7 +81,7 @@ enum Host {
 impl Host {
     fn new(dtype: Dtype, v: &[f32]) -> Host {
         match dtype {
-            F32 => Host::F32(v.to_vec()),
+            F32 | Dtype::Q8 => Host::F32(v.to_vec()),
             F16 => Host::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
             Bf16 => Host::Bf16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
         }
