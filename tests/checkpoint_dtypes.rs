@@ -87,7 +87,7 @@ fn run(opt: &mut RmsProp, ids: &[VarId], gradient_types: &[Dtype], seed: u64, st
                 let n = opt.read_variable(id).unwrap().len();
                 let g = rng.vec(n, 2.0, 5);
                 match dtype {
-                    Dtype::F32 => Owned::F32(g),
+                    Dtype::F32 | Dtype::Q8 => Owned::F32(g),
                     Dtype::F16 => Owned::F16(g.iter().map(|&x| f16::from_f32(x)).collect()),
                     Dtype::Bf16 => Owned::Bf16(g.iter().map(|&x| bf16::from_f32(x)).collect()),
                 }
