@@ -117,6 +117,7 @@ fn st(dtype: Dtype) -> StDtype {
         Dtype::F32 => StDtype::F32,
         Dtype::F16 => StDtype::F16,
         Dtype::Bf16 => StDtype::BF16,
+        Dtype::Q8 => StDtype::U8,
     }
 }
 
