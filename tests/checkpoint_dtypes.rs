@@ -159,7 +159,7 @@ fn resume_bit_for_bit(tag: &str, default: StorageTypes, vars: &[Spec]) {
             let stored: Vec<u8> = values
                 .iter()
                 .flat_map(|&x| match dtype {
-                    Dtype::F32 => x.to_le_bytes().to_vec(),
+                    Dtype::F32 | Dtype::Q8 => x.to_le_bytes().to_vec(),
                     Dtype::F16 => f16::from_f32(x).to_le_bytes().to_vec(),
                     Dtype::Bf16 => bf16::from_f32(x).to_le_bytes().to_vec(),
                 })
