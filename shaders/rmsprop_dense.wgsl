@@ -75,6 +75,8 @@ fn sr_bits(var_index: u32, elem: u32) -> vec4<u32> {
 // `in_range`: `i` lies in the dispatch's range (Keras's moving average, `ema_step`, runs on a step the
 // non-finite policy skips too, as its own dispatch does).
 fn update(i: u32, live: bool, in_range: bool, entries: vec2<u32>) {
+    // 8-bit quantized state: the new values are stashed by `st_*` and stored by `q8_flush`.
+    q8_reset();
     var gv = ld_g(i);
     var qv = vec4<f32>(0.0);
     var use_q = false;
@@ -159,6 +161,9 @@ fn run(first: u32, group_first: u32) {
     for (var k = 0u; k < VEC4S_PER_INVOCATION; k++) {
         let i = first + k * WORKGROUP_SIZE;
         update(min(i, p.end - 1u), ok && i < p.end, i < p.end, entries);
+        // Quantized state: each block's absmax in workgroup memory, then the codes (in uniform control
+        // flow: every invocation of the workgroup takes part; nothing without quantized state).
+        q8_flush(min(i, p.end - 1u), ok && i < p.end, first - group_first);
     }
 }
 

@@ -533,6 +533,7 @@ pub(crate) fn variant_constants(
         ("CLIP_NORM", clip_norm),
         ("VAR_OPTIONS", f64::from(variant.var_options)),
         ("STOCHASTIC", b(config.stochastic_rounding().is_some())),
+        ("Q8_BLOCK", (config.q8_block() / 4) as f64),
         (
             "ACCUMULATE",
             b(config.gradient_accumulation_steps().is_some()),

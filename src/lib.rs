@@ -247,6 +247,7 @@ pub mod half_bits;
 pub mod kernels;
 mod optimizer;
 mod pool;
+mod pool_q8;
 #[doc(hidden)]
 pub mod pool_wgsl;
 mod readback;

@@ -129,6 +129,43 @@ impl From<Slot> for Kind {
     }
 }
 
+/// How a pooled buffer lays its elements out: their type and, for 8-bit quantized state
+/// ([`Dtype::Q8`]), the vec4 per block. A q8 buffer holds, per block, one f32 absmax word followed by the
+/// block's codes (one byte per element, four per word): vec4 `i` is the word `i + i / block + 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Elems {
+    pub dtype: Dtype,
+    /// Vec4 per q8 block (unused for other types).
+    pub block: u64,
+}
+
+impl Elems {
+    /// The byte where vec4 `offset` (block-aligned for q8) starts its region (for q8: its block's
+    /// absmax word).
+    pub fn at(&self, offset: u64) -> u64 {
+        match self.dtype {
+            Dtype::Q8 => (offset + offset / self.block) * 4,
+            d => offset * 4 * d.bytes(),
+        }
+    }
+
+    /// Bytes of `vec4s` vec4 from a block-aligned start (whole words; q8: with their absmax words).
+    pub fn span(&self, vec4s: u64) -> u64 {
+        match self.dtype {
+            Dtype::Q8 => (vec4s + vec4s.div_ceil(self.block)) * 4,
+            d => vec4s * 4 * d.bytes(),
+        }
+    }
+
+    /// Bytes holding `elems` elements from a block-aligned start, in whole words.
+    pub fn bytes(&self, elems: usize) -> u64 {
+        match self.dtype {
+            Dtype::Q8 => self.span((elems as u64).div_ceil(4)),
+            d => (elems as u64 * d.bytes()).next_multiple_of(4),
+        }
+    }
+}
+
 /// A contiguous piece of a variable inside one chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Segment {
@@ -219,11 +256,16 @@ pub(crate) fn allocate_chunk_buffers(
     capacity: u64,
     kinds: &[Kind],
     storage: StorageTypes,
+    q8_block: u64,
 ) -> Result<[Option<wgpu::Buffer>; KINDS]> {
-    let total: u64 = kinds
-        .iter()
-        .map(|k| capacity * 4 * k.dtype(storage).bytes())
-        .sum();
+    let size = |k: Kind| {
+        Elems {
+            dtype: k.dtype(storage),
+            block: q8_block,
+        }
+        .span(capacity)
+    };
+    let total: u64 = kinds.iter().map(|&k| size(k)).sum();
     crate::context::allocation_scope(device, || {
         let mut buffers: [Option<wgpu::Buffer>; KINDS] = Default::default();
         for &kind in kinds {
@@ -232,7 +274,7 @@ pub(crate) fn allocate_chunk_buffers(
                 | wgpu::BufferUsages::COPY_DST;
             buffers[kind as usize] = Some(device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("{prefix}/{}[{index}]", kind.name())),
-                size: capacity * 4 * kind.dtype(storage).bytes(),
+                size: size(kind),
                 usage,
                 mapped_at_creation: false,
             }));

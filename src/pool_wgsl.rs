@@ -54,6 +54,11 @@ pub(crate) fn declarations(
         "// The 16 bits of element `e` in its word (element 2k is the low half).\n\
          fn half_of(w: u32, e: u32) -> u32 { return (w >> ((e & 1u) * 16u)) & 0xffffu; }\n",
     );
+    if flavor == Flavor::Vec4 {
+        // 8-bit quantized state: the maps and the block reduction (`q8_flush` stores the state the
+        // update stashed), or nothing to flush.
+        s.push_str(&crate::pool_q8::flush_wgsl(storage.state == Dtype::Q8));
+    }
     for &(n, b, kind) in pools {
         if n == "e" {
             s.push_str(if ema { EMA_STEP } else { NO_EMA_STEP });
@@ -68,6 +73,10 @@ pub(crate) fn declarations(
             continue;
         }
         let dtype = dtype_of(n, storage);
+        if dtype == Dtype::Q8 {
+            s.push_str(&crate::pool_q8::role_wgsl(flavor, n, b));
+            continue;
+        }
         let rw = kind == BindingKind::ReadWrite;
         let access = if rw { "read_write" } else { "read" };
         let (to_f32, from_f32) = match dtype {

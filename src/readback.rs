@@ -26,7 +26,7 @@ pub struct ReadBack {
     staging: Vec<(wgpu::Buffer, Option<MapFuture>)>,
     submission: wgpu::SubmissionIndex,
     /// (staging buffer, first byte, bytes, type, elements) of each range.
-    ranges: Vec<(usize, u64, u64, crate::dtype::Dtype, usize)>,
+    ranges: Vec<(usize, u64, u64, Layout)>,
     /// Ranges per item.
     parts: Vec<usize>,
     done: bool,
@@ -42,6 +42,14 @@ impl std::fmt::Debug for ReadBack {
     }
 }
 
+/// How a range's bytes hold its elements (see [`Range`]).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    dtype: crate::dtype::Dtype,
+    elems: usize,
+    q8: (u64, bool),
+}
+
 /// One range to read: `bytes` from byte `offset` of `buffer` (multiples of 4), holding `elems` values
 /// of `dtype` (widened to f32 when read).
 pub(crate) struct Range<'a> {
@@ -50,6 +58,8 @@ pub(crate) struct Range<'a> {
     pub bytes: u64,
     pub dtype: crate::dtype::Dtype,
     pub elems: usize,
+    /// 8-bit quantized state: vec4 per block, and whether the map is the unsigned one (velocity).
+    pub q8: (u64, bool),
 }
 
 impl<'a> Range<'a> {
@@ -61,6 +71,7 @@ impl<'a> Range<'a> {
             bytes,
             dtype: crate::dtype::Dtype::F32,
             elems: (bytes / 4) as usize,
+            q8: (0, false),
         }
     }
 }
@@ -85,7 +96,12 @@ impl ReadBack {
                 sizes.push(0);
             }
             let k = sizes.len() - 1;
-            placed.push((k, sizes[k], r.bytes, r.dtype, r.elems));
+            let layout = Layout {
+                dtype: r.dtype,
+                elems: r.elems,
+                q8: r.q8,
+            };
+            placed.push((k, sizes[k], r.bytes, layout));
             sizes[k] += r.bytes;
         }
         let buffers = sizes
@@ -104,7 +120,7 @@ impl ReadBack {
             .collect::<Result<Vec<_>>>()?;
         let mut encoder =
             device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
-        for (r, &(k, at, bytes, _, _)) in ranges.iter().zip(&placed) {
+        for (r, &(k, at, bytes, _)) in ranges.iter().zip(&placed) {
             if bytes > 0 {
                 encoder.copy_buffer_to_buffer(r.buffer, r.offset, &buffers[k], at, bytes);
             }
@@ -132,15 +148,21 @@ impl ReadBack {
     }
 
     fn take(&mut self) -> Result<Vec<Vec<f32>>> {
-        self.take_with(|bytes, dtype, elems, item: &mut Vec<f32>| {
-            crate::dtype::decode(bytes, dtype, elems, item)
+        self.take_with(|bytes, l: Layout, item: &mut Vec<f32>| match l.dtype {
+            crate::dtype::Dtype::Q8 => {
+                let (block, unsigned) = l.q8;
+                crate::pool_q8::decode_blocks(bytes, l.elems, block as usize * 4, unsigned, item)
+            }
+            dtype => crate::dtype::decode(bytes, dtype, l.elems, item),
         })
     }
 
-    /// Each item's elements as stored (little-endian, `elems` of each range's type, pad lanes dropped).
+    /// Each item's elements as stored (little-endian, `elems` of each range's type, pad lanes dropped;
+    /// q8: the blocks' absmax words and codes as they lie).
     fn take_bytes(&mut self) -> Result<Vec<Vec<u8>>> {
-        self.take_with(|bytes, dtype, elems, item: &mut Vec<u8>| {
-            item.extend_from_slice(&bytes[..elems * dtype.bytes() as usize])
+        self.take_with(|bytes, l: Layout, item: &mut Vec<u8>| match l.dtype {
+            crate::dtype::Dtype::Q8 => item.extend_from_slice(bytes),
+            dtype => item.extend_from_slice(&bytes[..l.elems * dtype.bytes() as usize]),
         })
     }
 
@@ -148,7 +170,7 @@ impl ReadBack {
     /// unmaps.
     fn take_with<T: Default>(
         &mut self,
-        mut part: impl FnMut(&[u8], crate::dtype::Dtype, usize, &mut T),
+        mut part: impl FnMut(&[u8], Layout, &mut T),
     ) -> Result<Vec<T>> {
         self.done = true;
         let views = self
@@ -163,13 +185,8 @@ impl ReadBack {
         let mut ranges = self.ranges.iter();
         for &n in &self.parts {
             let mut item = T::default();
-            for &(k, at, bytes, dtype, elems) in ranges.by_ref().take(n) {
-                part(
-                    &views[k][at as usize..(at + bytes) as usize],
-                    dtype,
-                    elems,
-                    &mut item,
-                );
+            for &(k, at, bytes, layout) in ranges.by_ref().take(n) {
+                part(&views[k][at as usize..(at + bytes) as usize], layout, &mut item);
             }
             out.push(item);
         }

@@ -203,7 +203,11 @@ impl RmsProp {
             ParamsMode::Uniform
         };
         log::debug!("{prefix}: step parameters as {mode:?}");
-        let gpu = Gpu::new(device, &prefix, mode, kinds, &constants)?;
+        let mut gpu = Gpu::new(device, &prefix, mode, kinds, &constants)?;
+        let q8_block = (config.q8_block() / 4) as u64;
+        gpu.q8_block = q8_block;
+        let mut layout = Layout::new(0, chunk_limit, align / VEC4_BYTES);
+        layout.q8_block = q8_block;
         let skip_nonfinite = config.non_finite() == NonFinite::SkipStep;
         let plan_cfg = PlanConfig {
             workgroup_size: wg,
@@ -225,7 +229,7 @@ impl RmsProp {
             ctx: ctx.clone(),
             variant,
             exclude_names: Vec::new(),
-            layout: Layout::new(id, chunk_limit, align / VEC4_BYTES),
+            layout: Layout { optimizer: id, ..layout },
             gpu,
             uploader: Uploader::new(
                 format!("{prefix}/staging"),
@@ -372,7 +376,7 @@ impl RmsProp {
         };
         for c in &self.layout.chunks {
             for &kind in &self.gpu.kinds {
-                let bytes = c.capacity * 4 * kind.dtype(c.storage).bytes();
+                let bytes = self.layout.elems(kind, c.storage).span(c.capacity);
                 stats.pool_bytes += bytes;
                 match kind {
                     Kind::Variable | Kind::Copy => stats.variable_bytes += bytes,
@@ -414,11 +418,11 @@ impl RmsProp {
             .segments
             .iter()
             .map(|s| {
-                let dtype = kind.dtype(self.layout.chunks[s.chunk].storage);
+                let layout = self.layout.elems(kind, self.layout.chunks[s.chunk].storage);
                 Ok(GpuSlice {
                     buffer: self.gpu.chunks[s.chunk].buffer(kind)?.clone(),
-                    offset: s.byte_offset(dtype),
-                    dtype,
+                    offset: layout.at(s.offset),
+                    dtype: layout.dtype,
                     first_element: s.first_elem,
                     len: s.elems,
                     layout: self.layout.version,
@@ -527,7 +531,21 @@ impl RmsProp {
         }
         options.validate(name, &self.config)?;
         let hyper = self.resolve(name, options);
-        let storage = options.storage.unwrap_or(self.config.storage());
+        let mut storage = options.storage.unwrap_or(self.config.storage());
+        if storage.state == Dtype::Q8 {
+            // Small variables keep f32 state (bitsandbytes' min_8bit_size).
+            let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            if n.is_some_and(|n| n < self.config.q8_min_size()) {
+                storage.state = Dtype::F32;
+            } else if self.gpu.q8_block > u64::from(self.plan_cfg.workgroup_size) {
+                return Err(Error::InvalidConfig {
+                    field: "q8_block",
+                    value: self.config.q8_block().to_string(),
+                    requirement: "must be at most 4x the workgroup size (a workgroup finds each block's \
+                                  absmax)",
+                });
+            }
+        }
         let plain = storage.variable == Dtype::F32 && storage.copy.is_none();
         if let (Init::Gpu(_), false) = (&init, plain) {
             return Err(Error::InvalidVarOptions {
@@ -639,11 +657,19 @@ impl RmsProp {
                 }
             }
             if accumulator != 0.0 {
-                let dtype = Kind::Velocity.dtype(storage);
+                let layout = self.layout.elems(Kind::Velocity, storage);
                 let v = vec![accumulator; s.elems];
                 let velocity = chunk.buffer(Kind::Velocity)?;
-                let bytes = crate::dtype::encode(&v, dtype);
-                queue.write_buffer(velocity, s.byte_offset(dtype), &bytes);
+                let bytes = match layout.dtype {
+                    // Whole blocks: absmax words and codes (the pad lanes' codes stand for 0).
+                    Dtype::Q8 => std::borrow::Cow::Owned(crate::pool_q8::encode_blocks(
+                        &v,
+                        layout.block as usize * 4,
+                        false,
+                    )),
+                    dtype => crate::dtype::encode(&v, dtype),
+                };
+                queue.write_buffer(velocity, layout.at(s.offset), &bytes);
             }
         }
         // The segment map and the options table move with every variable added (they follow the

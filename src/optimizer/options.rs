@@ -162,8 +162,8 @@ impl RmsProp {
         for (kind, _) in gained.into_iter().filter(|&(_, g)| g) {
             for s in &self.layout.variables[id.index()].segments {
                 let b = self.gpu.chunks[s.chunk].buffer(kind)?;
-                let dtype = kind.dtype(self.layout.chunks[s.chunk].storage);
-                encoder.clear_buffer(b, s.byte_offset(dtype), Some(s.vec4_bytes(dtype)));
+                let layout = self.layout.elems(kind, self.layout.chunks[s.chunk].storage);
+                encoder.clear_buffer(b, layout.at(s.offset), Some(layout.span(s.vec4s())));
             }
         }
         self.write_tables();

@@ -173,6 +173,20 @@ impl RmsProp {
         let s = self.config.scalars(step)?;
         let sc = &mut self.scratch;
         validate(&self.layout, grads, &self.gradients_seen, &mut sc.shape)?;
+        if self.plan_cfg.lazy {
+            // Lazy rows would need whole blocks requantized around them: not yet.
+            let quantized = sc.shape.parts.iter().enumerate().find(|&(i, &p)| {
+                p == Part::Sparse && self.layout.variables[i].storage.state == crate::dtype::Dtype::Q8
+            });
+            if let Some((i, _)) = quantized {
+                return Err(Error::InvalidConfig {
+                    field: "sparse_mode",
+                    value: format!("lazy, for {:?} whose state is q8", self.layout.variables[i].name),
+                    requirement: "cannot update 8-bit quantized state lazily yet (use sparse_mode \
+                                  dense, or f32/16-bit state for that variable)",
+                });
+            }
+        }
         let prep = Prepare::of(
             self.config.loss_scale_factor(),
             self.config.gradient_accumulation_steps(),

@@ -166,6 +166,8 @@ pub(crate) struct Gpu {
     pipelines: Pipelines,
     /// The pools keep a 16-bit copy of the variables (bound by the kernels that write them).
     copy: bool,
+    /// Vec4 per block of 8-bit quantized state (`RmsPropConfig::q8_block` / 4).
+    pub q8_block: u64,
     /// The dense kernel binds Keras's moving average of the variables and can update it in the step's
     /// dispatch (`Params::ema_mode`).
     pub ema: bool,
@@ -257,6 +259,7 @@ impl Gpu {
             layouts,
             pipelines,
             copy,
+            q8_block: 64,
             ema,
             placeholders,
             chunks: Vec::new(),
@@ -368,6 +371,7 @@ impl Gpu {
             capacity,
             kinds,
             storage,
+            self.q8_block,
         )?;
         self.objects_created += kinds.len() as u64;
         Ok(b)
@@ -471,7 +475,11 @@ impl Gpu {
             for (kind, (src, dst)) in Kind::ALL.iter().zip(old.buffers.iter().zip(&buffers)) {
                 if let (Some(src), Some(dst)) = (src, dst) {
                     if used_vec4 > 0 {
-                        let bytes = used_vec4 * 4 * kind.dtype(storage).bytes();
+                        let elems = pool::Elems {
+                            dtype: kind.dtype(storage),
+                            block: self.q8_block,
+                        };
+                        let bytes = elems.span(used_vec4);
                         encoder.copy_buffer_to_buffer(src, 0, dst, 0, bytes);
                     }
                 }

@@ -59,6 +59,8 @@ pub(crate) struct Layout {
     pub align_vec4: u64,
     /// Bumped whenever a pool buffer is replaced (grown): slices of it taken before are stale.
     pub version: u64,
+    /// Vec4 per block of 8-bit quantized state: variables in chunks with q8 state start on a block.
+    pub q8_block: u64,
 }
 
 /// Where a new variable goes, and which chunks must grow to hold it.
@@ -82,6 +84,7 @@ impl Layout {
             chunk_limit,
             align_vec4,
             version: 0,
+            q8_block: 64,
         }
     }
 
@@ -115,10 +118,21 @@ impl Layout {
     /// holds in every buffer of the chunk, the 16-bit ones included (the copy of the variables too:
     /// its slices are bound by the caller).
     pub fn align_of(&self, storage: StorageTypes) -> u64 {
+        let align = self.align_bytes_of(storage);
+        if storage.state == crate::dtype::Dtype::Q8 {
+            // Blocks never straddle variables.
+            align.max(self.q8_block)
+        } else {
+            align
+        }
+    }
+
+    /// [`Layout::align_of`] for the byte alignment alone.
+    fn align_bytes_of(&self, storage: StorageTypes) -> u64 {
         let narrow = [storage.variable, storage.gradient, storage.state]
             .into_iter()
             .chain(storage.copy)
-            .any(|d| d.bytes() < 4);
+            .any(|d| d.bytes() == 2);
         if narrow {
             self.align_vec4 * 2
         } else {
@@ -260,6 +274,14 @@ impl Layout {
             at += 2 * n;
         }
         (regions, entries)
+    }
+
+    /// How the buffers of `kind` lay out their elements in a chunk of `storage`.
+    pub fn elems(&self, kind: crate::pool::Kind, storage: StorageTypes) -> crate::pool::Elems {
+        crate::pool::Elems {
+            dtype: kind.dtype(storage),
+            block: self.q8_block,
+        }
     }
 
     /// Records a planned variable (after its buffers were allocated) with its options and what they

@@ -1,0 +1,157 @@
+//! The bytes of 8-bit quantized state buffers as the kernels lay them out: per block of `block`
+//! elements, one f32 absmax word, then the block's codes (one byte per element, four per word; a partial
+//! last block holds whole words, its pad codes 0, which stands for 0.0).
+
+use crate::quant;
+
+/// `values` quantized block by block (each block's absmax, then its codes), as the GPU stores them.
+pub(crate) fn encode_blocks(values: &[f32], block: usize, unsigned: bool) -> Vec<u8> {
+    let book = quant::Codebook::dynamic(!unsigned);
+    let mut out = Vec::with_capacity(values.len() + 4 * values.len().div_ceil(block) + 4);
+    for b in values.chunks(block) {
+        let absmax = b.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
+        out.extend_from_slice(&absmax.to_le_bytes());
+        let start = out.len();
+        out.extend(b.iter().map(|&x| book.quantize(x, absmax)));
+        out.resize(start + b.len().next_multiple_of(4), 0);
+    }
+    out
+}
+
+/// Appends the `elems` values held by `bytes` (laid out as [`encode_blocks`] writes) to `out`.
+pub(crate) fn decode_blocks(
+    bytes: &[u8],
+    elems: usize,
+    block: usize,
+    unsigned: bool,
+    out: &mut Vec<f32>,
+) {
+    let book = quant::Codebook::dynamic(!unsigned);
+    let mut at = 0;
+    let mut left = elems;
+    while left > 0 && at + 4 <= bytes.len() {
+        let absmax = f32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let n = left.min(block);
+        let codes = &bytes[at + 4..(at + 4 + n).min(bytes.len())];
+        out.extend(codes.iter().map(|&c| book.dequantize(c, absmax)));
+        at += 4 + n.next_multiple_of(4);
+        left -= n;
+    }
+}
+
+/// The WGSL of a quantized state buffer `n` (binding `b`): in the vec4 form, `ld_n` dequantizes its
+/// vec4 and `st_n` stashes the new value for [`flush_wgsl`]'s `q8_flush`, which finds each block's
+/// absmax in workgroup memory and stores the codes (no extra pass over global memory). The scalar form
+/// (sparse rows) is never run on quantized state (lazy sparse steps are refused there): stand-ins.
+pub(crate) fn role_wgsl(flavor: crate::pool_wgsl::Flavor, n: &str, b: u32) -> String {
+    let map = if n == "v" { "U" } else { "S" };
+    match flavor {
+        crate::pool_wgsl::Flavor::Vec4 => format!(
+            "@group(0) @binding({b}) var<storage, read_write> {n}: array<u32>;
+var<private> q8_{n}: vec4<f32>;
+fn ld_{n}(i: u32) -> vec4<f32> {{
+    let base = (i / Q8_BLOCK) * (Q8_BLOCK + 1u);
+    return q8_decode4_{map}({n}[base + 1u + i % Q8_BLOCK], bitcast<f32>({n}[base]));
+}}
+fn st_{n}(i: u32, value: vec4<f32>) {{ q8_{n} = value; }}
+fn q8_store_{n}(i: u32, live: bool, lid: u32) {{
+    let value = select(vec4<f32>(0.0), q8_{n}, live);
+    let a = abs(value);
+    let amax = q8_block_max(lid, max(max(a.x, a.y), max(a.z, a.w)));
+    if live {{
+        let base = (i / Q8_BLOCK) * (Q8_BLOCK + 1u);
+        {n}[base + 1u + i % Q8_BLOCK] = q8_encode4_{map}(value, amax);
+        if i % Q8_BLOCK == 0u {{
+            {n}[base] = bitcast<u32>(amax);
+        }}
+    }}
+}}
+"
+        ),
+        crate::pool_wgsl::Flavor::Scalar => format!(
+            "@group(0) @binding({b}) var<storage, read_write> {n}: array<u32>;
+fn ld_{n}(e: u32) -> f32 {{ return 0.0; }}
+fn st_{n}(e: u32, value: f32) {{}}
+fn rnd_{n}(value: f32) -> f32 {{ return value; }}
+"
+        ),
+    }
+}
+
+/// The maps, the codecs and `q8_flush(i, live, lid)` of the dense kernel (`q8`: the pools hold
+/// quantized state; else `q8_flush` does nothing). `Q8_BLOCK` (vec4 per block) is a pipeline constant.
+pub(crate) fn flush_wgsl(q8: bool) -> String {
+    if !q8 {
+        return "fn q8_flush(i: u32, live: bool, lid: u32) {}\nfn q8_reset() {}\n".into();
+    }
+    let mut s = String::from("override Q8_BLOCK: u32 = 64u;\n");
+    for (name, signed) in [("U", false), ("S", true)] {
+        let bits = quant::map_bits(signed);
+        let list: Vec<String> = bits.iter().map(|b| format!("{b:#010x}u")).collect();
+        s.push_str(&format!(
+            "const Q8_{name}: array<u32, 256> = array<u32, 256>({});\nconst Q8_Z{name}: u32 = {}u;\n",
+            list.join(", "),
+            quant::Codebook::dynamic(signed).zero()
+        ));
+        s.push_str(&format!(
+            "fn q8_code_{name}(x: f32, amax: f32) -> u32 {{
+    let n = select(x / amax, 0.0, amax == 0.0);
+    var j = 0u;
+    for (var step = 128u; step > 0u; step /= 2u) {{
+        if bitcast<f32>(Q8_{name}[j + step]) <= n {{
+            j += step;
+        }}
+    }}
+    let lo = bitcast<f32>(Q8_{name}[j]);
+    let hi = bitcast<f32>(Q8_{name}[min(j + 1u, 255u)]);
+    j = select(j, j + 1u, j < 255u && (hi - n) < (n - lo));
+    return j ^ Q8_Z{name};
+}}
+fn q8_encode4_{name}(v: vec4<f32>, amax: f32) -> u32 {{
+    return q8_code_{name}(v.x, amax) | (q8_code_{name}(v.y, amax) << 8u)
+        | (q8_code_{name}(v.z, amax) << 16u) | (q8_code_{name}(v.w, amax) << 24u);
+}}
+fn q8_value_{name}(code: u32, amax: f32) -> f32 {{
+    return bitcast<f32>(Q8_{name}[(code & 255u) ^ Q8_Z{name}]) * amax;
+}}
+fn q8_decode4_{name}(w: u32, amax: f32) -> vec4<f32> {{
+    return vec4<f32>(q8_value_{name}(w, amax), q8_value_{name}(w >> 8u, amax),
+        q8_value_{name}(w >> 16u, amax), q8_value_{name}(w >> 24u, amax));
+}}
+"
+        ));
+    }
+    s.push_str(
+        "var<workgroup> q8_red: array<f32, WORKGROUP_SIZE>;
+// The largest `x` of the invocations of this invocation's block (Q8_BLOCK consecutive invocations).
+fn q8_block_max(lid: u32, x: f32) -> f32 {
+    q8_red[lid] = x;
+    workgroupBarrier();
+    for (var s = Q8_BLOCK / 2u; s > 0u; s /= 2u) {
+        if lid % Q8_BLOCK < s {
+            q8_red[lid] = max(q8_red[lid], q8_red[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let m = q8_red[lid - lid % Q8_BLOCK];
+    workgroupBarrier();
+    return m;
+}
+fn q8_reset() {
+    q8_v = vec4<f32>(0.0);
+    q8_m = vec4<f32>(0.0);
+    q8_a = vec4<f32>(0.0);
+}
+fn q8_flush(i: u32, live: bool, lid: u32) {
+    q8_store_v(i, live, lid);
+    if HAS_MOMENTUM {
+        q8_store_m(i, live, lid);
+    }
+    if CENTERED {
+        q8_store_a(i, live, lid);
+    }
+}
+",
+    );
+    s
+}
