@@ -249,6 +249,7 @@ mod optimizer;
 mod pool;
 #[doc(hidden)]
 pub mod pool_wgsl;
+pub mod quant;
 mod readback;
 pub mod reference;
 pub mod schedule;
