@@ -250,6 +250,7 @@ mod pool;
 mod pool_q8;
 #[doc(hidden)]
 pub mod pool_wgsl;
+pub mod quant;
 mod readback;
 pub mod reference;
 pub mod schedule;

@@ -18,6 +18,17 @@
 //! of squares stay f32). Initial values are rounded when a variable is added. The Keras base-class
 //! features (EMA, gradient accumulation, loss scaling) are f32 only: a step with one of them and a
 //! 16-bit role is refused ([`Error::InvalidConfig`] on `storage`).
+//!
+//! 8-bit state ([`Dtype::Q8`], [`crate::quant`]): a variable with `state: q8` and at least
+//! [`RmsPropConfig::q8_min_size`] elements ([`crate::quant::state_is_quantized`]) keeps its slots as
+//! bytes and block absmax ([`ReferenceState::q8`]). A step computes every element's new f32 values
+//! exactly as with f32 state, from the dequantized values; then, for each slot (velocity on the
+//! unsigned map, momentum and average gradient on the signed one), each block of
+//! [`RmsPropConfig::q8_block`] elements is quantized ([`crate::quant::Codebook::quantize_blocks`]) and
+//! the slot's values become the dequantized ones, which the next step starts from. The initial velocity
+//! is quantized the same way when the variable is added. A smaller variable keeps f32 state. A
+//! sparse gradient for a variable with quantized state is refused ([`Error::InvalidConfig`] on
+//! `storage`, before anything changes): the blocks are updated densely.
 
 use crate::config::{
     AverageForm, DuplicateIndices, EpsilonPlacement, MomentumForm, RmsPropConfig, SparseMode,
@@ -25,6 +36,7 @@ use crate::config::{
 };
 use crate::dtype::{Dtype, StorageTypes};
 use crate::error::{Error, Result};
+use crate::quant::{Codebook, Quantized};
 use crate::var_options::VarOptions;
 
 /// One element's state (`State` in the shader).
@@ -184,6 +196,32 @@ pub struct ReferenceState {
     /// The storage types (its options' [`VarOptions::storage`], else the configuration's), fixed when
     /// the variable is added. Every stored value is a value of its role's type.
     pub storage: StorageTypes,
+    /// The 8-bit state, when the state is quantized (`state: q8` and at least `q8_min_size`
+    /// elements); `v`, `m` and `a` then hold its dequantized values.
+    pub q8: Option<Q8State>,
+}
+
+/// A variable's 8-bit quantized slots as the kernels store them ([`crate::quant`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Q8State {
+    /// Elements per block ([`RmsPropConfig::q8_block`]).
+    pub block: usize,
+    /// Velocity (unsigned map).
+    pub v: Quantized,
+    /// Momentum (signed map), when kept.
+    pub m: Option<Quantized>,
+    /// Average gradient (signed map), when centered.
+    pub a: Option<Quantized>,
+}
+
+impl Q8State {
+    /// The codes and absmax of a zero-filled slot of `n` elements (zero bytes, zero absmax).
+    fn zeros(n: usize, block: usize) -> Quantized {
+        Quantized {
+            codes: vec![0; n],
+            absmax: vec![0.0; n.div_ceil(block)],
+        }
+    }
 }
 
 impl ReferenceState {
@@ -206,16 +244,32 @@ impl ReferenceState {
         // Stored values are values of their type: the initial values and the starting velocity are
         // rounded (to nearest even) as the upload does.
         let x: Vec<f32> = init.iter().map(|&x| storage.variable.round(x)).collect();
+        let mut v = vec![
+            storage
+                .state
+                .round(config.initial_accumulator_value() as f32);
+            n
+        ];
+        let (m, a) = (
+            c.has_momentum().then(|| vec![0.0; n]),
+            c.centered().then(|| vec![0.0; n]),
+        );
+        // 8-bit state: the initial velocity quantized by blocks; momentum and average start at 0.
+        let q8 = crate::quant::state_is_quantized(config, &storage, n).then(|| {
+            let block = config.q8_block();
+            Q8State {
+                block,
+                v: Codebook::dynamic(false).quantize_blocks(&mut v, block),
+                m: m.as_ref().map(|_| Q8State::zeros(n, block)),
+                a: a.as_ref().map(|_| Q8State::zeros(n, block)),
+            }
+        });
         ReferenceState {
             shape: shape.to_vec(),
-            v: vec![
-                storage
-                    .state
-                    .round(config.initial_accumulator_value() as f32);
-                n
-            ],
-            m: c.has_momentum().then(|| vec![0.0; n]),
-            a: c.centered().then(|| vec![0.0; n]),
+            v,
+            m,
+            a,
+            q8,
             options: options.clone(),
             acc: config.gradient_accumulation_steps().map(|_| vec![0.0; n]),
             // The variable's values: Keras's first call overwrites the average anyway, and a variable added
@@ -255,6 +309,18 @@ impl ReferenceState {
 
     fn row_len(&self) -> usize {
         self.shape.iter().skip(1).product()
+    }
+
+    /// 8-bit state: quantizes every slot block by block after a step computed its new values (the
+    /// kernels' store of quantized state); the slots then hold their dequantized values.
+    fn quantize_state(&mut self) {
+        let Some(q) = self.q8.as_mut() else {
+            return;
+        };
+        let (unsigned, signed) = (Codebook::dynamic(false), Codebook::dynamic(true));
+        q.v = unsigned.quantize_blocks(&mut self.v, q.block);
+        q.m = self.m.as_mut().map(|m| signed.quantize_blocks(m, q.block));
+        q.a = self.a.as_mut().map(|a| signed.quantize_blocks(a, q.block));
     }
 }
 
@@ -403,6 +469,16 @@ impl Reference {
         } else if var.a.is_none() {
             var.a = Some(vec![0.0; n]);
         }
+        if let Some(q) = var.q8.as_mut() {
+            // A slot gained is zero-filled (zero bytes decode to 0), a slot lost is dropped.
+            let keep = |slot: &mut Option<Quantized>, kept: bool| match (kept, slot.is_some()) {
+                (false, _) => *slot = None,
+                (true, false) => *slot = Some(Q8State::zeros(n, q.block)),
+                (true, true) => {}
+            };
+            keep(&mut q.m, var.m.is_some());
+            keep(&mut q.a, var.a.is_some());
+        }
         var.options = options.clone();
         Ok(())
     }
@@ -476,6 +552,7 @@ impl Reference {
     /// On lengths or indices that do not fit (the reference is an oracle, not a checked API).
     pub fn step(&mut self, grads: &[Option<RefGradient<'_>>]) -> Result<()> {
         self.check_storage()?;
+        self.check_q8_sparse(grads)?;
         let t = self.iterations + 1;
         self.step_update(grads)?;
         self.update_ema(t);
@@ -498,6 +575,27 @@ impl Reference {
                               loss_scale_factor (16-bit storage does not have them yet)",
             }),
             _ => Ok(()),
+        }
+    }
+
+    /// A sparse gradient for a variable with 8-bit state is refused (a frozen variable's gradient is
+    /// ignored, so it is not checked).
+    fn check_q8_sparse(&self, grads: &[Option<RefGradient<'_>>]) -> Result<()> {
+        let sparse_q8 = self.vars.iter().zip(grads).position(|(var, g)| {
+            var.q8.is_some() && !var.options.frozen && matches!(g, Some(RefGradient::Sparse { .. }))
+        });
+        match sparse_q8 {
+            Some(i) => Err(Error::InvalidConfig {
+                field: "storage",
+                value: format!(
+                    "{} (var{i}, a sparse gradient)",
+                    storage_text(&self.vars[i].storage)
+                ),
+                requirement:
+                    "cannot be q8 (8-bit quantized state, updated densely by blocks) for a \
+                              variable given a sparse gradient",
+            }),
+            None => Ok(()),
         }
     }
 
@@ -676,6 +774,8 @@ impl Reference {
                         let s = rmsprop(&c, &p, var.state(i), info.clip(gi), 0.0, false);
                         var.set(i, s, sr);
                     }
+                    // 8-bit state: every element's new values are in; quantize block by block.
+                    var.quantize_state();
                 }
                 Some(RefGradient::Sparse { indices, values }) => {
                     let row_len = var.row_len();
@@ -929,6 +1029,212 @@ mod tests {
             }
         ));
         r.set_variable_options(0, &bf16).unwrap();
+    }
+
+    fn q8_state() -> StorageTypes {
+        storage(Dtype::F32, Dtype::F32, Dtype::Q8)
+    }
+
+    /// Deterministic values in [-scale, scale).
+    fn values(n: usize, seed: u32, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i as u32 ^ seed.wrapping_mul(0x9E37_79B9)).wrapping_mul(0x85EB_CA6B);
+                let h = (h ^ (h >> 13)).wrapping_mul(0xC2B2_AE35);
+                ((h ^ (h >> 16)) as f32 / u32::MAX as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// An f32-state twin whose slots are quantized after each step by hand (what q8 storage does).
+    fn quantize_by_hand(var: &mut ReferenceState, block: usize) {
+        let (u, s) = (Codebook::dynamic(false), Codebook::dynamic(true));
+        u.quantize_blocks(&mut var.v, block);
+        if let Some(m) = var.m.as_mut() {
+            s.quantize_blocks(m, block);
+        }
+        if let Some(a) = var.a.as_mut() {
+            s.quantize_blocks(a, block);
+        }
+    }
+
+    #[test]
+    fn q8_state_is_the_f32_step_quantized_by_blocks() {
+        // 300 elements in blocks of 64: the last block partial (44).
+        let (n, block) = (300, 64);
+        for preset in [Preset::Keras, Preset::Torch, Preset::Tf1, Preset::Optax] {
+            let b = || {
+                RmsPropConfig::preset(preset)
+                    .learning_rate(0.01)
+                    .momentum(0.9)
+                    .centered(true)
+                    .q8_block(block)
+                    .q8_min_size(256)
+            };
+            let mut q = Reference::new(b().storage(q8_state()).build().unwrap());
+            let mut f = Reference::new(b().build().unwrap());
+            let init = values(n, 1, 1.0);
+            q.add_variable(&[n], &init);
+            f.add_variable(&[n], &init);
+            // The initial velocity (1 for tf1) is quantized: a constant block is stored exactly.
+            quantize_by_hand(&mut f.vars[0], block);
+            assert_eq!(q.vars[0].v, f.vars[0].v);
+            let q8 = q.vars[0].q8.clone().expect("quantized");
+            assert_eq!(q8.v.absmax.len(), 5);
+            let init_v = RmsPropConfig::preset(preset)
+                .build()
+                .unwrap()
+                .initial_accumulator_value() as f32;
+            assert!(q8.v.absmax.iter().all(|&a| a == init_v), "{preset:?}");
+            assert_eq!(q8.m.as_ref().unwrap().codes, vec![0; n]);
+            for t in 0..6 {
+                let g = values(n, 10 + t, 0.1);
+                q.step(&[Some(RefGradient::Dense(&g))]).unwrap();
+                f.step(&[Some(RefGradient::Dense(&g))]).unwrap();
+                quantize_by_hand(&mut f.vars[0], block);
+                let (qv, fv) = (&q.vars[0], &f.vars[0]);
+                assert_eq!(qv.x, fv.x, "{preset:?} step {t}");
+                assert_eq!((&qv.v, &qv.m, &qv.a), (&fv.v, &fv.m, &fv.a));
+                // The codes and absmax decode to the slots' values.
+                let q8 = qv.q8.as_ref().unwrap();
+                assert_eq!(
+                    Codebook::dynamic(false).dequantize_blocks(&q8.v, block),
+                    qv.v
+                );
+                let s = Codebook::dynamic(true);
+                assert_eq!(
+                    s.dequantize_blocks(q8.m.as_ref().unwrap(), block),
+                    *qv.m.as_ref().unwrap()
+                );
+                assert_eq!(
+                    s.dequantize_blocks(q8.a.as_ref().unwrap(), block),
+                    *qv.a.as_ref().unwrap()
+                );
+                assert_eq!(q8.v.absmax[4], crate::quant::block_absmax(&qv.v[256..]));
+            }
+            // Quantization did something: the values differ from an unquantized run.
+            let mut plain = Reference::new(b().build().unwrap());
+            plain.add_variable(&[n], &init);
+            for t in 0..6 {
+                let g = values(n, 10 + t, 0.1);
+                plain.step(&[Some(RefGradient::Dense(&g))]).unwrap();
+            }
+            assert_ne!(plain.vars[0].v, q.vars[0].v);
+        }
+    }
+
+    #[test]
+    fn q8_small_variables_keep_f32_state_and_absent_ones_stay() {
+        let b = || keras(0.01).momentum(0.5).q8_block(64).q8_min_size(128);
+        let mut q = Reference::new(b().storage(q8_state()).build().unwrap());
+        let mut f = Reference::new(b().build().unwrap());
+        // 127 elements: below q8_min_size; 128: quantized.
+        for r in [&mut q, &mut f] {
+            r.add_variable(&[127], &values(127, 2, 1.0));
+            r.add_variable(&[128], &values(128, 3, 1.0));
+        }
+        assert!(q.vars[0].q8.is_none() && q.vars[1].q8.is_some());
+        let (g0, g1) = (values(127, 4, 0.1), values(128, 5, 0.1));
+        q.step(&[Some(RefGradient::Dense(&g0)), Some(RefGradient::Dense(&g1))])
+            .unwrap();
+        f.step(&[Some(RefGradient::Dense(&g0)), Some(RefGradient::Dense(&g1))])
+            .unwrap();
+        let (a, b) = (&q.vars[0], &f.vars[0]);
+        assert_eq!((&a.x, &a.v, &a.m, &a.q8), (&b.x, &b.v, &b.m, &None));
+        assert_ne!(q.vars[1].v, f.vars[1].v);
+        // A variable absent from a step is not touched (not requantized).
+        let before = q.vars[1].clone();
+        q.step(&[Some(RefGradient::Dense(&g0)), None]).unwrap();
+        assert_eq!(q.vars[1], before);
+    }
+
+    #[test]
+    fn q8_per_variable_storage_and_slots_gained_later() {
+        let c = keras(0.01).q8_block(64).q8_min_size(64).build().unwrap();
+        let mut r = Reference::new(c);
+        let q8 = VarOptions {
+            storage: Some(q8_state()),
+            ..VarOptions::default()
+        };
+        r.add_variable_with(&[100], &values(100, 6, 1.0), &q8)
+            .unwrap();
+        r.add_variable(&[100], &values(100, 6, 1.0));
+        assert!(r.vars[0].q8.is_some() && r.vars[1].q8.is_none());
+        let g = values(100, 7, 0.1);
+        r.step(&[Some(RefGradient::Dense(&g)), Some(RefGradient::Dense(&g))])
+            .unwrap();
+        assert_ne!(r.vars[0].v, r.vars[1].v);
+        let mut want = r.vars[1].v.clone();
+        // One step from v = 0: the f32 velocity quantized by blocks.
+        Codebook::dynamic(false).quantize_blocks(&mut want, 64);
+        assert_eq!(r.vars[0].v, want);
+        // Momentum gained: zero bytes, zero values; lost: dropped.
+        let with_m = VarOptions {
+            momentum: Some(0.9),
+            ..q8.clone()
+        };
+        r.set_variable_options(0, &with_m).unwrap();
+        let m = r.vars[0].q8.as_ref().unwrap().m.clone().unwrap();
+        assert_eq!((m.codes, m.absmax), (vec![0; 100], vec![0.0; 2]));
+        r.step(&[Some(RefGradient::Dense(&g)), None]).unwrap();
+        assert!(r.vars[0].m.as_ref().unwrap().iter().any(|&x| x != 0.0));
+        r.set_variable_options(0, &q8).unwrap();
+        assert!(r.vars[0].m.is_none() && r.vars[0].q8.as_ref().unwrap().m.is_none());
+        // q8 is a state type only.
+        let bad = VarOptions {
+            storage: Some(StorageTypes::all(Dtype::Q8)),
+            ..VarOptions::default()
+        };
+        assert!(matches!(
+            r.add_variable_with(&[100], &[0.0; 100], &bad),
+            Err(Error::InvalidVarOptions {
+                field: "storage",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn q8_sparse_gradients_are_refused_before_anything_changes() {
+        let c = keras(0.01)
+            .storage(q8_state())
+            .q8_block(64)
+            .q8_min_size(64)
+            .build()
+            .unwrap();
+        let mut r = Reference::new(c);
+        r.add_variable(&[8, 8], &values(64, 8, 1.0));
+        // Below q8_min_size: f32 state, sparse steps are fine.
+        r.add_variable(&[4, 8], &values(32, 9, 1.0));
+        let before = r.clone();
+        let (indices, rows) = ([1usize], [0.5f32; 8]);
+        let sparse = RefGradient::Sparse {
+            indices: &indices,
+            values: &rows,
+        };
+        let err = r.step(&[Some(sparse), None]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidConfig {
+                    field: "storage",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("var0"), "{err}");
+        assert_eq!((&r.vars, r.iterations), (&before.vars, before.iterations));
+        r.step(&[None, Some(sparse)]).unwrap();
+        assert_eq!(r.iterations, 1);
+        // Frozen: the gradient is ignored, so it is not refused.
+        let frozen = VarOptions {
+            frozen: true,
+            storage: Some(q8_state()),
+            ..VarOptions::default()
+        };
+        r.set_variable_options(0, &frozen).unwrap();
+        r.step(&[Some(sparse), None]).unwrap();
     }
 
     #[test]

@@ -240,6 +240,9 @@ impl VarOptions {
             );
         }
         if let Some(storage) = self.storage {
+            if let Some(why) = crate::config::builder::q8_conflict(storage) {
+                return bad("storage", format!("{storage:?}"), why);
+            }
             if let Some(why) = crate::config::builder::copy_storage_conflict(storage) {
                 return bad("storage", format!("{storage:?}"), why);
             }
