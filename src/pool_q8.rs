@@ -56,8 +56,8 @@ fn ld_{n}(i: u32) -> vec4<f32> {{
 fn st_{n}(i: u32, value: vec4<f32>) {{ q8_{n} = value; }}
 fn q8_store_{n}(i: u32, live: bool, lid: u32) {{
     let value = select(vec4<f32>(0.0), q8_{n}, live);
-    let a = abs(value);
-    let amax = q8_block_max(lid, max(max(a.x, a.y), max(a.z, a.w)));
+    let mag = abs(value);
+    let amax = q8_block_max(lid, max(max(mag.x, mag.y), max(mag.z, mag.w)));
     if live {{
         let base = (i / Q8_BLOCK) * (Q8_BLOCK + 1u);
         {n}[base + 1u + i % Q8_BLOCK] = q8_encode4_{map}(value, amax);

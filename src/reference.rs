@@ -578,11 +578,16 @@ impl Reference {
         }
     }
 
-    /// A sparse gradient for a variable with 8-bit state is refused (a frozen variable's gradient is
-    /// ignored, so it is not checked).
+    /// A lazy sparse gradient for a variable with 8-bit state is refused (a frozen variable's gradient
+    /// is ignored, so it is not checked).
     fn check_q8_sparse(&self, grads: &[Option<RefGradient<'_>>]) -> Result<()> {
+        // Dense-mode sparse steps update every row (then the blocks are quantized as after a dense
+        // step); lazy ones would leave blocks half updated.
+        let lazy = self.config.sparse_mode() == SparseMode::Lazy;
         let sparse_q8 = self.vars.iter().zip(grads).position(|(var, g)| {
-            var.q8.is_some() && !var.options.frozen && matches!(g, Some(RefGradient::Sparse { .. }))
+            lazy && var.q8.is_some()
+                && !var.options.frozen
+                && matches!(g, Some(RefGradient::Sparse { .. }))
         });
         match sparse_q8 {
             Some(i) => Err(Error::InvalidConfig {
@@ -829,6 +834,8 @@ impl Reference {
                                 let s = rmsprop(&c, &p, var.state(i), gsum[i], q[i], use_q);
                                 var.set(i, s, sr);
                             }
+                            // Every row was updated: quantize block by block, as after a dense step.
+                            var.quantize_state();
                         }
                     }
                 }

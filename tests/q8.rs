@@ -19,24 +19,29 @@ fn q8() -> StorageTypes {
     }
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
+/// `label`: how many elements differ in bits, and the first (no megabyte dumps on failure).
+fn same(got: &[f32], want: &[f32], label: &str) {
+    assert_eq!(got.len(), want.len(), "{label}: lengths");
+    let diff: Vec<usize> = (0..got.len()).filter(|&i| got[i].to_bits() != want[i].to_bits()).collect();
+    if let Some(&i) = diff.first() {
+        panic!("{label}: {} of {} differ, first [{i}]: {} vs {}", diff.len(), got.len(), got[i], want[i]);
+    }
 }
 
 /// Every variable and slot against the twin, bit for bit.
 fn check(opt: &mut RmsProp, r: &Reference, ids: &[VarId], label: &str) {
     for (k, &id) in ids.iter().enumerate() {
         let s = &r.vars[k];
-        assert_eq!(bits(&opt.read_variable(id).unwrap()), bits(&s.x), "{label} w{k} x");
+        same(&opt.read_variable(id).unwrap(), &s.x, &format!("{label} w{k} x"));
         let v = opt.read_slot(id, Slot::Velocity).unwrap();
-        assert_eq!(bits(&v), bits(&s.v), "{label} w{k} velocity");
+        same(&v, &s.v, &format!("{label} w{k} velocity"));
         if let Some(m) = &s.m {
             let got = opt.read_slot(id, Slot::Momentum).unwrap();
-            assert_eq!(bits(&got), bits(m), "{label} w{k} momentum");
+            same(&got, m, &format!("{label} w{k} momentum"));
         }
         if let Some(a) = &s.a {
             let got = opt.read_slot(id, Slot::AverageGradient).unwrap();
-            assert_eq!(bits(&got), bits(a), "{label} w{k} average_gradient");
+            same(&got, a, &format!("{label} w{k} average_gradient"));
         }
     }
 }
@@ -134,6 +139,7 @@ fn dense_mode_sparse_steps_and_state_bytes() {
     let config = RmsPropConfig::preset(Preset::Keras)
         .learning_rate(0.01)
         .momentum(0.9)
+        .sparse_mode(wgpu_rmsprop::SparseMode::Dense)
         .storage(q8())
         .build()
         .unwrap();

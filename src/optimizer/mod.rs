@@ -665,7 +665,7 @@ impl RmsProp {
                     Dtype::Q8 => std::borrow::Cow::Owned(crate::pool_q8::encode_blocks(
                         &v,
                         layout.block as usize * 4,
-                        false,
+                        true,
                     )),
                     dtype => crate::dtype::encode(&v, dtype),
                 };
