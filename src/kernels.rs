@@ -166,6 +166,8 @@ pub mod binding {
     pub const EMA: u32 = 19;
     /// The 16-bit copy of the variables (`StorageTypes::copy`).
     pub const COPY: u32 = 20;
+    /// The maps of 8-bit quantized state (unsigned, then signed; 256 f32 bits each).
+    pub const Q8_MAPS: u32 = 21;
 }
 
 /// A compute entry point: its module, name and bindings (group 0).
@@ -413,12 +415,17 @@ pub(crate) fn writes_variables(kernel: &Kernel) -> bool {
 pub(crate) fn bindings_with(
     kernel: &Kernel,
     mode: ParamsMode,
-    (copy, ema): (bool, bool),
+    (copy, ema, q8): (bool, bool, bool),
 ) -> impl Iterator<Item = (u32, BindingKind)> + '_ {
     let extra = (copy && writes_variables(kernel)).then_some((binding::COPY, RW));
     let dense = writes_variables(kernel) && kernel.entry != "lazy";
     let average = (ema && dense).then_some((binding::EMA, RW));
-    kernel.bindings_for(mode).chain(extra).chain(average)
+    let maps = (q8 && dense).then_some((binding::Q8_MAPS, R));
+    kernel
+        .bindings_for(mode)
+        .chain(extra)
+        .chain(average)
+        .chain(maps)
 }
 
 pub(crate) fn bind_group_layout(
@@ -426,7 +433,7 @@ pub(crate) fn bind_group_layout(
     label: &str,
     kernel: &Kernel,
     mode: ParamsMode,
-    extras: (bool, bool),
+    extras: (bool, bool, bool),
 ) -> wgpu::BindGroupLayout {
     let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings_with(kernel, mode, extras)
         .map(|(binding, kind)| wgpu::BindGroupLayoutEntry {

@@ -84,13 +84,15 @@ pub(crate) fn flush_wgsl(q8: bool) -> String {
     if !q8 {
         return "fn q8_flush(i: u32, live: bool, lid: u32) {}\nfn q8_reset() {}\n".into();
     }
-    let mut s = String::from("override Q8_BLOCK: u32 = 64u;\n");
+    let mut s = String::from(
+        "override Q8_BLOCK: u32 = 64u;\n\
+         // The maps (binding 21): unsigned from 0, signed from 256.\n\
+         @group(0) @binding(21) var<storage, read> q8_maps: array<u32>;\n",
+    );
     for (name, signed) in [("U", false), ("S", true)] {
-        let bits = quant::map_bits(signed);
-        let list: Vec<String> = bits.iter().map(|b| format!("{b:#010x}u")).collect();
         s.push_str(&format!(
-            "const Q8_{name}: array<u32, 256> = array<u32, 256>({});\nconst Q8_Z{name}: u32 = {}u;\n",
-            list.join(", "),
+            "const Q8_{name}: u32 = {}u;\nconst Q8_Z{name}: u32 = {}u;\n",
+            if signed { 256 } else { 0 },
             quant::Codebook::dynamic(signed).zero()
         ));
         s.push_str(&format!(
@@ -98,12 +100,12 @@ pub(crate) fn flush_wgsl(q8: bool) -> String {
     let n = select(x / amax, 0.0, amax == 0.0);
     var j = 0u;
     for (var step = 128u; step > 0u; step /= 2u) {{
-        if bitcast<f32>(Q8_{name}[j + step]) <= n {{
+        if bitcast<f32>(q8_maps[Q8_{name} + j + step]) <= n {{
             j += step;
         }}
     }}
-    let lo = bitcast<f32>(Q8_{name}[j]);
-    let hi = bitcast<f32>(Q8_{name}[min(j + 1u, 255u)]);
+    let lo = bitcast<f32>(q8_maps[Q8_{name} + j]);
+    let hi = bitcast<f32>(q8_maps[Q8_{name} + min(j + 1u, 255u)]);
     j = select(j, j + 1u, j < 255u && (hi - n) < (n - lo));
     return j ^ Q8_Z{name};
 }}
@@ -112,7 +114,7 @@ fn q8_encode4_{name}(v: vec4<f32>, amax: f32) -> u32 {{
         | (q8_code_{name}(v.z, amax) << 16u) | (q8_code_{name}(v.w, amax) << 24u);
 }}
 fn q8_value_{name}(code: u32, amax: f32) -> f32 {{
-    return bitcast<f32>(Q8_{name}[(code & 255u) ^ Q8_Z{name}]) * amax;
+    return bitcast<f32>(q8_maps[Q8_{name} + ((code & 255u) ^ Q8_Z{name})]) * amax;
 }}
 fn q8_decode4_{name}(w: u32, amax: f32) -> vec4<f32> {{
     return vec4<f32>(q8_value_{name}(w, amax), q8_value_{name}(w >> 8u, amax),

@@ -186,7 +186,11 @@ impl ReadBack {
         for &n in &self.parts {
             let mut item = T::default();
             for &(k, at, bytes, layout) in ranges.by_ref().take(n) {
-                part(&views[k][at as usize..(at + bytes) as usize], layout, &mut item);
+                part(
+                    &views[k][at as usize..(at + bytes) as usize],
+                    layout,
+                    &mut item,
+                );
             }
             out.push(item);
         }

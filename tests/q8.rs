@@ -22,9 +22,17 @@ fn q8() -> StorageTypes {
 /// `label`: how many elements differ in bits, and the first (no megabyte dumps on failure).
 fn same(got: &[f32], want: &[f32], label: &str) {
     assert_eq!(got.len(), want.len(), "{label}: lengths");
-    let diff: Vec<usize> = (0..got.len()).filter(|&i| got[i].to_bits() != want[i].to_bits()).collect();
+    let diff: Vec<usize> = (0..got.len())
+        .filter(|&i| got[i].to_bits() != want[i].to_bits())
+        .collect();
     if let Some(&i) = diff.first() {
-        panic!("{label}: {} of {} differ, first [{i}]: {} vs {}", diff.len(), got.len(), got[i], want[i]);
+        panic!(
+            "{label}: {} of {} differ, first [{i}]: {} vs {}",
+            diff.len(),
+            got.len(),
+            got[i],
+            want[i]
+        );
     }
 }
 
@@ -32,7 +40,11 @@ fn same(got: &[f32], want: &[f32], label: &str) {
 fn check(opt: &mut RmsProp, r: &Reference, ids: &[VarId], label: &str) {
     for (k, &id) in ids.iter().enumerate() {
         let s = &r.vars[k];
-        same(&opt.read_variable(id).unwrap(), &s.x, &format!("{label} w{k} x"));
+        same(
+            &opt.read_variable(id).unwrap(),
+            &s.x,
+            &format!("{label} w{k} x"),
+        );
         let v = opt.read_slot(id, Slot::Velocity).unwrap();
         same(&v, &s.v, &format!("{label} w{k} velocity"));
         if let Some(m) = &s.m {
@@ -47,7 +59,13 @@ fn check(opt: &mut RmsProp, r: &Reference, ids: &[VarId], label: &str) {
 }
 
 /// Builds both, adds `lens` variables, runs `steps` dense steps with gradients spanning 1e-6..1.
-fn run(b: RmsPropConfigBuilder, options: OptimizerOptions, lens: &[usize], steps: usize, label: &str) {
+fn run(
+    b: RmsPropConfigBuilder,
+    options: OptimizerOptions,
+    lens: &[usize],
+    steps: usize,
+    label: &str,
+) {
     let config = b.build().unwrap();
     let mut opt = RmsProp::with_options(ctx(), config.clone(), options).unwrap();
     let mut r = Reference::new(config);
@@ -73,7 +91,8 @@ fn run(b: RmsPropConfigBuilder, options: OptimizerOptions, lens: &[usize], steps
             .map(|(&id, g)| (id, Gradient::Dense(g)))
             .collect();
         opt.apply(&g).unwrap();
-        let rg: Vec<Option<RefGradient>> = grads.iter().map(|g| Some(RefGradient::Dense(g))).collect();
+        let rg: Vec<Option<RefGradient>> =
+            grads.iter().map(|g| Some(RefGradient::Dense(g))).collect();
         r.step(&rg).unwrap();
         check(&mut opt, &r, &ids, &format!("{label} step {}", t + 1));
     }
@@ -125,7 +144,10 @@ fn block_sizes_splits_and_alignment() {
         run(b, options, &[3, 40_001, 777], 4, &format!("block {block}"));
     }
     // Several invocations per workgroup's vec4s.
-    let b = RmsPropConfig::builder().momentum(0.9).storage(q8()).q8_min_size(1);
+    let b = RmsPropConfig::builder()
+        .momentum(0.9)
+        .storage(q8())
+        .q8_min_size(1);
     let options = OptimizerOptions {
         vec4s_per_invocation: 3,
         workgroup_size: 64,
@@ -180,7 +202,8 @@ fn dense_mode_sparse_steps_and_state_bytes() {
             .build()
             .unwrap();
         let mut o = RmsProp::new(ctx(), c).unwrap();
-        o.add_variable("w", &[1 << 20], &vec![0.0; 1 << 20]).unwrap();
+        o.add_variable("w", &[1 << 20], &vec![0.0; 1 << 20])
+            .unwrap();
         o.pool_stats().state_bytes
     };
     let ratio = bytes(Dtype::Q8) as f64 / bytes(Dtype::F32) as f64;
@@ -190,24 +213,78 @@ fn dense_mode_sparse_steps_and_state_bytes() {
 #[test]
 fn what_is_refused() {
     let e = RmsPropConfig::builder().q8_block(100).build().unwrap_err();
-    assert!(matches!(e, Error::InvalidConfig { field: "q8_block", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "q8_block",
+                ..
+            }
+        ),
+        "{e}"
+    );
     let e = RmsPropConfig::builder().q8_block(8192).build().unwrap_err();
-    assert!(matches!(e, Error::InvalidConfig { field: "q8_block", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "q8_block",
+                ..
+            }
+        ),
+        "{e}"
+    );
     for bad in [
-        StorageTypes { variable: Dtype::Q8, ..StorageTypes::default() },
-        StorageTypes { gradient: Dtype::Q8, ..StorageTypes::default() },
-        StorageTypes { copy: Some(Dtype::Q8), ..StorageTypes::default() },
+        StorageTypes {
+            variable: Dtype::Q8,
+            ..StorageTypes::default()
+        },
+        StorageTypes {
+            gradient: Dtype::Q8,
+            ..StorageTypes::default()
+        },
+        StorageTypes {
+            copy: Some(Dtype::Q8),
+            ..StorageTypes::default()
+        },
     ] {
         let e = RmsPropConfig::builder().storage(bad).build().unwrap_err();
-        assert!(matches!(e, Error::InvalidConfig { field: "storage", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::InvalidConfig {
+                    field: "storage",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
     // A block larger than 4x the workgroup size.
-    let config = RmsPropConfig::builder().storage(q8()).q8_block(4096).build().unwrap();
+    let config = RmsPropConfig::builder()
+        .storage(q8())
+        .q8_block(4096)
+        .build()
+        .unwrap();
     let mut opt = RmsProp::new(ctx(), config).unwrap();
-    let e = opt.add_variable("w", &[8192], &vec![0.0; 8192]).unwrap_err();
-    assert!(matches!(e, Error::InvalidConfig { field: "q8_block", .. }), "{e}");
+    let e = opt
+        .add_variable("w", &[8192], &vec![0.0; 8192])
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "q8_block",
+                ..
+            }
+        ),
+        "{e}"
+    );
     // Lazy sparse steps on quantized state, and checkpoints, are refused; nothing changes.
-    let config = RmsPropConfig::preset(Preset::TfRaw).storage(q8()).build().unwrap();
+    let config = RmsPropConfig::preset(Preset::TfRaw)
+        .storage(q8())
+        .build()
+        .unwrap();
     let mut opt = RmsProp::new(ctx(), config).unwrap();
     let id = opt.add_variable("t", &[1024, 8], &vec![0.5; 8192]).unwrap();
     let before = common::kept_state(&mut opt, &[id]);
@@ -220,7 +297,16 @@ fn what_is_refused() {
             },
         )])
         .unwrap_err();
-    assert!(matches!(e, Error::InvalidConfig { field: "sparse_mode", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "sparse_mode",
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert_eq!(common::kept_state(&mut opt, &[id]), before);
     let path = std::env::temp_dir().join("q8-refused.safetensors");
     let e = opt.save_checkpoint(&path, true).unwrap_err();

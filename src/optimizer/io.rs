@@ -422,7 +422,11 @@ impl RmsProp {
 
     /// Checkpoints of 8-bit quantized state (codes and absmax) are not written yet.
     fn refuse_q8_checkpoint(&self, path: &std::path::Path) -> Result<()> {
-        let q8 = self.layout.variables.iter().find(|v| v.storage.state == crate::dtype::Dtype::Q8);
+        let q8 = self
+            .layout
+            .variables
+            .iter()
+            .find(|v| v.storage.state == crate::dtype::Dtype::Q8);
         match q8 {
             Some(v) => Err(Error::Checkpoint {
                 path: path.display().to_string(),

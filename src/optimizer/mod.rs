@@ -203,7 +203,20 @@ impl RmsProp {
             ParamsMode::Uniform
         };
         log::debug!("{prefix}: step parameters as {mode:?}");
-        let mut gpu = Gpu::new(device, &prefix, mode, kinds, &constants)?;
+        let q8 = config.storage().state == Dtype::Q8;
+        if q8 && limits.max_storage_buffers_per_shader_stage < 9 {
+            let have = limits.max_storage_buffers_per_shader_stage;
+            return Err(invalid(
+                "storage",
+                format!(
+                    "{:?} on a device with {have} storage buffers per stage",
+                    config.storage()
+                ),
+                "q8 state needs 9 storage buffers per shader stage (the dense kernel binds the \
+                 quantization maps too)",
+            ));
+        }
+        let mut gpu = Gpu::new(device, &prefix, mode, kinds, &constants, q8)?;
         let q8_block = (config.q8_block() / 4) as u64;
         gpu.q8_block = q8_block;
         let mut layout = Layout::new(0, chunk_limit, align / VEC4_BYTES);
@@ -229,7 +242,10 @@ impl RmsProp {
             ctx: ctx.clone(),
             variant,
             exclude_names: Vec::new(),
-            layout: Layout { optimizer: id, ..layout },
+            layout: Layout {
+                optimizer: id,
+                ..layout
+            },
             gpu,
             uploader: Uploader::new(
                 format!("{prefix}/staging"),
@@ -532,6 +548,15 @@ impl RmsProp {
         options.validate(name, &self.config)?;
         let hyper = self.resolve(name, options);
         let mut storage = options.storage.unwrap_or(self.config.storage());
+        if storage.state == Dtype::Q8 && !self.gpu.q8 {
+            return Err(Error::InvalidVarOptions {
+                variable: name.into(),
+                field: "storage",
+                value: format!("{storage:?}"),
+                requirement: "can hold q8 state only where the configuration's state is q8 (its \
+                              kernels bind the quantization maps)",
+            });
+        }
         if storage.state == Dtype::Q8 {
             // Small variables keep f32 state (bitsandbytes' min_8bit_size).
             let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
@@ -541,7 +566,8 @@ impl RmsProp {
                 return Err(Error::InvalidConfig {
                     field: "q8_block",
                     value: self.config.q8_block().to_string(),
-                    requirement: "must be at most 4x the workgroup size (a workgroup finds each block's \
+                    requirement:
+                        "must be at most 4x the workgroup size (a workgroup finds each block's \
                                   absmax)",
                 });
             }

@@ -176,12 +176,16 @@ impl RmsProp {
         if self.plan_cfg.lazy {
             // Lazy rows would need whole blocks requantized around them: not yet.
             let quantized = sc.shape.parts.iter().enumerate().find(|&(i, &p)| {
-                p == Part::Sparse && self.layout.variables[i].storage.state == crate::dtype::Dtype::Q8
+                p == Part::Sparse
+                    && self.layout.variables[i].storage.state == crate::dtype::Dtype::Q8
             });
             if let Some((i, _)) = quantized {
                 return Err(Error::InvalidConfig {
                     field: "sparse_mode",
-                    value: format!("lazy, for {:?} whose state is q8", self.layout.variables[i].name),
+                    value: format!(
+                        "lazy, for {:?} whose state is q8",
+                        self.layout.variables[i].name
+                    ),
                     requirement: "cannot update 8-bit quantized state lazily yet (use sparse_mode \
                                   dense, or f32/16-bit state for that variable)",
                 });

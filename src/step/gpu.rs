@@ -168,6 +168,10 @@ pub(crate) struct Gpu {
     copy: bool,
     /// Vec4 per block of 8-bit quantized state (`RmsPropConfig::q8_block` / 4).
     pub q8_block: u64,
+    /// The dense kernels bind the maps of 8-bit quantized state (`q8_maps`).
+    pub q8: bool,
+    /// Those maps: the unsigned one, then the signed one (`crate::quant::map_bits`).
+    q8_maps: wgpu::Buffer,
     /// The dense kernel binds Keras's moving average of the variables and can update it in the step's
     /// dispatch (`Params::ema_mode`).
     pub ema: bool,
@@ -206,19 +210,20 @@ impl Gpu {
         mode: ParamsMode,
         kinds: Vec<Kind>,
         constants: &[(&'static str, f64)],
+        q8: bool,
     ) -> Result<Self> {
         let limits = device.limits();
         // The 16-bit copy of the variables is bound by the kernels that write them; Keras's moving
         // average by the dense kernel where the device has a binding to spare (else its own dispatch).
         let copy = kinds.contains(&Kind::Copy);
-        let needed = 8 + u32::from(copy) + 1;
+        let needed = 8 + u32::from(copy) + u32::from(q8) + 1;
         let ema =
             kinds.contains(&Kind::Ema) && limits.max_storage_buffers_per_shader_stage >= needed;
         let layouts: Vec<wgpu::BindGroupLayout> = KERNELS
             .iter()
             .map(|(_, k)| {
                 let label = format!("{prefix}/{} bind group layout", k.name);
-                kernels::bind_group_layout(device, &label, k, mode, (copy, ema))
+                kernels::bind_group_layout(device, &label, k, mode, (copy, ema, q8))
             })
             .collect();
         let pipelines = Pipelines {
@@ -260,6 +265,19 @@ impl Gpu {
             pipelines,
             copy,
             q8_block: 64,
+            q8,
+            q8_maps: {
+                use wgpu::util::DeviceExt;
+                let maps: Vec<u32> = [false, true]
+                    .iter()
+                    .flat_map(|&signed| crate::quant::map_bits(signed))
+                    .collect();
+                device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(&format!("{prefix}/q8 maps")),
+                    contents: bytemuck::cast_slice(&maps),
+                    usage: wgpu::BufferUsages::STORAGE,
+                })
+            },
             ema,
             placeholders,
             chunks: Vec::new(),
@@ -553,38 +571,40 @@ impl Gpu {
                 binding::GIDX => &self.gpu_indices.buffer,
                 binding::HEADS => &self.heads.buffer,
                 binding::NEXT => &self.next.buffer,
+                binding::Q8_MAPS => &self.q8_maps,
                 _ => return None,
             })
         };
-        let make =
-            |k: usize, chunk: Option<&ChunkBuffers>, label: String| {
-                let entries: Vec<wgpu::BindGroupEntry> =
-                    kernels::bindings_with(&KERNELS[k].1, self.mode, (self.copy, self.ema))
-                        .map(|(b, _)| wgpu::BindGroupEntry {
-                            binding: b,
-                            resource: if b == binding::PARAMS {
-                                uniform.clone()
-                            } else {
-                                let pooled = Kind::ALL.iter().find(|kind| kind.binding() == b).map(
-                                    |&kind| {
+        let make = |k: usize, chunk: Option<&ChunkBuffers>, label: String| {
+            let entries: Vec<wgpu::BindGroupEntry> =
+                kernels::bindings_with(&KERNELS[k].1, self.mode, (self.copy, self.ema, self.q8))
+                    .map(|(b, _)| wgpu::BindGroupEntry {
+                        binding: b,
+                        resource: if b == binding::PARAMS {
+                            uniform.clone()
+                        } else {
+                            let pooled =
+                                Kind::ALL
+                                    .iter()
+                                    .find(|kind| kind.binding() == b)
+                                    .map(|&kind| {
                                         chunk
                                             .and_then(|c| c.buffers[kind as usize].as_ref())
                                             .unwrap_or(&self.placeholders[kind as usize])
-                                    },
-                                );
-                                pooled
-                                    .or_else(|| global(b))
-                                    .unwrap_or(&self.placeholders[0])
-                                    .as_entire_binding()
-                            },
-                        })
-                        .collect();
-                self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(&label),
-                    layout: &self.layouts[k],
-                    entries: &entries,
-                })
-            };
+                                    });
+                            pooled
+                                .or_else(|| global(b))
+                                .unwrap_or(&self.placeholders[0])
+                                .as_entire_binding()
+                        },
+                    })
+                    .collect();
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&label),
+                layout: &self.layouts[k],
+                entries: &entries,
+            })
+        };
         let prefix = &self.prefix;
         let per_chunk: Vec<Vec<wgpu::BindGroup>> = self
             .chunks
