@@ -642,6 +642,10 @@ mod tests {
                 state: F16,
                 copy: Some(Bf16),
             },
+            StorageTypes {
+                state: crate::dtype::Dtype::Q8,
+                ..StorageTypes::default()
+            },
         ];
         for (k, mode, storage) in ALL
             .iter()

@@ -84,6 +84,10 @@ fn modules() -> Vec<(String, String, Module)> {
         wgpu_rmsprop::StorageTypes::default(),
         wgpu_rmsprop::StorageTypes::all(wgpu_rmsprop::Dtype::F16),
         wgpu_rmsprop::StorageTypes::all(wgpu_rmsprop::Dtype::Bf16),
+        wgpu_rmsprop::StorageTypes {
+            state: wgpu_rmsprop::Dtype::Q8,
+            ..wgpu_rmsprop::StorageTypes::default()
+        },
     ];
     for k in kernels::ALL {
         for mode in [ParamsMode::Uniform, ParamsMode::Immediate] {
