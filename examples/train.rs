@@ -240,7 +240,8 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<(), Box<dyn Error>> {
     env_logger::init();
     let mut cli = cli::Cli::new(
-        "usage: train [--epochs N] [--plot PATH] [--ema MOMENTUM] [--dtype f32|f16|bf16]",
+        "usage: train [--epochs N] [--plot PATH] [--ema MOMENTUM] [--dtype f32|f16|bf16] \
+         [--state f32|f16|bf16|q8]",
     );
     let (mut epochs, mut plot_path) = (40, "train_loss.png".to_string());
     let mut ema: Option<f64> = None;
@@ -251,6 +252,9 @@ fn run() -> Result<(), Box<dyn Error>> {
             "--plot" => plot_path = cli.raw(&option, "a PATH"),
             "--ema" => ema = Some(cli.value(&option, "a MOMENTUM")),
             "--dtype" => storage_types = cli.dtype(&option),
+            // The optimizer state's type alone (q8: 8-bit block-wise quantized; every variable
+            // here, down to the 10 biases, so that the parameters share one pool buffer).
+            "--state" => storage_types.state = cli.state(&option),
             _ => cli.unknown(&option),
         }
     }
@@ -269,7 +273,10 @@ fn run() -> Result<(), Box<dyn Error>> {
 
     // The parameters live in the optimizer's pools.
     let mut config = cli::with_storage(
-        RmsPropConfig::builder().learning_rate(0.002).name("mlp"),
+        RmsPropConfig::builder()
+            .learning_rate(0.002)
+            .name("mlp")
+            .q8_min_size(1),
         storage_types,
     );
     if let Some(m) = ema {

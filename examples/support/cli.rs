@@ -96,6 +96,15 @@ impl Cli {
         }
     }
 
+    /// `f32`, `f16`, `bf16` or `q8` after `option`: the optimizer state's type alone.
+    pub fn state(&mut self, option: &str) -> Dtype {
+        let v = self.raw(option, "f32|f16|bf16|q8");
+        match Dtype::parse(&v) {
+            Some(d) => d,
+            None => self.fail(&format!("{option} needs f32|f16|bf16|q8, not `{v}`")),
+        }
+    }
+
     /// `var=T,grad=T,state=T` after `option` (any of the three, in any order; the others f32).
     pub fn storage(&mut self, option: &str) -> StorageTypes {
         let v = self.raw(option, "var=T,grad=T,state=T");
