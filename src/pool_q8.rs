@@ -54,10 +54,7 @@ fn ld_{n}(i: u32) -> vec4<f32> {{
     return q8_decode4_{map}({n}[base + 1u + i % Q8_BLOCK], bitcast<f32>({n}[base]));
 }}
 fn st_{n}(i: u32, value: vec4<f32>) {{ q8_{n} = value; }}
-fn q8_store_{n}(i: u32, live: bool, lid: u32) {{
-    let value = select(vec4<f32>(0.0), q8_{n}, live);
-    let mag = abs(value);
-    let amax = q8_block_max(lid, max(max(mag.x, mag.y), max(mag.z, mag.w)));
+fn q8_store_{n}(i: u32, live: bool, value: vec4<f32>, amax: f32) {{
     if live {{
         let base = (i / Q8_BLOCK) * (Q8_BLOCK + 1u);
         {n}[base + 1u + i % Q8_BLOCK] = q8_encode4_{map}(value, amax);
@@ -124,9 +121,15 @@ fn q8_decode4_{name}(w: u32, amax: f32) -> vec4<f32> {{
         ));
     }
     s.push_str(
-        "var<workgroup> q8_red: array<f32, WORKGROUP_SIZE>;
-// The largest `x` of the invocations of this invocation's block (Q8_BLOCK consecutive invocations).
-fn q8_block_max(lid: u32, x: f32) -> f32 {
+        "var<workgroup> q8_red: array<vec3<f32>, WORKGROUP_SIZE>;
+// The largest magnitude of a vec4.
+fn q8_mag(v: vec4<f32>) -> f32 {
+    let m = abs(v);
+    return max(max(m.x, m.y), max(m.z, m.w));
+}
+// The largest `x` of the invocations of this invocation's block (Q8_BLOCK consecutive invocations),
+// for the three slots at once (one reduction: lavapipe pays for every barrier).
+fn q8_block_max(lid: u32, x: vec3<f32>) -> vec3<f32> {
     q8_red[lid] = x;
     workgroupBarrier();
     for (var s = Q8_BLOCK / 2u; s > 0u; s /= 2u) {
@@ -145,12 +148,16 @@ fn q8_reset() {
     q8_a = vec4<f32>(0.0);
 }
 fn q8_flush(i: u32, live: bool, lid: u32) {
-    q8_store_v(i, live, lid);
+    let nv = select(vec4<f32>(0.0), q8_v, live);
+    let nm = select(vec4<f32>(0.0), q8_m, live);
+    let na = select(vec4<f32>(0.0), q8_a, live);
+    let amax = q8_block_max(lid, vec3<f32>(q8_mag(nv), q8_mag(nm), q8_mag(na)));
+    q8_store_v(i, live, nv, amax.x);
     if HAS_MOMENTUM {
-        q8_store_m(i, live, lid);
+        q8_store_m(i, live, nm, amax.y);
     }
     if CENTERED {
-        q8_store_a(i, live, lid);
+        q8_store_a(i, live, na, amax.z);
     }
 }
 ",
