@@ -161,7 +161,8 @@
 //! bit for bit. [`RmsPropConfigBuilder::stochastic_rounding`] rounds bf16 variables stochastically;
 //! [`StorageTypes::copy`] keeps f32 master weights with a 16-bit copy written by the same kernels
 //! ([`RmsProp::copy_slices`]). Host gradients of a 16-bit type travel as [`Gradient::Dense16`] /
-//! [`Gradient::Sparse16`]; reads widen to f32 exactly.
+//! [`Gradient::Sparse16`]; reads widen to f32 exactly. [`Dtype::Q8`] keeps the state in 8 bits with one
+//! absmax per block ([`quant`], bitsandbytes' dynamic map), a quarter of f32's bytes.
 //!
 //! ```
 //! use wgpu_rmsprop::half::bf16;
