@@ -131,16 +131,19 @@ impl RmsProp {
             value,
             requirement,
         };
-        if config.storage().copy.is_some() && limits.max_storage_buffers_per_shader_stage < 9 {
+        // The 16-bit copy and the q8 maps are one more storage binding each for the dense kernel.
+        let q8 = config.storage().state == Dtype::Q8;
+        let needed = 8 + u32::from(config.storage().copy.is_some()) + u32::from(q8);
+        if limits.max_storage_buffers_per_shader_stage < needed {
             let have = limits.max_storage_buffers_per_shader_stage;
             return Err(invalid(
                 "storage",
                 format!(
-                    "{:?} on a device with {have} storage buffers per stage",
+                    "{:?} on a device with {have} storage buffers per stage ({needed} needed)",
                     config.storage()
                 ),
-                "copy needs 9 storage buffers per shader stage (the kernels that write the \
-                 variables bind the copy too)",
+                "a 16-bit copy of the variables and q8 state each need one more storage buffer per \
+                 shader stage than wgpu's default 8",
             ));
         }
         let wg = options.workgroup_size;
@@ -203,19 +206,6 @@ impl RmsProp {
             ParamsMode::Uniform
         };
         log::debug!("{prefix}: step parameters as {mode:?}");
-        let q8 = config.storage().state == Dtype::Q8;
-        if q8 && limits.max_storage_buffers_per_shader_stage < 9 {
-            let have = limits.max_storage_buffers_per_shader_stage;
-            return Err(invalid(
-                "storage",
-                format!(
-                    "{:?} on a device with {have} storage buffers per stage",
-                    config.storage()
-                ),
-                "q8 state needs 9 storage buffers per shader stage (the dense kernel binds the \
-                 quantization maps too)",
-            ));
-        }
         let mut gpu = Gpu::new(device, &prefix, mode, kinds, &constants, q8)?;
         let q8_block = (config.q8_block() / 4) as u64;
         gpu.q8_block = q8_block;
