@@ -10,6 +10,15 @@
 //! gradient in the state type; the moving average ([`crate::Slot::Ema`]) is always f32. NumPy has no
 //! bfloat16: in Python, `BF16` tensors load with `safetensors.torch` (or `safe_open(framework="pt")`).
 //!
+//! A slot in 8-bit quantized state ([`crate::Dtype::Q8`]) is two tensors: `slots/<slot>/<variable>`,
+//! `U8` of the variable's shape, the codes (one per element, in order), and
+//! `slots/<slot>/<variable>/absmax`, `F32` of shape `[blocks]`, each block's absmax (blocks of
+//! [`crate::RmsPropConfig::q8_block`] elements from the variable's start, the last one partial when the
+//! size is not a multiple). Value `i` is [`crate::quant::Codebook::dequantize`] of its code and
+//! `absmax[i / block]`, in [`crate::quant::Codebook::dynamic`] (unsigned for velocity, signed for momentum
+//! and average gradient).
+//! Both are the GPU's bytes: a restored optimizer continues bit for bit.
+//!
 //! The metadata holds `format`, `preset`, `config` (JSON), `iterations`, `skipped_steps`, `variables`
 //! (JSON list of names and shapes), `var_options` (JSON list, per variable, of its options as they
 //! resolve: see [`var_options_json`]), `storage` (JSON list, per variable, of its storage types: see
@@ -27,7 +36,7 @@
 //! without `var_options` holds variables without options) is an [`Error::Checkpoint`] and the optimizer
 //! is left exactly as it was. There is no conversion between types: a tensor whose safetensors type is
 //! not its buffer's type (a `BF16` velocity for an optimizer whose state is f16, an `F32` variable for
-//! a bf16 variable, an `F64` or integer tensor) is an error naming the tensor, the file's type and the
+//! a bf16 variable, an `F64` tensor, `U8` codes for f32 state or the reverse) is an error naming the tensor, the file's type and the
 //! optimizer's, and so is a variable whose storage types (variable, gradient or state) differ from
 //! the file's. A variable's storage types are fixed when it is added: to change them, add the
 //! variables with the file's types, load, and copy the values over.
@@ -164,6 +173,7 @@ fn from_st_dtype(dtype: StDtype) -> Option<Dtype> {
         StDtype::F32 => Some(Dtype::F32),
         StDtype::F16 => Some(Dtype::F16),
         StDtype::BF16 => Some(Dtype::Bf16),
+        StDtype::U8 => Some(Dtype::Q8),
         _ => None,
     }
 }
@@ -232,7 +242,8 @@ pub(crate) struct Restored {
     /// The loss scale factor when saved (it changes with dynamic loss scaling).
     pub loss_scale_factor: Option<f64>,
     /// Per variable (in the optimizer's order): its values if saved, then each kept slot's values, as
-    /// stored (little-endian bytes of the buffer's type, checked to be the file's).
+    /// stored (little-endian bytes of the buffer's type, checked to be the file's; q8 slots: the codes
+    /// and absmax interleaved as the GPU stores them, see [`crate::pool_q8`]).
     pub variables: Vec<Option<Vec<u8>>>,
     pub slots: Vec<Vec<Vec<u8>>>,
 }
@@ -246,6 +257,8 @@ pub(crate) struct Expected<'a> {
     pub storage: &'a [StorageTypes],
     /// The slot names of each variable, with the type of the slot's buffer.
     pub slots: &'a [Vec<(&'a str, Dtype)>],
+    /// Elements per q8 block ([`RmsPropConfig::q8_block`]).
+    pub q8_block: usize,
     /// Every variable's [`var_options_json`], as an array.
     pub var_options: Value,
     /// The same with default options, what a file without `var_options` holds.
@@ -423,9 +436,20 @@ pub(crate) fn read(path: &Path, expected: &Expected<'_>) -> Result<Restored> {
         )?);
         let mut per = Vec::new();
         for &(slot, dtype) in slots {
-            per.push(
-                tensor(&format!("slots/{slot}/{name}"), shape, dtype, true)?.unwrap_or_default(),
-            );
+            let tname = format!("slots/{slot}/{name}");
+            let values = tensor(&tname, shape, dtype, true)?.unwrap_or_default();
+            if dtype != Dtype::Q8 {
+                per.push(values);
+                continue;
+            }
+            // Codes (U8, the variable's shape) and one absmax per block (F32), interleaved back.
+            let block = expected.q8_block;
+            let blocks = values.len().div_ceil(block);
+            let aname = format!("{tname}/absmax");
+            let absmax = tensor(&aname, &[blocks], Dtype::F32, true)?.unwrap_or_default();
+            let joined = crate::pool_q8::join_blocks(&values, &absmax, block)
+                .ok_or_else(|| fail(path, format!("tensor {aname} does not match {tname}")))?;
+            per.push(joined);
         }
         out.slots.push(per);
     }

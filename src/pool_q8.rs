@@ -39,6 +39,42 @@ pub(crate) fn decode_blocks(
     }
 }
 
+/// Splits `bytes` (the `elems` values of one variable laid out as [`encode_blocks`] writes, whole blocks
+/// of `block` elements from its start) into the codes (one byte per element, pad bytes dropped) and the
+/// blocks' absmax (little-endian f32 bytes, one per block). `None` when `bytes` is not that long.
+pub(crate) fn split_blocks(bytes: &[u8], elems: usize, block: usize) -> Option<(Vec<u8>, Vec<u8>)> {
+    let blocks = elems.div_ceil(block);
+    let (mut codes, mut absmax) = (Vec::with_capacity(elems), Vec::with_capacity(4 * blocks));
+    let mut at = 0;
+    for b in 0..blocks {
+        let n = block.min(elems - b * block);
+        let end = at + 4 + n.next_multiple_of(4);
+        let words = bytes.get(at..end)?;
+        absmax.extend_from_slice(&words[..4]);
+        codes.extend_from_slice(&words[4..4 + n]);
+        at = end;
+    }
+    (at == bytes.len()).then_some((codes, absmax))
+}
+
+/// The inverse of [`split_blocks`]: `codes` (one byte per element) and `absmax` (little-endian f32 bytes,
+/// one per block of `block` elements) interleaved as the GPU stores them (a partial last block's pad
+/// codes 0). `None` when the lengths do not match.
+pub(crate) fn join_blocks(codes: &[u8], absmax: &[u8], block: usize) -> Option<Vec<u8>> {
+    let blocks = codes.len().div_ceil(block);
+    if absmax.len() != 4 * blocks {
+        return None;
+    }
+    let mut out = Vec::with_capacity(codes.len() + 4 * blocks + 4);
+    for (b, c) in codes.chunks(block).enumerate() {
+        out.extend_from_slice(&absmax[4 * b..4 * b + 4]);
+        let start = out.len();
+        out.extend_from_slice(c);
+        out.resize(start + c.len().next_multiple_of(4), 0);
+    }
+    Some(out)
+}
+
 /// The WGSL of a quantized state buffer `n` (binding `b`): in the vec4 form, `ld_n` dequantizes its
 /// vec4 and `st_n` stashes the new value for [`flush_wgsl`]'s `q8_flush`, which finds each block's
 /// absmax in workgroup memory and stores the codes (no extra pass over global memory). The scalar form
@@ -163,4 +199,29 @@ fn q8_flush(i: u32, live: bool, lid: u32) {
 ",
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_and_join_are_inverse() {
+        for (elems, block) in [(0, 64), (1, 64), (64, 64), (130, 64), (10_007, 256)] {
+            let values: Vec<f32> = (0..elems).map(|i| (i as f32 * 0.37).sin()).collect();
+            let bytes = encode_blocks(&values, block, false);
+            let (codes, absmax) = split_blocks(&bytes, elems, block).unwrap();
+            assert_eq!(codes.len(), elems);
+            assert_eq!(absmax.len(), 4 * elems.div_ceil(block));
+            assert_eq!(join_blocks(&codes, &absmax, block).unwrap(), bytes);
+            assert!(
+                split_blocks(&bytes[..bytes.len().saturating_sub(4)], elems, block).is_none()
+                    || elems == 0
+            );
+            assert!(
+                join_blocks(&codes, &absmax[..absmax.len().saturating_sub(4)], block).is_none()
+                    || elems == 0
+            );
+        }
+    }
 }

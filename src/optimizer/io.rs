@@ -194,8 +194,10 @@ impl RmsProp {
     /// the step count, the skipped-step count, the configuration, the current loss scale factor (restored
     /// by [`RmsProp::load_checkpoint`]: dynamic loss scaling changes it), and the variables when
     /// `include_variables`. Each tensor keeps its buffer's type (safetensors `F32`, `F16` or `BF16`, the
-    /// stored 16-bit values bit for bit) and each variable's storage types are recorded (metadata
-    /// `storage`), so that loading resumes bit for bit. Everything is read with one copy and one wait.
+    /// stored 16-bit values bit for bit; a slot in 8-bit quantized state is two tensors, its codes as
+    /// `U8` of the variable's shape and its blocks' absmax as `F32` `slots/<slot>/<variable>/absmax`,
+    /// see [`crate::checkpoint`]) and each variable's storage types are recorded (metadata `storage`),
+    /// so that loading resumes bit for bit. Everything is read with one copy and one wait.
     /// Atomic: the previous file at `path` survives a crash mid-save.
     pub fn save_checkpoint(
         &mut self,
@@ -203,7 +205,6 @@ impl RmsProp {
         include_variables: bool,
     ) -> Result<()> {
         self.ensure_resolved("save a checkpoint")?;
-        self.refuse_q8_checkpoint(path)?;
         if let Some(n) = self.config.gradient_accumulation_steps() {
             if !self.iterations.is_multiple_of(n) {
                 return Err(Error::Checkpoint {
@@ -249,11 +250,37 @@ impl RmsProp {
                 Tensor::Slot(s) => format!("slots/{}/{}", s.name(), v.name),
                 _ => format!("variables/{}", v.name),
             };
+            let dtype = self.kind(id, t)?.dtype(v.storage);
+            if dtype != crate::dtype::Dtype::Q8 {
+                tensors.push(crate::checkpoint::Tensor {
+                    name,
+                    shape: v.shape.clone(),
+                    dtype,
+                    bytes,
+                });
+                continue;
+            }
+            // Every part of a variable starts on a block (chunks hold whole blocks): the bytes are
+            // the variable's blocks in order, each absmax word then its codes.
+            let block = self.config.q8_block();
+            let (codes, absmax) =
+                crate::pool_q8::split_blocks(&bytes, v.len, block).ok_or_else(|| {
+                    Error::Checkpoint {
+                        path: path.display().to_string(),
+                        message: format!("{name}: {} q8 bytes read back", bytes.len()),
+                    }
+                })?;
+            tensors.push(crate::checkpoint::Tensor {
+                name: format!("{name}/absmax"),
+                shape: vec![v.len.div_ceil(block)],
+                dtype: crate::dtype::Dtype::F32,
+                bytes: absmax,
+            });
             tensors.push(crate::checkpoint::Tensor {
                 name,
                 shape: v.shape.clone(),
-                dtype: self.kind(id, t)?.dtype(v.storage),
-                bytes,
+                dtype,
+                bytes: codes,
             });
         }
         let listed: Vec<(&str, &[usize])> = self
@@ -303,12 +330,14 @@ impl RmsProp {
     /// without options) and storage types: every tensor's safetensors type must be its buffer's type and
     /// every variable's storage types (variable, gradient, state) the file's, else
     /// [`Error::Checkpoint`] naming the tensor (or variable) and both types; nothing is converted. A
-    /// checkpoint written before 16-bit storage existed holds f32 variables. Set options after loading to
-    /// change them. Everything is read and checked first; on any error nothing changes. Variables are
-    /// restored when the file holds them; 16-bit values are written back bit for bit.
+    /// checkpoint written before 16-bit storage existed holds f32 variables. q8 state needs the file's
+    /// codes (`U8`, the variable's shape) and absmax (`F32`, one per block of this configuration's
+    /// `q8_block`); q8 state in the file for f32 state here, or the reverse, is an error. Set options
+    /// after loading to change them. Everything is read and checked first; on any error nothing changes.
+    /// Variables are restored when the file holds them; 16-bit values and q8 codes and absmax are
+    /// written back bit for bit.
     pub fn load_checkpoint(&mut self, path: &std::path::Path) -> Result<()> {
         self.ensure_resolved("load a checkpoint")?;
-        self.refuse_q8_checkpoint(path)?;
         self.ctx.check_alive()?;
         let vars: Vec<(String, Vec<usize>)> = self
             .layout
@@ -335,6 +364,7 @@ impl RmsProp {
             variables: &vars,
             storage: &storage,
             slots: &names,
+            q8_block: self.config.q8_block(),
             var_options: self.var_options_json(),
             default_options: self.var_options_json_of(|_| false),
         };
@@ -395,6 +425,17 @@ impl RmsProp {
             for (kind, values) in writes {
                 // The file's bytes as they are (their type was checked to be the buffer's).
                 let dtype = kind.dtype(v.storage);
+                if dtype == crate::dtype::Dtype::Q8 {
+                    // Blocks as the GPU lays them out; every segment starts on a block.
+                    let layout = self.layout.elems(kind, v.storage);
+                    for s in &v.segments {
+                        let dst = self.gpu.chunks[s.chunk].buffer(kind)?;
+                        let from = layout.bytes(s.first_elem) as usize;
+                        let part = &values[from..from + layout.bytes(s.elems) as usize];
+                        queue.write_buffer(dst, layout.at(s.offset), part);
+                    }
+                    continue;
+                }
                 let size = dtype.bytes() as usize;
                 for s in &v.segments {
                     let dst = self.gpu.chunks[s.chunk].buffer(kind)?;
@@ -418,25 +459,6 @@ impl RmsProp {
             self.config.set_loss_scale_factor(f);
         }
         Ok(())
-    }
-
-    /// Checkpoints of 8-bit quantized state (codes and absmax) are not written yet.
-    fn refuse_q8_checkpoint(&self, path: &std::path::Path) -> Result<()> {
-        let q8 = self
-            .layout
-            .variables
-            .iter()
-            .find(|v| v.storage.state == crate::dtype::Dtype::Q8);
-        match q8 {
-            Some(v) => Err(Error::Checkpoint {
-                path: path.display().to_string(),
-                message: format!(
-                    "variable {:?} keeps 8-bit quantized state, which checkpoints cannot hold yet",
-                    v.name
-                ),
-            }),
-            None => Ok(()),
-        }
     }
 
     /// Every variable's options as they resolve, for checkpoints.

@@ -183,7 +183,17 @@ impl RmsProp {
             chunk_bytes = chunk_bytes.min(b);
         }
         // Element indices are u32 in the kernels: keep a chunk below 2^32 elements (16 GiB).
-        let chunk_limit = (chunk_bytes / VEC4_BYTES).min(1 << 30);
+        let mut chunk_limit = (chunk_bytes / VEC4_BYTES).min(1 << 30);
+        if config.storage().state == Dtype::Q8 {
+            // Whole q8 blocks per chunk: every part of a split variable then starts on a block, its
+            // blocks the variable's (what checkpoints hold: one absmax per block of the variable).
+            let block = (config.q8_block() / 4) as u64;
+            if chunk_limit < block {
+                let why = "must hold at least one q8 block (q8_block elements) with q8 state";
+                return Err(invalid("max_chunk_bytes", chunk_bytes.to_string(), why));
+            }
+            chunk_limit -= chunk_limit % block;
+        }
         if chunk_limit < align / VEC4_BYTES {
             let why = "must hold at least one aligned vec4 (16 bytes and the slice alignment)";
             return Err(invalid("max_chunk_bytes", chunk_bytes.to_string(), why));

@@ -191,7 +191,8 @@ pub struct OptimizerOptions {
     /// slower than 1. `bench -- --sweep` measures both knobs.
     pub vec4s_per_invocation: u32,
     /// Cap on the bytes of one pooled buffer, below the device's `max_storage_buffer_binding_size` and
-    /// `max_buffer_size` (useful to test splitting, or to keep allocations small). Rounded down to 16.
+    /// `max_buffer_size` (useful to test splitting, or to keep allocations small). Rounded down to 16
+    /// bytes; with q8 state, down to whole q8 blocks (`q8_block` f32 elements: 16 bytes per 4), at least one.
     pub max_chunk_bytes: Option<u64>,
     /// Cap on workgroups per dispatch dimension, below the device's
     /// `max_compute_workgroups_per_dimension` (useful to test folding at small sizes).

@@ -1,0 +1,261 @@
+//! Checkpoints of 8-bit quantized state: each q8 slot is its codes (`U8`, the variable's shape) and its
+//! blocks' absmax (`F32`, `<slot tensor>/absmax`); a restored optimizer continues bit for bit (a partial
+//! last block, a variable split over pool buffers whose size is not a multiple of the block, a small
+//! variable that keeps f32 state); q8 state against f32 state either way, and a malformed absmax tensor,
+//! are `Error::Checkpoint` that change nothing.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use common::{ctx, kept_state, Rng};
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
+use wgpu_rmsprop::{
+    Dtype, Error, Gradient, OptimizerOptions, RmsProp, RmsPropConfig, StorageTypes, VarId,
+};
+
+const BLOCK: usize = 256;
+
+/// Name, shape.
+const VARS: [(&str, &[usize]); 3] = [("big", &[10_007]), ("w", &[60, 100]), ("bias", &[100])];
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("wgpu-rmsprop-q8ckpt-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Momentum and centered (every slot kept), state `state`, pool buffers of 20,000 bytes (1,250 vec4:
+/// not a multiple of the 64-vec4 block, rounded down to whole blocks): "big" (10,007 elements, a
+/// partial last block) spans three of them; "bias" (100 elements) keeps f32 state.
+fn make(state: Dtype) -> (RmsProp, Vec<VarId>) {
+    let cfg = RmsPropConfig::builder()
+        .learning_rate(0.01)
+        .momentum(0.9)
+        .centered(true)
+        .storage(StorageTypes {
+            state,
+            ..StorageTypes::default()
+        })
+        .q8_block(BLOCK)
+        .q8_min_size(1000)
+        .build()
+        .unwrap();
+    let options = OptimizerOptions {
+        max_chunk_bytes: Some(20_000),
+        ..OptimizerOptions::default()
+    };
+    let mut opt = RmsProp::with_options(ctx(), cfg, options).unwrap();
+    let mut rng = Rng::new(7);
+    let ids = VARS
+        .iter()
+        .map(|&(name, shape)| {
+            let n: usize = shape.iter().product();
+            opt.add_variable(name, shape, &rng.vec(n, 1.0, 0)).unwrap()
+        })
+        .collect();
+    (opt, ids)
+}
+
+/// `steps` steps with dense gradients drawn from `seed`.
+fn run(opt: &mut RmsProp, ids: &[VarId], seed: u64, steps: usize) {
+    let mut rng = Rng::new(seed);
+    for _ in 0..steps {
+        let grads: Vec<Vec<f32>> = VARS
+            .iter()
+            .map(|(_, s)| rng.vec(s.iter().product(), 0.5, 7))
+            .collect();
+        let list: Vec<(VarId, Gradient<'_>)> = ids
+            .iter()
+            .zip(&grads)
+            .map(|(&id, g)| (id, Gradient::Dense(g)))
+            .collect();
+        opt.apply(&list).unwrap();
+    }
+}
+
+/// Every tensor of `path`: name -> (type, shape, bytes).
+fn tensors(path: &Path) -> HashMap<String, (StDtype, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect()
+}
+
+/// The state (decoded) and the raw bytes (codes and absmax, as a checkpoint writes them) of `opt`.
+fn raw(
+    opt: &mut RmsProp,
+    dir: &Path,
+    tag: &str,
+) -> HashMap<String, (StDtype, Vec<usize>, Vec<u8>)> {
+    let path = dir.join(format!("raw-{tag}.safetensors"));
+    opt.save_checkpoint(&path, true).unwrap();
+    tensors(&path)
+}
+
+#[test]
+fn q8_state_resumes_bit_for_bit_with_codes_and_absmax() {
+    let dir = temp_dir("resume");
+    let (mut a, ids) = make(Dtype::Q8);
+    run(&mut a, &ids, 11, 4);
+    let path = dir.join("a.safetensors");
+    a.save_checkpoint(&path, true).unwrap();
+
+    // The file: codes U8 in the variable's shape, absmax F32 per block; the small variable in F32.
+    let file = tensors(&path);
+    for slot in ["velocity", "momentum", "average_gradient"] {
+        for (name, shape) in [("big", vec![10_007]), ("w", vec![60, 100])] {
+            let (d, s, b) = &file[&format!("slots/{slot}/{name}")];
+            assert_eq!((*d, s), (StDtype::U8, &shape), "{slot}/{name}");
+            let n: usize = shape.iter().product();
+            assert_eq!(b.len(), n);
+            let (d, s, b) = &file[&format!("slots/{slot}/{name}/absmax")];
+            assert_eq!((*d, s), (StDtype::F32, &vec![n.div_ceil(BLOCK)]));
+            assert_eq!(b.len(), 4 * n.div_ceil(BLOCK));
+            // Every absmax is a finite magnitude, and some are not 0 after steps.
+            let absmax: Vec<f32> = b
+                .chunks(4)
+                .map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+                .collect();
+            assert!(absmax.iter().all(|x| x.is_finite() && *x >= 0.0));
+            assert!(absmax.iter().any(|&x| x > 0.0), "{slot}/{name}");
+        }
+        let (d, s, _) = &file[&format!("slots/{slot}/bias")];
+        assert_eq!((*d, s), (StDtype::F32, &vec![100]));
+        assert!(!file.contains_key(&format!("slots/{slot}/bias/absmax")));
+    }
+    assert_eq!(file["variables/big"].0, StDtype::F32);
+
+    // Restored into a fresh optimizer (after its own different steps): the same state, bit for bit.
+    let (mut b, ids_b) = make(Dtype::Q8);
+    run(&mut b, &ids_b, 99, 1);
+    b.load_checkpoint(&path).unwrap();
+    assert_eq!(kept_state(&mut b, &ids_b), kept_state(&mut a, &ids));
+    assert_eq!(raw(&mut b, &dir, "b0"), file, "restored bytes");
+
+    // Three more identical steps on both.
+    run(&mut a, &ids, 12, 3);
+    run(&mut b, &ids_b, 12, 3);
+    assert_eq!(kept_state(&mut b, &ids_b), kept_state(&mut a, &ids));
+    assert_eq!(
+        raw(&mut b, &dir, "b1"),
+        raw(&mut a, &dir, "a1"),
+        "after 3 steps"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `opt` refuses `file` with an `Error::Checkpoint` whose message holds every needle, unchanged.
+fn expect_refused(opt: &mut RmsProp, ids: &[VarId], file: &Path, needles: &[&str]) {
+    let before = kept_state(opt, ids);
+    match opt.load_checkpoint(file) {
+        Err(Error::Checkpoint { message, .. }) => {
+            for n in needles {
+                assert!(message.contains(n), "{n:?} not in {message}");
+            }
+        }
+        other => panic!("expected Error::Checkpoint, got {other:?}"),
+    }
+    assert_eq!(kept_state(opt, ids), before, "state changed");
+}
+
+#[test]
+fn q8_and_f32_state_files_are_refused_either_way() {
+    let dir = temp_dir("mismatch");
+    let (mut q, ids_q) = make(Dtype::Q8);
+    run(&mut q, &ids_q, 3, 2);
+    let (mut f, ids_f) = make(Dtype::F32);
+    run(&mut f, &ids_f, 4, 2);
+    let qfile = dir.join("q8.safetensors");
+    let ffile = dir.join("f32.safetensors");
+    q.save_checkpoint(&qfile, true).unwrap();
+    f.save_checkpoint(&ffile, true).unwrap();
+    expect_refused(&mut q, &ids_q, &ffile, &[]);
+    expect_refused(&mut f, &ids_f, &qfile, &[]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// FNV-1a 64 over the tensors' names and bytes in name order: the checkpoint's `checksum`.
+fn checksum(tensors: &[(String, StDtype, Vec<usize>, Vec<u8>)]) -> String {
+    let mut sorted: Vec<_> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, _, _, data) in sorted {
+        for &b in name.as_bytes().iter().chain(data) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Copies `from` to `to` with tensor `target` replaced (a correct checksum: well formed, wrong).
+fn rewrite(from: &Path, to: &Path, target: &str, dtype: StDtype, shape: Vec<usize>, data: Vec<u8>) {
+    let bytes = std::fs::read(from).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut meta = SafeTensors::read_metadata(&bytes)
+        .unwrap()
+        .1
+        .metadata()
+        .clone()
+        .unwrap();
+    let mut list: Vec<(String, StDtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let t = list.iter_mut().find(|t| t.0 == target).unwrap();
+    (t.1, t.2, t.3) = (dtype, shape, data);
+    meta.insert("checksum".into(), checksum(&list));
+    let views: Vec<(String, TensorView<'_>)> = list
+        .iter()
+        .map(|(n, d, s, data)| (n.clone(), TensorView::new(*d, s.clone(), data).unwrap()))
+        .collect();
+    std::fs::write(to, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+}
+
+#[test]
+fn malformed_absmax_and_codes_are_refused() {
+    let dir = temp_dir("malformed");
+    let (mut src, ids) = make(Dtype::Q8);
+    run(&mut src, &ids, 5, 2);
+    let good = dir.join("good.safetensors");
+    src.save_checkpoint(&good, true).unwrap();
+    let (mut opt, ids_o) = make(Dtype::Q8);
+    run(&mut opt, &ids_o, 6, 1);
+    let bad = dir.join("bad.safetensors");
+    let absmax = "slots/momentum/big/absmax";
+    let blocks = 10_007usize.div_ceil(BLOCK);
+    // One block short.
+    let short = vec![0u8; 4 * (blocks - 1)];
+    rewrite(&good, &bad, absmax, StDtype::F32, vec![blocks - 1], short);
+    expect_refused(&mut opt, &ids_o, &bad, &[absmax, "shape"]);
+    // Missing: a file without it.
+    let none = Vec::new();
+    rewrite(&good, &bad, absmax, StDtype::F32, vec![0], none);
+    expect_refused(&mut opt, &ids_o, &bad, &[absmax]);
+    // Not F32.
+    let halves = vec![0u8; 2 * blocks];
+    rewrite(&good, &bad, absmax, StDtype::F16, vec![blocks], halves);
+    expect_refused(&mut opt, &ids_o, &bad, &[absmax, "F16"]);
+    // Codes of the wrong shape and type.
+    let codes = "slots/velocity/w";
+    rewrite(&good, &bad, codes, StDtype::U8, vec![6000], vec![0; 6000]);
+    expect_refused(&mut opt, &ids_o, &bad, &[codes, "shape"]);
+    rewrite(
+        &good,
+        &bad,
+        codes,
+        StDtype::I8,
+        vec![60, 100],
+        vec![0; 6000],
+    );
+    expect_refused(&mut opt, &ids_o, &bad, &[codes, "I8"]);
+    // The good file loads.
+    opt.load_checkpoint(&good).unwrap();
+    assert_eq!(kept_state(&mut opt, &ids_o), kept_state(&mut src, &ids));
+    let _ = std::fs::remove_dir_all(&dir);
+}
