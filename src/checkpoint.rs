@@ -118,6 +118,12 @@ pub fn config_json(c: &RmsPropConfig) -> Value {
     if let (Some(n), Some(map)) = (c.gradient_accumulation_steps(), v.as_object_mut()) {
         map.insert("gradient_accumulation_steps".into(), json!(n));
     }
+    // The block of 8-bit state decides how its codes and absmax interleave: a file of another block
+    // size is refused (present only with q8 state).
+    if let (crate::dtype::Dtype::Q8, Some(map)) = (c.storage().state, v.as_object_mut()) {
+        map.insert("q8_block".into(), json!(c.q8_block()));
+        map.insert("q8_min_size".into(), json!(c.q8_min_size()));
+    }
     if let (true, Some(map)) = (c.use_ema(), v.as_object_mut()) {
         map.insert("use_ema".into(), json!(true));
         map.insert("ema_momentum".into(), json!(c.ema_momentum()));

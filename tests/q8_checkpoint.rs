@@ -259,3 +259,39 @@ fn malformed_absmax_and_codes_are_refused() {
     assert_eq!(kept_state(&mut opt, &ids_o), kept_state(&mut src, &ids));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The block size decides how codes and absmax interleave: a file written with another block size is
+/// refused (the configuration records it), with nothing changed.
+#[test]
+fn a_file_of_another_block_size_is_refused() {
+    let (mut a, ids) = make(Dtype::Q8);
+    run(&mut a, &ids, 3, 2);
+    let path = temp_dir("block").join("a.safetensors");
+    a.save_checkpoint(&path, true).unwrap();
+    let cfg = RmsPropConfig::builder()
+        .learning_rate(0.01)
+        .momentum(0.9)
+        .centered(true)
+        .storage(StorageTypes {
+            state: Dtype::Q8,
+            ..StorageTypes::default()
+        })
+        .q8_block(BLOCK * 2)
+        .q8_min_size(1000)
+        .build()
+        .unwrap();
+    let mut b = RmsProp::new(ctx(), cfg).unwrap();
+    let mut rng = Rng::new(7);
+    let b_ids: Vec<VarId> = VARS
+        .iter()
+        .map(|&(name, shape)| {
+            let n: usize = shape.iter().product();
+            b.add_variable(name, shape, &rng.vec(n, 1.0, 0)).unwrap()
+        })
+        .collect();
+    let before = kept_state(&mut b, &b_ids);
+    let e = b.load_checkpoint(&path).unwrap_err();
+    assert!(matches!(e, wgpu_rmsprop::Error::Checkpoint { .. }), "{e}");
+    assert_eq!(kept_state(&mut b, &b_ids), before);
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
