@@ -111,6 +111,43 @@ fn rnd_{n}(value: f32) -> f32 {{ return value; }}
     }
 }
 
+/// Buckets of the search tables: the order keys of the floats in [-2, 2) cut into equal ranges.
+const BUCKETS: usize = 1 << 14;
+/// Order key of the first bucket, and the keys per bucket (as a shift).
+const KEY_BASE: u32 = 0x4000_0000;
+const KEY_SHIFT: u32 = 17;
+
+/// A key that orders floats as `<` does (except that -0 comes just before +0; NaN are not ordered).
+fn order_key(x: f32) -> u32 {
+    let b = x.to_bits();
+    if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+/// The buffer the dense kernel binds at 21: the unsigned map, the signed map (256 f32 bits each),
+/// then per map a table of `BUCKETS` indices: for bucket `k`, the last entry whose key is at most the
+/// bucket's first key (0 if none). Quantizing starts there and steps forward while the next entry is
+/// still <= the value, which ends where a binary search over the map ends (the same float
+/// comparisons), after one or two loads instead of eight dependent ones.
+pub(crate) fn maps_buffer() -> Vec<u32> {
+    let mut out: Vec<u32> = [false, true]
+        .iter()
+        .flat_map(|&s| quant::map_bits(s))
+        .collect();
+    for signed in [false, true] {
+        let map = quant::dynamic_map(signed);
+        for k in 0..BUCKETS as u32 {
+            let low = KEY_BASE + (k << KEY_SHIFT);
+            let j = map.iter().rposition(|&m| order_key(m) <= low).unwrap_or(0);
+            out.push(j as u32);
+        }
+    }
+    out
+}
+
 /// The maps, the codecs and `q8_flush(i, live, lid)` of the dense kernel (`q8`: the pools hold
 /// quantized state; else `q8_flush` does nothing). `Q8_BLOCK` (vec4 per block) is a pipeline constant.
 pub(crate) fn flush_wgsl(q8: bool) -> String {
@@ -119,23 +156,35 @@ pub(crate) fn flush_wgsl(q8: bool) -> String {
     }
     let mut s = String::from(
         "override Q8_BLOCK: u32 = 64u;\n\
-         // The maps (binding 21): unsigned from 0, signed from 256.\n\
+         // The maps (binding 21): unsigned from 0, signed from 256, then their search tables.\n\
          @group(0) @binding(21) var<storage, read> q8_maps: array<u32>;\n",
     );
+    s.push_str(&format!(
+        "// The search bucket of n (twin: `pool_q8::maps_buffer`); NaN: the first.
+fn q8_bucket(n: f32) -> u32 {{
+    let b = bitcast<u32>(n);
+    let key = select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+    let k = min((max(key, {KEY_BASE}u) - {KEY_BASE}u) >> {KEY_SHIFT}u, {}u);
+    return select(k, 0u, (b & 0x7fffffffu) > 0x7f800000u);
+}}
+",
+        BUCKETS - 1
+    ));
     for (name, signed) in [("U", false), ("S", true)] {
         s.push_str(&format!(
-            "const Q8_{name}: u32 = {}u;\nconst Q8_Z{name}: u32 = {}u;\n",
+            "const Q8_{name}: u32 = {}u;\nconst Q8_T{name}: u32 = {}u;\nconst Q8_Z{name}: u32 = {}u;\n",
             if signed { 256 } else { 0 },
+            if signed { 512 + BUCKETS } else { 512 },
             quant::Codebook::dynamic(signed).zero()
         ));
         s.push_str(&format!(
             "fn q8_code_{name}(x: f32, amax: f32) -> u32 {{
     let n = select(x / amax, 0.0, amax == 0.0);
-    var j = 0u;
-    for (var step = 128u; step > 0u; step /= 2u) {{
-        if bitcast<f32>(q8_maps[Q8_{name} + j + step]) <= n {{
-            j += step;
-        }}
+    // The largest j with map[j] <= n (0 if none), as a binary search gives it: from the last entry
+    // at or below the start of n's bucket (`maps_buffer`), forward while the next entry is <= n.
+    var j = q8_maps[Q8_T{name} + q8_bucket(n)];
+    while j < 255u && bitcast<f32>(q8_maps[Q8_{name} + j + 1u]) <= n {{
+        j += 1u;
     }}
     let lo = bitcast<f32>(q8_maps[Q8_{name} + j]);
     let hi = bitcast<f32>(q8_maps[Q8_{name} + min(j + 1u, 255u)]);

@@ -268,10 +268,7 @@ impl Gpu {
             q8,
             q8_maps: {
                 use wgpu::util::DeviceExt;
-                let maps: Vec<u32> = [false, true]
-                    .iter()
-                    .flat_map(|&signed| crate::quant::map_bits(signed))
-                    .collect();
+                let maps = crate::pool_q8::maps_buffer();
                 device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some(&format!("{prefix}/q8 maps")),
                     contents: bytemuck::cast_slice(&maps),
