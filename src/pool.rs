@@ -184,21 +184,6 @@ impl Segment {
     pub fn vec4s(&self) -> u64 {
         (self.elems as u64).div_ceil(4)
     }
-    /// Byte offset of the segment in a pooled buffer of its chunk holding `dtype`.
-    pub fn byte_offset(&self, dtype: Dtype) -> u64 {
-        self.offset * 4 * dtype.bytes()
-    }
-
-    /// Bytes of the segment's vec4s in a buffer holding `dtype`.
-    pub fn vec4_bytes(&self, dtype: Dtype) -> u64 {
-        self.vec4s() * 4 * dtype.bytes()
-    }
-
-    /// Bytes of the segment's elements in a buffer holding `dtype`, rounded up to whole 4-byte words
-    /// (an odd count of 16-bit elements takes its pad lane along: copies move whole words).
-    pub fn word_bytes(&self, dtype: Dtype) -> u64 {
-        (self.elems as u64 * dtype.bytes()).next_multiple_of(4)
-    }
 }
 
 /// Places `elems` elements after the chunks whose fill levels (in vec4) are `used`, with at most `limit`

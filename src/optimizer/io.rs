@@ -424,10 +424,10 @@ impl RmsProp {
             }
             for (kind, values) in writes {
                 // The file's bytes as they are (their type was checked to be the buffer's).
-                let dtype = kind.dtype(v.storage);
+                let layout = self.layout.elems(kind, v.storage);
+                let dtype = layout.dtype;
                 if dtype == crate::dtype::Dtype::Q8 {
                     // Blocks as the GPU lays them out; every segment starts on a block.
-                    let layout = self.layout.elems(kind, v.storage);
                     for s in &v.segments {
                         let dst = self.gpu.chunks[s.chunk].buffer(kind)?;
                         let from = layout.bytes(s.first_elem) as usize;
@@ -445,7 +445,7 @@ impl RmsProp {
                         // An odd count of 16-bit values: the last word's pad lane is zero.
                         bytes.to_mut().extend_from_slice(&[0, 0]);
                     }
-                    queue.write_buffer(dst, s.byte_offset(dtype), &bytes);
+                    queue.write_buffer(dst, layout.at(s.offset), &bytes);
                 }
             }
         }

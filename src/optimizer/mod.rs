@@ -493,8 +493,10 @@ impl RmsProp {
         for &id in ids {
             for s in &self.layout.var(id)?.segments {
                 let b = self.gpu.chunks[s.chunk].buffer(Kind::Gradient)?;
-                let dtype = Kind::Gradient.dtype(self.layout.chunks[s.chunk].storage);
-                encoder.clear_buffer(b, s.byte_offset(dtype), Some(s.vec4_bytes(dtype)));
+                let layout = self
+                    .layout
+                    .elems(Kind::Gradient, self.layout.chunks[s.chunk].storage);
+                encoder.clear_buffer(b, layout.at(s.offset), Some(layout.span(s.vec4s())));
             }
         }
         Ok(())
@@ -667,17 +669,17 @@ impl RmsProp {
             let chunk = &self.gpu.chunks[s.chunk];
             for &kind in &targets {
                 let x = chunk.buffer(kind)?;
-                let dtype = kind.dtype(storage);
+                let layout = self.layout.elems(kind, storage);
                 match init {
                     Init::Host(values) => {
                         let part = &values[s.first_elem..s.first_elem + s.elems];
-                        let bytes = crate::dtype::encode(part, dtype);
-                        queue.write_buffer(x, s.byte_offset(dtype), &bytes);
+                        let bytes = crate::dtype::encode(part, layout.dtype);
+                        queue.write_buffer(x, layout.at(s.offset), &bytes);
                     }
                     Init::Gpu(g) => {
                         let src = g.offset + s.first_elem as u64 * 4;
                         let bytes = s.elems as u64 * 4;
-                        let at = s.byte_offset(dtype);
+                        let at = layout.at(s.offset);
                         encoder.copy_buffer_to_buffer(g.buffer, src, x, at, bytes);
                     }
                 }

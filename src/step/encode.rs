@@ -73,8 +73,9 @@ impl Step<'_> {
                 // Ignored entirely: nothing of it is copied.
                 continue;
             }
-            // The variable's gradient type (host values were checked to be of it).
-            let dtype = v.storage.gradient;
+            // The variable's gradient buffers (host values were checked to be of their type).
+            let grads = self.layout.elems(Kind::Gradient, v.storage);
+            let dtype = grads.dtype;
             match g {
                 Gradient::Resident => {}
                 Gradient::Dense(_) | Gradient::Dense16(_) => {
@@ -91,7 +92,7 @@ impl Step<'_> {
                         // writes of neighbouring variables merge into one copy).
                         let pad =
                             self.layout.padded_vec4s(s) * 4 * dtype.bytes() - part.len() as u64;
-                        up.write(encoder, dst, s.byte_offset(dtype), part, pad)?;
+                        up.write(encoder, dst, grads.at(s.offset), part, pad)?;
                     }
                 }
                 Gradient::Gpu(gg) => {
@@ -99,12 +100,12 @@ impl Step<'_> {
                         let dst = gpu.chunks[s.chunk].buffer(Kind::Gradient)?;
                         // Later segments start on a vec4 (an even element): whole words.
                         let src = gg.offset + s.first_elem as u64 * dtype.bytes();
-                        let bytes = s.word_bytes(dtype);
+                        let bytes = grads.bytes(s.elems);
                         encoder.copy_buffer_to_buffer(
                             gg.buffer,
                             src,
                             dst,
-                            s.byte_offset(dtype),
+                            grads.at(s.offset),
                             bytes,
                         );
                     }
@@ -120,9 +121,9 @@ impl Step<'_> {
                             for kind in [Kind::Gradient, Kind::Squares] {
                                 if let Some(b) = gpu.chunks[s.chunk].buffers[kind as usize].as_ref()
                                 {
-                                    let dtype = kind.dtype(v.storage);
-                                    let at = s.byte_offset(dtype);
-                                    encoder.clear_buffer(b, at, Some(s.vec4_bytes(dtype)));
+                                    let layout = self.layout.elems(kind, v.storage);
+                                    let at = layout.at(s.offset);
+                                    encoder.clear_buffer(b, at, Some(layout.span(s.vec4s())));
                                 }
                             }
                         }
