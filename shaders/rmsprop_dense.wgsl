@@ -53,7 +53,7 @@ fn variable_of(i: u32, entries: vec2<u32>) -> vec2<u32> {
 }
 
 // The random bits of stochastic rounding for the four elements from element `elem` of variable
-// `var_index` (twin: `reference::sr_bits`).
+// `var_index` (twin: `reference::sr_round`).
 fn sr_bits(var_index: u32, elem: u32) -> vec4<u32> {
     let seed = p.sr_seed + var_index * 0x9e3779b9u;
     return vec4<u32>(
