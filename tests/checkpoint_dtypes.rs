@@ -7,12 +7,12 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::{ctx, kept_state, Rng};
+use common::{checksum, ctx, expect_refused, kept_state, Rng};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 use wgpu_rmsprop::half::{bf16, f16};
 use wgpu_rmsprop::{
-    Dtype, Error, Gradient, HalfSlice, OptimizerOptions, RmsProp, RmsPropConfig, StorageTypes,
-    Tensor, VarId, VarOptions,
+    Dtype, Gradient, HalfSlice, OptimizerOptions, RmsProp, RmsPropConfig, StorageTypes, Tensor,
+    VarId, VarOptions,
 };
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -268,34 +268,6 @@ fn all_f32_checkpoints_still_load() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Loading `file` into `opt` is an `Error::Checkpoint` whose message holds every `needle`, and the
-/// optimizer's state is unchanged, bit for bit.
-fn expect_refused(opt: &mut RmsProp, ids: &[VarId], file: &Path, needles: &[&str]) {
-    let before = kept_state(opt, ids);
-    match opt.load_checkpoint(file) {
-        Err(Error::Checkpoint { message, path }) => {
-            assert_eq!(path, file.display().to_string());
-            for needle in needles {
-                assert!(
-                    message.contains(needle),
-                    "{}: {message:?} lacks {needle:?}",
-                    file.display()
-                );
-            }
-        }
-        other => panic!(
-            "{}: expected a checkpoint error, got {other:?}",
-            file.display()
-        ),
-    }
-    assert_eq!(
-        kept_state(opt, ids),
-        before,
-        "{} changed the state",
-        file.display()
-    );
-}
-
 #[test]
 fn differing_storage_types_are_refused_and_change_nothing() {
     let dir = temp_dir("mismatch");
@@ -371,20 +343,6 @@ fn differing_storage_types_are_refused_and_change_nothing() {
     ok.load_checkpoint(&bf16_file).unwrap();
     assert_eq!(kept_state(&mut ok, &idsok), kept_state(&mut src, &ids));
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// FNV-1a 64 over the tensors' names and bytes in name order: the checkpoint's `checksum`.
-fn checksum(tensors: &[(String, StDtype, Vec<usize>, Vec<u8>)]) -> String {
-    let mut sorted: Vec<_> = tensors.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (name, _, _, data) in sorted {
-        for &b in name.as_bytes().iter().chain(data) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
 }
 
 type Replace<'a> =

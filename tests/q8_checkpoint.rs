@@ -9,10 +9,10 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::{ctx, kept_state, Rng};
+use common::{checksum, ctx, expect_refused, kept_state, Rng};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 use wgpu_rmsprop::{
-    Dtype, Error, Gradient, OptimizerOptions, RmsProp, RmsPropConfig, StorageTypes, VarId,
+    Dtype, Gradient, OptimizerOptions, RmsProp, RmsPropConfig, StorageTypes, VarId,
 };
 
 const BLOCK: usize = 256;
@@ -148,20 +148,6 @@ fn q8_state_resumes_bit_for_bit_with_codes_and_absmax() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `opt` refuses `file` with an `Error::Checkpoint` whose message holds every needle, unchanged.
-fn expect_refused(opt: &mut RmsProp, ids: &[VarId], file: &Path, needles: &[&str]) {
-    let before = kept_state(opt, ids);
-    match opt.load_checkpoint(file) {
-        Err(Error::Checkpoint { message, .. }) => {
-            for n in needles {
-                assert!(message.contains(n), "{n:?} not in {message}");
-            }
-        }
-        other => panic!("expected Error::Checkpoint, got {other:?}"),
-    }
-    assert_eq!(kept_state(opt, ids), before, "state changed");
-}
-
 #[test]
 fn q8_and_f32_state_files_are_refused_either_way() {
     let dir = temp_dir("mismatch");
@@ -176,20 +162,6 @@ fn q8_and_f32_state_files_are_refused_either_way() {
     expect_refused(&mut q, &ids_q, &ffile, &[]);
     expect_refused(&mut f, &ids_f, &qfile, &[]);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// FNV-1a 64 over the tensors' names and bytes in name order: the checkpoint's `checksum`.
-fn checksum(tensors: &[(String, StDtype, Vec<usize>, Vec<u8>)]) -> String {
-    let mut sorted: Vec<_> = tensors.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (name, _, _, data) in sorted {
-        for &b in name.as_bytes().iter().chain(data) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
 }
 
 /// Copies `from` to `to` with tensor `target` replaced (a correct checksum: well formed, wrong).

@@ -135,3 +135,46 @@ pub fn kept_state(opt: &mut RmsProp, ids: &[VarId]) -> (u64, Vec<Vec<u32>>) {
         .collect();
     (opt.iterations(), bits)
 }
+
+/// Loading `file` into `opt` is an `Error::Checkpoint` whose message holds every `needle`, and the
+/// optimizer's state is unchanged, bit for bit.
+pub fn expect_refused(opt: &mut RmsProp, ids: &[VarId], file: &std::path::Path, needles: &[&str]) {
+    let before = kept_state(opt, ids);
+    match opt.load_checkpoint(file) {
+        Err(wgpu_rmsprop::Error::Checkpoint { message, path }) => {
+            assert_eq!(path, file.display().to_string());
+            for needle in needles {
+                assert!(
+                    message.contains(needle),
+                    "{}: {message:?} lacks {needle:?}",
+                    file.display()
+                );
+            }
+        }
+        other => panic!(
+            "{}: expected a checkpoint error, got {other:?}",
+            file.display()
+        ),
+    }
+    assert_eq!(
+        kept_state(opt, ids),
+        before,
+        "{} changed the state",
+        file.display()
+    );
+}
+
+/// FNV-1a 64 over the tensors' names and bytes in name order: the checkpoint's `checksum` (to forge
+/// files that are well formed and wrong).
+pub fn checksum(tensors: &[(String, safetensors::tensor::Dtype, Vec<usize>, Vec<u8>)]) -> String {
+    let mut sorted: Vec<_> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, _, _, data) in sorted {
+        for &b in name.as_bytes().iter().chain(data) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
