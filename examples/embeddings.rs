@@ -4,11 +4,13 @@
 //! of the tables and their slots change) with `Gradient::SparseGpu`. The loss falls; at the end the time
 //! of a lazy sparse step is compared with a dense step over the same tables.
 //!
-//! `cargo run --release --example embeddings -- [--steps N] [--users N] [--items N] [--dtype f32|f16|bf16]`
+//! `cargo run --release --example embeddings -- [--steps N] [--users N] [--items N] [--dtype f32|f16|bf16]
+//! [--state f32|f16|bf16|q8]`
 //!
 //! `--dtype` sets the optimizer's storage types as in `train` (`bf16`: tables and state in bfloat16;
-//! `f16`: state in float16, f32 tables; the gradient rows stay f32). Unknown options and malformed
-//! values exit with status 2.
+//! `f16`: state in float16, f32 tables; the gradient rows stay f32). `--state` then sets the state's
+//! type alone (`q8`: 8-bit block-wise quantized; a lazy step rewrites the blocks that hold the sampled
+//! rows). Unknown options and malformed values exit with status 2.
 //!
 //! Last line: `final: steps=<n> first_loss=<x> last_loss=<y> sparse_ms_per_step=<a> dense_ms_per_step=<b>
 //! dtype=<v> state=<s> state_bytes=<b>`
@@ -68,7 +70,8 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<(), Box<dyn Error>> {
     env_logger::init();
     let mut cli = cli::Cli::new(
-        "usage: embeddings [--steps N] [--users N] [--items N] [--dtype f32|f16|bf16]",
+        "usage: embeddings [--steps N] [--users N] [--items N] [--dtype f32|f16|bf16] \
+         [--state f32|f16|bf16|q8]",
     );
     let (mut steps, mut users, mut items) = (3000, 5_000, 1_000);
     let mut storage_types = StorageTypes::default();
@@ -78,6 +81,9 @@ fn run() -> Result<(), Box<dyn Error>> {
             "--users" => users = cli.count(&option),
             "--items" => items = cli.count(&option),
             "--dtype" => storage_types = cli.dtype(&option),
+            // The optimizer state's type alone (q8: 8-bit block-wise quantized, its lazy steps
+            // rewriting the blocks around the listed rows).
+            "--state" => storage_types.state = cli.state(&option),
             _ => cli.unknown(&option),
         }
     }

@@ -37,7 +37,8 @@ struct Params {
     // Seed of stochastic rounding (STOCHASTIC).
     sr_seed: u32,
     // Keras's moving average in the dense dispatch (`ema_step`): 0 none, 1 update, 2 update and overwrite
-    // the variables; its momentum for this step.
+    // the variables; its momentum for this step. (`rmsprop_lazy_q8.wgsl` reads `ema_mode` as its work
+    // items: 0 per listed row and block of it, 1 per block.)
     ema_mode: u32,
     ema_momentum: f32,
 }

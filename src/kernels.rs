@@ -95,6 +95,21 @@ pub const SPARSE_WGSL: Module = Module {
         ],
     )),
 };
+/// The lazy sparse update of 8-bit quantized state (`rmsprop_lazy_q8.wgsl`): whole blocks, in the
+/// vec4 form of the pools with the q8 codecs.
+pub const LAZY_Q8_WGSL: Module = Module {
+    files: &[UPDATE, include_str!("../shaders/rmsprop_lazy_q8.wgsl")],
+    pools: Some((
+        Flavor::Vec4,
+        &[
+            ("x", 1, RW),
+            ("v", 3, RW),
+            ("m", 4, RW),
+            ("a", 5, RW),
+            ("c", 20, RW),
+        ],
+    )),
+};
 /// Keras's base-class preparation of the gradients: loss scale and accumulation (`keras_base.wgsl`).
 pub const KERAS_WGSL: Module = Module {
     files: &[include_str!("../shaders/keras_base.wgsl")],
@@ -227,6 +242,23 @@ pub const LAZY: Kernel = Kernel {
         (14, R),
     ],
 };
+/// The lazy sparse update of the blocks of 8-bit quantized state that hold listed rows.
+pub const LAZY_Q8: Kernel = Kernel {
+    name: "rmsprop_lazy_q8",
+    module: LAZY_Q8_WGSL,
+    entry: "lazy_q8",
+    bindings: &[
+        (0, U),
+        (1, RW),
+        (3, RW),
+        (4, RW),
+        (5, RW),
+        (7, R),
+        (8, R),
+        (9, R),
+        (14, R),
+    ],
+};
 /// Merging sparse rows into the gradient pool.
 pub const SCATTER: Kernel = Kernel {
     name: "rmsprop_sparse::scatter",
@@ -305,9 +337,10 @@ pub const PREPARE_VALUES: Kernel = Kernel {
 };
 
 /// Every kernel, for validation.
-pub const ALL: [Kernel; 12] = [
+pub const ALL: [Kernel; 13] = [
     DENSE,
     LAZY,
+    LAZY_Q8,
     SCATTER,
     PARTIAL_DENSE,
     PARTIAL_SPARSE,
@@ -407,7 +440,7 @@ impl Kernel {
 /// The kernels that write the variables, which bind their 16-bit copy too when the pools keep one
 /// ([`crate::StorageTypes::copy`]).
 pub(crate) fn writes_variables(kernel: &Kernel) -> bool {
-    ["main", "main_at", "lazy"].contains(&kernel.entry) && kernel.module.pools.is_some()
+    ["main", "main_at", "lazy", "lazy_q8"].contains(&kernel.entry) && kernel.module.pools.is_some()
 }
 
 /// The bindings of `kernel` in `mode`, with the copy of the variables when `copy` and it writes them,
@@ -418,9 +451,10 @@ pub(crate) fn bindings_with(
     (copy, ema, q8): (bool, bool, bool),
 ) -> impl Iterator<Item = (u32, BindingKind)> + '_ {
     let extra = (copy && writes_variables(kernel)).then_some((binding::COPY, RW));
-    let dense = writes_variables(kernel) && kernel.entry != "lazy";
+    let dense = ["main", "main_at"].contains(&kernel.entry);
     let average = (ema && dense).then_some((binding::EMA, RW));
-    let maps = (q8 && dense).then_some((binding::Q8_MAPS, R));
+    let quantized = dense || kernel.entry == "lazy_q8";
+    let maps = (q8 && quantized).then_some((binding::Q8_MAPS, R));
     kernel
         .bindings_for(mode)
         .chain(extra)

@@ -78,7 +78,8 @@ pub(crate) fn join_blocks(codes: &[u8], absmax: &[u8], block: usize) -> Option<V
 /// The WGSL of a quantized state buffer `n` (binding `b`): in the vec4 form, `ld_n` dequantizes its
 /// vec4 and `st_n` stashes the new value for [`flush_wgsl`]'s `q8_flush`, which finds each block's
 /// absmax in workgroup memory and stores the codes (no extra pass over global memory). The scalar form
-/// (sparse rows) is never run on quantized state (lazy sparse steps are refused there): stand-ins.
+/// (sparse rows) is never run on quantized state (lazy steps there are `rmsprop_lazy_q8.wgsl`, in the
+/// vec4 form): stand-ins.
 pub(crate) fn role_wgsl(flavor: crate::pool_wgsl::Flavor, n: &str, b: u32) -> String {
     let map = if n == "v" { "U" } else { "S" };
     match flavor {
@@ -97,6 +98,21 @@ fn q8_store_{n}(i: u32, live: bool, value: vec4<f32>, amax: f32) {{
         if i % Q8_BLOCK == 0u {{
             {n}[base] = bitcast<u32>(amax);
         }}
+    }}
+}}
+// The bits of the absmax of vec4 `i`'s block.
+fn q8_amax_{n}(i: u32) -> u32 {{
+    return {n}[(i / Q8_BLOCK) * (Q8_BLOCK + 1u)];
+}}
+// As `q8_store_{n}`, the lanes in `keep` keeping their codes.
+fn q8_store_keep_{n}(i: u32, live: bool, value: vec4<f32>, amax: f32, keep: vec4<bool>) {{
+    if live {{
+        let at = (i / Q8_BLOCK) * (Q8_BLOCK + 1u) + 1u + i % Q8_BLOCK;
+        let lanes = select(vec4<u32>(0u), vec4<u32>(0xffu, 0xff00u, 0xff0000u, 0xff000000u), keep);
+        let mask = lanes.x | lanes.y | lanes.z | lanes.w;
+        let old = {n}[at];
+        q8_store_{n}(i, live, value, amax);
+        {n}[at] = (old & mask) | ({n}[at] & ~mask);
     }}
 }}
 "
@@ -152,7 +168,12 @@ pub(crate) fn maps_buffer() -> Vec<u32> {
 /// quantized state; else `q8_flush` does nothing). `Q8_BLOCK` (vec4 per block) is a pipeline constant.
 pub(crate) fn flush_wgsl(q8: bool) -> String {
     if !q8 {
-        return "fn q8_flush(i: u32, live: bool, lid: u32) {}\nfn q8_reset() {}\n".into();
+        // (`Q8_BLOCK` for `rmsprop_lazy_q8.wgsl`, which is never dispatched on pools without q8
+        // state but is validated for them.)
+        return "fn q8_flush(i: u32, live: bool, lid: u32) {}\nfn q8_reset() {}\n\
+                fn q8_flush_lazy(i: u32, live: bool, lid: u32, listed: vec4<bool>) {}\n\
+                const Q8_BLOCK: u32 = 64u;\n"
+            .into();
     }
     let mut s = String::from(
         "override Q8_BLOCK: u32 = 64u;\n\
@@ -243,6 +264,31 @@ fn q8_flush(i: u32, live: bool, lid: u32) {
     }
     if CENTERED {
         q8_store_a(i, live, na, amax.z);
+    }
+}
+// `q8_flush` of a lazy step (`rmsprop_lazy_q8.wgsl`): the lanes not `listed` keep their codes where
+// their block's absmax did not change (the old absmax is read before the reduction's barriers, which
+// order it before the block's first invocation stores the new one).
+fn q8_flush_lazy(i: u32, live: bool, lid: u32, listed: vec4<bool>) {
+    let nv = select(vec4<f32>(0.0), q8_v, live);
+    let nm = select(vec4<f32>(0.0), q8_m, live);
+    let na = select(vec4<f32>(0.0), q8_a, live);
+    var old = vec3<u32>(q8_amax_v(i), 0u, 0u);
+    if HAS_MOMENTUM {
+        old.y = q8_amax_m(i);
+    }
+    if CENTERED {
+        old.z = q8_amax_a(i);
+    }
+    let amax = q8_block_max(lid, vec3<f32>(q8_mag(nv), q8_mag(nm), q8_mag(na)));
+    let same = bitcast<vec3<u32>>(amax) == old;
+    let kept = !listed;
+    q8_store_keep_v(i, live, nv, amax.x, kept & vec4<bool>(same.x));
+    if HAS_MOMENTUM {
+        q8_store_keep_m(i, live, nm, amax.y, kept & vec4<bool>(same.y));
+    }
+    if CENTERED {
+        q8_store_keep_a(i, live, na, amax.z, kept & vec4<bool>(same.z));
     }
 }
 ",

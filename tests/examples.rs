@@ -88,6 +88,26 @@ fn embeddings_example_loss_falls_with_lazy_sparse_updates() {
 }
 
 #[test]
+fn embeddings_example_with_q8_state_ends_within_5_percent_of_f32() {
+    // 1,000 x 16 users and 300 x 16 items: q8 state updated lazily by blocks.
+    let args = ["--steps", "800", "--users", "1000", "--items", "300"];
+    let f32_run = run_example("embeddings", &args);
+    let q8_run = run_example("embeddings", &[&args[..], &["--state", "q8"]].concat());
+    let (a, b) = (
+        f32_run.lines().last().unwrap(),
+        q8_run.lines().last().unwrap(),
+    );
+    assert!(b.contains(" state=q8 "), "{b}");
+    assert!(
+        field(b, "state_bytes") <= field(a, "state_bytes") * 0.26,
+        "{a}\n{b}"
+    );
+    let (want, got) = (field(a, "last_loss"), field(b, "last_loss"));
+    assert!(got < field(b, "first_loss") * 0.1, "loss must fall: {b}");
+    assert!((got - want).abs() <= 0.05 * want, "{a}\n{b}");
+}
+
+#[test]
 fn precision_study_round_once_is_closer_to_exact_than_the_frameworks() {
     let out = run_example("precision", &[]);
     for label in ["all float16", "all bfloat16"] {

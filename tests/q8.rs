@@ -1,7 +1,7 @@
 //! 8-bit block-wise quantized optimizer state (`Dtype::Q8`) on the GPU against the CPU twin, bit for
 //! bit: every preset's dense step, blocks of 64 to 1,024 elements, partial last blocks, variables
 //! split across pool buffers, several variables per pool, small variables kept in f32, dense-mode
-//! sparse steps; state bytes; what is refused.
+//! sparse steps; state bytes; what is refused (lazy steps: tests/q8_lazy.rs).
 
 mod common;
 
@@ -280,7 +280,28 @@ fn what_is_refused() {
         ),
         "{e}"
     );
-    // Lazy sparse steps on quantized state are refused; nothing changes.
+    // A workgroup of 96 invocations cannot hold whole blocks of 64 vec4.
+    let config = RmsPropConfig::builder().storage(q8()).build().unwrap();
+    let options = OptimizerOptions {
+        workgroup_size: 96,
+        ..OptimizerOptions::default()
+    };
+    let mut opt = RmsProp::with_options(ctx(), config, options).unwrap();
+    let e = opt
+        .add_variable("w", &[8192], &vec![0.0; 8192])
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "q8_block",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Lazy sparse steps with sequential duplicates on quantized state are refused (each pair would be
+    // quantized; tests/q8_lazy.rs has the rest); nothing changes.
     let config = RmsPropConfig::preset(Preset::TfRaw)
         .storage(q8())
         .build()

@@ -163,7 +163,7 @@ impl RmsPropConfigBuilder {
         self.cfg.stochastic_rounding = Some(seed);
         self
     }
-    /// Elements per block of 8-bit quantized state (a power of two in [64, 4096], at most 4x the
+    /// Elements per block of 8-bit quantized state (a power of two in [64, 4096] dividing 4x the
     /// workgroup size; default 256): each block has one f32 absmax.
     pub fn q8_block(mut self, elements: usize) -> Self {
         self.cfg.q8_block = elements;

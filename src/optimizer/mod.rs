@@ -564,13 +564,17 @@ impl RmsProp {
             let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
             if n.is_some_and(|n| n < self.config.q8_min_size()) {
                 storage.state = Dtype::F32;
-            } else if self.gpu.q8_block > u64::from(self.plan_cfg.workgroup_size) {
+            } else if !u64::from(self.plan_cfg.workgroup_size).is_multiple_of(self.gpu.q8_block) {
                 return Err(Error::InvalidConfig {
                     field: "q8_block",
-                    value: self.config.q8_block().to_string(),
+                    value: format!(
+                        "{} with workgroup_size {}",
+                        self.config.q8_block(),
+                        self.plan_cfg.workgroup_size
+                    ),
                     requirement:
-                        "must be at most 4x the workgroup size (a workgroup finds each block's \
-                                  absmax)",
+                        "must divide 4x the workgroup size (a workgroup finds the absmax of \
+                                  whole blocks)",
                 });
             }
         }

@@ -174,22 +174,7 @@ impl RmsProp {
         let sc = &mut self.scratch;
         validate(&self.layout, grads, &self.gradients_seen, &mut sc.shape)?;
         if self.plan_cfg.lazy {
-            // Lazy rows would need whole blocks requantized around them: not yet.
-            let quantized = sc.shape.parts.iter().enumerate().find(|&(i, &p)| {
-                p == Part::Sparse
-                    && self.layout.variables[i].storage.state == crate::dtype::Dtype::Q8
-            });
-            if let Some((i, _)) = quantized {
-                return Err(Error::InvalidConfig {
-                    field: "sparse_mode",
-                    value: format!(
-                        "lazy, for {:?} whose state is q8",
-                        self.layout.variables[i].name
-                    ),
-                    requirement: "cannot update 8-bit quantized state lazily yet (use sparse_mode \
-                                  dense, or f32/16-bit state for that variable)",
-                });
-            }
+            check_lazy_q8(&self.layout, &self.config, grads)?;
         }
         let prep = Prepare::of(
             self.config.loss_scale_factor(),
@@ -507,4 +492,40 @@ fn reuse(spare: &mut Vec<Vec<[u32; 4]>>, table: &[[u32; 4]]) -> Vec<[u32; 4]> {
     v.clear();
     v.extend_from_slice(table);
     v
+}
+
+/// Lazy steps on 8-bit quantized state rewrite whole blocks around the listed rows, found from host
+/// indices grouped and sorted on the host (`rmsprop_lazy_q8.wgsl`); GPU-resident indices are grouped in
+/// no particular order, and sequential duplicates would quantize between pairs: both refused.
+fn check_lazy_q8(
+    layout: &crate::step::layout::Layout,
+    config: &crate::RmsPropConfig,
+    grads: &[(VarId, Gradient<'_>)],
+) -> Result<()> {
+    for (id, g) in grads {
+        let Some(v) = layout.variables.get(id.index()) else {
+            continue;
+        };
+        if v.storage.state != crate::dtype::Dtype::Q8 || v.options.frozen {
+            continue;
+        }
+        let refused = match g {
+            Gradient::SparseGpuIndices { .. } => {
+                "cannot take GPU-resident indices (host indices \
+                 are grouped and sorted for the block update; or use sparse_mode dense)"
+            }
+            Gradient::Sparse { .. } | Gradient::Sparse16 { .. } | Gradient::SparseGpu { .. }
+                if config.duplicate_indices() == crate::DuplicateIndices::Sequential =>
+            {
+                "cannot apply duplicates sequentially (each pair would be quantized)"
+            }
+            _ => continue,
+        };
+        return Err(Error::InvalidConfig {
+            field: "sparse_mode",
+            value: format!("lazy, for {:?} whose state is q8", v.name),
+            requirement: refused,
+        });
+    }
+    Ok(())
 }

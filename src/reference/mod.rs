@@ -26,9 +26,10 @@
 //! unsigned map, momentum and average gradient on the signed one), each block of
 //! [`RmsPropConfig::q8_block`] elements is quantized ([`crate::quant::Codebook::quantize_blocks`]) and
 //! the slot's values become the dequantized ones, which the next step starts from. The initial velocity
-//! is quantized the same way when the variable is added. A smaller variable keeps f32 state. A
-//! sparse gradient for a variable with quantized state is refused ([`Error::InvalidConfig`] on
-//! `storage`, before anything changes): the blocks are updated densely.
+//! is quantized the same way when the variable is added. A smaller variable keeps f32 state. A lazy
+//! sparse step quantizes again only the blocks that hold listed rows (`q8_lazy.rs`: unlisted elements
+//! keep their codes where the block's absmax did not change); with sequential duplicates it is refused
+//! ([`Error::InvalidConfig`] on `sparse_mode`, before anything changes).
 
 use crate::config::{DuplicateIndices, RmsPropConfig, SparseMode};
 use crate::dtype::{Dtype, StorageTypes};
@@ -36,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::quant::{Codebook, Quantized};
 use crate::var_options::VarOptions;
 
+mod q8_lazy;
 mod update;
 pub use update::{clip_value, rmsprop, sr_round, store, State};
 
@@ -434,12 +436,12 @@ impl Reference {
         }
     }
 
-    /// A lazy sparse gradient for a variable with 8-bit state is refused (a frozen variable's gradient
-    /// is ignored, so it is not checked).
+    /// Lazy steps on 8-bit state take host indices with summed duplicates only (as the optimizer):
+    /// sequential duplicates for a variable with quantized state are refused.
     fn check_q8_sparse(&self, grads: &[Option<RefGradient<'_>>]) -> Result<()> {
-        // Dense-mode sparse steps update every row (then the blocks are quantized as after a dense
-        // step); lazy ones would leave blocks half updated.
-        let lazy = self.config.sparse_mode() == SparseMode::Lazy;
+        let c = &self.config;
+        let lazy = c.sparse_mode() == SparseMode::Lazy
+            && c.duplicate_indices() == DuplicateIndices::Sequential;
         let sparse_q8 = self.vars.iter().zip(grads).position(|(var, g)| {
             lazy && var.q8.is_some()
                 && !var.options.frozen
@@ -447,14 +449,9 @@ impl Reference {
         });
         match sparse_q8 {
             Some(i) => Err(Error::InvalidConfig {
-                field: "storage",
-                value: format!(
-                    "{} (var{i}, a sparse gradient)",
-                    storage_text(&self.vars[i].storage)
-                ),
-                requirement:
-                    "cannot be q8 (8-bit quantized state, updated densely by blocks) for a \
-                              variable given a sparse gradient",
+                field: "sparse_mode",
+                value: format!("lazy, for var{i} whose state is q8"),
+                requirement: "cannot apply duplicates sequentially (each pair would be quantized)",
             }),
             None => Ok(()),
         }
@@ -643,6 +640,7 @@ impl Reference {
                     let rows = group_rows(indices);
                     match c.sparse_mode() {
                         SparseMode::Lazy => {
+                            let mut touched = Vec::new();
                             for (row, ks) in &rows {
                                 for col in 0..row_len {
                                     let i = row * row_len + col;
@@ -665,8 +663,13 @@ impl Reference {
                                         s = rmsprop(&c, &p, s, sum, 0.0, false);
                                     }
                                     var.set(i, s, sr);
+                                    if var.q8.is_some() {
+                                        touched.push(i);
+                                    }
                                 }
                             }
+                            // 8-bit state: the blocks holding listed rows are quantized again.
+                            var.requantize_listed(&touched);
                         }
                         SparseMode::Dense => {
                             let n = var.x.len();

@@ -353,8 +353,9 @@ fn q8_per_variable_storage_and_slots_gained_later() {
 }
 
 #[test]
-fn q8_sparse_gradients_are_refused_before_anything_changes() {
+fn q8_sequential_sparse_gradients_are_refused_before_anything_changes() {
     let c = keras(0.01)
+        .duplicate_indices(DuplicateIndices::Sequential)
         .storage(q8_state())
         .q8_block(64)
         .q8_min_size(64)
@@ -375,7 +376,7 @@ fn q8_sparse_gradients_are_refused_before_anything_changes() {
         matches!(
             err,
             Error::InvalidConfig {
-                field: "storage",
+                field: "sparse_mode",
                 ..
             }
         ),

@@ -3,17 +3,18 @@
 //! before anything is encoded and never leaves an unusable binding behind.
 
 use crate::context::create_buffer_checked;
-use crate::dtype::StorageTypes;
+use crate::dtype::{Dtype, StorageTypes};
 use crate::error::{Error, Result};
 use crate::kernels::{self, binding, Kernel, Params, ParamsMode, VAR_INFO_BYTES};
 use crate::pool::{self, Kind, VEC4_BYTES};
 use crate::step::plan::Which;
 
 /// Every kernel of a step, by the [`Which`] that selects it.
-pub(crate) const KERNELS: [(Which, Kernel); 13] = [
+pub(crate) const KERNELS: [(Which, Kernel); 14] = [
     (Which::Dense, kernels::DENSE),
     (Which::DenseAt, kernels::DENSE_AT),
     (Which::Lazy, kernels::LAZY),
+    (Which::LazyQ8, kernels::LAZY_Q8),
     (Which::Scatter, kernels::SCATTER),
     (Which::PartialDense, kernels::PARTIAL_DENSE),
     (Which::Prepare, kernels::PREPARE),
@@ -26,7 +27,7 @@ pub(crate) const KERNELS: [(Which, Kernel); 13] = [
     (Which::PrepareValues, kernels::PREPARE_VALUES),
 ];
 /// Kernels from this index on bind step-wide buffers only (one bind group each, not one per chunk).
-pub(crate) const FIRST_GLOBAL_KERNEL: usize = 7;
+pub(crate) const FIRST_GLOBAL_KERNEL: usize = 8;
 
 /// A growable storage buffer of the step machinery (allocated when it must grow, reused otherwise).
 #[derive(Debug)]
@@ -93,8 +94,8 @@ pub(crate) struct ChunkBuffers {
     pub buffers: [Option<wgpu::Buffer>; crate::pool::KINDS],
     /// The storage types of its buffers.
     pub storage: StorageTypes,
-    /// Bind groups of the per-chunk kernels (dense, dense_at, lazy, scatter, partial_dense, prepare,
-    /// ema).
+    /// Bind groups of the per-chunk kernels (dense, dense_at, lazy, lazy_q8, scatter, partial_dense,
+    /// prepare, ema).
     pub bind_groups: Vec<wgpu::BindGroup>,
 }
 
@@ -647,19 +648,26 @@ fn build_pipelines(
     } else {
         FIRST_GLOBAL_KERNEL
     };
-    KERNELS[..count]
-        .iter()
-        .zip(layouts)
-        .map(|((_, k), layout)| {
+    let lazy = KERNELS.iter().position(|(w, _)| *w == Which::Lazy);
+    let mut built: Vec<wgpu::ComputePipeline> = Vec::with_capacity(count);
+    for ((which, k), layout) in KERNELS[..count].iter().zip(layouts) {
+        // The lazy update of quantized state exists for q8 pools only: elsewhere its slot holds the
+        // plain lazy pipeline, never dispatched (one pipeline fewer to compile per optimizer).
+        if let (Which::LazyQ8, false, Some(l)) = (which, storage.state == Dtype::Q8, lazy) {
+            built.push(built[l].clone());
+            continue;
+        }
+        built.push({
             // A kernel that does not bind the pools is the same for every storage.
             let storage = if k.module.pools.is_some() {
                 storage
             } else {
                 StorageTypes::default()
             };
-            kernels::pipeline(device, prefix, k, mode, layout, constants, (storage, ema))
-        })
-        .collect()
+            kernels::pipeline(device, prefix, k, mode, layout, constants, (storage, ema))?
+        });
+    }
+    Ok(built)
 }
 
 pub(crate) fn missing_buffer() -> Error {

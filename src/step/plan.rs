@@ -21,6 +21,8 @@ pub(crate) enum Which {
     Dense,
     DenseAt,
     Lazy,
+    /// The lazy update of 8-bit quantized state: whole blocks around the listed rows.
+    LazyQ8,
     Scatter,
     PartialDense,
     PartialSparse,
@@ -411,10 +413,35 @@ pub(crate) fn plan(
                     (lo as u64 * row_len, hi as u64 * row_len)
                 }
             };
-            let which = if cfg.lazy {
-                Which::Lazy
-            } else {
-                Which::Scatter
+            let which = match (cfg.lazy, v.storage.state == crate::dtype::Dtype::Q8) {
+                (true, false) => Which::Lazy,
+                (true, true) => Which::LazyQ8,
+                (false, _) => Which::Scatter,
+            };
+            // 8-bit state: the work items are a block's invocations (`q8_block` vec4) per distinct row
+            // and block it can touch (see `rmsprop_lazy_q8.wgsl`), for the same rows.
+            let (range, params) = match which {
+                Which::LazyQ8 => {
+                    let block = 4 * layout.q8_block;
+                    let row_len = v.row_len as u64;
+                    let pairs = (range.1 - range.0) / row_len * q8_blocks_per_row(row_len, block);
+                    let blocks = (seg.elems as u64).div_ceil(block);
+                    // One work item per block where rows would give more (`ema_mode` 1: see the
+                    // shader), else per (row, block of it).
+                    let by_blocks = u32::from(pairs > blocks);
+                    let first = match by_blocks {
+                        1 => 0,
+                        _ => range.0 / row_len * q8_blocks_per_row(row_len, block),
+                    };
+                    let items = pairs.min(blocks) * layout.q8_block;
+                    let first = first * layout.q8_block;
+                    let params = Params {
+                        ema_mode: by_blocks,
+                        ..params
+                    };
+                    ((first, first + items), params)
+                }
+                _ => (range, params),
             };
             push(d, mg, which, seg.chunk, params, range, wg);
         }
@@ -464,6 +491,13 @@ pub(crate) fn plan(
     }
 }
 
+/// The most blocks of `block` elements a row of `row_len` elements can touch (rows start at multiples
+/// of gcd(row_len, block), the block a power of two); `rmsprop_lazy_q8.wgsl::blocks_per_row`.
+pub(crate) fn q8_blocks_per_row(row_len: u64, block: u64) -> u64 {
+    let g = block.min(row_len & row_len.wrapping_neg());
+    (block - g + row_len - 1) / block + 1
+}
+
 /// Chunk `ci`'s region of the segment map (see [`Layout::segment_map`]): (first entry, segments).
 fn map_region(layout: &Layout, ci: usize) -> (u32, u32) {
     let before: usize = layout.chunks[..ci]
@@ -478,6 +512,23 @@ fn map_region(layout: &Layout, ci: usize) -> (u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn q8_blocks_per_row_is_the_most_blocks_any_row_touches() {
+        for block in [64u64, 256, 1024] {
+            for row_len in (1..=70).chain([255, 256, 257, 300, 1000, 1024, 2048, 3000]) {
+                let most = (0..4 * block)
+                    .map(|r| (r * row_len + row_len - 1) / block - r * row_len / block + 1)
+                    .max()
+                    .unwrap();
+                assert_eq!(
+                    super::q8_blocks_per_row(row_len, block),
+                    most,
+                    "{row_len} {block}"
+                );
+            }
+        }
+    }
+
     use super::*;
     use crate::step::sparse_prep::HeadRegions;
     use crate::step::types::Gradient;
