@@ -279,7 +279,8 @@ fn correctly_rounded(case: &Case, before: &[Stored], t: usize) -> Result<Vec<Sto
                 let indices: Vec<usize> = indices.iter().map(|&i| i as usize).collect();
                 let rows = group_rows(&indices);
                 match c.sparse_mode() {
-                    SparseMode::Lazy => {
+                    // (The study's cases are never lazy-exact: run as lazy.)
+                    SparseMode::Lazy | SparseMode::LazyExact => {
                         for (row, ks) in &rows {
                             for col in 0..row_len {
                                 let i = row * row_len + col;

@@ -1,7 +1,8 @@
 //! Conformance runner for golden cases (`rmsprop-case/1`).
 //!
 //! ```text
-//! cargo run --release --example replay -- [--emit DIR] [--resume-at K] [--memory-budget BYTES] CASE.json [CASE.json ...]
+//! cargo run --release --example replay -- [--emit DIR] [--resume-at K] [--memory-budget BYTES]
+//!     [--sparse-mode lazy-exact] CASE.json [CASE.json ...]
 //! ```
 //!
 //! Runs each case on the GPU and prints exactly one line per case: `PASS <name> max_abs=<x> max_rel=<y>`,
@@ -24,7 +25,8 @@ use wgpu_rmsprop::case::{escape_name, escape_text, Limits, Replay, ReplayOptions
 use wgpu_rmsprop::GpuContext;
 
 const USAGE: &str =
-    "usage: replay [--emit DIR] [--resume-at K] [--memory-budget BYTES] CASE.json [CASE.json ...]";
+    "usage: replay [--emit DIR] [--resume-at K] [--memory-budget BYTES] [--sparse-mode lazy-exact] \
+     CASE.json [CASE.json ...]";
 
 /// `123`, `64K`, `512M`, `4G` (binary units).
 fn parse_bytes(s: &str) -> Option<u64> {
@@ -72,6 +74,11 @@ fn main() -> ExitCode {
             Some("--memory-budget") => match args.next().and_then(|b| parse_bytes(b.to_str()?)) {
                 Some(b) => options.limits = Limits::new(b),
                 None => return usage_error("--memory-budget needs a byte count (e.g. 4G, 512M)"),
+            },
+            Some("--sparse-mode") => match args.next().as_deref().and_then(|m| m.to_str()) {
+                Some("lazy-exact") => options.lazy_exact = true,
+                Some("as-recorded") => options.lazy_exact = false,
+                _ => return usage_error("--sparse-mode needs lazy-exact or as-recorded"),
             },
             Some("-h" | "--help") => {
                 println!("{USAGE}");

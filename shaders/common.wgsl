@@ -1,5 +1,5 @@
 // Declarations shared by every kernel module (prepended at build time with `concat!`, never formatted at
-// run time). The host mirror is `kernels::Params` (96 bytes).
+// run time). The host mirror is `kernels::Params` (112 bytes).
 
 struct Params {
     lr: f32,
@@ -41,6 +41,11 @@ struct Params {
     // items: 0 per listed row and block of it, 1 per block.)
     ema_mode: u32,
     ema_momentum: f32,
+    // SparseMode::LazyExact: the variable's entry in the row counters (`rmsprop_lazy_exact.wgsl`).
+    rows_base: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 // Per-variable clipping state of a step, computed on the GPU by `reduce_norm.wgsl::finalize`:

@@ -92,6 +92,8 @@ fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if is_centered(h) {
         s.a = vec4<f32>(ld_a(i));
     }
+    // SparseMode::LazyExact: the steps the row missed first (`rmsprop_lazy_exact.wgsl`; else as is).
+    s = caught_up(it.var_elem / p.row_len, s, h);
     let none = vec4<f32>(0.0);
     if SEQUENTIAL {
         for (var k = it.first; k < it.last; k++) {
@@ -109,10 +111,14 @@ fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
     } else {
         var sum = 0.0;
+        var squares = 0.0;
         for (var k = it.first; k < it.last; k++) {
-            sum += listed(it, k);
+            let gk = listed(it, k);
+            sum += gk;
+            squares += gk * gk;
         }
-        s = rmsprop(s, vec4<f32>(sum), none, false, h);
+        // Keras 3 duplicates (lazy-exact only): the velocity takes the sum of their squares.
+        s = rmsprop(s, vec4<f32>(sum), vec4<f32>(squares), LAZY_SQUARES, h);
     }
     if live {
         if STOCHASTIC {
@@ -133,6 +139,9 @@ fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }
 
 override HAS_SQUARES: bool = false;
+// Keras 3 duplicates in a lazy-exact step, without global_clipnorm (as `USE_SQUARES` for the dense
+// kernel): the velocity takes the sum of the squared duplicates.
+override LAZY_SQUARES: bool = false;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn scatter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

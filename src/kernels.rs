@@ -82,7 +82,11 @@ pub const DENSE_WGSL: Module = Module {
 };
 /// The sparse kernels `lazy` and `scatter`.
 pub const SPARSE_WGSL: Module = Module {
-    files: &[UPDATE, include_str!("../shaders/rmsprop_sparse.wgsl")],
+    files: &[
+        UPDATE,
+        include_str!("../shaders/rmsprop_sparse.wgsl"),
+        NOT_EXACT,
+    ],
     pools: Some((
         Flavor::Scalar,
         &[
@@ -109,6 +113,18 @@ pub const LAZY_Q8_WGSL: Module = Module {
             ("c", 20, RW),
         ],
     )),
+};
+/// The plain lazy update's catch-up hook: rows are never behind.
+const NOT_EXACT: &str = "fn caught_up(row: u32, s: State, h: Hyper) -> State { return s; }\n";
+/// `SparseMode::LazyExact`: the lazy update with its catch-up of skipped steps, the catch-up of whole
+/// variables and the row counters (`rmsprop_lazy_exact.wgsl`, binding 22).
+pub const LAZY_EXACT_WGSL: Module = Module {
+    files: &[
+        UPDATE,
+        include_str!("../shaders/rmsprop_sparse.wgsl"),
+        include_str!("../shaders/rmsprop_lazy_exact.wgsl"),
+    ],
+    pools: SPARSE_WGSL.pools,
 };
 /// Keras's base-class preparation of the gradients: loss scale and accumulation (`keras_base.wgsl`).
 pub const KERAS_WGSL: Module = Module {
@@ -183,6 +199,8 @@ pub mod binding {
     pub const COPY: u32 = 20;
     /// The maps of 8-bit quantized state (unsigned, then signed; 256 f32 bits each).
     pub const Q8_MAPS: u32 = 21;
+    /// `SparseMode::LazyExact`: per variable its step count then each row's (`rmsprop_lazy_exact.wgsl`).
+    pub const LAZY_ROWS: u32 = 22;
 }
 
 /// A compute entry point: its module, name and bindings (group 0).
@@ -258,6 +276,42 @@ pub const LAZY_Q8: Kernel = Kernel {
         (9, R),
         (14, R),
     ],
+};
+/// The lazy update of `SparseMode::LazyExact`: listed rows caught up, then updated (binding 22, the
+/// row counters, is added by [`bindings_with`]).
+pub const LAZY_EXACT: Kernel = Kernel {
+    name: "rmsprop_lazy_exact::lazy",
+    module: LAZY_EXACT_WGSL,
+    entry: "lazy",
+    bindings: LAZY.bindings,
+};
+/// Every row of a variable's part in one pool buffer caught up (`SparseMode::LazyExact`).
+pub const CATCH_UP: Kernel = Kernel {
+    name: "rmsprop_lazy_exact::catch_up",
+    module: LAZY_EXACT_WGSL,
+    entry: "catch_up",
+    bindings: &[(0, U), (1, RW), (3, RW), (4, RW), (5, RW), (7, R)],
+};
+/// The listed rows stamped current after a lazy-exact update, the variable's count advanced.
+pub const STAMP_LISTED: Kernel = Kernel {
+    name: "rmsprop_lazy_exact::stamp_listed",
+    module: LAZY_EXACT_WGSL,
+    entry: "stamp_listed",
+    bindings: &[(0, U), (9, R)],
+};
+/// Every row of a variable stamped current (after [`CATCH_UP`]).
+pub const STAMP_ALL: Kernel = Kernel {
+    name: "rmsprop_lazy_exact::stamp_all",
+    module: LAZY_EXACT_WGSL,
+    entry: "stamp_all",
+    bindings: &[(0, U)],
+};
+/// A variable's step count advanced (after [`STAMP_LISTED`]).
+pub const BUMP: Kernel = Kernel {
+    name: "rmsprop_lazy_exact::bump",
+    module: LAZY_EXACT_WGSL,
+    entry: "bump",
+    bindings: &[(0, U)],
 };
 /// Merging sparse rows into the gradient pool.
 pub const SCATTER: Kernel = Kernel {
@@ -337,10 +391,15 @@ pub const PREPARE_VALUES: Kernel = Kernel {
 };
 
 /// Every kernel, for validation.
-pub const ALL: [Kernel; 13] = [
+pub const ALL: [Kernel; 18] = [
     DENSE,
     LAZY,
     LAZY_Q8,
+    LAZY_EXACT,
+    CATCH_UP,
+    STAMP_LISTED,
+    STAMP_ALL,
+    BUMP,
     SCATTER,
     PARTIAL_DENSE,
     PARTIAL_SPARSE,
@@ -353,7 +412,7 @@ pub const ALL: [Kernel; 13] = [
     PREPARE_VALUES,
 ];
 
-/// The `Params` uniform of `common.wgsl` (96 bytes).
+/// The `Params` uniform of `common.wgsl` (112 bytes).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable, PartialEq, Default)]
 pub struct Params {
@@ -406,6 +465,11 @@ pub struct Params {
     pub ema_mode: u32,
     /// The momentum of that average for this step.
     pub ema_momentum: f32,
+    /// `SparseMode::LazyExact`: the variable's entry in the row counters (its step count; its rows
+    /// follow).
+    pub rows_base: u32,
+    /// Padding to 16 bytes.
+    pub pad: [u32; 3],
 }
 
 /// The host mirror of `VarInfo` in `common.wgsl` (written on the GPU by `reduce_norm.wgsl::finalize`);
@@ -440,7 +504,8 @@ impl Kernel {
 /// The kernels that write the variables, which bind their 16-bit copy too when the pools keep one
 /// ([`crate::StorageTypes::copy`]).
 pub(crate) fn writes_variables(kernel: &Kernel) -> bool {
-    ["main", "main_at", "lazy", "lazy_q8"].contains(&kernel.entry) && kernel.module.pools.is_some()
+    ["main", "main_at", "lazy", "lazy_q8", "catch_up"].contains(&kernel.entry)
+        && kernel.module.pools.is_some()
 }
 
 /// The bindings of `kernel` in `mode`, with the copy of the variables when `copy` and it writes them,
@@ -448,9 +513,13 @@ pub(crate) fn writes_variables(kernel: &Kernel) -> bool {
 pub(crate) fn bindings_with(
     kernel: &Kernel,
     mode: ParamsMode,
-    (copy, ema, q8): (bool, bool, bool),
+    (copy, ema, q8, exact): (bool, bool, bool, bool),
 ) -> impl Iterator<Item = (u32, BindingKind)> + '_ {
     let extra = (copy && writes_variables(kernel)).then_some((binding::COPY, RW));
+    // The row counters, in the lazy-exact kernels of a lazy-exact configuration (elsewhere those
+    // kernels are never built: their slots hold other pipelines).
+    let rows = (exact && kernel.name.starts_with("rmsprop_lazy_exact::"))
+        .then_some((binding::LAZY_ROWS, RW));
     let dense = ["main", "main_at"].contains(&kernel.entry);
     let average = (ema && dense).then_some((binding::EMA, RW));
     let quantized = dense || kernel.entry == "lazy_q8";
@@ -460,6 +529,7 @@ pub(crate) fn bindings_with(
         .chain(extra)
         .chain(average)
         .chain(maps)
+        .chain(rows)
 }
 
 pub(crate) fn bind_group_layout(
@@ -467,7 +537,7 @@ pub(crate) fn bind_group_layout(
     label: &str,
     kernel: &Kernel,
     mode: ParamsMode,
-    extras: (bool, bool, bool),
+    extras: (bool, bool, bool, bool),
 ) -> wgpu::BindGroupLayout {
     let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings_with(kernel, mode, extras)
         .map(|(binding, kind)| wgpu::BindGroupLayoutEntry {
@@ -565,6 +635,13 @@ pub(crate) fn variant_constants(
         (
             "HAS_SQUARES",
             b(config.duplicate_indices() == crate::config::DuplicateIndices::Keras3),
+        ),
+        (
+            "LAZY_SQUARES",
+            b(
+                config.duplicate_indices() == crate::config::DuplicateIndices::Keras3
+                    && config.global_clipnorm().is_none(),
+            ),
         ),
         ("NORM_MODE", norm_mode),
         (

@@ -674,6 +674,7 @@ fn a_replay_over_hostile_cases_stays_in_its_folder_and_reports_each() {
         emit: Some(out.clone()),
         resume_at: Some(1),
         limits: Limits::default(),
+        ..ReplayOptions::default()
     };
     let mut replay = Replay::new(common::ctx(), options).unwrap();
     let reports: Vec<CaseReport> = paths.iter().map(|p| replay.run_path(p)).collect();
@@ -747,6 +748,7 @@ fn many_steps_stream_through_a_small_budget() {
         emit: Some(dir.clone()),
         resume_at: None,
         limits: Limits::new(8 << 20),
+        ..ReplayOptions::default()
     };
     let mut replay = Replay::new(common::ctx(), options).unwrap();
     let rep = replay.run_path(&hostile("huge_steps.json"));

@@ -292,6 +292,7 @@ impl<'de> Deserialize<'de> for CaseConfig {
             global_clipnorm: r.global_clipnorm,
             weight_decay: r.weight_decay,
             sparse_lazy: r.sparse_mode,
+            lazy_exact: false,
             duplicate_indices: r.duplicate_indices,
             initial_accumulator_value: r.initial_accumulator_value,
             eps_in_sqrt: r.eps_in_sqrt,
@@ -361,6 +362,13 @@ impl Case {
             } else {
                 SparseMode::Dense
             });
+        }
+        if c.lazy_exact
+            && b.clone()
+                .build()
+                .is_ok_and(|x| x.sparse_mode() == SparseMode::Dense)
+        {
+            b = b.sparse_mode(SparseMode::LazyExact);
         }
         if let Some(on) = c.use_ema {
             b = b.use_ema(on);

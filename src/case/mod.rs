@@ -355,6 +355,10 @@ pub struct CaseConfig {
     pub gradient_accumulation_steps: Option<u64>,
     /// Keras loss scaling ([`crate::RmsPropConfigBuilder::loss_scale_factor`]).
     pub loss_scale_factor: Option<f64>,
+    /// Not in the file: set by `replay --sparse-mode lazy-exact` for a case with sparse steps, a case
+    /// in sparse mode dense runs with [`crate::SparseMode::LazyExact`] instead (expecting the same
+    /// numbers).
+    pub lazy_exact: bool,
 }
 
 /// A golden case, parsed and checked for internal consistency.

@@ -24,6 +24,9 @@ pub struct ReplayOptions {
     pub resume_at: Option<usize>,
     /// Memory budget of one case (`replay --memory-budget BYTES`).
     pub limits: Limits,
+    /// Cases in sparse mode dense run with [`crate::SparseMode::LazyExact`] (`replay --sparse-mode
+    /// lazy-exact`): the same numbers are expected.
+    pub lazy_exact: bool,
 }
 
 impl Default for ReplayOptions {
@@ -32,6 +35,7 @@ impl Default for ReplayOptions {
             emit: None,
             resume_at: None,
             limits: Limits::new(DEFAULT_MEMORY_BUDGET),
+            lazy_exact: false,
         }
     }
 }
@@ -163,7 +167,16 @@ impl<'a> Replay<'a> {
     /// Reads the case at `path` (within the budget) and runs it.
     pub fn run_path(&mut self, path: &Path) -> CaseReport {
         match Case::from_path_limited(path, &self.options.limits) {
-            Ok(case) => self.run_case(&case),
+            Ok(mut case) => {
+                // Only cases with sparse steps (the others have no rows to leave behind).
+                let sparse = case
+                    .steps
+                    .iter()
+                    .flat_map(|s| &s.grads)
+                    .any(|g| matches!(g, crate::case::CaseGradient::Sparse { .. }));
+                case.config.lazy_exact = self.options.lazy_exact && sparse;
+                self.run_case(&case)
+            }
             Err(Error::InvalidCase { name, message }) => report(&name, Outcome::Error(message)),
             Err(e) => {
                 let stem = path

@@ -284,11 +284,11 @@ impl RmsPropConfigBuilder {
                 requirement: "cannot be combined with clipnorm or global_clipnorm in Keras 3 (at most one clipping option)",
             });
         }
-        if c.duplicate_indices == DuplicateIndices::Keras3 && c.sparse_mode != SparseMode::Dense {
+        if c.duplicate_indices == DuplicateIndices::Keras3 && c.sparse_mode == SparseMode::Lazy {
             return Err(Error::InvalidConfig {
                 field: "duplicate_indices",
                 value: "keras3".into(),
-                requirement: "needs sparse_mode dense (Keras 3 updates every row)",
+                requirement: "needs sparse_mode dense or lazy_exact (Keras 3 updates every row)",
             });
         }
         if c.duplicate_indices == DuplicateIndices::Sequential && c.sparse_mode != SparseMode::Lazy
@@ -298,6 +298,15 @@ impl RmsPropConfigBuilder {
                 value: "sequential".into(),
                 requirement: "needs sparse_mode lazy (each listed row is its own update)",
             });
+        }
+        if c.sparse_mode == SparseMode::LazyExact {
+            if let Some((field, value, requirement)) = lazy_exact_conflict(&c) {
+                return Err(Error::InvalidConfig {
+                    field,
+                    value,
+                    requirement,
+                });
+            }
         }
         if c.nesterov && c.momentum_form == MomentumForm::LrAfter {
             return Err(Error::InvalidConfig {
@@ -365,6 +374,62 @@ pub(crate) fn copy_storage_conflict(storage: crate::dtype::StorageTypes) -> Opti
 
 /// Why `storage` cannot hold 8-bit quantized values where it asks for them, if it cannot: only the
 /// optimizer state is quantized.
+/// Why `c` cannot use [`SparseMode::LazyExact`]: (field, value, requirement), or `None`. Skipped steps
+/// are caught up in closed form, which exists only where a step with gradient 0 is a fixed linear map.
+fn lazy_exact_conflict(c: &RmsPropConfig) -> Option<(&'static str, String, &'static str)> {
+    let constant = matches!(c.learning_rate, crate::LearningRate::Constant(_));
+    let momentum = c.momentum != 0.0;
+    let why = match () {
+        _ if matches!(c.weight_decay, WeightDecay::L2(_)) => (
+            "weight_decay",
+            format!("{:?}", c.weight_decay),
+            "cannot be L2 with sparse_mode lazy_exact (the skipped steps' gradient would be the \
+             decay: no closed form)",
+        ),
+        _ if c.nesterov && momentum => (
+            "nesterov",
+            "true".into(),
+            "cannot be used with sparse_mode lazy_exact (no closed form for the skipped steps yet)",
+        ),
+        _ if !constant
+            && (matches!(c.weight_decay, WeightDecay::Decoupled(_))
+                || (momentum && c.momentum_form == MomentumForm::LrAfter)) =>
+        {
+            (
+                "learning_rate",
+                format!("{:?}", c.learning_rate),
+                "must be constant with sparse_mode lazy_exact where it enters the skipped steps \
+                 (decoupled decay, or momentum with the rate after the buffer): per-step factors \
+                 are not kept yet",
+            )
+        }
+        _ if c.non_finite == crate::config::NonFinite::SkipStep => (
+            "non_finite",
+            "skip_step".into(),
+            "cannot be combined with sparse_mode lazy_exact yet (skipped steps are not counted per \
+             row)",
+        ),
+        _ if c.use_ema
+            || c.gradient_accumulation_steps.is_some()
+            || c.loss_scale_factor.is_some() =>
+        {
+            (
+                "sparse_mode",
+                "lazy_exact".into(),
+                "cannot be combined with use_ema, gradient_accumulation_steps or loss_scale_factor \
+                 yet",
+            )
+        }
+        _ if c.storage.state == crate::dtype::Dtype::Q8 => (
+            "storage",
+            format!("{:?}", c.storage),
+            "cannot keep q8 state with sparse_mode lazy_exact yet",
+        ),
+        _ => return None,
+    };
+    Some(why)
+}
+
 pub(crate) fn q8_conflict(storage: crate::dtype::StorageTypes) -> Option<&'static str> {
     let q8 = crate::dtype::Dtype::Q8;
     (storage.variable == q8 || storage.gradient == q8 || storage.copy == Some(q8)).then_some(

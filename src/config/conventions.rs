@@ -95,6 +95,16 @@ pub enum SparseMode {
     Lazy,
     /// Every row is updated, absent rows with gradient 0 (accumulators decay).
     Dense,
+    /// The numbers of [`SparseMode::Dense`] at the cost of [`SparseMode::Lazy`]: each row keeps the
+    /// count of its variable's steps up to which it is current (one `u32` per row); a step first
+    /// brings the listed rows up to date for the steps they missed, in closed form (velocity and
+    /// average gradient times `rho^k`; momentum times `momentum^k` and the variable moved by the
+    /// momentum's geometric sum; decoupled decay as `(1 - wd*lr)^k`), then updates them. Reads,
+    /// checkpoints and [`crate::RmsProp::catch_up`] bring every row up to date. Needs a closed form:
+    /// refused with L2 decay, with Nesterov momentum, and where the learning rate enters the skipped
+    /// steps (decoupled decay, or momentum with the rate after the buffer) under a schedule; also with
+    /// the non-finite skip, Keras's base-class options and q8 state (not yet).
+    LazyExact,
 }
 
 /// How repeated indices of a sparse gradient are combined.

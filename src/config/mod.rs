@@ -386,6 +386,40 @@ pub struct StepScalars {
 }
 
 impl RmsPropConfig {
+    /// The scalars that bring rows up to date outside a step ([`SparseMode::LazyExact`]: reads,
+    /// checkpoints, [`crate::RmsProp::catch_up`]): those of a step, with the learning rate the constant
+    /// one, or 0 under a schedule (where the configuration makes sure it does not enter the skipped
+    /// steps); nothing is evaluated.
+    pub fn catch_up_scalars(&self) -> StepScalars {
+        let lr = match &self.learning_rate {
+            LearningRate::Constant(lr) => *lr as f32,
+            _ => 0.0,
+        };
+        StepScalars {
+            lr,
+            ..self.fixed_scalars()
+        }
+    }
+
+    /// The scalars that do not depend on the step (learning rate 0, no bias correction, step 0).
+    fn fixed_scalars(&self) -> StepScalars {
+        let rho = self.rho as f32;
+        StepScalars {
+            lr: 0.0,
+            rho,
+            one_minus_rho: (1.0 - self.rho) as f32,
+            momentum: self.momentum as f32,
+            epsilon: self.epsilon as f32,
+            weight_decay: match self.weight_decay {
+                WeightDecay::None => 0.0,
+                WeightDecay::Decoupled(wd) | WeightDecay::L2(wd) => wd as f32,
+            },
+            clipvalue: self.clipvalue.map_or(f32::INFINITY, |c| c as f32),
+            bias_correction: 1.0,
+            step: 0,
+        }
+    }
+
     /// The scalars of the step with 1-based number `step` (evaluates the learning rate).
     pub fn scalars(&self, step: u64) -> Result<StepScalars> {
         let rho = self.rho as f32;

@@ -74,6 +74,11 @@ impl RmsProp {
     pub fn read_async(&mut self, items: &[(VarId, Tensor)]) -> Result<ReadBack> {
         self.ensure_resolved("read state back")?;
         self.ctx.check_alive()?;
+        if self.gpu.exact {
+            // SparseMode::LazyExact: what is read is every row up to date.
+            let ids: Vec<VarId> = items.iter().map(|&(id, _)| id).collect();
+            self.catch_up(&ids)?;
+        }
         let (ranges, parts) = self.ranges(items)?;
         let label = format!("{}/read-back", self.config.name());
         ReadBack::start(self.ctx.device(), self.ctx.queue(), &label, &ranges, &parts)
@@ -114,6 +119,20 @@ impl RmsProp {
         dst_offset: u64,
     ) -> Result<Vec<(u64, usize)>> {
         let (ranges, parts) = self.ranges(items)?;
+        if let Some((id, _)) = items
+            .iter()
+            .find(|(id, _)| self.gpu.exact && self.layout.variables[id.index()].stale)
+        {
+            return Err(Error::InvalidConfig {
+                field: "sparse_mode",
+                value: format!(
+                    "lazy_exact, for {:?}",
+                    self.layout.variables[id.index()].name
+                ),
+                requirement: "makes record_read refuse a variable whose rows a lazy step may have \
+                              left behind: call catch_up first (or read with read_many)",
+            });
+        }
         let total: u64 = ranges.iter().map(|r| r.bytes).sum();
         let bad = |reason: String| Error::GradientBuffer {
             name: "record_read destination".into(),
@@ -205,6 +224,8 @@ impl RmsProp {
         include_variables: bool,
     ) -> Result<()> {
         self.ensure_resolved("save a checkpoint")?;
+        // SparseMode::LazyExact: the file holds every row up to date (so it needs no row counters).
+        self.catch_up_all()?;
         if let Some(n) = self.config.gradient_accumulation_steps() {
             if !self.iterations.is_multiple_of(n) {
                 return Err(Error::Checkpoint {
@@ -390,6 +411,8 @@ impl RmsProp {
                 });
             }
         }
+        // SparseMode::LazyExact: rows the file does not hold (variables left out) up to date first.
+        self.catch_up_all()?;
         let queue = self.ctx.queue().clone();
         if self.config.gradient_accumulation_steps().is_some() {
             // Saved at an update step: the accumulator was empty.
@@ -447,6 +470,15 @@ impl RmsProp {
                     }
                     queue.write_buffer(dst, layout.at(s.offset), &bytes);
                 }
+            }
+        }
+        // SparseMode::LazyExact: the file's rows are up to date (the rows it does not hold were caught
+        // up above); every row counter starts again from 0, current.
+        if self.gpu.exact {
+            let words = self.layout.lazy_rows_used as usize;
+            queue.write_buffer(&self.gpu.lazy_rows, 0, &vec![0u8; 4 * words]);
+            for v in &mut self.layout.variables {
+                v.stale = false;
             }
         }
         let status = [0u32, restored.skipped.min(u64::from(u32::MAX)) as u32, 0, 0];

@@ -4,6 +4,7 @@
 //! The step protocol lives in `protocol.rs` (record, resolve, apply), reads and checkpoints in `io.rs`.
 
 mod io;
+mod lazy_rows;
 mod options;
 mod protocol;
 
@@ -133,7 +134,9 @@ impl RmsProp {
         };
         // The 16-bit copy and the q8 maps are one more storage binding each for the dense kernel.
         let q8 = config.storage().state == Dtype::Q8;
-        let needed = 8 + u32::from(config.storage().copy.is_some()) + u32::from(q8);
+        let exact = config.sparse_mode() == SparseMode::LazyExact;
+        let needed =
+            8 + u32::from(config.storage().copy.is_some()) + u32::from(q8) + u32::from(exact);
         if limits.max_storage_buffers_per_shader_stage < needed {
             let have = limits.max_storage_buffers_per_shader_stage;
             return Err(invalid(
@@ -142,8 +145,8 @@ impl RmsProp {
                     "{:?} on a device with {have} storage buffers per stage ({needed} needed)",
                     config.storage()
                 ),
-                "a 16-bit copy of the variables and q8 state each need one more storage buffer per \
-                 shader stage than wgpu's default 8",
+                "a 16-bit copy of the variables, q8 state and sparse_mode lazy_exact each need one \
+                 more storage buffer per shader stage than wgpu's default 8",
             ));
         }
         let wg = options.workgroup_size;
@@ -216,7 +219,7 @@ impl RmsProp {
             ParamsMode::Uniform
         };
         log::debug!("{prefix}: step parameters as {mode:?}");
-        let mut gpu = Gpu::new(device, &prefix, mode, kinds, &constants, q8)?;
+        let mut gpu = Gpu::new(device, &prefix, mode, kinds, &constants, (q8, exact))?;
         let q8_block = (config.q8_block() / 4) as u64;
         gpu.q8_block = q8_block;
         let mut layout = Layout::new(0, chunk_limit, align / VEC4_BYTES);
@@ -230,7 +233,8 @@ impl RmsProp {
             var_options: false,
             skip_nonfinite,
             stochastic: config.stochastic_rounding().is_some(),
-            lazy: config.sparse_mode() == SparseMode::Lazy,
+            lazy: config.sparse_mode() != SparseMode::Dense,
+            lazy_exact: exact,
             jobs_needed: config.clipnorm().is_some()
                 || config.global_clipnorm().is_some()
                 || skip_nonfinite,
@@ -645,6 +649,16 @@ impl RmsProp {
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some(&format!("{}/grow pools", self.config.name())),
         });
+        // SparseMode::LazyExact: the variable's step count and one count per row, zero (current).
+        let rows_base = self.layout.lazy_rows_used;
+        if self.gpu.exact {
+            let rows = match shape.first() {
+                None => 1,
+                Some(&r) => r as u64,
+            };
+            let words = rows_base + 1 + rows;
+            self.gpu.grow_lazy_rows(&mut encoder, words * 4)?;
+        }
         for (index, buffers) in new_buffers {
             let used = self.layout.chunks.get(index).map_or(0, |c| c.used);
             self.gpu
@@ -655,6 +669,11 @@ impl RmsProp {
         let id = self
             .layout
             .commit_variable(name, shape, p, options.clone(), hyper);
+        if self.gpu.exact {
+            let v = &mut self.layout.variables[id.index()];
+            v.rows_base = rows_base as u32;
+            self.layout.lazy_rows_used = rows_base + 1 + v.rows() as u64;
+        }
         // Never taken: nothing can have been written into a buffer the pools left (growth copies the
         // gradient pool along with the rest).
         self.gradients_seen.push(u64::MAX);

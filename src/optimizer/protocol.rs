@@ -344,6 +344,12 @@ impl RmsProp {
             self.heads.clone_from(&sc.sparse.heads);
         }
         self.last_dispatches = sc.plan.dispatches.len();
+        // LazyExact: rows of sparse variables may now be behind (a dense step or a read catches up).
+        if self.gpu.exact {
+            for (v, &p) in self.layout.variables.iter_mut().zip(&sc.shape.parts) {
+                v.stale |= p == Part::Sparse;
+            }
+        }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.pending.push_back(Pending {

@@ -37,8 +37,10 @@ use crate::error::{Error, Result};
 use crate::quant::{Codebook, Quantized};
 use crate::var_options::VarOptions;
 
+mod lazy_exact;
 mod q8_lazy;
 mod update;
+pub use lazy_exact::{skip_steps, LazyRows};
 pub use update::{clip_value, rmsprop, sr_round, store, State};
 
 /// `variable=f16 gradient=f16 state=f32`: storage types in error messages.
@@ -74,6 +76,8 @@ pub struct ReferenceState {
     /// The 8-bit state, when the state is quantized (`state: q8` and at least `q8_min_size`
     /// elements); `v`, `m` and `a` then hold its dequantized values.
     pub q8: Option<Q8State>,
+    /// [`SparseMode::LazyExact`]: the row counters ([`LazyRows`]).
+    pub lazy: Option<LazyRows>,
 }
 
 /// A variable's 8-bit quantized slots as the kernels store them ([`crate::quant`]).
@@ -139,7 +143,18 @@ impl ReferenceState {
                 a: a.as_ref().map(|_| Q8State::zeros(n, block)),
             }
         });
+        let lazy = (config.sparse_mode() == SparseMode::LazyExact).then(|| {
+            let rows = match shape.first() {
+                None => 1,
+                Some(&r) => r,
+            };
+            LazyRows {
+                rows: vec![0; rows],
+                ..LazyRows::default()
+            }
+        });
         ReferenceState {
+            lazy,
             shape: shape.to_vec(),
             v,
             m,
@@ -281,6 +296,14 @@ impl Reference {
         self.vars
             .push(ReferenceState::new(&self.config, shape, init));
         self.vars.len() - 1
+    }
+
+    /// [`SparseMode::LazyExact`]: brings every row of every variable up to date, as the optimizer's
+    /// reads, checkpoints and [`crate::RmsProp::catch_up`] do ([`ReferenceState::catch_up`]).
+    pub fn catch_up(&mut self) {
+        for var in &mut self.vars {
+            var.catch_up(&self.config);
+        }
     }
 
     /// Adds a variable with options (validated as the optimizer does, the variable named `var<index>`
@@ -628,6 +651,8 @@ impl Reference {
             match g {
                 None => {}
                 Some(RefGradient::Dense(g)) => {
+                    // LazyExact: rows left behind by lazy steps take the steps they missed first.
+                    var.catch_up(&config);
                     for (i, &gi) in g.iter().enumerate() {
                         let s = rmsprop(&c, &p, var.state(i), info.clip(gi), 0.0, false);
                         var.set(i, s, sr);
@@ -639,12 +664,16 @@ impl Reference {
                     let row_len = var.row_len();
                     let rows = group_rows(indices);
                     match c.sparse_mode() {
-                        SparseMode::Lazy => {
+                        SparseMode::Lazy | SparseMode::LazyExact => {
+                            let keras3_squares = c.duplicate_indices() == DuplicateIndices::Keras3
+                                && c.global_clipnorm().is_none();
                             let mut touched = Vec::new();
                             for (row, ks) in &rows {
+                                // LazyExact: the steps the row missed first.
+                                let missed = var.missed(*row);
                                 for col in 0..row_len {
                                     let i = row * row_len + col;
-                                    let mut s = var.state(i);
+                                    let mut s = skip_steps(&c, &p, var.state(i), missed);
                                     let listed = |k: usize| info.clip(values[k * row_len + col]);
                                     if c.duplicate_indices() == DuplicateIndices::Sequential {
                                         // Each pair is a complete update, stored (rounded)
@@ -658,9 +687,14 @@ impl Reference {
                                             }
                                         }
                                     } else {
-                                        let sum: f32 =
-                                            ks.iter().fold(0.0, |acc, &k| acc + listed(k));
-                                        s = rmsprop(&c, &p, s, sum, 0.0, false);
+                                        let (mut sum, mut squares) = (0.0f32, 0.0f32);
+                                        for &k in ks {
+                                            let gk = listed(k);
+                                            sum += gk;
+                                            squares += gk * gk;
+                                        }
+                                        // Keras 3 duplicates (lazy-exact): the sum of squares.
+                                        s = rmsprop(&c, &p, s, sum, squares, keras3_squares);
                                     }
                                     var.set(i, s, sr);
                                     if var.q8.is_some() {
@@ -670,6 +704,15 @@ impl Reference {
                             }
                             // 8-bit state: the blocks holding listed rows are quantized again.
                             var.requantize_listed(&touched);
+                            // LazyExact: the listed rows are current at the next count.
+                            if let Some(l) = var.lazy.as_mut() {
+                                let next = l.count.wrapping_add(1);
+                                for (row, _) in &rows {
+                                    l.rows[*row] = next;
+                                }
+                                l.count = next;
+                                l.stale = true;
+                            }
                         }
                         SparseMode::Dense => {
                             let n = var.x.len();

@@ -10,11 +10,16 @@ use crate::pool::{self, Kind, VEC4_BYTES};
 use crate::step::plan::Which;
 
 /// Every kernel of a step, by the [`Which`] that selects it.
-pub(crate) const KERNELS: [(Which, Kernel); 14] = [
+pub(crate) const KERNELS: [(Which, Kernel); 19] = [
     (Which::Dense, kernels::DENSE),
     (Which::DenseAt, kernels::DENSE_AT),
     (Which::Lazy, kernels::LAZY),
     (Which::LazyQ8, kernels::LAZY_Q8),
+    (Which::LazyExact, kernels::LAZY_EXACT),
+    (Which::CatchUp, kernels::CATCH_UP),
+    (Which::StampListed, kernels::STAMP_LISTED),
+    (Which::StampAll, kernels::STAMP_ALL),
+    (Which::Bump, kernels::BUMP),
     (Which::Scatter, kernels::SCATTER),
     (Which::PartialDense, kernels::PARTIAL_DENSE),
     (Which::Prepare, kernels::PREPARE),
@@ -27,7 +32,7 @@ pub(crate) const KERNELS: [(Which, Kernel); 14] = [
     (Which::PrepareValues, kernels::PREPARE_VALUES),
 ];
 /// Kernels from this index on bind step-wide buffers only (one bind group each, not one per chunk).
-pub(crate) const FIRST_GLOBAL_KERNEL: usize = 8;
+pub(crate) const FIRST_GLOBAL_KERNEL: usize = 13;
 
 /// A growable storage buffer of the step machinery (allocated when it must grow, reused otherwise).
 #[derive(Debug)]
@@ -94,8 +99,8 @@ pub(crate) struct ChunkBuffers {
     pub buffers: [Option<wgpu::Buffer>; crate::pool::KINDS],
     /// The storage types of its buffers.
     pub storage: StorageTypes,
-    /// Bind groups of the per-chunk kernels (dense, dense_at, lazy, lazy_q8, scatter, partial_dense,
-    /// prepare, ema).
+    /// Bind groups of the per-chunk kernels (dense, dense_at, lazy, lazy_q8, the lazy-exact ones,
+    /// scatter, partial_dense, prepare, ema).
     pub bind_groups: Vec<wgpu::BindGroup>,
 }
 
@@ -171,6 +176,11 @@ pub(crate) struct Gpu {
     pub q8_block: u64,
     /// The dense kernels bind the maps of 8-bit quantized state (`q8_maps`).
     pub q8: bool,
+    /// `SparseMode::LazyExact`: the lazy-exact kernels are built and bind `lazy_rows`.
+    pub exact: bool,
+    /// Per variable of a lazy-exact configuration its step count, then its rows' (binding 22; see
+    /// `rmsprop_lazy_exact.wgsl`). Grows when variables are added, never in a step.
+    pub lazy_rows: wgpu::Buffer,
     /// Those maps: the unsigned one, then the signed one (`crate::quant::map_bits`).
     q8_maps: wgpu::Buffer,
     /// The dense kernel binds Keras's moving average of the variables and can update it in the step's
@@ -211,7 +221,7 @@ impl Gpu {
         mode: ParamsMode,
         kinds: Vec<Kind>,
         constants: &[(&'static str, f64)],
-        q8: bool,
+        (q8, exact): (bool, bool),
     ) -> Result<Self> {
         let limits = device.limits();
         // The 16-bit copy of the variables is bound by the kernels that write them; Keras's moving
@@ -224,7 +234,7 @@ impl Gpu {
             .iter()
             .map(|(_, k)| {
                 let label = format!("{prefix}/{} bind group layout", k.name);
-                kernels::bind_group_layout(device, &label, k, mode, (copy, ema, q8))
+                kernels::bind_group_layout(device, &label, k, mode, (copy, ema, q8, exact))
             })
             .collect();
         let pipelines = Pipelines {
@@ -234,7 +244,7 @@ impl Gpu {
                 mode,
                 &layouts,
                 constants,
-                (StorageTypes::default(), ema),
+                (StorageTypes::default(), ema, exact),
             )?,
             typed: Vec::new(),
             constants: constants.to_vec(),
@@ -267,6 +277,15 @@ impl Gpu {
             copy,
             q8_block: 64,
             q8,
+            exact,
+            lazy_rows: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&format!("{prefix}/lazy rows")),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
             q8_maps: {
                 use wgpu::util::DeviceExt;
                 let maps = crate::pool_q8::maps_buffer();
@@ -440,7 +459,7 @@ impl Gpu {
             self.mode,
             &self.layouts,
             constants,
-            (storage, self.ema),
+            (storage, self.ema, self.exact),
         )
     }
 
@@ -510,6 +529,39 @@ impl Gpu {
         }
     }
 
+    /// Grows the row counters of `SparseMode::LazyExact` to `bytes` (zero-filled past the old ones,
+    /// which are copied in `encoder`), then rebinds. Nothing changes when they are large enough.
+    pub fn grow_lazy_rows(&mut self, encoder: &mut wgpu::CommandEncoder, bytes: u64) -> Result<()> {
+        if bytes <= self.lazy_rows.size() {
+            return Ok(());
+        }
+        if bytes > self.binding_limit {
+            return Err(Error::StepTooLarge {
+                buffer: format!("{}/lazy rows", self.prefix),
+                bytes,
+                limit: self.binding_limit,
+            });
+        }
+        let size = bytes
+            .max(self.lazy_rows.size().saturating_mul(2))
+            .min(self.binding_limit & !15)
+            .next_multiple_of(16);
+        let new = create_buffer_checked(
+            &self.device,
+            &wgpu::BufferDescriptor {
+                label: Some(&format!("{}/lazy rows", self.prefix)),
+                size,
+                usage: self.lazy_rows.usage(),
+                mapped_at_creation: false,
+            },
+        )?;
+        encoder.copy_buffer_to_buffer(&self.lazy_rows, 0, &new, 0, self.lazy_rows.size());
+        self.lazy_rows = new;
+        self.objects_created += 1;
+        self.rebuild_bind_groups();
+        Ok(())
+    }
+
     /// Checks that a step's buffers fit the device's bindings, changing nothing.
     pub fn check(&self, s: &StepSizes) -> Result<()> {
         let needs = s.in_order();
@@ -570,33 +622,36 @@ impl Gpu {
                 binding::HEADS => &self.heads.buffer,
                 binding::NEXT => &self.next.buffer,
                 binding::Q8_MAPS => &self.q8_maps,
+                binding::LAZY_ROWS => &self.lazy_rows,
                 _ => return None,
             })
         };
         let make = |k: usize, chunk: Option<&ChunkBuffers>, label: String| {
-            let entries: Vec<wgpu::BindGroupEntry> =
-                kernels::bindings_with(&KERNELS[k].1, self.mode, (self.copy, self.ema, self.q8))
-                    .map(|(b, _)| wgpu::BindGroupEntry {
-                        binding: b,
-                        resource: if b == binding::PARAMS {
-                            uniform.clone()
-                        } else {
-                            let pooled =
-                                Kind::ALL
-                                    .iter()
-                                    .find(|kind| kind.binding() == b)
-                                    .map(|&kind| {
-                                        chunk
-                                            .and_then(|c| c.buffers[kind as usize].as_ref())
-                                            .unwrap_or(&self.placeholders[kind as usize])
-                                    });
-                            pooled
-                                .or_else(|| global(b))
-                                .unwrap_or(&self.placeholders[0])
-                                .as_entire_binding()
-                        },
-                    })
-                    .collect();
+            let entries: Vec<wgpu::BindGroupEntry> = kernels::bindings_with(
+                &KERNELS[k].1,
+                self.mode,
+                (self.copy, self.ema, self.q8, self.exact),
+            )
+            .map(|(b, _)| wgpu::BindGroupEntry {
+                binding: b,
+                resource: if b == binding::PARAMS {
+                    uniform.clone()
+                } else {
+                    let pooled = Kind::ALL
+                        .iter()
+                        .find(|kind| kind.binding() == b)
+                        .map(|&kind| {
+                            chunk
+                                .and_then(|c| c.buffers[kind as usize].as_ref())
+                                .unwrap_or(&self.placeholders[kind as usize])
+                        });
+                    pooled
+                        .or_else(|| global(b))
+                        .unwrap_or(&self.placeholders[0])
+                        .as_entire_binding()
+                },
+            })
+            .collect();
             self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(&label),
                 layout: &self.layouts[k],
@@ -641,7 +696,7 @@ fn build_pipelines(
     mode: ParamsMode,
     layouts: &[wgpu::BindGroupLayout],
     constants: &[(&'static str, f64)],
-    (storage, ema): (StorageTypes, bool),
+    (storage, ema, exact): (StorageTypes, bool, bool),
 ) -> Result<Vec<wgpu::ComputePipeline>> {
     let count = if storage.is_f32() {
         KERNELS.len()
@@ -653,7 +708,14 @@ fn build_pipelines(
     for ((which, k), layout) in KERNELS[..count].iter().zip(layouts) {
         // The lazy update of quantized state exists for q8 pools only: elsewhere its slot holds the
         // plain lazy pipeline, never dispatched (one pipeline fewer to compile per optimizer).
-        if let (Which::LazyQ8, false, Some(l)) = (which, storage.state == Dtype::Q8, lazy) {
+        let lazy_exact = matches!(
+            which,
+            Which::LazyExact | Which::CatchUp | Which::StampListed | Which::StampAll | Which::Bump
+        );
+        // Likewise the lazy-exact kernels outside a lazy-exact configuration.
+        let absent =
+            (*which == Which::LazyQ8 && storage.state != Dtype::Q8) || (lazy_exact && !exact);
+        if let (true, Some(l)) = (absent, lazy) {
             built.push(built[l].clone());
             continue;
         }

@@ -22,9 +22,20 @@ pub(crate) struct Variable {
     pub hyper: VarHyper,
     /// The storage types of its buffers.
     pub storage: StorageTypes,
+    /// `SparseMode::LazyExact`: its entry in the row counters (`Gpu::lazy_rows`, in words: its step
+    /// count, then one per row).
+    pub rows_base: u32,
+    /// `SparseMode::LazyExact`: a lazy step may have left rows behind (a dense step, a read or a
+    /// checkpoint catches them up first).
+    pub stale: bool,
 }
 
 impl Variable {
+    /// Rows along axis 0 (1 for a scalar).
+    pub fn rows(&self) -> usize {
+        self.len / self.row_len.max(1)
+    }
+
     /// Whether the variable ignores its gradients.
     pub fn frozen(&self) -> bool {
         self.options.frozen
@@ -61,6 +72,8 @@ pub(crate) struct Layout {
     pub version: u64,
     /// Vec4 per block of 8-bit quantized state: variables in chunks with q8 state start on a block.
     pub q8_block: u64,
+    /// `SparseMode::LazyExact`: words of the row counters given to variables so far.
+    pub lazy_rows_used: u64,
 }
 
 /// Where a new variable goes, and which chunks must grow to hold it.
@@ -85,6 +98,7 @@ impl Layout {
             align_vec4,
             version: 0,
             q8_block: 64,
+            lazy_rows_used: 0,
         }
     }
 
@@ -329,6 +343,8 @@ impl Layout {
             options,
             hyper,
             storage: p.storage,
+            rows_base: 0,
+            stale: false,
         });
         self.id(index)
     }

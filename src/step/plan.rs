@@ -23,6 +23,14 @@ pub(crate) enum Which {
     Lazy,
     /// The lazy update of 8-bit quantized state: whole blocks around the listed rows.
     LazyQ8,
+    /// `SparseMode::LazyExact` (`rmsprop_lazy_exact.wgsl`): the lazy update after the listed rows'
+    /// catch-up; every element of a variable's part caught up; listed rows, or all rows, stamped
+    /// current; the variable's step count advanced.
+    LazyExact,
+    CatchUp,
+    StampListed,
+    StampAll,
+    Bump,
     Scatter,
     PartialDense,
     PartialSparse,
@@ -63,8 +71,11 @@ pub(crate) struct PlanConfig {
     /// Stochastic rounding: the dense kernel finds each element's variable and index in it (segment
     /// map).
     pub stochastic: bool,
-    /// Sparse mode `Lazy`.
+    /// Sparse mode `Lazy` or `LazyExact`.
     pub lazy: bool,
+    /// Sparse mode `LazyExact`: lazy steps catch rows up first, stamp them and count the step; dense
+    /// steps of variables with rows behind catch them up first.
+    pub lazy_exact: bool,
     /// Norm jobs are needed (clipnorm, global_clipnorm or the non-finite check).
     pub jobs_needed: bool,
     /// Keras 3 duplicates without global_clipnorm: dense-mode sparse rows use the sums of squares.
@@ -414,9 +425,14 @@ pub(crate) fn plan(
                 }
             };
             let which = match (cfg.lazy, v.storage.state == crate::dtype::Dtype::Q8) {
+                (true, _) if cfg.lazy_exact => Which::LazyExact,
                 (true, false) => Which::Lazy,
                 (true, true) => Which::LazyQ8,
                 (false, _) => Which::Scatter,
+            };
+            let params = Params {
+                rows_base: v.rows_base,
+                ..params
             };
             // 8-bit state: the work items are a block's invocations (`q8_block` vec4) per distinct row
             // and block it can touch (see `rmsprop_lazy_q8.wgsl`), for the same rows.
@@ -445,6 +461,19 @@ pub(crate) fn plan(
             };
             push(d, mg, which, seg.chunk, params, range, wg);
         }
+        if cfg.lazy_exact {
+            // The listed rows are current at the variable's next count, which the bump then reaches.
+            let params = Params {
+                index_base: sp.index_base,
+                unique_rows: sp.unique_rows,
+                rows_base: v.rows_base,
+                ..base
+            };
+            let chunk = v.segments.first().map_or(0, |s| s.chunk);
+            let listed = (0, u64::from(sp.unique_rows));
+            push(d, mg, Which::StampListed, chunk, params, listed, wg);
+            push(d, mg, Which::Bump, chunk, params, (0, 1), wg);
+        }
     }
     for sp in &sparse.steps {
         if let Some(gpu) = sp.gpu {
@@ -458,6 +487,15 @@ pub(crate) fn plan(
                 (0, u64::from(sp.listed)),
                 wg,
             );
+        }
+    }
+    // 4a. SparseMode::LazyExact: a variable updated densely whose rows may be behind catches them up
+    //     first (every element, then every row stamped current; its count need not move).
+    if cfg.lazy_exact {
+        for (var, v) in layout.variables.iter().enumerate() {
+            if v.stale && dense_updated(parts[var]) {
+                catch_up(d, mg, wg, base, v, var);
+            }
         }
     }
     // 4. The dense update: maximal runs of variables that follow one another in a chunk (one dispatch per
@@ -489,6 +527,53 @@ pub(crate) fn plan(
             push(d, mg, Which::Dense, ci, params, r, dense_group);
         }
     }
+}
+
+/// Appends the dispatches that bring every row of variable `var` (`v`) up to date: `CatchUp` per part
+/// of it in a pool buffer, then `StampAll` (`rmsprop_lazy_exact.wgsl`).
+pub(crate) fn catch_up(
+    d: &mut Vec<Dispatch>,
+    max_groups: u64,
+    per_group: u64,
+    base: Params,
+    v: &crate::step::layout::Variable,
+    var: usize,
+) {
+    let params = Params {
+        var_index: var as u32,
+        row_len: v.row_len as u32,
+        rows_base: v.rows_base,
+        ..base
+    };
+    for seg in &v.segments {
+        let params = Params {
+            seg_first: seg.first_elem as u32,
+            seg_len: seg.elems as u32,
+            seg_base: (seg.offset * 4) as u32,
+            ..params
+        };
+        let elems = (0, seg.elems as u64);
+        push(
+            d,
+            max_groups,
+            Which::CatchUp,
+            seg.chunk,
+            params,
+            elems,
+            per_group,
+        );
+    }
+    let chunk = v.segments.first().map_or(0, |s| s.chunk);
+    let rows = (0, v.rows() as u64);
+    push(
+        d,
+        max_groups,
+        Which::StampAll,
+        chunk,
+        params,
+        rows,
+        per_group,
+    );
 }
 
 /// The most blocks of `block` elements a row of `row_len` elements can touch (rows start at multiples
@@ -545,6 +630,7 @@ mod tests {
             skip_nonfinite: false,
             stochastic: false,
             lazy,
+            lazy_exact: false,
             jobs_needed: jobs,
             use_squares: false,
         }
