@@ -283,6 +283,15 @@ impl VarOptions {
                 );
             }
         }
+        if config.sparse_mode() == crate::SparseMode::LazyExact {
+            // The variable's own momentum or decay must have a closed form too.
+            let effective = self.effective_config(config);
+            if let Some((field, value, requirement)) =
+                crate::config::lazy_exact_conflict(&effective)
+            {
+                return bad(field, value, requirement);
+            }
+        }
         Ok(())
     }
 

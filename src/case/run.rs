@@ -328,6 +328,8 @@ impl Case {
                 .collect();
             let lr = config.scalars(r.iterations + 1)?.lr;
             r.step(&grads)?;
+            // LazyExact: the state is read with every row up to date, as the GPU's reads do.
+            r.catch_up();
             // A slot a variable does not keep is `null`; a slot no variable keeps is left out.
             let mut slots: BTreeMap<String, Vec<Option<Vec<f32>>>> = BTreeMap::new();
             slots.insert(

@@ -376,7 +376,9 @@ pub(crate) fn copy_storage_conflict(storage: crate::dtype::StorageTypes) -> Opti
 /// optimizer state is quantized.
 /// Why `c` cannot use [`SparseMode::LazyExact`]: (field, value, requirement), or `None`. Skipped steps
 /// are caught up in closed form, which exists only where a step with gradient 0 is a fixed linear map.
-fn lazy_exact_conflict(c: &RmsPropConfig) -> Option<(&'static str, String, &'static str)> {
+pub(crate) fn lazy_exact_conflict(
+    c: &RmsPropConfig,
+) -> Option<(&'static str, String, &'static str)> {
     let constant = matches!(c.learning_rate, crate::LearningRate::Constant(_));
     let momentum = c.momentum != 0.0;
     let why = match () {

@@ -3,8 +3,8 @@
 pub(crate) mod builder;
 mod conventions;
 
-pub(crate) use builder::check_loss_scale;
 pub use builder::RmsPropConfigBuilder;
+pub(crate) use builder::{check_loss_scale, lazy_exact_conflict};
 pub use conventions::{
     AverageForm, ClipRules, DuplicateIndices, EpsilonPlacement, MomentumForm, NonFinite, Preset,
     SparseMode, WeightDecay,

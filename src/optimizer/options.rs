@@ -129,6 +129,9 @@ impl RmsProp {
         self.ctx.check_alive()?;
         let v = self.layout.var(id)?;
         options.validate(&v.name, &self.config)?;
+        // SparseMode::LazyExact: rows behind take the steps they missed with the old options first.
+        self.catch_up(&[id])?;
+        let v = self.layout.var(id)?;
         // The storage types are fixed when the variable is added: its buffers are in pools of that type.
         let storage = options.storage.unwrap_or(self.config.storage());
         if storage != v.storage {

@@ -16,13 +16,13 @@ pub struct LazyRows {
     pub stale: bool,
 }
 
-/// One step with gradient 0 as a linear map: (c, b, momentum, rho) for x' = c*x + b*m, m' = momentum*m,
-/// v' = rho*v, a' = rho*a (`skip_one`).
+/// One step with gradient 0 as a linear map: (d, b, momentum, rho) for x' = x - d*x + b*m,
+/// m' = momentum*m, v' = rho*v, a' = rho*a (`skip_one`; the decay kept as its deficit `d = wd*lr`).
 fn skip_one(c: &RmsPropConfig, p: &StepScalars) -> [f32; 4] {
-    let decay = if matches!(c.weight_decay(), WeightDecay::Decoupled(_)) {
-        1.0 - p.weight_decay * p.lr
+    let d = if matches!(c.weight_decay(), WeightDecay::Decoupled(_)) {
+        p.weight_decay * p.lr
     } else {
-        1.0
+        0.0
     };
     let (mom, b) = if c.has_momentum() {
         let b = match c.momentum_form() {
@@ -34,14 +34,14 @@ fn skip_one(c: &RmsPropConfig, p: &StepScalars) -> [f32; 4] {
     } else {
         (0.0, 0.0)
     };
-    [decay, b, mom, p.rho]
+    [d, b, mom, p.rho]
 }
 
 /// `f` then `g` (`skip_compose`).
 fn compose(f: [f32; 4], g: [f32; 4]) -> [f32; 4] {
     [
-        f[0] * g[0],
-        f[0] * g[1] + f[1] * g[2],
+        f[0] + g[0] - f[0] * g[0],
+        g[1] - f[0] * g[1] + f[1] * g[2],
         f[2] * g[2],
         f[3] * g[3],
     ]
@@ -50,7 +50,7 @@ fn compose(f: [f32; 4], g: [f32; 4]) -> [f32; 4] {
 /// The map of `k >= 1` skipped steps, by squaring and multiplying from the highest bit (`skip_map`).
 fn skip_map(c: &RmsPropConfig, p: &StepScalars, k: u32) -> [f32; 4] {
     let one = skip_one(c, p);
-    let mut acc = [1.0, 0.0, 1.0, 1.0];
+    let mut acc = [0.0, 0.0, 1.0, 1.0];
     for bit in (0..32 - k.leading_zeros()).rev() {
         acc = compose(acc, acc);
         if (k >> bit) & 1 != 0 {
@@ -72,11 +72,10 @@ pub fn skip_steps(c: &RmsPropConfig, p: &StepScalars, s: State, k: u32) -> State
     if c.centered() {
         o.a = f[3] * s.a;
     }
+    o.x = s.x - f[0] * s.x;
     if c.has_momentum() {
-        o.x = f[0] * s.x + f[1] * s.m;
+        o.x += f[1] * s.m;
         o.m = f[2] * s.m;
-    } else {
-        o.x = f[0] * s.x;
     }
     o
 }

@@ -329,6 +329,8 @@ impl Reference {
     pub fn set_variable_options(&mut self, index: usize, options: &VarOptions) -> Result<()> {
         options.validate(&format!("var{index}"), &self.config)?;
         let c = options.effective_config(&self.config);
+        // LazyExact: rows behind take the steps they missed with the old options first.
+        self.vars[index].catch_up(&self.config);
         let var = &mut self.vars[index];
         let storage = options.storage.unwrap_or(self.config.storage());
         if storage != var.storage {
