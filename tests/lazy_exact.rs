@@ -308,8 +308,7 @@ fn rows_never_listed_and_rows_listed_every_step() {
     // Before any catch-up the rows listed every step are already the dense twin's: read the GPU's
     // rows 0..4 through a read of the table (which catches up rows 5.., not these).
     let got = t.opt.read_variable(t.ids[0]).unwrap();
-    for i in 0..30 {
-        let (a, e) = (got[i], t.dense.vars[0].x[i]);
+    for (i, (&a, &e)) in got.iter().zip(&t.dense.vars[0].x).take(30).enumerate() {
         assert!(
             (a - e).abs() <= 1e-6 * e.abs().max(1.0),
             "listed row element {i}: {a} vs {e}"
