@@ -278,7 +278,7 @@ pub const LAZY_Q8: Kernel = Kernel {
     ],
 };
 /// The lazy update of `SparseMode::LazyExact`: listed rows caught up, then updated (binding 22, the
-/// row counters, is added by [`bindings_with`]).
+/// row counters, is added by `bindings_with`).
 pub const LAZY_EXACT: Kernel = Kernel {
     name: "rmsprop_lazy_exact::lazy",
     module: LAZY_EXACT_WGSL,
