@@ -33,15 +33,15 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use wgpu_rmsprop::{
-    Dtype, GpuContext, Gradient, Indices, OptimizerOptions, RmsProp, StorageTypes, VarId,
-    VarOptions,
+    Dtype, GpuContext, Gradient, Indices, OptimizerOptions, RmsProp, SparseMode, StorageTypes,
+    VarId, VarOptions,
 };
 
 #[path = "../benches/support/mod.rs"]
 mod support;
 use support::{
     bytes_per_element_in, dense_optimizer_in, fill_gradients, resident, sparse_indices,
-    state_slots, stats, variant_config_in, Minimal, Stats, Timer,
+    state_slots, stats, variant_builder, variant_config_in, Minimal, Stats, Timer,
 };
 #[path = "support/cli.rs"]
 mod cli;
@@ -502,14 +502,28 @@ fn main() {
     } else {
         &[]
     };
+    // Each variant lazily (the default), lazy-exact (rows caught up in closed form: the dense
+    // numbers at the lazy cost) and, plain only, in dense mode (every row, for contrast).
+    let mut sparse_runs: Vec<(&str, SparseMode)> = Vec::new();
     for &variant in sparse_variants {
+        sparse_runs.push((variant, SparseMode::Lazy));
+        sparse_runs.push((variant, SparseMode::LazyExact));
+        if variant == "plain" {
+            sparse_runs.push((variant, SparseMode::Dense));
+        }
+    }
+    for (variant, mode) in sparse_runs {
         let values: Vec<f32> = (0..k * cols)
             .map(|i| ((i % 11) as f32 - 5.0) * 0.01)
             .collect();
         let mut opts = Vec::new();
         let mut lists = Vec::new();
         for &rows in row_counts {
-            let mut opt = RmsProp::new(&ctx, variant_config_in(variant, host_storage)).unwrap();
+            let config = variant_builder(variant, host_storage)
+                .sparse_mode(mode)
+                .build()
+                .unwrap();
+            let mut opt = RmsProp::new(&ctx, config).unwrap();
             let table = opt
                 .add_variable("table", &[rows, cols], &vec![0.5; rows * cols])
                 .unwrap();
@@ -552,12 +566,26 @@ fn main() {
             // indices.
             let s = host_storage;
             let per_touched = 2 * s.variable.bytes() + 2 * state_slots(variant) * s.state.bytes();
-            let touched_bytes = per_touched * (distinct.len() * cols) as u64;
+            // Dense mode: every row; lazy-exact: the touched rows' counters too (read and write).
+            let touched = match mode {
+                SparseMode::Dense => rows,
+                _ => distinct.len(),
+            };
+            let counters = match mode {
+                SparseMode::LazyExact => 8 * distinct.len() as u64,
+                _ => 0,
+            };
+            let touched_bytes = per_touched * (touched * cols) as u64 + counters;
             let bytes =
                 (touched_bytes + (k * cols) as u64 * s.gradient.bytes() + k as u64 * 8) as f64;
             let mut v = row("sparse", variant, rows * cols, 1, t, bytes);
             v["rows"] = json!(rows);
             v["nnz"] = json!(k);
+            v["sparse_mode"] = json!(match mode {
+                SparseMode::Lazy => "lazy",
+                SparseMode::LazyExact => "lazy_exact",
+                SparseMode::Dense => "dense",
+            });
             emit(v, of(opt));
         }
     }

@@ -66,7 +66,9 @@
 //! [`Gradient::Sparse`] gives row indices along axis 0 (`i32`, `i64` or `u32`; unsorted, repeated or
 //! empty) and one row of values per index. [`SparseMode::Lazy`] (the default for Keras, TF): only the
 //! listed rows change, variable and every slot; other rows stay bit for bit. [`SparseMode::Dense`]
-//! (PyTorch, Optax): every row is updated as if absent rows had gradient 0. Duplicates:
+//! (PyTorch, Optax): every row is updated as if absent rows had gradient 0. [`SparseMode::LazyExact`]:
+//! dense mode's numbers at the lazy cost (each row brought up to date for the steps it missed, in
+//! closed form, when it is next listed, read, checkpointed, or on [`RmsProp::catch_up`]). Duplicates:
 //! [`DuplicateIndices::Sum`] (summed, then one update), [`DuplicateIndices::Sequential`] (TF's raw
 //! kernels: one full update per listed row, in list order), [`DuplicateIndices::Keras3`] (the summed rows
 //! move the variable, the sum of their squares goes into the velocity). The host groups the indices by

@@ -142,6 +142,11 @@ pub fn variant_config(variant: &str) -> RmsPropConfig {
 
 /// The variant's configuration with `storage` as its storage types.
 pub fn variant_config_in(variant: &str, storage: StorageTypes) -> RmsPropConfig {
+    variant_builder(variant, storage).build().unwrap()
+}
+
+/// The builder of [`variant_config_in`] (for further settings, e.g. the sparse mode).
+pub fn variant_builder(variant: &str, storage: StorageTypes) -> wgpu_rmsprop::RmsPropConfigBuilder {
     let b = RmsPropConfig::builder()
         .learning_rate(1e-4)
         .storage(storage);
@@ -151,8 +156,6 @@ pub fn variant_config_in(variant: &str, storage: StorageTypes) -> RmsPropConfig 
         "centered" => b.centered(true),
         _ => b.momentum(0.9).centered(true),
     }
-    .build()
-    .unwrap()
 }
 
 /// Bytes RMSprop must move per element, all f32: variable, gradient and velocity read, variable and
