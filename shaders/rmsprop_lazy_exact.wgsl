@@ -65,7 +65,8 @@ fn catch_up(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn stamp_listed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = work_item(wid, lid);
-    if t >= p.end || t >= index[p.index_base] {
+    // A step the non-finite policy skips changes nothing: no row is stamped, the count stays.
+    if t >= p.end || t >= index[p.index_base] || (SKIP_NONFINITE && status[0] != 0u) {
         return;
     }
     let row = index[p.index_base + 2u + t];
@@ -83,7 +84,7 @@ fn stamp_all(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn bump(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    if work_item(wid, lid) == 0u {
+    if work_item(wid, lid) == 0u && !(SKIP_NONFINITE && status[0] != 0u) {
         lazy_rows[p.rows_base] += 1u;
     }
 }

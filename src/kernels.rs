@@ -297,7 +297,7 @@ pub const STAMP_LISTED: Kernel = Kernel {
     name: "rmsprop_lazy_exact::stamp_listed",
     module: LAZY_EXACT_WGSL,
     entry: "stamp_listed",
-    bindings: &[(0, U), (9, R)],
+    bindings: &[(0, U), (9, R), (14, R)],
 };
 /// Every row of a variable stamped current (after [`CATCH_UP`]).
 pub const STAMP_ALL: Kernel = Kernel {
@@ -311,7 +311,7 @@ pub const BUMP: Kernel = Kernel {
     name: "rmsprop_lazy_exact::bump",
     module: LAZY_EXACT_WGSL,
     entry: "bump",
-    bindings: &[(0, U)],
+    bindings: &[(0, U), (14, R)],
 };
 /// Merging sparse rows into the gradient pool.
 pub const SCATTER: Kernel = Kernel {

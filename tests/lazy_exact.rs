@@ -472,12 +472,6 @@ fn configurations_without_a_closed_form_are_refused() {
         )),
         "learning_rate"
     );
-    assert_eq!(
-        field(lazy(
-            keras(0.01).non_finite(wgpu_rmsprop::NonFinite::SkipStep)
-        )),
-        "non_finite"
-    );
     assert_eq!(field(lazy(keras(0.01).use_ema(true))), "sparse_mode");
     // A schedule with the rate inside the momentum buffer, and a constant rate with decay, are fine.
     let schedule = sched();
@@ -581,4 +575,57 @@ fn per_variable_options_and_their_change_mid_run() {
         ),
         "{e}"
     );
+}
+
+#[test]
+fn steps_the_non_finite_policy_skips_do_not_count() {
+    let b = keras(0.01)
+        .momentum(0.9)
+        .centered(true)
+        .non_finite(wgpu_rmsprop::NonFinite::SkipStep);
+    let mut t = Trio::new(b, &[[30, 4], [10, 2]], 14);
+    let mut rng = Rng::new(14);
+    for s in 0..12 {
+        t.step(&[Some(vec![s % 30, 29]), Some(vec![s % 10])], &mut rng, 1.0);
+        if s % 4 == 1 {
+            // A NaN in the second table skips the whole step (both tables): no row counts it.
+            let v0 = rng.vec(4, 1.0, 0);
+            let v1 = vec![f32::NAN, 1.0];
+            let (i0, i1) = ([3i64], [2i64]);
+            t.opt
+                .apply(&[
+                    (
+                        t.ids[0],
+                        Gradient::Sparse {
+                            indices: Indices::I64(&i0),
+                            values: &v0,
+                        },
+                    ),
+                    (
+                        t.ids[1],
+                        Gradient::Sparse {
+                            indices: Indices::I64(&i1),
+                            values: &v1,
+                        },
+                    ),
+                ])
+                .unwrap();
+            for r in [&mut t.exact, &mut t.dense] {
+                r.step(&[
+                    Some(RefGradient::Sparse {
+                        indices: &[3],
+                        values: &v0,
+                    }),
+                    Some(RefGradient::Sparse {
+                        indices: &[2],
+                        values: &v1,
+                    }),
+                ])
+                .unwrap();
+            }
+        }
+    }
+    assert_eq!(t.exact.skipped, 3);
+    assert_eq!(t.opt.skipped_steps().unwrap(), 3);
+    t.check(2e-5, "skip_step");
 }

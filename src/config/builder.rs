@@ -405,12 +405,6 @@ pub(crate) fn lazy_exact_conflict(
                  are not kept yet",
             )
         }
-        _ if c.non_finite == crate::config::NonFinite::SkipStep => (
-            "non_finite",
-            "skip_step".into(),
-            "cannot be combined with sparse_mode lazy_exact yet (skipped steps are not counted per \
-             row)",
-        ),
         _ if c.use_ema
             || c.gradient_accumulation_steps.is_some()
             || c.loss_scale_factor.is_some() =>

@@ -103,7 +103,8 @@ pub enum SparseMode {
     /// checkpoints and [`crate::RmsProp::catch_up`] bring every row up to date. Needs a closed form:
     /// refused with L2 decay, with Nesterov momentum, and where the learning rate enters the skipped
     /// steps (decoupled decay, or momentum with the rate after the buffer) under a schedule; also with
-    /// the non-finite skip, Keras's base-class options and q8 state (not yet).
+    /// Keras's base-class options and q8 state (not yet). A step the non-finite policy skips does not
+    /// count.
     LazyExact,
 }
 
