@@ -42,14 +42,7 @@ fn catch_up(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     if VAR_OPTIONS != 0u {
         h = hyper(p.var_index);
     }
-    var s = State(vec4<f32>(ld_x(i)), vec4<f32>(ld_v(i)), vec4<f32>(0.0), vec4<f32>(0.0));
-    if keeps_momentum(h) {
-        s.m = vec4<f32>(ld_m(i));
-    }
-    if is_centered(h) {
-        s.a = vec4<f32>(ld_a(i));
-    }
-    s = skip_steps(s, k, h);
+    let s = skip_steps(load_state(i, h), k, h);
     st_x(i, s.x.x);
     st_c(i, s.x.x);
     st_v(i, s.v.x);

@@ -71,6 +71,19 @@ fn listed(it: Item, k: u32) -> f32 {
     return gk;
 }
 
+// Element `i` of the pool buffers, splatted into the vec4 lanes of the update (lane x is kept); the
+// slots the variable does not keep are 0.
+fn load_state(i: u32, h: Hyper) -> State {
+    var s = State(vec4<f32>(ld_x(i)), vec4<f32>(ld_v(i)), vec4<f32>(0.0), vec4<f32>(0.0));
+    if keeps_momentum(h) {
+        s.m = vec4<f32>(ld_m(i));
+    }
+    if is_centered(h) {
+        s.a = vec4<f32>(ld_a(i));
+    }
+    return s;
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let it = item(wid, lid);
@@ -84,14 +97,7 @@ fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if VAR_OPTIONS != 0u {
         h = hyper(p.var_index);
     }
-    // One element, splatted into the vec4 lanes of the update; lane x is kept.
-    var s = State(vec4<f32>(ld_x(i)), vec4<f32>(ld_v(i)), vec4<f32>(0.0), vec4<f32>(0.0));
-    if keeps_momentum(h) {
-        s.m = vec4<f32>(ld_m(i));
-    }
-    if is_centered(h) {
-        s.a = vec4<f32>(ld_a(i));
-    }
+    var s = load_state(i, h);
     // SparseMode::LazyExact: the steps the row missed first (`rmsprop_lazy_exact.wgsl`; else as is).
     s = caught_up(it.var_elem / p.row_len, s, h);
     let none = vec4<f32>(0.0);

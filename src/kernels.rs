@@ -468,8 +468,32 @@ pub struct Params {
     /// `SparseMode::LazyExact`: the variable's entry in the row counters (its step count; its rows
     /// follow).
     pub rows_base: u32,
-    /// Padding to 16 bytes.
-    pub pad: [u32; 3],
+    /// Padding to 16 bytes (three words, as the WGSL struct spells them).
+    pub pad0: u32,
+    /// Padding.
+    pub pad1: u32,
+    /// Padding.
+    pub pad2: u32,
+}
+
+impl Params {
+    /// The parameters every dispatch of a step shares: its scalars, its number (`step`), and where the
+    /// options table starts in `var_info` (`opt_base`); the rest is each dispatch's.
+    pub(crate) fn of_step(s: &crate::config::StepScalars, step: u64, opt_base: u32) -> Params {
+        Params {
+            lr: s.lr,
+            rho: s.rho,
+            one_minus_rho: s.one_minus_rho,
+            momentum: s.momentum,
+            epsilon: s.epsilon,
+            weight_decay: s.weight_decay,
+            clipvalue: s.clipvalue,
+            bias_correction: s.bias_correction,
+            step: step as u32,
+            opt_base,
+            ..Params::default()
+        }
+    }
 }
 
 /// The host mirror of `VarInfo` in `common.wgsl` (written on the GPU by `reduce_norm.wgsl::finalize`);

@@ -65,6 +65,10 @@ fn params_fields() -> Vec<Field> {
         sr_seed: u32,
         ema_mode: u32,
         ema_momentum: f32,
+        rows_base: u32,
+        pad0: u32,
+        pad1: u32,
+        pad2: u32,
     })
 }
 

@@ -425,21 +425,13 @@ impl RmsPropConfig {
         let rho = self.rho as f32;
         Ok(StepScalars {
             lr: self.learning_rate.at_step(step)?,
-            rho,
-            one_minus_rho: (1.0 - self.rho) as f32,
-            momentum: self.momentum as f32,
-            epsilon: self.epsilon as f32,
-            weight_decay: match self.weight_decay {
-                WeightDecay::None => 0.0,
-                WeightDecay::Decoupled(wd) | WeightDecay::L2(wd) => wd as f32,
-            },
-            clipvalue: self.clipvalue.map_or(f32::INFINITY, |c| c as f32),
             bias_correction: if self.bias_correction {
                 1.0 - rho.powf(step as f32)
             } else {
                 1.0
             },
             step,
+            ..self.fixed_scalars()
         })
     }
 }

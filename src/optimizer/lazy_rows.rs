@@ -35,19 +35,7 @@ impl RmsProp {
             return Ok(());
         }
         let s = self.config.catch_up_scalars();
-        let base = Params {
-            lr: s.lr,
-            rho: s.rho,
-            one_minus_rho: s.one_minus_rho,
-            momentum: s.momentum,
-            epsilon: s.epsilon,
-            weight_decay: s.weight_decay,
-            clipvalue: s.clipvalue,
-            bias_correction: 1.0,
-            step: self.iterations as u32,
-            opt_base: self.layout.options_base() as u32,
-            ..Params::default()
-        };
+        let base = Params::of_step(&s, self.iterations, self.layout.options_base() as u32);
         let mut plan = Plan::default();
         let cfg = &self.plan_cfg;
         let (mg, wg) = (u64::from(cfg.max_groups), u64::from(cfg.workgroup_size));

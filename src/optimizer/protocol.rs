@@ -196,18 +196,8 @@ impl RmsProp {
         sc.sparse
             .prepare(&self.layout, grads, sc.shape.sparse, &self.heads);
         let base = Params {
-            lr: s.lr,
-            rho: s.rho,
-            one_minus_rho: s.one_minus_rho,
-            momentum: s.momentum,
-            epsilon: s.epsilon,
-            weight_decay: s.weight_decay,
-            clipvalue: s.clipvalue,
-            bias_correction: s.bias_correction,
-            step: step as u32,
-            opt_base: self.layout.options_base() as u32,
             sr_seed: self.config.stochastic_rounding().unwrap_or(0),
-            ..Params::default()
+            ..Params::of_step(&s, step, self.layout.options_base() as u32)
         };
         plan(
             &self.plan_cfg,
