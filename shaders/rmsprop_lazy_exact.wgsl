@@ -4,7 +4,8 @@
 // from `p.rows_base`, its step count then one count per row. A row is current when its count equals the
 // variable's. A lazy step: `lazy` (k = count - row's), `stamp_listed` (row's = count + 1), `bump`
 // (count + 1). A dense step, a read or a checkpoint of a variable whose rows may be behind:
-// `catch_up` (every element), then `stamp_all` (row's = count): the counts then need not move.
+// `catch_up` (every element), then `stamp_all` (row's = count): the counts then need not move. Given
+// rows (`RmsProp::record_catch_up`, indices grouped as a step's): `catch_up_rows`, then `stamp_rows`.
 // Separate dispatches, because every element of a row reads the row's count. Twin:
 // `reference::ReferenceState::catch_up`.
 // (Prepended: common.wgsl, half.wgsl, the pool declarations in scalar form, rmsprop_update.wgsl,
@@ -33,8 +34,12 @@ fn catch_up(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     if t >= p.end {
         return;
     }
-    let i = p.seg_base + t;
-    let k = missed((p.seg_first + t) / p.row_len);
+    catch_up_elem(p.seg_base + t, (p.seg_first + t) / p.row_len);
+}
+
+// Element `i` of the bound pool buffer, in row `row` of the variable, brought up to date.
+fn catch_up_elem(i: u32, row: u32) {
+    let k = missed(row);
     if k == 0u {
         return;
     }
@@ -54,16 +59,41 @@ fn catch_up(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     }
 }
 
-// Distinct listed rows [begin, end) of the step's grouped indices (see `rmsprop_sparse.wgsl`).
+// `RmsProp::record_catch_up`: the elements of the distinct rows in the grouped indices (work items as
+// `lazy`'s), brought up to date; `stamp_rows` then marks those rows current.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn catch_up_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let it = item(wid, lid);
+    if it.live {
+        catch_up_elem(it.elem, it.var_elem / p.row_len);
+    }
+}
+
+// Distinct listed row `t` of the grouped indices (see `rmsprop_sparse.wgsl`), or none past them.
+fn listed_row(t: u32) -> u32 {
+    if t >= p.end || t >= index[p.index_base] {
+        return 0xffffffffu;
+    }
+    return index[p.index_base + 2u + t];
+}
+
+// Distinct listed rows [begin, end): current at the variable's next count (which `bump` then reaches).
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn stamp_listed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let t = work_item(wid, lid);
+    let row = listed_row(work_item(wid, lid));
     // A step the non-finite policy skips changes nothing: no row is stamped, the count stays.
-    if t >= p.end || t >= index[p.index_base] || (SKIP_NONFINITE && status[0] != 0u) {
-        return;
+    if row != 0xffffffffu && !(SKIP_NONFINITE && status[0] != 0u) {
+        lazy_rows[p.rows_base + 1u + row] = lazy_rows[p.rows_base] + 1u;
     }
-    let row = index[p.index_base + 2u + t];
-    lazy_rows[p.rows_base + 1u + row] = lazy_rows[p.rows_base] + 1u;
+}
+
+// Distinct listed rows [begin, end) of a row catch-up: current at the variable's count.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn stamp_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = listed_row(work_item(wid, lid));
+    if row != 0xffffffffu {
+        lazy_rows[p.rows_base + 1u + row] = lazy_rows[p.rows_base];
+    }
 }
 
 // Rows [begin, end).

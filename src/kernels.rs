@@ -306,6 +306,20 @@ pub const STAMP_ALL: Kernel = Kernel {
     entry: "stamp_all",
     bindings: &[(0, U)],
 };
+/// The distinct rows of grouped indices caught up ([`crate::RmsProp::record_catch_up`]).
+pub const CATCH_UP_ROWS: Kernel = Kernel {
+    name: "rmsprop_lazy_exact::catch_up_rows",
+    module: LAZY_EXACT_WGSL,
+    entry: "catch_up_rows",
+    bindings: &[(0, U), (1, RW), (3, RW), (4, RW), (5, RW), (7, R), (9, R)],
+};
+/// The rows of [`CATCH_UP_ROWS`] stamped current.
+pub const STAMP_ROWS: Kernel = Kernel {
+    name: "rmsprop_lazy_exact::stamp_rows",
+    module: LAZY_EXACT_WGSL,
+    entry: "stamp_rows",
+    bindings: &[(0, U), (9, R)],
+};
 /// A variable's step count advanced (after [`STAMP_LISTED`]).
 pub const BUMP: Kernel = Kernel {
     name: "rmsprop_lazy_exact::bump",
@@ -391,7 +405,7 @@ pub const PREPARE_VALUES: Kernel = Kernel {
 };
 
 /// Every kernel, for validation.
-pub const ALL: [Kernel; 18] = [
+pub const ALL: [Kernel; 20] = [
     DENSE,
     LAZY,
     LAZY_Q8,
@@ -399,6 +413,8 @@ pub const ALL: [Kernel; 18] = [
     CATCH_UP,
     STAMP_LISTED,
     STAMP_ALL,
+    CATCH_UP_ROWS,
+    STAMP_ROWS,
     BUMP,
     SCATTER,
     PARTIAL_DENSE,

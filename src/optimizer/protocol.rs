@@ -5,7 +5,7 @@
 use super::{Pending, RmsProp};
 use crate::context::poll_once;
 use crate::error::{Error, Result};
-use crate::kernels::{Params, ParamsMode};
+use crate::kernels::Params;
 use crate::pool::Kind;
 use crate::step::encode::{Step, Tables};
 use crate::step::gpu::StepSizes;
@@ -169,7 +169,7 @@ impl RmsProp {
                 call: "record another step (max_unresolved_steps reached)",
             });
         }
-        let step = self.iterations + self.pending.len() as u64 + 1;
+        let step = self.next_step();
         let s = self.config.scalars(step)?;
         let sc = &mut self.scratch;
         validate(&self.layout, grads, &self.gradients_seen, &mut sc.shape)?;
@@ -254,15 +254,10 @@ impl RmsProp {
         }
         // Uniform path: one slot per dispatch, copied in before the step's pass (so each recorded step
         // reads its own parameters).
-        sc.uniform.clear();
-        if self.gpu.mode == ParamsMode::Uniform {
-            let stride = self.gpu.uniform_stride as usize;
-            for d in &sc.plan.dispatches {
-                sc.uniform.extend_from_slice(bytemuck::bytes_of(&d.params));
-                sc.uniform
-                    .resize(sc.uniform.len().next_multiple_of(stride), 0);
-            }
-        }
+        let mut uniform = std::mem::take(&mut sc.uniform);
+        self.uniform_slots(&self.scratch.plan.dispatches, &mut uniform);
+        let sc = &mut self.scratch;
+        sc.uniform = uniform;
         let nvars = self.layout.variables.len() as u64;
         let sizes = StepSizes {
             uniform: sc.uniform.len() as u64,
@@ -345,7 +340,7 @@ impl RmsProp {
         self.pending.push_back(Pending {
             ticket,
             step,
-            lr: s.lr,
+            lr: Some(s.lr),
             slot,
             generation: self.committed.generation,
             jobs: tables.jobs.then(|| reuse(&mut self.spare, &sc.plan.jobs)),
@@ -454,7 +449,7 @@ impl RmsProp {
             return;
         }
         self.iterations = p.step;
-        self.last_lr = Some(p.lr);
+        self.last_lr = p.lr.or(self.last_lr);
         let c = &mut self.committed;
         if p.generation == c.generation {
             if let Some(jobs) = p.jobs.take() {

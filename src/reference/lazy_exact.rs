@@ -95,23 +95,38 @@ impl ReferenceState {
         if !self.lazy.as_ref().is_some_and(|l| l.stale) {
             return;
         }
+        let rows: Vec<usize> = (0..self.x.len() / self.row_len().max(1)).collect();
+        self.catch_up_rows(config, &rows);
+        if let Some(l) = self.lazy.as_mut() {
+            l.stale = false;
+        }
+    }
+
+    /// Brings the listed rows up to date (`catch_up_rows` then `stamp_rows`; repeats, and rows out
+    /// of range, as the GPU: the first caught up once, the second skipped). The variable may stay
+    /// stale: other rows keep their counts.
+    pub fn catch_up_rows(&mut self, config: &RmsPropConfig, rows: &[usize]) {
+        if !self.lazy.as_ref().is_some_and(|l| l.stale) {
+            return;
+        }
         let c = self.options.effective_config(config);
         let p = self
             .options
             .hyper(config)
             .scalars(&config.catch_up_scalars());
         let row_len = self.row_len().max(1);
-        for i in 0..self.x.len() {
-            let k = self.missed(i / row_len);
-            if k > 0 {
-                let s = store(&self.storage, skip_steps(&c, &p, self.state(i), k));
-                self.set(i, s, None);
+        let n_rows = self.x.len() / row_len;
+        for &row in rows.iter().filter(|&&r| r < n_rows) {
+            let k = self.missed(row);
+            for i in row * row_len..(row + 1) * row_len {
+                if k > 0 {
+                    let s = store(&self.storage, skip_steps(&c, &p, self.state(i), k));
+                    self.set(i, s, None);
+                }
             }
-        }
-        if let Some(l) = self.lazy.as_mut() {
-            let count = l.count;
-            l.rows.fill(count);
-            l.stale = false;
+            if let Some(l) = self.lazy.as_mut() {
+                l.rows[row] = l.count;
+            }
         }
     }
 }

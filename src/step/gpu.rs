@@ -10,7 +10,7 @@ use crate::pool::{self, Kind, VEC4_BYTES};
 use crate::step::plan::Which;
 
 /// Every kernel of a step, by the [`Which`] that selects it.
-pub(crate) const KERNELS: [(Which, Kernel); 19] = [
+pub(crate) const KERNELS: [(Which, Kernel); 21] = [
     (Which::Dense, kernels::DENSE),
     (Which::DenseAt, kernels::DENSE_AT),
     (Which::Lazy, kernels::LAZY),
@@ -19,6 +19,8 @@ pub(crate) const KERNELS: [(Which, Kernel); 19] = [
     (Which::CatchUp, kernels::CATCH_UP),
     (Which::StampListed, kernels::STAMP_LISTED),
     (Which::StampAll, kernels::STAMP_ALL),
+    (Which::CatchUpRows, kernels::CATCH_UP_ROWS),
+    (Which::StampRows, kernels::STAMP_ROWS),
     (Which::Bump, kernels::BUMP),
     (Which::Scatter, kernels::SCATTER),
     (Which::PartialDense, kernels::PARTIAL_DENSE),
@@ -32,7 +34,7 @@ pub(crate) const KERNELS: [(Which, Kernel); 19] = [
     (Which::PrepareValues, kernels::PREPARE_VALUES),
 ];
 /// Kernels from this index on bind step-wide buffers only (one bind group each, not one per chunk).
-pub(crate) const FIRST_GLOBAL_KERNEL: usize = 13;
+pub(crate) const FIRST_GLOBAL_KERNEL: usize = 15;
 
 /// A growable storage buffer of the step machinery (allocated when it must grow, reused otherwise).
 #[derive(Debug)]
@@ -710,7 +712,13 @@ fn build_pipelines(
         // plain lazy pipeline, never dispatched (one pipeline fewer to compile per optimizer).
         let lazy_exact = matches!(
             which,
-            Which::LazyExact | Which::CatchUp | Which::StampListed | Which::StampAll | Which::Bump
+            Which::LazyExact
+                | Which::CatchUp
+                | Which::StampListed
+                | Which::StampAll
+                | Which::CatchUpRows
+                | Which::StampRows
+                | Which::Bump
         );
         // Likewise the lazy-exact kernels outside a lazy-exact configuration.
         let absent =

@@ -30,6 +30,9 @@ pub(crate) enum Which {
     CatchUp,
     StampListed,
     StampAll,
+    /// Given rows caught up and stamped current ([`crate::RmsProp::record_catch_up`]).
+    CatchUpRows,
+    StampRows,
     Bump,
     Scatter,
     PartialDense,
@@ -378,15 +381,7 @@ pub(crate) fn plan(
     }
     // 3. Sparse rows: indices on the GPU are grouped there first; then the rows are merged into the
     //    gradient pool (dense mode) or updated in place (lazy); the row heads are reset last.
-    let grouping = |sp: &SparseStep, gpu: (u32, u32, u32)| Params {
-        index_base: sp.index_base,
-        unique_rows: sp.unique_rows,
-        seg_first: gpu.0,
-        seg_len: layout.variables[sp.var].shape[0] as u32,
-        values_base: gpu.1,
-        var_index: gpu.2,
-        ..base
-    };
+    let grouping = |sp: &SparseStep, gpu| grouping(layout, sp, gpu, base);
     for sp in &sparse.steps {
         if let Some(gpu) = sp.gpu {
             let params = grouping(sp, gpu);
@@ -410,20 +405,7 @@ pub(crate) fn plan(
                 seg_base: (seg.offset * 4) as u32,
                 ..base
             };
-            // Host-grouped rows are sorted: only the distinct rows that overlap this pool buffer's
-            // part of the variable are dispatched, so a split table still costs O(touched rows).
-            let range = match sp.gpu {
-                Some(_) => (0, items),
-                None => {
-                    let rows = &sparse.index[sp.index_base as usize + sparse::HEADER..]
-                        [..sp.unique_rows as usize];
-                    let row_len = v.row_len as u64;
-                    let (first, end) = (seg.first_elem as u64, (seg.first_elem + seg.elems) as u64);
-                    let lo = rows.partition_point(|&r| (u64::from(r) + 1) * row_len <= first);
-                    let hi = rows.partition_point(|&r| u64::from(r) * row_len < end);
-                    (lo as u64 * row_len, hi as u64 * row_len)
-                }
-            };
+            let range = rows_range(sparse, sp, v.row_len as u64, seg, items);
             let which = match (cfg.lazy, v.storage.state == crate::dtype::Dtype::Q8) {
                 (true, _) if cfg.lazy_exact => Which::LazyExact,
                 (true, false) => Which::Lazy,
@@ -525,6 +507,94 @@ pub(crate) fn plan(
         }
         if let Some(r) = run {
             push(d, mg, Which::Dense, ci, params, r, dense_group);
+        }
+    }
+}
+
+/// The work items (one per element of a distinct listed row, `items` in all) of `sp`'s rows that
+/// overlap the part `seg` of its variable. Host-grouped rows are sorted: only the distinct rows that
+/// overlap this pool buffer's part are dispatched, so a split table still costs O(touched rows);
+/// GPU-grouped ones are all dispatched (the kernels skip rows outside the part).
+fn rows_range(
+    sparse: &SparsePrep,
+    sp: &SparseStep,
+    row_len: u64,
+    seg: &Segment,
+    items: u64,
+) -> (u64, u64) {
+    if sp.gpu.is_some() {
+        return (0, items);
+    }
+    let rows = &sparse.index[sp.index_base as usize + sparse::HEADER..][..sp.unique_rows as usize];
+    let (first, end) = (seg.first_elem as u64, (seg.first_elem + seg.elems) as u64);
+    let lo = rows.partition_point(|&r| (u64::from(r) + 1) * row_len <= first);
+    let hi = rows.partition_point(|&r| u64::from(r) * row_len < end);
+    (lo as u64 * row_len, hi as u64 * row_len)
+}
+
+/// The parameters of the dispatches that group `sp`'s GPU indices (`sparse_group.wgsl`; `gpu` as
+/// [`SparseStep::gpu`]).
+fn grouping(layout: &Layout, sp: &SparseStep, gpu: (u32, u32, u32), base: Params) -> Params {
+    Params {
+        index_base: sp.index_base,
+        unique_rows: sp.unique_rows,
+        seg_first: gpu.0,
+        seg_len: layout.variables[sp.var].shape[0] as u32,
+        values_base: gpu.1,
+        var_index: gpu.2,
+        ..base
+    }
+}
+
+/// Plans [`crate::RmsProp::record_catch_up`]: the given rows (`sparse`, grouped as a step's indices,
+/// with no values) brought up to date: GPU indices grouped, each part of each variable caught up
+/// (`CatchUpRows`), the rows stamped current (`StampRows`), the grouping's heads reset.
+pub(crate) fn catch_up_rows(
+    cfg: &PlanConfig,
+    base: Params,
+    layout: &Layout,
+    sparse: &SparsePrep,
+    d: &mut Vec<Dispatch>,
+) {
+    let (wg, mg) = (u64::from(cfg.workgroup_size), u64::from(cfg.max_groups));
+    d.clear();
+    let grouping = |sp: &SparseStep, gpu| grouping(layout, sp, gpu, base);
+    for sp in &sparse.steps {
+        if let Some(gpu) = sp.gpu {
+            let listed = (0, u64::from(sp.listed));
+            push(d, mg, Which::GroupLink, 0, grouping(sp, gpu), listed, wg);
+            push(d, mg, Which::GroupGather, 0, grouping(sp, gpu), listed, wg);
+        }
+    }
+    for sp in &sparse.steps {
+        let v = &layout.variables[sp.var];
+        let params = Params {
+            var_index: sp.var as u32,
+            row_len: v.row_len as u32,
+            index_base: sp.index_base,
+            unique_rows: sp.unique_rows,
+            rows_base: v.rows_base,
+            ..base
+        };
+        let items = u64::from(sp.unique_rows) * v.row_len as u64;
+        for seg in &v.segments {
+            let range = rows_range(sparse, sp, v.row_len as u64, seg, items);
+            let params = Params {
+                seg_first: seg.first_elem as u32,
+                seg_len: seg.elems as u32,
+                seg_base: (seg.offset * 4) as u32,
+                ..params
+            };
+            push(d, mg, Which::CatchUpRows, seg.chunk, params, range, wg);
+        }
+        let chunk = v.segments.first().map_or(0, |s| s.chunk);
+        let listed = (0, u64::from(sp.unique_rows));
+        push(d, mg, Which::StampRows, chunk, params, listed, wg);
+    }
+    for sp in &sparse.steps {
+        if let Some(gpu) = sp.gpu {
+            let listed = (0, u64::from(sp.listed));
+            push(d, mg, Which::GroupReset, 0, grouping(sp, gpu), listed, wg);
         }
     }
 }
