@@ -325,7 +325,14 @@ pub const BUMP: Kernel = Kernel {
     name: "rmsprop_lazy_exact::bump",
     module: LAZY_EXACT_WGSL,
     entry: "bump",
-    bindings: &[(0, U), (14, R)],
+    bindings: &[(0, U), (7, R), (14, R)],
+};
+/// Every row of a variable and its count set to 0, after [`CATCH_UP`] (its history starts again).
+pub const RESET_ROWS: Kernel = Kernel {
+    name: "rmsprop_lazy_exact::reset_rows",
+    module: LAZY_EXACT_WGSL,
+    entry: "reset_rows",
+    bindings: &[(0, U)],
 };
 /// Merging sparse rows into the gradient pool.
 pub const SCATTER: Kernel = Kernel {
@@ -405,7 +412,7 @@ pub const PREPARE_VALUES: Kernel = Kernel {
 };
 
 /// Every kernel, for validation.
-pub const ALL: [Kernel; 20] = [
+pub const ALL: [Kernel; 21] = [
     DENSE,
     LAZY,
     LAZY_Q8,
@@ -415,6 +422,7 @@ pub const ALL: [Kernel; 20] = [
     STAMP_ALL,
     CATCH_UP_ROWS,
     STAMP_ROWS,
+    RESET_ROWS,
     BUMP,
     SCATTER,
     PARTIAL_DENSE,
@@ -484,9 +492,10 @@ pub struct Params {
     /// `SparseMode::LazyExact`: the variable's entry in the row counters (its step count; its rows
     /// follow).
     pub rows_base: u32,
-    /// Padding to 16 bytes (three words, as the WGSL struct spells them).
-    pub pad0: u32,
-    /// Padding.
+    /// `SparseMode::LazyExact` under a schedule: the variable's history of skipped-step maps in the
+    /// row counters (a word index; see `rmsprop_lazy_exact.wgsl`).
+    pub hist_base: u32,
+    /// Padding to 16 bytes (two words, as the WGSL struct spells them).
     pub pad1: u32,
     /// Padding.
     pub pad2: u32,
@@ -692,6 +701,7 @@ pub(crate) fn variant_constants(
         ("VAR_OPTIONS", f64::from(variant.var_options)),
         ("STOCHASTIC", b(config.stochastic_rounding().is_some())),
         ("Q8_BLOCK", (config.q8_block() / 4) as f64),
+        ("LAZY_HISTORY", f64::from(config.lazy_history())),
         (
             "ACCUMULATE",
             b(config.gradient_accumulation_steps().is_some()),

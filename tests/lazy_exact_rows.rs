@@ -197,6 +197,19 @@ fn a_forward_pass_gathers_rows_caught_up_from_gpu_indices() {
             "torch momentum",
             RmsPropConfig::preset(wgpu_rmsprop::Preset::Torch).momentum(0.9),
         ),
+        (
+            "keras decay under a schedule, history 4 (reset every 4 lazy steps)",
+            keras(0.0)
+                .learning_rate(wgpu_rmsprop::Schedule::ExponentialDecay {
+                    initial_learning_rate: 0.05,
+                    decay_steps: 3.0,
+                    decay_rate: 0.5,
+                    staircase: false,
+                })
+                .momentum(0.5)
+                .weight_decay_mode(WeightDecay::Decoupled(0.1))
+                .lazy_exact_history(4),
+        ),
     ];
     for (label, b) in cases {
         let mut rng = Rng::new(5);

@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::kernels::{Params, ParamsMode};
 use crate::step::encode::{Step, Tables};
 use crate::step::gpu::StepSizes;
-use crate::step::plan::{catch_up, catch_up_rows, Dispatch, Plan};
+use crate::step::plan::{catch_up, catch_up_rows, Dispatch, Plan, Which};
 use crate::step::sparse_prep::SparsePrep;
 use crate::step::types::{GpuGradient, Gradient, RecordedStep, Rows, VarId};
 use crate::step::validate::{check_gpu_buffer, StepShape};
@@ -43,7 +43,13 @@ impl RmsProp {
         let (mg, wg) = (u64::from(cfg.max_groups), u64::from(cfg.workgroup_size));
         for &i in &stale {
             let v = &self.layout.variables[i];
-            catch_up(&mut plan.dispatches, mg, wg, base, v, i);
+            catch_up(
+                &mut plan.dispatches,
+                (mg, wg),
+                base,
+                (v, i),
+                Which::StampAll,
+            );
         }
         let mut uniform = Vec::new();
         self.uniform_slots(&plan.dispatches, &mut uniform);

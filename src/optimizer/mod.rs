@@ -237,6 +237,7 @@ impl RmsProp {
             stochastic: config.stochastic_rounding().is_some(),
             lazy: config.sparse_mode() != SparseMode::Dense,
             lazy_exact: exact,
+            lazy_history: config.lazy_history(),
             jobs_needed: config.clipnorm().is_some()
                 || config.global_clipnorm().is_some()
                 || skip_nonfinite,

@@ -329,10 +329,19 @@ impl RmsProp {
             self.heads.clone_from(&sc.sparse.heads);
         }
         self.last_dispatches = sc.plan.dispatches.len();
-        // LazyExact: rows of sparse variables may now be behind (a dense step or a read catches up).
+        // LazyExact: rows of sparse variables may now be behind (a dense step or a read catches up);
+        // under a schedule, their histories hold one more step (after a reset, this one).
         if self.gpu.exact {
+            let history = self.plan_cfg.lazy_history;
             for (v, &p) in self.layout.variables.iter_mut().zip(&sc.shape.parts) {
-                v.stale |= p == Part::Sparse;
+                if p == Part::Sparse && !v.frozen() {
+                    v.stale = true;
+                    v.lazy_steps = if v.lazy_steps >= history {
+                        1
+                    } else {
+                        v.lazy_steps + 1
+                    };
+                }
             }
         }
         let ticket = self.next_ticket;
@@ -387,6 +396,7 @@ impl RmsProp {
     /// when none of their encoders was submitted (a submitted one ran, but is not counted). Returns how
     /// many steps were abandoned.
     pub fn abandon_all(&mut self) -> usize {
+        self.distrust_lazy_counts();
         let count = self.pending.len();
         while let Some(p) = self.pending.pop_back() {
             self.forget(p);
@@ -399,6 +409,7 @@ impl RmsProp {
     /// numbers count it), so they are abandoned too. Returns how many steps were abandoned.
     pub fn abandon(&mut self, step: RecordedStep) -> Result<usize> {
         let at = self.position(&step)?;
+        self.distrust_lazy_counts();
         let count = self.pending.len() - at;
         while self.pending.len() > at {
             if let Some(p) = self.pending.pop_back() {
@@ -442,6 +453,7 @@ impl RmsProp {
             self.uploader.resolve(slot, submission);
         }
         if !commit {
+            self.distrust_lazy_counts();
             self.forget(p);
             while let Some(later) = self.pending.pop_back() {
                 self.forget(later);
@@ -466,6 +478,15 @@ impl RmsProp {
 }
 
 impl RmsProp {
+    /// An abandoned step may have planned a reset of a variable's history that never ran, so the
+    /// host's counts of lazy steps are no longer bounds: every variable resets at its next lazy step.
+    fn distrust_lazy_counts(&mut self) {
+        let history = self.plan_cfg.lazy_history;
+        for v in &mut self.layout.variables {
+            v.lazy_steps = v.lazy_steps.max(history);
+        }
+    }
+
     /// Drops an unresolved step without committing it (its staging slot, if any, is released; its
     /// tables go back to the spare list).
     fn forget(&mut self, mut p: Pending) {

@@ -10,7 +10,7 @@ use crate::pool::{self, Kind, VEC4_BYTES};
 use crate::step::plan::Which;
 
 /// Every kernel of a step, by the [`Which`] that selects it.
-pub(crate) const KERNELS: [(Which, Kernel); 21] = [
+pub(crate) const KERNELS: [(Which, Kernel); 22] = [
     (Which::Dense, kernels::DENSE),
     (Which::DenseAt, kernels::DENSE_AT),
     (Which::Lazy, kernels::LAZY),
@@ -21,6 +21,7 @@ pub(crate) const KERNELS: [(Which, Kernel); 21] = [
     (Which::StampAll, kernels::STAMP_ALL),
     (Which::CatchUpRows, kernels::CATCH_UP_ROWS),
     (Which::StampRows, kernels::STAMP_ROWS),
+    (Which::ResetRows, kernels::RESET_ROWS),
     (Which::Bump, kernels::BUMP),
     (Which::Scatter, kernels::SCATTER),
     (Which::PartialDense, kernels::PARTIAL_DENSE),
@@ -34,7 +35,7 @@ pub(crate) const KERNELS: [(Which, Kernel); 21] = [
     (Which::PrepareValues, kernels::PREPARE_VALUES),
 ];
 /// Kernels from this index on bind step-wide buffers only (one bind group each, not one per chunk).
-pub(crate) const FIRST_GLOBAL_KERNEL: usize = 15;
+pub(crate) const FIRST_GLOBAL_KERNEL: usize = 16;
 
 /// A growable storage buffer of the step machinery (allocated when it must grow, reused otherwise).
 #[derive(Debug)]
@@ -718,6 +719,7 @@ fn build_pipelines(
                 | Which::StampAll
                 | Which::CatchUpRows
                 | Which::StampRows
+                | Which::ResetRows
                 | Which::Bump
         );
         // Likewise the lazy-exact kernels outside a lazy-exact configuration.

@@ -25,6 +25,13 @@ pub(crate) struct Variable {
     /// `SparseMode::LazyExact`: its entry in the row counters (`Gpu::lazy_rows`, in words: its step
     /// count, then one per row).
     pub rows_base: u32,
+    /// ... and its history of skipped-step maps under a schedule (in words; see
+    /// `rmsprop_lazy_exact.wgsl`).
+    pub hist_base: u32,
+    /// ... and its lazy steps recorded since its counts were last reset (an upper bound of the GPU's
+    /// count: steps the non-finite policy skips count here too; an abandoned step sets it to the
+    /// history's length, so that the next lazy step resets).
+    pub lazy_steps: u32,
     /// `SparseMode::LazyExact`: a lazy step may have left rows behind (a dense step, a read or a
     /// checkpoint catches them up first).
     pub stale: bool,
@@ -344,6 +351,8 @@ impl Layout {
             hyper,
             storage: p.storage,
             rows_base: 0,
+            hist_base: 0,
+            lazy_steps: 0,
             stale: false,
         });
         self.id(index)

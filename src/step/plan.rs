@@ -33,6 +33,9 @@ pub(crate) enum Which {
     /// Given rows caught up and stamped current ([`crate::RmsProp::record_catch_up`]).
     CatchUpRows,
     StampRows,
+    /// Every row of a variable and its count back to 0, its history of skipped-step maps emptied
+    /// (after `CatchUp`).
+    ResetRows,
     Bump,
     Scatter,
     PartialDense,
@@ -79,6 +82,9 @@ pub(crate) struct PlanConfig {
     /// Sparse mode `LazyExact`: lazy steps catch rows up first, stamp them and count the step; dense
     /// steps of variables with rows behind catch them up first.
     pub lazy_exact: bool,
+    /// `RmsPropConfig::lazy_history` (0: none): a variable whose history is full
+    /// (`Variable::lazy_steps`) is caught up and reset before its next lazy step.
+    pub lazy_history: u32,
     /// Norm jobs are needed (clipnorm, global_clipnorm or the non-finite check).
     pub jobs_needed: bool,
     /// Keras 3 duplicates without global_clipnorm: dense-mode sparse rows use the sums of squares.
@@ -392,6 +398,11 @@ pub(crate) fn plan(
     }
     for sp in &sparse.steps {
         let v = &layout.variables[sp.var];
+        // LazyExact under a schedule: a variable whose history is full is caught up and its counts
+        // reset first (every row current at count 0).
+        if cfg.lazy && cfg.lazy_exact && cfg.lazy_history > 0 && v.lazy_steps >= cfg.lazy_history {
+            catch_up(d, (mg, wg), base, (v, sp.var), Which::ResetRows);
+        }
         let items = u64::from(sp.unique_rows) * v.row_len as u64;
         for seg in &v.segments {
             let params = Params {
@@ -414,6 +425,7 @@ pub(crate) fn plan(
             };
             let params = Params {
                 rows_base: v.rows_base,
+                hist_base: v.hist_base,
                 ..params
             };
             // 8-bit state: the work items are a block's invocations (`q8_block` vec4) per distinct row
@@ -446,9 +458,11 @@ pub(crate) fn plan(
         if cfg.lazy_exact {
             // The listed rows are current at the variable's next count, which the bump then reaches.
             let params = Params {
+                var_index: sp.var as u32,
                 index_base: sp.index_base,
                 unique_rows: sp.unique_rows,
                 rows_base: v.rows_base,
+                hist_base: v.hist_base,
                 ..base
             };
             let chunk = v.segments.first().map_or(0, |s| s.chunk);
@@ -476,7 +490,7 @@ pub(crate) fn plan(
     if cfg.lazy_exact {
         for (var, v) in layout.variables.iter().enumerate() {
             if v.stale && dense_updated(parts[var]) {
-                catch_up(d, mg, wg, base, v, var);
+                catch_up(d, (mg, wg), base, (v, var), Which::StampAll);
             }
         }
     }
@@ -574,6 +588,7 @@ pub(crate) fn catch_up_rows(
             index_base: sp.index_base,
             unique_rows: sp.unique_rows,
             rows_base: v.rows_base,
+            hist_base: v.hist_base,
             ..base
         };
         let items = u64::from(sp.unique_rows) * v.row_len as u64;
@@ -600,19 +615,20 @@ pub(crate) fn catch_up_rows(
 }
 
 /// Appends the dispatches that bring every row of variable `var` (`v`) up to date: `CatchUp` per part
-/// of it in a pool buffer, then `StampAll` (`rmsprop_lazy_exact.wgsl`).
+/// of it in a pool buffer, then `then` over its rows: `StampAll` (current at its count) or
+/// `ResetRows` (count and rows back to 0) (`rmsprop_lazy_exact.wgsl`).
 pub(crate) fn catch_up(
     d: &mut Vec<Dispatch>,
-    max_groups: u64,
-    per_group: u64,
+    (max_groups, per_group): (u64, u64),
     base: Params,
-    v: &crate::step::layout::Variable,
-    var: usize,
+    (v, var): (&crate::step::layout::Variable, usize),
+    then: Which,
 ) {
     let params = Params {
         var_index: var as u32,
         row_len: v.row_len as u32,
         rows_base: v.rows_base,
+        hist_base: v.hist_base,
         ..base
     };
     for seg in &v.segments {
@@ -635,15 +651,7 @@ pub(crate) fn catch_up(
     }
     let chunk = v.segments.first().map_or(0, |s| s.chunk);
     let rows = (0, v.rows() as u64);
-    push(
-        d,
-        max_groups,
-        Which::StampAll,
-        chunk,
-        params,
-        rows,
-        per_group,
-    );
+    push(d, max_groups, then, chunk, params, rows, per_group);
 }
 
 /// The most blocks of `block` elements a row of `row_len` elements can touch (rows start at multiples
