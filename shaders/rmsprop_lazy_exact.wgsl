@@ -107,14 +107,7 @@ fn catch_up_elem(i: u32, row: u32) {
     }
     let s = caught_up(row, load_state(i, h), h);
     st_x(i, s.x.x);
-    st_c(i, s.x.x);
-    st_v(i, s.v.x);
-    if keeps_momentum(h) {
-        st_m(i, s.m.x);
-    }
-    if is_centered(h) {
-        st_a(i, s.a.x);
-    }
+    store_rest(i, s, h);
 }
 
 // `RmsProp::record_catch_up`: the elements of the distinct rows in the grouped indices (work items as

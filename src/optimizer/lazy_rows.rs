@@ -125,13 +125,7 @@ impl RmsProp {
         encoder: &mut wgpu::CommandEncoder,
         rows: &[(VarId, Rows<'_>)],
     ) -> Result<RecordedStep> {
-        self.ctx.check_alive()?;
-        if self.pending.len() >= self.max_unresolved {
-            return Err(Error::UnresolvedSteps {
-                count: self.pending.len(),
-                call: "record a row catch-up (max_unresolved_steps reached)",
-            });
-        }
+        self.check_room("record a row catch-up (max_unresolved_steps reached)")?;
         for (k, (id, r)) in rows.iter().enumerate() {
             let v = self.layout.var(*id)?;
             if rows[..k].iter().any(|(other, _)| other == id) {

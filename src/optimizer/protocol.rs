@@ -162,13 +162,7 @@ impl RmsProp {
         encoder: &mut wgpu::CommandEncoder,
         grads: &[(VarId, Gradient<'_>)],
     ) -> Result<RecordedStep> {
-        self.ctx.check_alive()?;
-        if self.pending.len() >= self.max_unresolved {
-            return Err(Error::UnresolvedSteps {
-                count: self.pending.len(),
-                call: "record another step (max_unresolved_steps reached)",
-            });
-        }
+        self.check_room("record another step (max_unresolved_steps reached)")?;
         let step = self.next_step();
         let s = self.config.scalars(step)?;
         let sc = &mut self.scratch;
@@ -478,6 +472,19 @@ impl RmsProp {
 }
 
 impl RmsProp {
+    /// Whether another recording may be made: the device is alive and fewer than
+    /// `max_unresolved_steps` recordings wait for their resolution (`call` names the refused call).
+    pub(super) fn check_room(&self, call: &'static str) -> Result<()> {
+        self.ctx.check_alive()?;
+        if self.pending.len() >= self.max_unresolved {
+            return Err(Error::UnresolvedSteps {
+                count: self.pending.len(),
+                call,
+            });
+        }
+        Ok(())
+    }
+
     /// An abandoned step may have planned a reset of a variable's history that never ran, so the
     /// host's counts of lazy steps are no longer bounds: every variable resets at its next lazy step.
     fn distrust_lazy_counts(&mut self) {
