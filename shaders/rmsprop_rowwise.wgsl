@@ -1,0 +1,193 @@
+// Row-wise velocity (`VarOptions::rowwise_velocity`, as FBGEMM's row-wise optimizers for embedding
+// tables): one velocity per row, from the mean of the row's squared (processed) gradients,
+//   v_r = rho*v_r + (1-rho)*mean_j(g_rj^2),
+// and every element of the row updated by the stages of `rmsprop` (rmsprop_update.wgsl) with the row's
+// new velocity in place of its own: so epsilon, bias correction, momentum (per element) and decay are
+// exactly the element-wise update's. One workgroup per row: the squares
+// are summed per lane (elements j = lane, lane + ROW_LANES, ...) and then over the lanes in a fixed
+// tree, so the sum is deterministic; the twin (`reference::rowwise`) adds in the same order.
+// The velocity lives in binding 23, from `p.rows_base` (the variable's first row), one f32 per row;
+// these variables' chunks keep no element-wise velocity. f32 pools only (the options refuse others).
+// Twin: `reference::rowwise`. (Prepended: common.wgsl, half.wgsl, the pool declarations in scalar
+// form, rmsprop_update.wgsl.)
+
+@group(0) @binding(7) var<storage, read> var_info: array<VarInfo>;
+@group(0) @binding(8) var<storage, read> values: array<f32>;
+@group(0) @binding(9) var<storage, read> index: array<u32>;
+@group(0) @binding(14) var<storage, read> status: array<u32>;
+@group(0) @binding(23) var<storage, read_write> row_velocity: array<f32>;
+
+// Some variable keeps a row-wise velocity (these kernels are built only then).
+override ROW_VELOCITY: bool = false;
+
+// Lanes of a row's workgroup (a power of two; the twin's `ROW_LANES`).
+const ROW_LANES: u32 = 64u;
+var<workgroup> lane_sums: array<f32, ROW_LANES>;
+
+// The sum of every lane's `mine`, by halves: lane l adds lane l + s for s = 32, 16, .., 1. In uniform
+// control flow (every invocation of the workgroup calls it).
+fn row_sum(lane: u32, mine: f32) -> f32 {
+    lane_sums[lane] = mine;
+    workgroupBarrier();
+    for (var s = ROW_LANES / 2u; s > 0u; s = s / 2u) {
+        if lane < s {
+            lane_sums[lane] = lane_sums[lane] + lane_sums[lane + s];
+        }
+        workgroupBarrier();
+    }
+    return lane_sums[0];
+}
+
+// The hyperparameters and clipping state of the dispatch's variable (`p.var_index`).
+fn row_hyper() -> Hyper {
+    var h = Hyper();
+    if VAR_OPTIONS != 0u {
+        h = hyper(p.var_index);
+    }
+    return h;
+}
+
+fn row_info() -> VarInfo {
+    var info = VarInfo(1.0, 1.0, 0.0, PRECLIPPED);
+    if PER_VAR {
+        info = var_info[p.var_index];
+    }
+    return info;
+}
+
+// Whether the step writes (the non-finite policy may skip it).
+fn row_writes() -> bool {
+    if SKIP_NONFINITE {
+        return status[0] == 0u;
+    }
+    return true;
+}
+
+// The dense gradient of pool element `e` as the dense kernel reads it: clipped per variable unless
+// `scatter` wrote it clipped (dense-mode sparse rows).
+fn dense_gradient(e: u32, info: VarInfo) -> f32 {
+    var g = vec4<f32>(ld_g(e));
+    if PER_VAR && (info.flags & PRECLIPPED) == 0u {
+        g = clip_gradient(g, info);
+    }
+    return g.x;
+}
+
+// The row's new velocity from its old one and the mean of its squared gradients, as `rmsprop` computes
+// it for every element of the row.
+fn row_update_velocity(v: f32, mean: f32, h: Hyper) -> f32 {
+    return next_velocity(vec4<f32>(v), vec4<f32>(0.0), vec4<f32>(mean), true, h).x;
+}
+
+// One element of a row, as the dense kernel's `update` with the row's new velocity `v` (computed once
+// per row: a compiler may contract `rho*v + (1-rho)*q` into a fused multiply-add in one place and not
+// in another, so every lane uses the value the row stores).
+fn row_element(e: u32, g: f32, v: f32, h: Hyper, live: bool) {
+    let x = vec4<f32>(ld_x(e));
+    let ge = effective_gradient(vec4<f32>(g), x, h);
+    let dir = direction(ge, denominator(vec4<f32>(v), vec4<f32>(0.0), h), h);
+    var mn = vec4<f32>(0.0);
+    if keeps_momentum(h) {
+        mn = next_momentum(vec4<f32>(ld_m(e)), dir, h);
+        if live {
+            st_m(e, mn.x);
+        }
+    }
+    let xn = next_variable(x, dir, mn, h);
+    if live {
+        st_x(e, xn.x);
+    }
+}
+
+// Rows [begin, end) of the variable's part in the bound pool buffer (which holds whole rows: element
+// `seg_first + t` of the variable at `seg_base + t`), one workgroup each.
+@compute @workgroup_size(ROW_LANES)
+fn rows_dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let r = p.begin + wid.y * p.groups_x + wid.x;
+    if r >= p.end {
+        return;
+    }
+    let live = row_writes();
+    let h = row_hyper();
+    let info = row_info();
+    let first = p.seg_base + r * p.row_len;
+    // Read before the barriers of `row_sum`: lane 0 stores the new value while other lanes may still
+    // be on their way (lavapipe runs a workgroup's subgroups one after another between barriers).
+    let row = p.rows_base + p.seg_first / p.row_len + r;
+    let v = row_velocity[row];
+    var squares = 0.0;
+    for (var j = lane; j < p.row_len; j += ROW_LANES) {
+        let g = vec4<f32>(dense_gradient(first + j, info));
+        var x = vec4<f32>(0.0);
+        if L2_DECAY {
+            x = vec4<f32>(ld_x(first + j));
+        }
+        let ge = effective_gradient(g, x, h).x;
+        squares += ge * ge;
+    }
+    let mean = row_sum(lane, squares) / f32(p.row_len);
+    let vn = row_update_velocity(v, mean, h);
+    for (var j = lane; j < p.row_len; j += ROW_LANES) {
+        row_element(first + j, dense_gradient(first + j, info), vn, h, live);
+    }
+    if live && lane == 0u {
+        row_velocity[row] = vn;
+    }
+}
+
+// The merged gradient of column `col` of a listed row: its duplicates [k0, k1) summed in list order,
+// each clipped per variable (as `listed` in rmsprop_sparse.wgsl).
+fn merged(col: u32, k0: u32, k1: u32) -> f32 {
+    var sum = 0.0;
+    for (var k = k0; k < k1; k++) {
+        let pos = index[p.index_base + 2u + 3u * p.unique_rows + k];
+        var gk = values[p.values_base + pos * p.row_len + col];
+        if PER_VAR {
+            gk = clip_gradient(vec4<f32>(gk), var_info[p.var_index]).x;
+        }
+        sum += gk;
+    }
+    return sum;
+}
+
+// Lazy sparse steps: distinct listed rows [begin, end) of the step's grouped indices (layout in
+// rmsprop_sparse.wgsl), one workgroup each; rows outside the bound pool buffer's part are skipped.
+@compute @workgroup_size(ROW_LANES)
+fn rows_lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let u = p.begin + wid.y * p.groups_x + wid.x;
+    if u >= p.end {
+        return;
+    }
+    let head = p.index_base + 2u;
+    let uu = min(u, p.unique_rows - 1u);
+    let row = index[head + uu];
+    let start = row * p.row_len;
+    // Read from storage, so not uniform: every invocation still takes part in `row_sum`.
+    let here = u < index[p.index_base] && start >= p.seg_first && start - p.seg_first < p.seg_len;
+    let live = here && row_writes();
+    let k0 = index[head + p.unique_rows + uu];
+    let k1 = select(k0, index[head + 2u * p.unique_rows + uu], here);
+    let first = p.seg_base + select(0u, start - p.seg_first, here);
+    let h = row_hyper();
+    // Read before the barriers of `row_sum` (see `rows_dense`).
+    let at = p.rows_base + row;
+    let v = row_velocity[select(p.rows_base, at, here)];
+    var squares = 0.0;
+    for (var j = lane; j < p.row_len; j += ROW_LANES) {
+        let g = vec4<f32>(merged(j, k0, k1));
+        var x = vec4<f32>(0.0);
+        if L2_DECAY {
+            x = vec4<f32>(ld_x(first + j));
+        }
+        let ge = effective_gradient(g, x, h).x;
+        squares += ge * ge;
+    }
+    let mean = row_sum(lane, squares) / f32(p.row_len);
+    let vn = row_update_velocity(v, mean, h);
+    for (var j = lane; j < p.row_len; j += ROW_LANES) {
+        row_element(first + j, merged(j, k0, k1), vn, h, live);
+    }
+    if live && lane == 0u {
+        row_velocity[at] = vn;
+    }
+}
