@@ -432,3 +432,123 @@ fn checkpoints_hold_one_velocity_per_row_and_resume_bit_for_bit() {
     common::expect_refused(&mut c.opt, &ids_c, &file, &["options"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn own_options_gpu_indices_and_skipped_steps_match_the_twin() {
+    // A table with its own rate and momentum (the kernels read the options table), indices grouped on
+    // the GPU, and a step the non-finite policy skips.
+    let config = RmsPropConfig::builder()
+        .learning_rate(0.01)
+        .non_finite(wgpu_rmsprop::NonFinite::SkipStep)
+        .build()
+        .unwrap();
+    let mut opt = RmsProp::new(ctx(), config.clone()).unwrap();
+    let mut r = Reference::new(config);
+    let mut rng = Rng::new(3);
+    let own = VarOptions {
+        lr_multiplier: 2.0,
+        momentum: Some(0.5),
+        ..rowwise()
+    };
+    let (a0, b0) = (rng.vec(9 * 5, 1.0, 0), rng.vec(4 * 70, 1.0, 0));
+    let a = opt.add_variable_with("a", &[9, 5], &a0, &own).unwrap();
+    let b = opt
+        .add_variable_with("b", &[4, 70], &b0, &rowwise())
+        .unwrap();
+    r.add_variable_with(&[9, 5], &a0, &own).unwrap();
+    r.add_variable_with(&[4, 70], &b0, &rowwise()).unwrap();
+    let check = |opt: &mut RmsProp, r: &Reference, label: &str| {
+        for (k, id) in [a, b].into_iter().enumerate() {
+            let s = &r.vars[k];
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&opt.read_variable(id).unwrap()),
+                bits(&s.x),
+                "{label} x{k}"
+            );
+            let v = opt.read_slot(id, Slot::Velocity).unwrap();
+            assert_eq!(bits(&v), bits(&s.v), "{label} v{k}");
+            if let Some(m) = &s.m {
+                let got = opt.read_slot(id, Slot::Momentum).unwrap();
+                assert_eq!(bits(&got), bits(m), "{label} m{k}");
+            }
+        }
+    };
+    let (ga, gb) = (rng.vec(45, 2.0, 5), rng.vec(280, 2.0, 5));
+    opt.apply(&[(a, Gradient::Dense(&ga)), (b, Gradient::Dense(&gb))])
+        .unwrap();
+    r.step(&[Some(RefGradient::Dense(&ga)), Some(RefGradient::Dense(&gb))])
+        .unwrap();
+    check(&mut opt, &r, "dense");
+    // Rows 3, 8, 3 of `a` with indices and values on the GPU; rows 2, 0 of `b` from the host.
+    let idx: [i32; 3] = [3, 8, 3];
+    let (va, vb) = (rng.vec(15, 2.0, 0), rng.vec(140, 2.0, 0));
+    let device = ctx().device();
+    let mk = |data: &[u8]| {
+        let buf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("caller"),
+            size: (data.len() as u64).next_multiple_of(16),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx().queue().write_buffer(&buf, 0, data);
+        buf
+    };
+    let (ib, vbuf) = (
+        mk(bytemuck::cast_slice(&idx)),
+        mk(bytemuck::cast_slice(&va)),
+    );
+    let rows_b = [2i64, 0];
+    opt.apply(&[
+        (
+            a,
+            Gradient::SparseGpuIndices {
+                indices: wgpu_rmsprop::GpuIndices {
+                    buffer: &ib,
+                    offset: 0,
+                    len: 3,
+                },
+                values: wgpu_rmsprop::GpuGradient {
+                    buffer: &vbuf,
+                    offset: 0,
+                },
+            },
+        ),
+        (
+            b,
+            Gradient::Sparse {
+                indices: Indices::I64(&rows_b),
+                values: &vb,
+            },
+        ),
+    ])
+    .unwrap();
+    r.step(&[
+        Some(RefGradient::Sparse {
+            indices: &[3, 8, 3],
+            values: &va,
+        }),
+        Some(RefGradient::Sparse {
+            indices: &[2, 0],
+            values: &vb,
+        }),
+    ])
+    .unwrap();
+    check(&mut opt, &r, "sparse");
+    // A NaN in `b`'s gradient: the whole step is skipped, row velocities included.
+    let mut bad = rng.vec(280, 2.0, 0);
+    bad[77] = f32::NAN;
+    let before = kept_state(&mut opt, &[a, b]).1;
+    opt.apply(&[(a, Gradient::Dense(&ga)), (b, Gradient::Dense(&bad))])
+        .unwrap();
+    r.step(&[
+        Some(RefGradient::Dense(&ga)),
+        Some(RefGradient::Dense(&bad)),
+    ])
+    .unwrap();
+    assert_eq!(kept_state(&mut opt, &[a, b]).1, before);
+    assert_eq!(opt.skipped_steps().unwrap(), 1);
+    check(&mut opt, &r, "skipped");
+}
