@@ -3,9 +3,9 @@
 //   v_r = rho*v_r + (1-rho)*mean_j(g_rj^2),
 // and every element of the row updated by the stages of `rmsprop` (rmsprop_update.wgsl) with the row's
 // new velocity in place of its own: so epsilon, bias correction, momentum (per element) and decay are
-// exactly the element-wise update's. One workgroup per row: the squares
-// are summed per lane (elements j = lane, lane + ROW_LANES, ...) and then over the lanes in a fixed
-// tree, so the sum is deterministic; the twin (`reference::rowwise`) adds in the same order.
+// exactly the element-wise update's. Each row takes `lanes` invocations (see `row_lanes`): the squares
+// are summed per lane (elements j = lane, lane + lanes, ...) and then over the lanes in a fixed tree,
+// so the sum is deterministic; the twin (`reference::rowwise`) adds in the same order.
 // The velocity lives in binding 23, from `p.rows_base` (the variable's first row), one f32 per row;
 // these variables' chunks keep no element-wise velocity. f32 pools only (the options refuse others).
 // Twin: `reference::rowwise`. (Prepended: common.wgsl, half.wgsl, the pool declarations in scalar
@@ -20,22 +20,38 @@
 // Some variable keeps a row-wise velocity (these kernels are built only then).
 override ROW_VELOCITY: bool = false;
 
-// Lanes of a row's workgroup (a power of two; the twin's `ROW_LANES`).
+// A workgroup holds ROW_GROUP / lanes rows (the twin's `row_lanes`): a row of at most ROW_LANES
+// elements takes one invocation, which sums it in order (no barrier: on lavapipe, whose barriers
+// switch between the workgroup's subgroups, 16-element rows shared by 16 lanes cost 10x more); a
+// longer row takes ROW_LANES lanes, each summing its elements in order, then the lanes are added by
+// halves in workgroup memory. Rows past the dispatch's range compute a clamped row and write nothing.
 const ROW_LANES: u32 = 64u;
-var<workgroup> lane_sums: array<f32, ROW_LANES>;
+const ROW_GROUP: u32 = 256u;
+var<workgroup> lane_sums: array<f32, ROW_GROUP>;
 
-// The sum of every lane's `mine`, by halves: lane l adds lane l + s for s = 32, 16, .., 1. In uniform
-// control flow (every invocation of the workgroup calls it).
-fn row_sum(lane: u32, mine: f32) -> f32 {
-    lane_sums[lane] = mine;
+fn row_lanes(n: u32) -> u32 {
+    if n <= ROW_LANES {
+        return 1u;
+    }
+    return ROW_LANES;
+}
+
+// The sum over the `lanes` lanes of invocation `lid`'s row of each lane's `mine`, by halves: lane l adds
+// lane l + s for s = lanes / 2, .., 1. In uniform control flow (`lanes` comes from the parameters).
+fn row_sum(lid: u32, lanes: u32, mine: f32) -> f32 {
+    if lanes == 1u {
+        return mine;
+    }
+    lane_sums[lid] = mine;
     workgroupBarrier();
-    for (var s = ROW_LANES / 2u; s > 0u; s = s / 2u) {
+    let lane = lid % lanes;
+    for (var s = lanes / 2u; s > 0u; s = s / 2u) {
         if lane < s {
-            lane_sums[lane] = lane_sums[lane] + lane_sums[lane + s];
+            lane_sums[lid] = lane_sums[lid] + lane_sums[lid + s];
         }
         workgroupBarrier();
     }
-    return lane_sums[0];
+    return lane_sums[lid - lane];
 }
 
 // The hyperparameters and clipping state of the dispatch's variable (`p.var_index`).
@@ -100,14 +116,18 @@ fn row_element(e: u32, g: f32, v: f32, h: Hyper, live: bool) {
 }
 
 // Rows [begin, end) of the variable's part in the bound pool buffer (which holds whole rows: element
-// `seg_first + t` of the variable at `seg_base + t`), one workgroup each.
-@compute @workgroup_size(ROW_LANES)
-fn rows_dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    let r = p.begin + wid.y * p.groups_x + wid.x;
-    if r >= p.end {
+// `seg_first + t` of the variable at `seg_base + t`), ROW_GROUP / lanes per workgroup.
+@compute @workgroup_size(ROW_GROUP)
+fn rows_dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let lanes = row_lanes(p.row_len);
+    let group_first = p.begin + (wid.y * p.groups_x + wid.x) * (ROW_GROUP / lanes);
+    if group_first >= p.end {
         return;
     }
-    let live = row_writes();
+    let lane = lid % lanes;
+    let wanted = group_first + lid / lanes;
+    let r = min(wanted, p.end - 1u);
+    let live = wanted < p.end && row_writes();
     let h = row_hyper();
     let info = row_info();
     let first = p.seg_base + r * p.row_len;
@@ -116,7 +136,7 @@ fn rows_dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     let row = p.rows_base + p.seg_first / p.row_len + r;
     let v = row_velocity[row];
     var squares = 0.0;
-    for (var j = lane; j < p.row_len; j += ROW_LANES) {
+    for (var j = lane; j < p.row_len; j += lanes) {
         let g = vec4<f32>(dense_gradient(first + j, info));
         var x = vec4<f32>(0.0);
         if L2_DECAY {
@@ -125,9 +145,9 @@ fn rows_dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         let ge = effective_gradient(g, x, h).x;
         squares += ge * ge;
     }
-    let mean = row_sum(lane, squares) / f32(p.row_len);
+    let mean = row_sum(lid, lanes, squares) / f32(p.row_len);
     let vn = row_update_velocity(v, mean, h);
-    for (var j = lane; j < p.row_len; j += ROW_LANES) {
+    for (var j = lane; j < p.row_len; j += lanes) {
         row_element(first + j, dense_gradient(first + j, info), vn, h, live);
     }
     if live && lane == 0u {
@@ -151,19 +171,24 @@ fn merged(col: u32, k0: u32, k1: u32) -> f32 {
 }
 
 // Lazy sparse steps: distinct listed rows [begin, end) of the step's grouped indices (layout in
-// rmsprop_sparse.wgsl), one workgroup each; rows outside the bound pool buffer's part are skipped.
-@compute @workgroup_size(ROW_LANES)
-fn rows_lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    let u = p.begin + wid.y * p.groups_x + wid.x;
-    if u >= p.end {
+// rmsprop_sparse.wgsl), ROW_GROUP / lanes per workgroup; rows outside the bound pool buffer's part are
+// skipped.
+@compute @workgroup_size(ROW_GROUP)
+fn rows_lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let lanes = row_lanes(p.row_len);
+    let group_first = p.begin + (wid.y * p.groups_x + wid.x) * (ROW_GROUP / lanes);
+    if group_first >= p.end {
         return;
     }
+    let lane = lid % lanes;
+    let u = group_first + lid / lanes;
     let head = p.index_base + 2u;
     let uu = min(u, p.unique_rows - 1u);
     let row = index[head + uu];
     let start = row * p.row_len;
     // Read from storage, so not uniform: every invocation still takes part in `row_sum`.
-    let here = u < index[p.index_base] && start >= p.seg_first && start - p.seg_first < p.seg_len;
+    let here = u < p.end && u < index[p.index_base] && start >= p.seg_first
+        && start - p.seg_first < p.seg_len;
     let live = here && row_writes();
     let k0 = index[head + p.unique_rows + uu];
     let k1 = select(k0, index[head + 2u * p.unique_rows + uu], here);
@@ -173,7 +198,7 @@ fn rows_lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let at = p.rows_base + row;
     let v = row_velocity[select(p.rows_base, at, here)];
     var squares = 0.0;
-    for (var j = lane; j < p.row_len; j += ROW_LANES) {
+    for (var j = lane; j < p.row_len; j += lanes) {
         let g = vec4<f32>(merged(j, k0, k1));
         var x = vec4<f32>(0.0);
         if L2_DECAY {
@@ -182,9 +207,9 @@ fn rows_lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         let ge = effective_gradient(g, x, h).x;
         squares += ge * ge;
     }
-    let mean = row_sum(lane, squares) / f32(p.row_len);
+    let mean = row_sum(lid, lanes, squares) / f32(p.row_len);
     let vn = row_update_velocity(v, mean, h);
-    for (var j = lane; j < p.row_len; j += ROW_LANES) {
+    for (var j = lane; j < p.row_len; j += lanes) {
         row_element(first + j, merged(j, k0, k1), vn, h, live);
     }
     if live && lane == 0u {

@@ -1,27 +1,42 @@
 //! The row-wise velocity on the host ([`crate::VarOptions::rowwise_velocity`]), operation for operation
 //! as `shaders/rmsprop_rowwise.wgsl`: per row, the squares of the (processed) gradients summed per lane
-//! (elements `j = lane, lane + ROW_LANES, ..`, in order) and then over the lanes by halves, the mean,
+//! (elements `j = lane, lane + lanes, ..`, in order, [`row_lanes`]) and then over the lanes by halves,
+//! the mean,
 //! then every element updated by [`rmsprop`] with the row's old velocity and the mean in place of `g^2`,
 //! and the row's new velocity `rho*v + (1-rho)*mean`.
 
 use super::{group_rows, rmsprop, ReferenceState, State, VarInfo};
 use crate::config::{RmsPropConfig, SparseMode, StepScalars, WeightDecay};
 
-/// Lanes of a row's workgroup (`ROW_LANES` in `rmsprop_rowwise.wgsl`).
+/// The most lanes a row takes (`ROW_LANES` in `rmsprop_rowwise.wgsl`).
 pub const ROW_LANES: usize = 64;
+/// Invocations per workgroup of the row-wise kernels (`ROW_GROUP`): `ROW_GROUP / row_lanes(n)` rows each.
+pub const ROW_GROUP: usize = 256;
 
-/// The sum of `squares(j)` for `j < n` in the kernel's order: per lane in order, then lane `l` adds
-/// lane `l + s` for `s = 32, 16, .., 1` (`row_sum`).
+/// The lanes a row of `n` elements takes (`row_lanes`): one up to [`ROW_LANES`] elements (summed in
+/// order), else [`ROW_LANES`].
+pub fn row_lanes(n: usize) -> usize {
+    if n <= ROW_LANES {
+        1
+    } else {
+        ROW_LANES
+    }
+}
+
+/// The sum of `squares(j)` for `j < n` in the kernel's order: per lane (`j = lane, lane + lanes, ..`,
+/// in order, `lanes = row_lanes(n)`), then lane `l` adds lane `l + s` for `s = lanes / 2, .., 1`
+/// (`row_sum`).
 pub fn row_sum(n: usize, squares: impl Fn(usize) -> f32) -> f32 {
+    let lanes_n = row_lanes(n);
     let mut lanes = [0.0f32; ROW_LANES];
-    for (lane, sum) in lanes.iter_mut().enumerate() {
+    for (lane, sum) in lanes.iter_mut().enumerate().take(lanes_n) {
         let mut j = lane;
         while j < n {
             *sum += squares(j);
-            j += ROW_LANES;
+            j += lanes_n;
         }
     }
-    let mut s = ROW_LANES / 2;
+    let mut s = lanes_n / 2;
     while s > 0 {
         for lane in 0..s {
             lanes[lane] += lanes[lane + s];

@@ -462,11 +462,12 @@ pub(crate) fn plan(
                     };
                     ((first, first + items), params)
                 }
-                // One workgroup per distinct row.
+                // Distinct rows, several per workgroup when they are short.
                 Which::RowsLazy => {
                     let row_len = v.row_len as u64;
                     let rows = (range.0 / row_len, range.1.div_ceil(row_len));
-                    push(d, mg, which, seg.chunk, params, rows, 1);
+                    let per_group = rows_per_workgroup(v.row_len);
+                    push(d, mg, which, seg.chunk, params, rows, per_group);
                     continue;
                 }
                 _ => (range, params),
@@ -548,7 +549,7 @@ pub(crate) fn plan(
 }
 
 /// Appends the dense update of the part of row-wise variable `var` (`v`) that starts at vec4 `begin`
-/// of chunk `chunk`: one workgroup per row (`rmsprop_rowwise.wgsl::rows_dense`).
+/// of chunk `chunk`: `ROW_GROUP / lanes` rows per workgroup (`rmsprop_rowwise.wgsl::rows_dense`).
 fn rows_dense(
     d: &mut Vec<Dispatch>,
     max_groups: u64,
@@ -575,7 +576,22 @@ fn rows_dense(
         ..base
     };
     let rows = (0, (seg.elems / row_len) as u64);
-    push(d, max_groups, Which::RowsDense, chunk, params, rows, 1);
+    let per_group = rows_per_workgroup(row_len);
+    push(
+        d,
+        max_groups,
+        Which::RowsDense,
+        chunk,
+        params,
+        rows,
+        per_group,
+    );
+}
+
+/// Rows of `row_len` elements that one workgroup of the row-wise kernels updates.
+fn rows_per_workgroup(row_len: usize) -> u64 {
+    use crate::reference::rowwise::{row_lanes, ROW_GROUP};
+    (ROW_GROUP / row_lanes(row_len)) as u64
 }
 
 /// Appends the dispatches that bring every row of variable `var` (`v`) up to date: `CatchUp` per part
