@@ -309,8 +309,8 @@ pub struct PoolStats {
     pub variable_bytes: u64,
     /// Bytes of the gradient buffers (capacity included).
     pub gradient_bytes: u64,
-    /// Bytes of the optimizer state: velocity, momentum, average gradient, and Keras's EMA and
-    /// gradient accumulator when kept (capacity included).
+    /// Bytes of the optimizer state: velocity (one value per row for a row-wise velocity), momentum,
+    /// average gradient, and Keras's EMA and gradient accumulator when kept (capacity included).
     pub state_bytes: u64,
     /// Bytes of per-step scratch pools (sums of squares of Keras 3 sparse duplicates).
     pub scratch_bytes: u64,
