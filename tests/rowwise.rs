@@ -190,13 +190,9 @@ fn run_within(config: RmsPropConfig, options: OptimizerOptions, label: &str, tol
 fn lazy_sparse_and_dense_steps_match_the_twin_bit_for_bit() {
     let o = OptimizerOptions::default();
     let keras = RmsPropConfig::preset(Preset::Keras).learning_rate(0.01);
-    run(keras.clone().build().unwrap(), o.clone(), "keras");
+    run(keras.clone().build().unwrap(), o, "keras");
     let momentum = keras.clone().momentum(0.9);
-    run(
-        momentum.clone().build().unwrap(),
-        o.clone(),
-        "keras momentum",
-    );
+    run(momentum.clone().build().unwrap(), o, "keras momentum");
     // The twin sums the norm in f64, the GPU in f32 along a fixed tree: the clipped gradients differ
     // by an ulp or so (as for element-wise variables), hence 1e-6 of each tensor's scale.
     let clipped = momentum.clipnorm(1.5).build().unwrap();
@@ -213,7 +209,7 @@ fn dense_mode_sparse_steps_and_other_presets_match_the_twin_bit_for_bit() {
         .maximize(true)
         .build()
         .unwrap();
-    run(torch, o.clone(), "torch");
+    run(torch, o, "torch");
     // Bias correction, a starting velocity, Nesterov on the negated trace.
     let optax = RmsPropConfig::preset(Preset::Optax)
         .momentum(0.9)
@@ -402,7 +398,7 @@ fn checkpoints_hold_one_velocity_per_row_and_resume_bit_for_bit() {
         .unwrap();
     let shapes: &[(&[usize], bool)] = &[(&[6, 5], true), (&[3, 4], false)];
     let o = OptimizerOptions::default();
-    let mut a = Pair::new(config.clone(), o.clone(), shapes);
+    let mut a = Pair::new(config.clone(), o, shapes);
     for sparse in [false, true, false] {
         a.step(sparse);
     }
@@ -413,7 +409,7 @@ fn checkpoints_hold_one_velocity_per_row_and_resume_bit_for_bit() {
     assert_eq!(st.tensor("slots/velocity/v0").unwrap().shape(), [6]);
     assert_eq!(st.tensor("slots/velocity/v1").unwrap().shape(), [3, 4]);
     // A fresh optimizer (another seed: other values) restored from the file, then both go on.
-    let mut b = Pair::new(config.clone(), o.clone(), shapes);
+    let mut b = Pair::new(config.clone(), o, shapes);
     b.rng = Rng::new(99);
     b.step(true);
     b.opt.load_checkpoint(&file).unwrap();
