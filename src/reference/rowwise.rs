@@ -1,9 +1,8 @@
 //! The row-wise velocity on the host ([`crate::VarOptions::rowwise_velocity`]), operation for operation
 //! as `shaders/rmsprop_rowwise.wgsl`: per row, the squares of the (processed) gradients summed per lane
-//! (elements `j = lane, lane + lanes, ..`, in order, [`row_lanes`]) and then over the lanes by halves,
-//! the mean,
-//! then every element updated by [`rmsprop`] with the row's old velocity and the mean in place of `g^2`,
-//! and the row's new velocity `rho*v + (1-rho)*mean`.
+//! (groups of four elements, [`row_sum`]) and then over the lanes by halves, the mean, then every
+//! element updated by [`rmsprop`] with the row's old velocity and the mean in place of `g^2`, and the
+//! row's new velocity `rho*v + (1-rho)*mean`.
 
 use super::{group_rows, rmsprop, ReferenceState, State, VarInfo};
 use crate::config::{RmsPropConfig, SparseMode, StepScalars, WeightDecay};
@@ -23,17 +22,19 @@ pub fn row_lanes(n: usize) -> usize {
     }
 }
 
-/// The sum of `squares(j)` for `j < n` in the kernel's order: per lane (`j = lane, lane + lanes, ..`,
-/// in order, `lanes = row_lanes(n)`), then lane `l` adds lane `l + s` for `s = lanes / 2, .., 1`
-/// (`row_sum`).
+/// The sum of `squares(j)` for `j < n` in the kernel's order: per lane (elements `4k .. 4k + 3` for
+/// `k = lane, lane + lanes, ..`, in order, `lanes = row_lanes(n)`), then lane `l` adds lane `l + s` for
+/// `s = lanes / 2, .., 1` (`row_sum`).
 pub fn row_sum(n: usize, squares: impl Fn(usize) -> f32) -> f32 {
     let lanes_n = row_lanes(n);
     let mut lanes = [0.0f32; ROW_LANES];
     for (lane, sum) in lanes.iter_mut().enumerate().take(lanes_n) {
-        let mut j = lane;
+        let mut j = 4 * lane;
         while j < n {
-            *sum += squares(j);
-            j += lanes_n;
+            for i in j..(j + 4).min(n) {
+                *sum += squares(i);
+            }
+            j += 4 * lanes_n;
         }
     }
     let mut s = lanes_n / 2;
