@@ -126,7 +126,7 @@ pub const LAZY_EXACT_WGSL: Module = Module {
     ],
     pools: SPARSE_WGSL.pools,
 };
-/// The row-wise velocity (`rmsprop_rowwise.wgsl`, binding 23): one workgroup per row, f32 pools in
+/// The row-wise velocity (`rmsprop_rowwise.wgsl`, binding 23): 1 or 64 invocations per row, f32 pools in
 /// scalar form (no velocity, average gradient or copy: the options refuse them).
 pub const ROWWISE_WGSL: Module = Module {
     files: &[UPDATE, include_str!("../shaders/rmsprop_rowwise.wgsl")],
@@ -321,7 +321,7 @@ pub const BUMP: Kernel = Kernel {
     entry: "bump",
     bindings: &[(0, U), (14, R)],
 };
-/// The dense update of variables with a row-wise velocity: one workgroup per row of a variable's part
+/// The dense update of variables with a row-wise velocity: every row of a variable's part
 /// in a pool buffer.
 pub const ROWS_DENSE: Kernel = Kernel {
     name: "rmsprop_rowwise::rows_dense",
@@ -329,8 +329,7 @@ pub const ROWS_DENSE: Kernel = Kernel {
     entry: "rows_dense",
     bindings: &[(0, U), (1, RW), (2, R), (4, RW), (7, R), (14, R), (23, RW)],
 };
-/// The lazy sparse update of variables with a row-wise velocity: one workgroup per distinct listed
-/// row.
+/// The lazy sparse update of variables with a row-wise velocity: every distinct listed row.
 pub const ROWS_LAZY: Kernel = Kernel {
     name: "rmsprop_rowwise::rows_lazy",
     module: ROWWISE_WGSL,

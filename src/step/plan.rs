@@ -45,7 +45,7 @@ pub(crate) enum Which {
     /// The loss scale on the step's sparse values (`keras_base.wgsl::prepare_values`), first.
     PrepareValues,
     /// Variables with a row-wise velocity (`rmsprop_rowwise.wgsl`): the dense update and the lazy
-    /// sparse update, one workgroup per row.
+    /// sparse update, 256 / `row_lanes` rows per workgroup.
     RowsDense,
     RowsLazy,
 }
