@@ -23,7 +23,7 @@ override ROW_VELOCITY: bool = false;
 
 // A workgroup holds ROW_GROUP / lanes rows (the twin's `row_lanes`): a row of at most ROW_LANES
 // elements takes one invocation, which sums it in order (no barrier: on lavapipe, whose barriers
-// switch between the workgroup's subgroups, 16-element rows shared by 16 lanes cost 10x more); a
+// switch between the workgroup's subgroups, 16-element rows shared by 16 lanes cost 1.5x more); a
 // longer row takes ROW_LANES lanes, each summing its groups of four elements in order, then the lanes
 // are added by halves in workgroup memory. Rows past the dispatch's range compute a clamped row and write nothing.
 const ROW_LANES: u32 = 64u;
