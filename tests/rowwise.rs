@@ -483,7 +483,7 @@ fn rewrite(
 #[test]
 fn own_options_gpu_indices_and_skipped_steps_match_the_twin() {
     // A table with its own rate and momentum (the kernels read the options table), indices grouped on
-    // the GPU, and a step the non-finite policy skips.
+    // the GPU, a step the non-finite policy skips, options changed between steps.
     let config = RmsPropConfig::builder()
         .learning_rate(0.01)
         .non_finite(wgpu_rmsprop::NonFinite::SkipStep)
@@ -594,4 +594,18 @@ fn own_options_gpu_indices_and_skipped_steps_match_the_twin() {
     assert_eq!(kept_state(&mut opt, &[a, b]).1, before);
     assert_eq!(opt.skipped_steps().unwrap(), 1);
     check(&mut opt, &r, "skipped");
+    // New options for `b` (it gains a momentum slot, zeroed), then a dense step.
+    let more = VarOptions {
+        momentum: Some(0.9),
+        epsilon: Some(1e-3),
+        ..rowwise()
+    };
+    opt.set_variable_options(b, &more).unwrap();
+    r.set_variable_options(1, &more).unwrap();
+    opt.apply(&[(a, Gradient::Dense(&ga)), (b, Gradient::Dense(&gb))])
+        .unwrap();
+    r.step(&[Some(RefGradient::Dense(&ga)), Some(RefGradient::Dense(&gb))])
+        .unwrap();
+    assert!(r.vars[1].m.is_some());
+    check(&mut opt, &r, "new options");
 }
