@@ -6,7 +6,7 @@
 //! ```
 //!
 //! VARIANT: plain, momentum, centered, centered_momentum. NAME: host, dense, dense_options, scale,
-//! dense_many, clip_many, sparse. Unknown options and malformed values exit with status 2.
+//! dense_many, clip_many, sparse, rowwise. Unknown options and malformed values exit with status 2.
 //!
 //! Each case times the GPU work to completion after warm-up and reports the median, min and max over the
 //! repetitions: with timestamp queries written around the step in its encoder where the device has
@@ -18,7 +18,10 @@
 //! alternately, repetition by repetition, so that both see the same machine. `host` cases report the
 //! time the calling thread spends per step (validate, encode, submit; not waiting) above an empty submit.
 //! `dense_options` is the dense step of a variable with per-variable options (the kernels then read the
-//! options table), against the minimal kernel.
+//! options table), against the minimal kernel. `rowwise` is a 1M x 64 table with one velocity per row
+//! (`VarOptions::rowwise_velocity`) against the same table with the element-wise velocity, timed
+//! alternately: a dense step (resident gradients) and a lazy sparse step (the `sparse` case's indices),
+//! each line with `velocity` (`element` or `rowwise`), `step` and `state_bytes`.
 //!
 //! `--dtype` / `--storage` set the storage types of every optimizer of the run (`--dtype bf16`: variables
 //! and state bf16; `f16`: state f16, variables f32; gradients f32; `--storage` names each role, the
@@ -50,7 +53,7 @@ const USAGE: &str =
     "usage: bench [--quick] [--sweep] [--dense N VARIANT] [--case NAME] [--reps N] \
 [--dtype f32|f16|bf16 | --storage var=T,grad=T,state=T]";
 const VARIANTS: [&str; 4] = ["plain", "momentum", "centered", "centered_momentum"];
-const CASES: [&str; 7] = [
+const CASES: [&str; 8] = [
     "host",
     "dense",
     "dense_options",
@@ -58,6 +61,7 @@ const CASES: [&str; 7] = [
     "dense_many",
     "clip_many",
     "sparse",
+    "rowwise",
 ];
 
 /// Microseconds the calling thread spends in `f` and in an empty submit, alternately (the GPU is
@@ -587,6 +591,84 @@ fn main() {
                 SparseMode::Dense => "dense",
             });
             emit(v, of(opt));
+        }
+    }
+
+    // Row-wise velocity: a 1M x 64 table, one velocity per row against one per element, timed
+    // alternately (a dense step with resident gradients, then a lazy sparse step).
+    if wants("rowwise") {
+        let (rows, cols, k) = (1_000_000usize, 64usize, 16_384usize);
+        let indices = sparse_indices(rows, k);
+        let values: Vec<f32> = (0..k * cols)
+            .map(|i| ((i % 11) as f32 - 5.0) * 0.01)
+            .collect();
+        for variant in ["plain", "momentum"] {
+            let mut opts = Vec::new();
+            let mut ids = Vec::new();
+            for rowwise in [false, true] {
+                let config = variant_builder(variant, StorageTypes::default())
+                    .build()
+                    .unwrap();
+                let mut opt = RmsProp::new(&ctx, config).unwrap();
+                let options = VarOptions {
+                    rowwise_velocity: rowwise,
+                    ..VarOptions::default()
+                };
+                let init = vec![0.5; rows * cols];
+                let id = opt
+                    .add_variable_with("table", &[rows, cols], &init, &options)
+                    .unwrap();
+                fill_gradients(&ctx, &mut opt, &[id], |i| ((i % 7) as f32 - 3.0) * 0.01);
+                opts.push(opt);
+                ids.push(id);
+            }
+            for sparse in [false, true] {
+                let grads: Vec<[(VarId, Gradient<'_>); 1]> = ids
+                    .iter()
+                    .map(|&id| match sparse {
+                        false => [(id, Gradient::Resident)],
+                        true => [(
+                            id,
+                            Gradient::Sparse {
+                                indices: Indices::I64(&indices),
+                                values: &values,
+                            },
+                        )],
+                    })
+                    .collect();
+                let mut runs: Vec<_> = opts
+                    .iter_mut()
+                    .zip(&grads)
+                    .map(|(opt, g)| {
+                        let (timer, ctx) = (&timer, &ctx);
+                        move || step(timer, ctx, opt, g)
+                    })
+                    .collect();
+                let mut runs: Vec<&mut dyn FnMut() -> f64> = runs
+                    .iter_mut()
+                    .map(|r| r as &mut dyn FnMut() -> f64)
+                    .collect();
+                let times = time_alternately(2, reps, &mut runs);
+                drop(runs);
+                for ((opt, t), velocity) in opts.iter().zip(&times).zip(["element", "rowwise"]) {
+                    // Bytes moved: the variable (and momentum) read and written and the gradient
+                    // read per element; the velocity read and written per element or per row.
+                    let touched = if sparse { k } else { rows };
+                    let per_row = (cols as u64) * (12 + 8 * state_slots(variant).saturating_sub(1));
+                    let velocity_bytes = if velocity == "rowwise" {
+                        8
+                    } else {
+                        8 * cols as u64
+                    };
+                    let bytes = ((per_row + velocity_bytes) * touched as u64) as f64;
+                    let mut v = row("rowwise", variant, rows * cols, 1, t, bytes);
+                    v["rows"] = json!(rows);
+                    v["nnz"] = json!(if sparse { Some(k) } else { None });
+                    v["velocity"] = json!(velocity);
+                    v["step"] = json!(if sparse { "lazy_sparse" } else { "dense" });
+                    emit(v, of(opt));
+                }
+            }
         }
     }
 }

@@ -5,21 +5,23 @@
 //! of a lazy sparse step is compared with a dense step over the same tables.
 //!
 //! `cargo run --release --example embeddings -- [--steps N] [--users N] [--items N] [--dtype f32|f16|bf16]
-//! [--state f32|f16|bf16|q8]`
+//! [--state f32|f16|bf16|q8] [--rowwise]`
 //!
 //! `--dtype` sets the optimizer's storage types as in `train` (`bf16`: tables and state in bfloat16;
 //! `f16`: state in float16, f32 tables; the gradient rows stay f32). `--state` then sets the state's
 //! type alone (`q8`: 8-bit block-wise quantized; a lazy step rewrites the blocks that hold the sampled
-//! rows). Unknown options and malformed values exit with status 2.
+//! rows). `--rowwise` keeps one velocity per table row (`VarOptions::rowwise_velocity`, FBGEMM's
+//! row-wise optimizers; no framework preset) instead of one per element: the velocity is `DIM` (16)
+//! times smaller. Unknown options and malformed values exit with status 2.
 //!
 //! Last line: `final: steps=<n> first_loss=<x> last_loss=<y> sparse_ms_per_step=<a> dense_ms_per_step=<b>
-//! dtype=<v> state=<s> state_bytes=<b>`
+//! dtype=<v> state=<s> velocity=<element|rowwise> state_bytes=<b>`
 
 use std::error::Error;
 use std::time::Instant;
 
 use wgpu_rmsprop::{
-    GpuContext, GpuGradient, Gradient, Indices, RmsProp, RmsPropConfig, StorageTypes,
+    GpuContext, GpuGradient, Gradient, Indices, RmsProp, RmsPropConfig, StorageTypes, VarOptions,
 };
 
 #[path = "support/cli.rs"]
@@ -71,8 +73,9 @@ fn run() -> Result<(), Box<dyn Error>> {
     env_logger::init();
     let mut cli = cli::Cli::new(
         "usage: embeddings [--steps N] [--users N] [--items N] [--dtype f32|f16|bf16] \
-         [--state f32|f16|bf16|q8]",
+         [--state f32|f16|bf16|q8] [--rowwise]",
     );
+    let mut rowwise = false;
     let (mut steps, mut users, mut items) = (3000, 5_000, 1_000);
     let mut storage_types = StorageTypes::default();
     while let Some(option) = cli.next_option() {
@@ -84,6 +87,8 @@ fn run() -> Result<(), Box<dyn Error>> {
             // The optimizer state's type alone (q8: 8-bit block-wise quantized, its lazy steps
             // rewriting the blocks around the listed rows).
             "--state" => storage_types.state = cli.state(&option),
+            // One velocity per row of each table.
+            "--rowwise" => rowwise = true,
             _ => cli.unknown(&option),
         }
     }
@@ -109,8 +114,12 @@ fn run() -> Result<(), Box<dyn Error>> {
     let mut opt = RmsProp::new(&ctx, config)?;
     let init_u: Vec<f32> = (0..users * DIM).map(|_| rng.uniform(0.3)).collect();
     let init_v: Vec<f32> = (0..items * DIM).map(|_| rng.uniform(0.3)).collect();
-    let u = opt.add_variable("users", &[users, DIM], &init_u)?;
-    let v = opt.add_variable("items", &[items, DIM], &init_v)?;
+    let options = VarOptions {
+        rowwise_velocity: rowwise,
+        ..VarOptions::default()
+    };
+    let u = opt.add_variable_with("users", &[users, DIM], &init_u, &options)?;
+    let v = opt.add_variable_with("items", &[items, DIM], &init_v, &options)?;
     // The loss kernel reads the 16-bit copy of the tables where the optimizer keeps one.
     let (us, vs) = match storage_types.copy {
         Some(_) => (opt.copy_slices(u)?, opt.copy_slices(v)?),
@@ -290,9 +299,10 @@ fn run() -> Result<(), Box<dyn Error>> {
         users + items
     );
     println!(
-        "final: steps={steps} first_loss={first:.5} last_loss={last:.5} sparse_ms_per_step={sparse_ms:.3} dense_ms_per_step={dense_ms:.3} dtype={} state={} state_bytes={}",
+        "final: steps={steps} first_loss={first:.5} last_loss={last:.5} sparse_ms_per_step={sparse_ms:.3} dense_ms_per_step={dense_ms:.3} dtype={} state={} velocity={} state_bytes={}",
         storage_types.variable,
         storage_types.state,
+        if rowwise { "rowwise" } else { "element" },
         opt.pool_stats().state_bytes
     );
     Ok(())

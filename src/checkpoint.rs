@@ -138,7 +138,7 @@ pub fn config_json(c: &RmsPropConfig) -> Value {
 /// One variable's options as they resolve (what the kernels read, and whether it is frozen), as JSON:
 /// two option sets that give the same numbers give the same JSON.
 pub fn var_options_json(h: &VarHyper, frozen: bool) -> Value {
-    json!({
+    let mut v = json!({
         "lr_multiplier": h.lr_multiplier,
         "lr_addend": h.lr_addend,
         "rho": h.rho,
@@ -149,7 +149,12 @@ pub fn var_options_json(h: &VarHyper, frozen: bool) -> Value {
         "centered": h.centered,
         "maximize": h.maximize,
         "frozen": frozen,
-    })
+    });
+    // Only when set, so that files written before it existed still match.
+    if let (true, Some(map)) = (h.rowwise, v.as_object_mut()) {
+        map.insert("rowwise_velocity".into(), json!(true));
+    }
+    v
 }
 
 /// One variable's storage types as JSON (`{"variable": "bf16", "gradient": "bf16", "state": "f16"}`,
@@ -259,6 +264,8 @@ pub(crate) struct Expected<'a> {
     pub config: &'a RmsPropConfig,
     /// `(name, shape)` of every variable.
     pub variables: &'a [(String, Vec<usize>)],
+    /// Per variable: its velocity is one value per row (tensor shape `[rows]`).
+    pub rowwise: &'a [bool],
     /// The storage types of every variable (its variable tensor is `storage.variable`).
     pub storage: &'a [StorageTypes],
     /// The slot names of each variable, with the type of the slot's buffer.
@@ -431,9 +438,13 @@ pub(crate) fn read(path: &Path, expected: &Expected<'_>) -> Result<Restored> {
         variables: Vec::new(),
         slots: Vec::new(),
     };
-    for (((name, shape), slots), storage) in
-        variables.iter().zip(expected.slots).zip(expected.storage)
+    for ((((name, shape), slots), storage), &rowwise) in variables
+        .iter()
+        .zip(expected.slots)
+        .zip(expected.storage)
+        .zip(expected.rowwise)
     {
+        let rows = [shape.first().copied().unwrap_or(1)];
         out.variables.push(tensor(
             &format!("variables/{name}"),
             shape,
@@ -443,6 +454,10 @@ pub(crate) fn read(path: &Path, expected: &Expected<'_>) -> Result<Restored> {
         let mut per = Vec::new();
         for &(slot, dtype) in slots {
             let tname = format!("slots/{slot}/{name}");
+            let shape = match (slot, rowwise) {
+                ("velocity", true) => &rows[..],
+                _ => &shape[..],
+            };
             let values = tensor(&tname, shape, dtype, true)?.unwrap_or_default();
             if dtype != Dtype::Q8 {
                 per.push(values);

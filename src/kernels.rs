@@ -126,6 +126,12 @@ pub const LAZY_EXACT_WGSL: Module = Module {
     ],
     pools: SPARSE_WGSL.pools,
 };
+/// The row-wise velocity (`rmsprop_rowwise.wgsl`, binding 23): 1 or 64 invocations per row, f32 pools in
+/// scalar form (no velocity, average gradient or copy: the options refuse them).
+pub const ROWWISE_WGSL: Module = Module {
+    files: &[UPDATE, include_str!("../shaders/rmsprop_rowwise.wgsl")],
+    pools: Some((Flavor::Scalar, &[("x", 1, RW), ("g", 2, R), ("m", 4, RW)])),
+};
 /// Keras's base-class preparation of the gradients: loss scale and accumulation (`keras_base.wgsl`).
 pub const KERAS_WGSL: Module = Module {
     files: &[include_str!("../shaders/keras_base.wgsl")],
@@ -201,6 +207,8 @@ pub mod binding {
     pub const Q8_MAPS: u32 = 21;
     /// `SparseMode::LazyExact`: per variable its step count then each row's (`rmsprop_lazy_exact.wgsl`).
     pub const LAZY_ROWS: u32 = 22;
+    /// The row-wise velocity: per row-wise variable one f32 per row (`rmsprop_rowwise.wgsl`).
+    pub const ROW_VELOCITY: u32 = 23;
 }
 
 /// A compute entry point: its module, name and bindings (group 0).
@@ -334,6 +342,30 @@ pub const RESET_ROWS: Kernel = Kernel {
     entry: "reset_rows",
     bindings: &[(0, U)],
 };
+/// The dense update of variables with a row-wise velocity: every row of a variable's part
+/// in a pool buffer.
+pub const ROWS_DENSE: Kernel = Kernel {
+    name: "rmsprop_rowwise::rows_dense",
+    module: ROWWISE_WGSL,
+    entry: "rows_dense",
+    bindings: &[(0, U), (1, RW), (2, R), (4, RW), (7, R), (14, R), (23, RW)],
+};
+/// The lazy sparse update of variables with a row-wise velocity: every distinct listed row.
+pub const ROWS_LAZY: Kernel = Kernel {
+    name: "rmsprop_rowwise::rows_lazy",
+    module: ROWWISE_WGSL,
+    entry: "rows_lazy",
+    bindings: &[
+        (0, U),
+        (1, RW),
+        (4, RW),
+        (7, R),
+        (8, R),
+        (9, R),
+        (14, R),
+        (23, RW),
+    ],
+};
 /// Merging sparse rows into the gradient pool.
 pub const SCATTER: Kernel = Kernel {
     name: "rmsprop_sparse::scatter",
@@ -412,8 +444,10 @@ pub const PREPARE_VALUES: Kernel = Kernel {
 };
 
 /// Every kernel, for validation.
-pub const ALL: [Kernel; 21] = [
+pub const ALL: [Kernel; 23] = [
     DENSE,
+    ROWS_DENSE,
+    ROWS_LAZY,
     LAZY,
     LAZY_Q8,
     LAZY_EXACT,
@@ -699,6 +733,7 @@ pub(crate) fn variant_constants(
         ),
         ("CLIP_NORM", clip_norm),
         ("VAR_OPTIONS", f64::from(variant.var_options)),
+        ("ROW_VELOCITY", b(variant.rowwise)),
         ("STOCHASTIC", b(config.stochastic_rounding().is_some())),
         ("Q8_BLOCK", (config.q8_block() / 4) as f64),
         ("LAZY_HISTORY", f64::from(config.lazy_history())),

@@ -75,6 +75,13 @@
 //! row (indices only, `O(k log k)`); merging the values and the updates run on the GPU, one invocation per
 //! (distinct row, column), so results are deterministic without atomics.
 //!
+//! **Row-wise velocity** (a variant no framework preset uses; FBGEMM's row-wise optimizers for
+//! embedding tables): [`VarOptions::rowwise_velocity`] keeps one velocity per row of a variable of rank
+//! `>= 2`, `v_r = rho*v_r + (1-rho)*mean_j(g_rj^2)`, and updates each element of the row with `v_r`
+//! where the element-wise update uses its own velocity (momentum stays per element). A `[1M, 64]`
+//! table's velocity is 64 times smaller ([`PoolStats::state_bytes`]); reads and checkpoints of its
+//! [`Slot::Velocity`] hold one value per row.
+//!
 //! ## Example
 //!
 //! ```

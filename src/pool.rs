@@ -192,7 +192,22 @@ impl Segment {
 /// room, else into a new chunk. A variable larger than a chunk fills the last chunk's free space, then
 /// whole chunks (each later part starts at 0). Returns the segments and updates `used` (pushing new
 /// chunks; the padding before an aligned start counts as used).
+#[cfg(test)]
 pub(crate) fn place(used: &mut Vec<u64>, limit: u64, elems: usize, align: u64) -> Vec<Segment> {
+    place_in_units(used, limit, elems, align, 1)
+}
+
+/// [`place`], with every part but the last a multiple of `unit` vec4 (`1 <= unit <= limit`): a
+/// row-wise variable's parts hold whole rows (`unit = row_len / gcd(row_len, 4)`), so that no row
+/// straddles two pool buffers.
+pub(crate) fn place_in_units(
+    used: &mut Vec<u64>,
+    limit: u64,
+    elems: usize,
+    align: u64,
+    unit: u64,
+) -> Vec<Segment> {
+    let unit = unit.clamp(1, limit.max(1));
     let mut segments = Vec::new();
     let mut remaining = (elems as u64).div_ceil(4);
     let mut first_elem = 0usize;
@@ -204,13 +219,23 @@ pub(crate) fn place(used: &mut Vec<u64>, limit: u64, elems: usize, align: u64) -
                 u
             }
         };
-        let free = used.last().map_or(0, |&u| limit.saturating_sub(start(u)));
+        // What a part may take from `room` free vec4: all that remains, or whole units.
+        let fits = |room: u64| {
+            if room >= remaining {
+                remaining
+            } else {
+                room - room % unit
+            }
+        };
+        let free = used
+            .last()
+            .map_or(0, |&u| fits(limit.saturating_sub(start(u))));
         if free == 0 || (remaining <= limit && remaining > free) {
             used.push(0);
         }
         let chunk = used.len() - 1;
         let offset = start(used[chunk]);
-        let take = remaining.min(limit - offset);
+        let take = fits(limit - offset);
         let seg_elems = ((take * 4) as usize).min(elems - first_elem);
         segments.push(Segment {
             chunk,
@@ -284,8 +309,8 @@ pub struct PoolStats {
     pub variable_bytes: u64,
     /// Bytes of the gradient buffers (capacity included).
     pub gradient_bytes: u64,
-    /// Bytes of the optimizer state: velocity, momentum, average gradient, and Keras's EMA and
-    /// gradient accumulator when kept (capacity included).
+    /// Bytes of the optimizer state: velocity (one value per row for a row-wise velocity), momentum,
+    /// average gradient, and Keras's EMA and gradient accumulator when kept (capacity included).
     pub state_bytes: u64,
     /// Bytes of per-step scratch pools (sums of squares of Keras 3 sparse duplicates).
     pub scratch_bytes: u64,
@@ -402,6 +427,26 @@ mod tests {
             .collect();
         assert_eq!(starts, vec![(0, 16, 0), (1, 0, 64), (2, 0, 192)]);
         assert_eq!(used, vec![32, 32, 22]);
+    }
+
+    #[test]
+    fn rows_never_straddle_chunks() {
+        // Rows of 3 elements: parts of 3 vec4 (4 rows), 10 vec4 per chunk, 7 used in the first.
+        let mut used = vec![7];
+        let s = place_in_units(&mut used, 10, 3 * 21, 1, 3);
+        let parts: Vec<(usize, u64, usize, usize)> = s
+            .iter()
+            .map(|s| (s.chunk, s.offset, s.first_elem, s.elems))
+            .collect();
+        assert_eq!(parts, vec![(0, 7, 0, 12), (1, 0, 12, 36), (2, 0, 48, 15)]);
+        assert!(s.iter().all(|s| s.first_elem % 3 == 0));
+        assert_eq!(used, vec![10, 9, 4]);
+        // Unit 1 is `place`.
+        let (mut a, mut b) = (vec![8], vec![8]);
+        assert_eq!(
+            place(&mut a, 10, 101, 1),
+            place_in_units(&mut b, 10, 101, 1, 1)
+        );
     }
 
     #[test]

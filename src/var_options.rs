@@ -30,6 +30,17 @@
 //!   non-finite check, and the variable and its slots stay bit for bit (it takes part in the step as a
 //!   variable that is not listed).
 //!
+//! - `rowwise_velocity`: one velocity per row instead of one per element (FBGEMM's row-wise
+//!   optimizers for embedding tables, a variant no framework preset uses): per row `r` of the
+//!   variable's (processed) gradient `g`, `v_r = rho*v_r + (1-rho)*mean_j(g_rj^2)`, and every element
+//!   of the row is updated with `v_r` where the element-wise update uses its own `v` (epsilon, bias
+//!   correction, momentum and decay as the configuration says; momentum stays per element). The
+//!   velocity is `rows` f32 values ([`crate::Slot::Velocity`] reads and checkpoints hold `[rows]`);
+//!   the element-wise velocity is not allocated, so a `[1M, 64]` table's velocity is 64 times
+//!   smaller. Needs a variable of rank >= 2 (fixed when it is added) and f32 storage; refused with
+//!   centered, 16-bit or q8 storage, a copy of the variables, `SparseMode::LazyExact`, sequential or
+//!   Keras 3 duplicates and Keras's base-class options (see [`VarOptions::rowwise_velocity`]).
+//!
 //! Every value is validated when the options are given ([`Error::InvalidVarOptions`] names the
 //! variable, the option and the value), before anything changes.
 
@@ -83,6 +94,11 @@ pub struct VarOptions {
     /// The variable's storage types (default: the configuration's [`crate::RmsPropConfig::storage`]).
     /// Fixed when the variable is added: changing it later is refused.
     pub storage: Option<crate::dtype::StorageTypes>,
+    /// One velocity per row (rows along axis 0, rank >= 2) from the mean of the row's squared
+    /// gradients, instead of one per element (FBGEMM's row-wise optimizers; no framework preset uses
+    /// it). Fixed when the variable is added. Refused (with why) with centered, non-f32 storage or a
+    /// copy, `SparseMode::LazyExact`, sequential or Keras 3 duplicates and Keras's base-class options.
+    pub rowwise_velocity: bool,
 }
 
 impl Default for VarOptions {
@@ -99,6 +115,7 @@ impl Default for VarOptions {
             maximize: None,
             frozen: false,
             storage: None,
+            rowwise_velocity: false,
         }
     }
 }
@@ -131,6 +148,8 @@ pub struct VarHyper {
     pub maximize: bool,
     /// Weight decay applies to this variable.
     pub decay: bool,
+    /// One velocity per row ([`VarOptions::rowwise_velocity`]): updated by the row-wise kernels.
+    pub rowwise: bool,
 }
 
 /// Flags of the table's second entry (`OPT_*` in `shaders/rmsprop_update.wgsl`).
@@ -283,6 +302,13 @@ impl VarOptions {
                 );
             }
         }
+        if self.rowwise_velocity {
+            let effective = self.effective_config(config);
+            let storage = self.storage.unwrap_or(config.storage());
+            if let Some((field, value, requirement)) = rowwise_conflict(&effective, storage) {
+                return bad(field, value, requirement);
+            }
+        }
         if config.sparse_mode() == crate::SparseMode::LazyExact {
             // The variable's own momentum or decay must have a closed form too.
             let effective = self.effective_config(config);
@@ -356,8 +382,55 @@ impl VarOptions {
             centered: c.centered(),
             maximize: c.maximize(),
             decay,
+            rowwise: self.rowwise_velocity,
         }
     }
+}
+
+/// Why a variable updated with `c` (its effective configuration) and `storage` cannot keep a row-wise
+/// velocity, if it cannot: (option, value, requirement).
+pub(crate) fn rowwise_conflict(
+    c: &RmsPropConfig,
+    storage: crate::dtype::StorageTypes,
+) -> Option<(&'static str, String, &'static str)> {
+    let why = match () {
+        _ if c.centered() => (
+            "centered",
+            "true with rowwise_velocity".into(),
+            "cannot be combined with a row-wise velocity (the average gradient would be per element \
+             and its square would not match the row's mean: not supported)",
+        ),
+        _ if !storage.is_f32() || storage.copy.is_some() => (
+            "storage",
+            format!("{storage:?} with rowwise_velocity"),
+            "must be f32 for every role, without a copy, with a row-wise velocity (its kernels \
+             are written for f32 pools only, not yet for 16-bit or q8 state)",
+        ),
+        _ if c.sparse_mode() == crate::SparseMode::LazyExact => (
+            "rowwise_velocity",
+            "true with sparse_mode lazy_exact".into(),
+            "cannot be combined with sparse_mode lazy_exact (its closed-form catch-up is per \
+             element; not yet)",
+        ),
+        _ if c.duplicate_indices() != crate::DuplicateIndices::Sum => (
+            "rowwise_velocity",
+            format!("true with duplicate_indices {:?}", c.duplicate_indices()),
+            "needs duplicate_indices sum (sequential pairs and Keras 3's squares are per element)",
+        ),
+        _ if c.use_ema()
+            || c.gradient_accumulation_steps().is_some()
+            || c.loss_scale_factor().is_some() =>
+        {
+            (
+                "rowwise_velocity",
+                "true with use_ema, gradient_accumulation_steps or loss_scale_factor".into(),
+                "cannot be combined with Keras's base-class options yet (their passes and \
+                 checkpoints are written for element-wise state)",
+            )
+        }
+        _ => return None,
+    };
+    Some(why)
 }
 
 /// Bits of the `VAR_OPTIONS` pipeline constant (`VO_*` in `rmsprop_update.wgsl`): which fields of the
@@ -391,6 +464,8 @@ pub(crate) struct Variant {
     /// The `VAR_OPTIONS` constant: the [`fields`] some variable sets to a value other than the
     /// configuration's (0: the kernels do not read the table).
     pub var_options: u32,
+    /// Some variable keeps a row-wise velocity: the row-wise kernels are built.
+    pub rowwise: bool,
 }
 
 impl Variant {
@@ -405,12 +480,14 @@ impl Variant {
             decoupled: matches!(config.weight_decay(), WeightDecay::Decoupled(_)),
             l2: matches!(config.weight_decay(), WeightDecay::L2(_)),
             var_options: 0,
+            rowwise: false,
         };
         let natural_l2 = match config.weight_decay() {
             WeightDecay::None => config.preset_kind() == Preset::Torch,
             mode => matches!(mode, WeightDecay::L2(_)),
         };
         for h in hypers {
+            v.rowwise |= h.rowwise;
             v.momentum |= h.momentum_slot;
             v.centered |= h.centered;
             if h.decay {

@@ -88,6 +88,29 @@ fn embeddings_example_loss_falls_with_lazy_sparse_updates() {
 }
 
 #[test]
+fn embeddings_example_with_a_rowwise_velocity_learns_with_16x_less_velocity() {
+    let args = ["--steps", "600", "--users", "500", "--items", "100"];
+    let element = run_example("embeddings", &args);
+    let rowwise = run_example("embeddings", &[&args[..], &["--rowwise"]].concat());
+    let (a, b) = (
+        element.lines().last().unwrap(),
+        rowwise.lines().last().unwrap(),
+    );
+    assert!(a.contains(" velocity=element "), "{a}");
+    assert!(b.contains(" velocity=rowwise "), "{b}");
+    // One velocity per 16-element row (the element-wise pool rounds up to 64 KiB, the row buffer to
+    // its doubling).
+    assert!(
+        field(b, "state_bytes") * 15.0 <= field(a, "state_bytes"),
+        "{a}\n{b}"
+    );
+    assert!(
+        field(b, "last_loss") < field(b, "first_loss") * 0.1,
+        "loss must fall: {b}"
+    );
+}
+
+#[test]
 fn embeddings_example_with_q8_state_ends_within_5_percent_of_f32() {
     // 1,000 x 16 users and 300 x 16 items: q8 state updated lazily by blocks.
     let args = ["--steps", "800", "--users", "1000", "--items", "300"];

@@ -52,6 +52,19 @@ impl RmsProp {
         for &(id, t) in items {
             let v = self.layout.var(id)?;
             let kind = self.kind(id, t)?;
+            if kind == Kind::Velocity && v.rowwise {
+                // One f32 per row, in the row-wise velocity buffer.
+                let rows = v.rows();
+                if rows > 0 {
+                    ranges.push(Range {
+                        offset: u64::from(v.rows_base) * 4,
+                        elems: rows,
+                        ..Range::words(&self.gpu.row_velocity, rows as u64 * 4)
+                    });
+                }
+                parts.push(usize::from(rows > 0));
+                continue;
+            }
             for s in &v.segments {
                 let layout = self.layout.elems(kind, self.layout.chunks[s.chunk].storage);
                 ranges.push(Range {
@@ -275,7 +288,11 @@ impl RmsProp {
             if dtype != crate::dtype::Dtype::Q8 {
                 tensors.push(crate::checkpoint::Tensor {
                     name,
-                    shape: v.shape.clone(),
+                    // A row-wise velocity: one value per row.
+                    shape: match (t, v.rowwise) {
+                        (Tensor::Slot(Slot::Velocity), true) => vec![v.rows()],
+                        _ => v.shape.clone(),
+                    },
                     dtype,
                     bytes,
                 });
@@ -380,9 +397,11 @@ impl RmsProp {
                     .collect()
             })
             .collect();
+        let rowwise: Vec<bool> = self.layout.variables.iter().map(|v| v.rowwise).collect();
         let expected = crate::checkpoint::Expected {
             config: &self.config,
             variables: &vars,
+            rowwise: &rowwise,
             storage: &storage,
             slots: &names,
             q8_block: self.config.q8_block(),
@@ -446,6 +465,14 @@ impl RmsProp {
                 writes.push((Kind::from(*slot), values));
             }
             for (kind, values) in writes {
+                if kind == Kind::Velocity && v.rowwise {
+                    // One f32 per row (the file's shape was checked to be `[rows]`).
+                    let at = u64::from(v.rows_base) * 4;
+                    if !values.is_empty() {
+                        queue.write_buffer(&self.gpu.row_velocity, at, values);
+                    }
+                    continue;
+                }
                 // The file's bytes as they are (their type was checked to be the buffer's).
                 let layout = self.layout.elems(kind, v.storage);
                 let dtype = layout.dtype;

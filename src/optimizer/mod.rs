@@ -399,6 +399,10 @@ impl RmsProp {
         };
         for c in &self.layout.chunks {
             for &kind in &self.gpu.kinds {
+                // Row-wise chunks keep no element-wise velocity.
+                if c.rowwise && kind == Kind::Velocity {
+                    continue;
+                }
                 let bytes = self.layout.elems(kind, c.storage).span(c.capacity);
                 stats.pool_bytes += bytes;
                 match kind {
@@ -408,6 +412,12 @@ impl RmsProp {
                     _ => stats.scratch_bytes += bytes,
                 }
             }
+        }
+        // The row-wise velocity, once some variable keeps one.
+        if self.layout.row_velocity_used > 0 {
+            let bytes = self.gpu.row_velocity.size();
+            stats.state_bytes += bytes;
+            stats.pool_bytes += bytes;
         }
         stats
     }

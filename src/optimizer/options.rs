@@ -54,9 +54,12 @@ impl RmsProp {
         if !new.is_empty() {
             for (index, chunk) in self.layout.chunks.iter().enumerate() {
                 if !replaced.contains(&index) {
-                    let b = self
-                        .gpu
-                        .allocate_chunk(index, chunk.capacity, &new, chunk.storage)?;
+                    let b = self.gpu.allocate_chunk(
+                        index,
+                        chunk.capacity,
+                        &new,
+                        (chunk.storage, chunk.rowwise),
+                    )?;
                     buffers.push((index, b));
                 }
             }
@@ -140,6 +143,17 @@ impl RmsProp {
                 field: "storage",
                 value: format!("{storage:?}"),
                 requirement: "cannot change after the variable is added",
+            });
+        }
+        // So is the row-wise velocity: its chunks keep no element-wise velocity.
+        if options.rowwise_velocity != v.rowwise {
+            return Err(Error::InvalidVarOptions {
+                variable: v.name.clone(),
+                field: "rowwise_velocity",
+                value: options.rowwise_velocity.to_string(),
+                requirement:
+                    "cannot change after the variable is added (its velocity is one value \
+                              per row or per element for good)",
             });
         }
         let hyper = self.resolve(&v.name, options);

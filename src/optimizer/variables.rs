@@ -50,6 +50,15 @@ impl RmsProp {
             return Err(Error::LayoutFrozen { name: name.into() });
         }
         options.validate(name, &self.config)?;
+        if options.rowwise_velocity && shape.len() < 2 {
+            return Err(Error::InvalidVarOptions {
+                variable: name.into(),
+                field: "rowwise_velocity",
+                value: format!("true for shape {shape:?}"),
+                requirement: "needs a variable of rank >= 2 (one velocity per row along axis 0); \
+                              scalars and 1-D variables keep the element-wise velocity",
+            });
+        }
         let hyper = self.resolve(name, options);
         let mut storage = options.storage.unwrap_or(self.config.storage());
         if storage.state == Dtype::Q8 && !self.gpu.q8 {
@@ -104,7 +113,10 @@ impl RmsProp {
         };
         // Plan the placement, then allocate (and compile) everything it needs before changing any state:
         // grown chunks get every kind kept from now on, the other chunks the kinds new to the pools.
-        let p = self.layout.plan_variable(name, shape, init_len, storage)?;
+        let rowwise = options.rowwise_velocity;
+        let p = self
+            .layout
+            .plan_variable_rows(name, shape, init_len, storage, rowwise)?;
         // A caller's buffer is first copied into one of ours, in its own submission under an error
         // scope: what the host cannot check (e.g. a buffer of another device) fails here, not in the
         // submission that moves the pools.
@@ -126,7 +138,9 @@ impl RmsProp {
         let mut new_buffers = Vec::new();
         for &(index, capacity) in &p.grow {
             let kinds = &prepared.kinds;
-            let buffers = self.gpu.allocate_chunk(index, capacity, kinds, storage)?;
+            let buffers = self
+                .gpu
+                .allocate_chunk(index, capacity, kinds, (storage, rowwise))?;
             new_buffers.push((index, buffers));
         }
         // Per-variable tables grow with the variables (read by diagnostics before any step), `var_info`
@@ -159,6 +173,13 @@ impl RmsProp {
             let words = rows_base + 1 + rows + history;
             self.gpu.grow_lazy_rows(&mut encoder, words * 4)?;
         }
+        // A row-wise velocity: one f32 per row (fresh memory past the old contents is zero).
+        let velocity_base = self.layout.row_velocity_used;
+        let rows = shape.first().map_or(1, |&r| r as u64);
+        if rowwise {
+            self.gpu
+                .grow_row_velocity(&mut encoder, (velocity_base + rows) * 4)?;
+        }
         for (index, buffers) in new_buffers {
             let used = self.layout.chunks.get(index).map_or(0, |c| c.used);
             self.gpu
@@ -175,6 +196,10 @@ impl RmsProp {
             v.hist_base = (rows_base + 1 + rows) as u32;
             self.layout.lazy_rows_used = rows_base + 1 + rows + history;
         }
+        if rowwise {
+            self.layout.variables[id.index()].rows_base = velocity_base as u32;
+            self.layout.row_velocity_used = velocity_base + rows;
+        }
         // Never taken: nothing can have been written into a buffer the pools left (growth copies the
         // gradient pool along with the rest).
         self.gradients_seen.push(u64::MAX);
@@ -188,6 +213,19 @@ impl RmsProp {
         }
         if storage.copy.is_some() {
             targets.push(Kind::Copy);
+        }
+        if rowwise && accumulator != 0.0 && rows > 0 {
+            // Copied in the encoder, after the growth's copy of the old contents (a write_buffer would
+            // land before it, and be overwritten where the old buffer had spare room).
+            use wgpu::util::DeviceExt;
+            let v = vec![accumulator; rows as usize];
+            let init = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(&format!("{}/initial row velocity", self.config.name())),
+                contents: bytemuck::cast_slice(&v),
+                usage: wgpu::BufferUsages::COPY_SRC,
+            });
+            let at = velocity_base * 4;
+            encoder.copy_buffer_to_buffer(&init, 0, &self.gpu.row_velocity, at, rows * 4);
         }
         for s in &self.layout.variables[id.index()].segments {
             let chunk = &self.gpu.chunks[s.chunk];
@@ -208,7 +246,7 @@ impl RmsProp {
                     }
                 }
             }
-            if accumulator != 0.0 {
+            if accumulator != 0.0 && !rowwise {
                 let layout = self.layout.elems(Kind::Velocity, storage);
                 let v = vec![accumulator; s.elems];
                 let velocity = chunk.buffer(Kind::Velocity)?;

@@ -39,6 +39,7 @@ use crate::var_options::VarOptions;
 
 mod lazy_exact;
 mod q8_lazy;
+pub mod rowwise;
 mod update;
 pub use lazy_exact::{skip_steps, LazyRows};
 pub use update::{clip_value, rmsprop, sr_round, store, State};
@@ -58,7 +59,7 @@ pub struct ReferenceState {
     pub shape: Vec<usize>,
     /// The variable.
     pub x: Vec<f32>,
-    /// `velocity`.
+    /// `velocity` (one per row with [`VarOptions::rowwise_velocity`]: [`rowwise`]).
     pub v: Vec<f32>,
     /// `momentum` (when kept).
     pub m: Option<Vec<f32>>,
@@ -123,11 +124,16 @@ impl ReferenceState {
         // Stored values are values of their type: the initial values and the starting velocity are
         // rounded (to nearest even) as the upload does.
         let x: Vec<f32> = init.iter().map(|&x| storage.variable.round(x)).collect();
+        // A row-wise velocity: one per row along axis 0.
+        let slots = match options.rowwise_velocity {
+            true => shape.first().copied().unwrap_or(1),
+            false => n,
+        };
         let mut v = vec![
             storage
                 .state
                 .round(config.initial_accumulator_value() as f32);
-            n
+            slots
         ];
         let (m, a) = (
             c.has_momentum().then(|| vec![0.0; n]),
@@ -315,7 +321,16 @@ impl Reference {
         init: &[f32],
         options: &VarOptions,
     ) -> Result<usize> {
-        options.validate(&format!("var{}", self.vars.len()), &self.config)?;
+        let name = format!("var{}", self.vars.len());
+        options.validate(&name, &self.config)?;
+        if options.rowwise_velocity && shape.len() < 2 {
+            return Err(Error::InvalidVarOptions {
+                variable: name,
+                field: "rowwise_velocity",
+                value: format!("true for shape {shape:?}"),
+                requirement: "needs a variable of rank >= 2",
+            });
+        }
         let state = ReferenceState::with_options(&self.config, shape, init, options);
         self.vars.push(state);
         Ok(self.vars.len() - 1)
@@ -333,6 +348,14 @@ impl Reference {
         // LazyExact: rows behind take the steps they missed with the old options first.
         self.vars[index].catch_up(&self.config);
         let var = &mut self.vars[index];
+        if options.rowwise_velocity != var.options.rowwise_velocity {
+            return Err(Error::InvalidVarOptions {
+                variable: format!("var{index}"),
+                field: "rowwise_velocity",
+                value: options.rowwise_velocity.to_string(),
+                requirement: "cannot change after the variable is added",
+            });
+        }
         let storage = options.storage.unwrap_or(self.config.storage());
         if storage != var.storage {
             return Err(Error::InvalidVarOptions {
@@ -659,6 +682,10 @@ impl Reference {
             // The variable's effective configuration and scalars (the options table's values).
             let c = var.options.effective_config(&config);
             let p = var.options.hyper(&config).scalars(&p);
+            if let (true, Some(g)) = (var.options.rowwise_velocity, g) {
+                rowwise::step(var, &c, &p, *g, info);
+                continue;
+            }
             match g {
                 None => {}
                 Some(RefGradient::Dense(g)) => {

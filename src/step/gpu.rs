@@ -10,7 +10,7 @@ use crate::pool::{self, Kind, VEC4_BYTES};
 use crate::step::plan::Which;
 
 /// Every kernel of a step, by the [`Which`] that selects it.
-pub(crate) const KERNELS: [(Which, Kernel); 22] = [
+pub(crate) const KERNELS: [(Which, Kernel); 24] = [
     (Which::Dense, kernels::DENSE),
     (Which::DenseAt, kernels::DENSE_AT),
     (Which::Lazy, kernels::LAZY),
@@ -27,6 +27,8 @@ pub(crate) const KERNELS: [(Which, Kernel); 22] = [
     (Which::PartialDense, kernels::PARTIAL_DENSE),
     (Which::Prepare, kernels::PREPARE),
     (Which::Ema, kernels::EMA),
+    (Which::RowsDense, kernels::ROWS_DENSE),
+    (Which::RowsLazy, kernels::ROWS_LAZY),
     (Which::PartialSparse, kernels::PARTIAL_SPARSE),
     (Which::Finalize, kernels::FINALIZE),
     (Which::GroupLink, kernels::GROUP_LINK),
@@ -35,7 +37,7 @@ pub(crate) const KERNELS: [(Which, Kernel); 22] = [
     (Which::PrepareValues, kernels::PREPARE_VALUES),
 ];
 /// Kernels from this index on bind step-wide buffers only (one bind group each, not one per chunk).
-pub(crate) const FIRST_GLOBAL_KERNEL: usize = 16;
+pub(crate) const FIRST_GLOBAL_KERNEL: usize = 18;
 
 /// A growable storage buffer of the step machinery (allocated when it must grow, reused otherwise).
 #[derive(Debug)]
@@ -103,7 +105,7 @@ pub(crate) struct ChunkBuffers {
     /// The storage types of its buffers.
     pub storage: StorageTypes,
     /// Bind groups of the per-chunk kernels (dense, dense_at, lazy, lazy_q8, the lazy-exact ones,
-    /// scatter, partial_dense, prepare, ema).
+    /// scatter, partial_dense, prepare, ema, the row-wise ones).
     pub bind_groups: Vec<wgpu::BindGroup>,
 }
 
@@ -184,6 +186,9 @@ pub(crate) struct Gpu {
     /// Per variable of a lazy-exact configuration its step count, then its rows' (binding 22; see
     /// `rmsprop_lazy_exact.wgsl`). Grows when variables are added, never in a step.
     pub lazy_rows: wgpu::Buffer,
+    /// The row-wise velocity of variables that keep one (`VarOptions::rowwise_velocity`; binding 23,
+    /// one f32 per row from each variable's `rows_base`). Grows when variables are added.
+    pub row_velocity: wgpu::Buffer,
     /// Those maps: the unsigned one, then the signed one (`crate::quant::map_bits`).
     q8_maps: wgpu::Buffer,
     /// The dense kernel binds Keras's moving average of the variables and can update it in the step's
@@ -283,6 +288,14 @@ impl Gpu {
             exact,
             lazy_rows: device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("{prefix}/lazy rows")),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            row_velocity: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&format!("{prefix}/row velocity")),
                 size: 16,
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_SRC
@@ -394,14 +407,20 @@ impl Gpu {
     }
 
     /// Allocates the buffers of `kinds` for a chunk of `capacity` vec4 in `storage`'s types (not yet
-    /// installed).
+    /// installed); a chunk of variables with a row-wise velocity (`rowwise`) keeps no velocity buffer.
     pub fn allocate_chunk(
         &mut self,
         index: usize,
         capacity: u64,
         kinds: &[Kind],
-        storage: StorageTypes,
+        (storage, rowwise): (StorageTypes, bool),
     ) -> Result<[Option<wgpu::Buffer>; crate::pool::KINDS]> {
+        let kinds: Vec<Kind> = kinds
+            .iter()
+            .copied()
+            .filter(|&k| !(rowwise && k == Kind::Velocity))
+            .collect();
+        let kinds = &kinds[..];
         let b = pool::allocate_chunk_buffers(
             &self.device,
             &self.prefix,
@@ -535,34 +554,62 @@ impl Gpu {
     /// Grows the row counters of `SparseMode::LazyExact` to `bytes` (zero-filled past the old ones,
     /// which are copied in `encoder`), then rebinds. Nothing changes when they are large enough.
     pub fn grow_lazy_rows(&mut self, encoder: &mut wgpu::CommandEncoder, bytes: u64) -> Result<()> {
-        if bytes <= self.lazy_rows.size() {
-            return Ok(());
+        if let Some(new) = self.grown_side(encoder, &self.lazy_rows, "lazy rows", bytes)? {
+            self.lazy_rows = new;
+            self.objects_created += 1;
+            self.rebuild_bind_groups();
+        }
+        Ok(())
+    }
+
+    /// Grows the row-wise velocity to `bytes` as [`Gpu::grow_lazy_rows`] grows the row counters.
+    pub fn grow_row_velocity(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        bytes: u64,
+    ) -> Result<()> {
+        if let Some(new) = self.grown_side(encoder, &self.row_velocity, "row velocity", bytes)? {
+            self.row_velocity = new;
+            self.objects_created += 1;
+            self.rebuild_bind_groups();
+        }
+        Ok(())
+    }
+
+    /// A per-row side buffer `old` grown to `bytes` (doubling, within one binding), its contents copied
+    /// in `encoder`, the rest zero; `None` when it is large enough.
+    fn grown_side(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        old: &wgpu::Buffer,
+        name: &str,
+        bytes: u64,
+    ) -> Result<Option<wgpu::Buffer>> {
+        if bytes <= old.size() {
+            return Ok(None);
         }
         if bytes > self.binding_limit {
             return Err(Error::StepTooLarge {
-                buffer: format!("{}/lazy rows", self.prefix),
+                buffer: format!("{}/{name}", self.prefix),
                 bytes,
                 limit: self.binding_limit,
             });
         }
         let size = bytes
-            .max(self.lazy_rows.size().saturating_mul(2))
+            .max(old.size().saturating_mul(2))
             .min(self.binding_limit & !15)
             .next_multiple_of(16);
         let new = create_buffer_checked(
             &self.device,
             &wgpu::BufferDescriptor {
-                label: Some(&format!("{}/lazy rows", self.prefix)),
+                label: Some(&format!("{}/{name}", self.prefix)),
                 size,
-                usage: self.lazy_rows.usage(),
+                usage: old.usage(),
                 mapped_at_creation: false,
             },
         )?;
-        encoder.copy_buffer_to_buffer(&self.lazy_rows, 0, &new, 0, self.lazy_rows.size());
-        self.lazy_rows = new;
-        self.objects_created += 1;
-        self.rebuild_bind_groups();
-        Ok(())
+        encoder.copy_buffer_to_buffer(old, 0, &new, 0, old.size());
+        Ok(Some(new))
     }
 
     /// Checks that a step's buffers fit the device's bindings, changing nothing.
@@ -626,6 +673,7 @@ impl Gpu {
                 binding::NEXT => &self.next.buffer,
                 binding::Q8_MAPS => &self.q8_maps,
                 binding::LAZY_ROWS => &self.lazy_rows,
+                binding::ROW_VELOCITY => &self.row_velocity,
                 _ => return None,
             })
         };
@@ -722,9 +770,16 @@ fn build_pipelines(
                 | Which::ResetRows
                 | Which::Bump
         );
-        // Likewise the lazy-exact kernels outside a lazy-exact configuration.
-        let absent =
-            (*which == Which::LazyQ8 && storage.state != Dtype::Q8) || (lazy_exact && !exact);
+        // Likewise the lazy-exact kernels outside a lazy-exact configuration, and the row-wise ones
+        // while no variable keeps a row-wise velocity (or for pools they cannot serve: not f32).
+        let rowwise = constants
+            .iter()
+            .any(|&(n, v)| n == "ROW_VELOCITY" && v != 0.0)
+            && storage.is_f32();
+        let rows = matches!(which, Which::RowsDense | Which::RowsLazy);
+        let absent = (*which == Which::LazyQ8 && storage.state != Dtype::Q8)
+            || (lazy_exact && !exact)
+            || (rows && !rowwise);
         if let (true, Some(l)) = (absent, lazy) {
             built.push(built[l].clone());
             continue;

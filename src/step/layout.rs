@@ -22,8 +22,9 @@ pub(crate) struct Variable {
     pub hyper: VarHyper,
     /// The storage types of its buffers.
     pub storage: StorageTypes,
-    /// `SparseMode::LazyExact`: its entry in the row counters (`Gpu::lazy_rows`, in words: its step
-    /// count, then one per row).
+    /// Its entry in a per-row side buffer, in words: `SparseMode::LazyExact`'s row counters
+    /// (`Gpu::lazy_rows`: its step count, then one per row), or its row-wise velocity
+    /// (`Gpu::row_velocity`: one per row; the two never meet, see `var_options::rowwise_conflict`).
     pub rows_base: u32,
     /// ... and its history of skipped-step maps under a schedule (in words; see
     /// `rmsprop_lazy_exact.wgsl`).
@@ -32,6 +33,9 @@ pub(crate) struct Variable {
     /// count: steps the non-finite policy skips count here too; an abandoned step sets it to the
     /// history's length, so that the next lazy step resets).
     pub lazy_steps: u32,
+    /// One velocity per row ([`VarOptions::rowwise_velocity`]): the velocity lives in
+    /// `Gpu::row_velocity` from `rows_base`, its chunks keep no element-wise velocity.
+    pub rowwise: bool,
     /// `SparseMode::LazyExact`: a lazy step may have left rows behind (a dense step, a read or a
     /// checkpoint catches them up first).
     pub stale: bool,
@@ -62,6 +66,9 @@ pub(crate) struct ChunkLayout {
     pub moved: u64,
     /// The storage types of its buffers: a variable goes into a chunk of its own storage types.
     pub storage: StorageTypes,
+    /// It holds variables with a row-wise velocity only, and no velocity buffer (a variable goes into
+    /// a chunk of its own kind).
+    pub rowwise: bool,
 }
 
 /// Every variable and chunk of one optimizer.
@@ -81,6 +88,8 @@ pub(crate) struct Layout {
     pub q8_block: u64,
     /// `SparseMode::LazyExact`: words of the row counters given to variables so far.
     pub lazy_rows_used: u64,
+    /// Words of the row-wise velocity buffer given to variables so far.
+    pub row_velocity_used: u64,
 }
 
 /// Where a new variable goes, and which chunks must grow to hold it.
@@ -93,6 +102,8 @@ pub(crate) struct Placement {
     pub grow: Vec<(usize, u64)>,
     /// The storage types of the variable (and of the chunks it goes into).
     pub storage: StorageTypes,
+    /// A row-wise velocity: it goes into row-wise chunks, in whole rows.
+    pub rowwise: bool,
 }
 
 impl Layout {
@@ -106,6 +117,7 @@ impl Layout {
             version: 0,
             q8_block: 64,
             lazy_rows_used: 0,
+            row_velocity_used: 0,
         }
     }
 
@@ -163,12 +175,26 @@ impl Layout {
 
     /// Checks a new variable (name, shape, length) and plans where it goes among the chunks of its
     /// storage types, changing nothing.
+    #[cfg(test)]
     pub fn plan_variable(
         &self,
         name: &str,
         shape: &[usize],
         init_len: usize,
         storage: StorageTypes,
+    ) -> Result<Placement> {
+        self.plan_variable_rows(name, shape, init_len, storage, false)
+    }
+
+    /// [`Layout::plan_variable`], for a variable with a row-wise velocity when `rowwise`: among the
+    /// row-wise chunks, every part of it whole rows (a row longer than a chunk is refused).
+    pub fn plan_variable_rows(
+        &self,
+        name: &str,
+        shape: &[usize],
+        init_len: usize,
+        storage: StorageTypes,
+        rowwise: bool,
     ) -> Result<Placement> {
         if self.variables.iter().any(|v| v.name == name) {
             return Err(Error::DuplicateVariable { name: name.into() });
@@ -199,11 +225,27 @@ impl Layout {
         }
         // Placed among the chunks of its storage types only (in their order); new chunks go after all.
         let mine: Vec<usize> = (0..self.chunks.len())
-            .filter(|&c| self.chunks[c].storage == storage)
+            .filter(|&c| self.chunks[c].storage == storage && self.chunks[c].rowwise == rowwise)
             .collect();
         let mut local: Vec<u64> = mine.iter().map(|&c| self.chunks[c].used).collect();
         let align = self.align_of(storage);
-        let mut segments = pool::place(&mut local, self.chunk_limit, len, align);
+        let unit = match rowwise {
+            true => {
+                let row_len = shape.iter().skip(1).product::<usize>().max(1) as u64;
+                let unit = row_len / gcd(row_len, 4);
+                if unit > self.chunk_limit {
+                    return Err(Error::InvalidShape {
+                        name: name.into(),
+                        shape: shape.to_vec(),
+                        reason: "has rows longer than one pool buffer, which a row-wise velocity \
+                                 cannot split",
+                    });
+                }
+                unit
+            }
+            false => 1,
+        };
+        let mut segments = pool::place_in_units(&mut local, self.chunk_limit, len, align, unit);
         let global = |j: usize| {
             mine.get(j)
                 .copied()
@@ -233,6 +275,7 @@ impl Layout {
             used,
             grow,
             storage,
+            rowwise,
         })
     }
 
@@ -326,6 +369,7 @@ impl Layout {
             self.chunks[chunk].capacity = capacity;
             self.chunks[chunk].moved = self.version;
             self.chunks[chunk].storage = p.storage;
+            self.chunks[chunk].rowwise = p.rowwise;
         }
         for (chunk, u) in self.chunks.iter_mut().zip(&p.used) {
             chunk.used = *u;
@@ -353,9 +397,19 @@ impl Layout {
             rows_base: 0,
             hist_base: 0,
             lazy_steps: 0,
+            rowwise: p.rowwise,
             stale: false,
         });
         self.id(index)
+    }
+}
+
+/// Greatest common divisor.
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 

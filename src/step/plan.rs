@@ -50,6 +50,10 @@ pub(crate) enum Which {
     Ema,
     /// The loss scale on the step's sparse values (`keras_base.wgsl::prepare_values`), first.
     PrepareValues,
+    /// Variables with a row-wise velocity (`rmsprop_rowwise.wgsl`): the dense update and the lazy
+    /// sparse update, 256 / `row_lanes` rows per workgroup.
+    RowsDense,
+    RowsLazy,
 }
 
 /// One dispatch of a step.
@@ -418,6 +422,7 @@ pub(crate) fn plan(
             };
             let range = rows_range(sparse, sp, v.row_len as u64, seg, items);
             let which = match (cfg.lazy, v.storage.state == crate::dtype::Dtype::Q8) {
+                (true, _) if v.rowwise => Which::RowsLazy,
                 (true, _) if cfg.lazy_exact => Which::LazyExact,
                 (true, false) => Which::Lazy,
                 (true, true) => Which::LazyQ8,
@@ -450,6 +455,14 @@ pub(crate) fn plan(
                         ..params
                     };
                     ((first, first + items), params)
+                }
+                // Distinct rows, several per workgroup when they are short.
+                Which::RowsLazy => {
+                    let row_len = v.row_len as u64;
+                    let rows = (range.0 / row_len, range.1.div_ceil(row_len));
+                    let per_group = rows_per_workgroup(v.row_len);
+                    push(d, mg, which, seg.chunk, params, rows, per_group);
+                    continue;
                 }
                 _ => (range, params),
             };
@@ -511,6 +524,12 @@ pub(crate) fn plan(
         };
         let mut run: Option<(u64, u64)> = None;
         for &(begin, end, var) in &chunk.segments {
+            let v = &layout.variables[var];
+            if v.rowwise && dense_updated(parts[var]) {
+                // A row-wise chunk holds row-wise variables only: no runs of the dense kernel there.
+                rows_dense(d, mg, base, v, var, (ci, begin));
+                continue;
+            }
             if !dense_updated(parts[var]) {
                 if let Some(r) = run.take() {
                     push(d, mg, Which::Dense, ci, params, r, dense_group);
@@ -612,6 +631,52 @@ pub(crate) fn catch_up_rows(
             push(d, mg, Which::GroupReset, 0, grouping(sp, gpu), listed, wg);
         }
     }
+}
+
+/// Appends the dense update of the part of row-wise variable `var` (`v`) that starts at vec4 `begin`
+/// of chunk `chunk`: `ROW_GROUP / lanes` rows per workgroup (`rmsprop_rowwise.wgsl::rows_dense`).
+fn rows_dense(
+    d: &mut Vec<Dispatch>,
+    max_groups: u64,
+    base: Params,
+    v: &crate::step::layout::Variable,
+    var: usize,
+    (chunk, begin): (usize, u64),
+) {
+    let Some(seg) = v
+        .segments
+        .iter()
+        .find(|s| s.chunk == chunk && s.offset == begin)
+    else {
+        return;
+    };
+    let row_len = v.row_len.max(1);
+    let params = Params {
+        var_index: var as u32,
+        row_len: row_len as u32,
+        seg_first: seg.first_elem as u32,
+        seg_len: seg.elems as u32,
+        seg_base: (seg.offset * 4) as u32,
+        rows_base: v.rows_base,
+        ..base
+    };
+    let rows = (0, (seg.elems / row_len) as u64);
+    let per_group = rows_per_workgroup(row_len);
+    push(
+        d,
+        max_groups,
+        Which::RowsDense,
+        chunk,
+        params,
+        rows,
+        per_group,
+    );
+}
+
+/// Rows of `row_len` elements that one workgroup of the row-wise kernels updates.
+fn rows_per_workgroup(row_len: usize) -> u64 {
+    use crate::reference::rowwise::{row_lanes, ROW_GROUP};
+    (ROW_GROUP / row_lanes(row_len)) as u64
 }
 
 /// Appends the dispatches that bring every row of variable `var` (`v`) up to date: `CatchUp` per part
