@@ -43,7 +43,8 @@ struct Params {
     ema_momentum: f32,
     // SparseMode::LazyExact: the variable's entry in the row counters (`rmsprop_lazy_exact.wgsl`).
     rows_base: u32,
-    pad0: u32,
+    // ... and its history of skipped-step maps under a schedule (LAZY_HISTORY).
+    hist_base: u32,
     pad1: u32,
     pad2: u32,
 }

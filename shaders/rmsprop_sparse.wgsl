@@ -84,6 +84,19 @@ fn load_state(i: u32, h: Hyper) -> State {
     return s;
 }
 
+// Element `i`'s state but the variable (stored first, rounded as it must be): its copy, velocity and
+// the slots the variable keeps.
+fn store_rest(i: u32, s: State, h: Hyper) {
+    st_c(i, s.x.x);
+    st_v(i, s.v.x);
+    if keeps_momentum(h) {
+        st_m(i, s.m.x);
+    }
+    if is_centered(h) {
+        st_a(i, s.a.x);
+    }
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let it = item(wid, lid);
@@ -133,14 +146,7 @@ fn lazy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         } else {
             st_x(i, s.x.x);
         }
-        st_c(i, s.x.x);
-        st_v(i, s.v.x);
-        if keeps_momentum(h) {
-            st_m(i, s.m.x);
-        }
-        if is_centered(h) {
-            st_a(i, s.a.x);
-        }
+        store_rest(i, s, h);
     }
 }
 

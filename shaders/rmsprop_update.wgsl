@@ -348,7 +348,16 @@ fn skip_steps(s: State, k: u32, h: Hyper) -> State {
     if k == 0u {
         return s;
     }
-    let f = skip_map(k, h);
+    return skip_apply(s, skip_map(k, h), h);
+}
+
+// The map `f` then `g` of two different steps (a schedule's): order matters.
+fn skip_then(f: vec4<f32>, g: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(f.x + g.x - f.x * g.x, f.y - g.x * f.y + g.y * f.z, f.z * g.z, f.w * g.w);
+}
+
+// An element's state through the map `f` of skipped steps.
+fn skip_apply(s: State, f: vec4<f32>, h: Hyper) -> State {
     var o = s;
     o.v = f.w * s.v;
     if is_centered(h) {

@@ -126,12 +126,6 @@ pub const LAZY_EXACT_WGSL: Module = Module {
     ],
     pools: SPARSE_WGSL.pools,
 };
-/// The row-wise velocity (`rmsprop_rowwise.wgsl`, binding 23): 1 or 64 invocations per row, f32 pools in
-/// scalar form (no velocity, average gradient or copy: the options refuse them).
-pub const ROWWISE_WGSL: Module = Module {
-    files: &[UPDATE, include_str!("../shaders/rmsprop_rowwise.wgsl")],
-    pools: Some((Flavor::Scalar, &[("x", 1, RW), ("g", 2, R), ("m", 4, RW)])),
-};
 /// Keras's base-class preparation of the gradients: loss scale and accumulation (`keras_base.wgsl`).
 pub const KERAS_WGSL: Module = Module {
     files: &[include_str!("../shaders/keras_base.wgsl")],
@@ -314,36 +308,33 @@ pub const STAMP_ALL: Kernel = Kernel {
     entry: "stamp_all",
     bindings: &[(0, U)],
 };
+/// The distinct rows of grouped indices caught up ([`crate::RmsProp::record_catch_up`]).
+pub const CATCH_UP_ROWS: Kernel = Kernel {
+    name: "rmsprop_lazy_exact::catch_up_rows",
+    module: LAZY_EXACT_WGSL,
+    entry: "catch_up_rows",
+    bindings: &[(0, U), (1, RW), (3, RW), (4, RW), (5, RW), (7, R), (9, R)],
+};
+/// The rows of [`CATCH_UP_ROWS`] stamped current.
+pub const STAMP_ROWS: Kernel = Kernel {
+    name: "rmsprop_lazy_exact::stamp_rows",
+    module: LAZY_EXACT_WGSL,
+    entry: "stamp_rows",
+    bindings: &[(0, U), (9, R)],
+};
 /// A variable's step count advanced (after [`STAMP_LISTED`]).
 pub const BUMP: Kernel = Kernel {
     name: "rmsprop_lazy_exact::bump",
     module: LAZY_EXACT_WGSL,
     entry: "bump",
-    bindings: &[(0, U), (14, R)],
+    bindings: &[(0, U), (7, R), (14, R)],
 };
-/// The dense update of variables with a row-wise velocity: every row of a variable's part
-/// in a pool buffer.
-pub const ROWS_DENSE: Kernel = Kernel {
-    name: "rmsprop_rowwise::rows_dense",
-    module: ROWWISE_WGSL,
-    entry: "rows_dense",
-    bindings: &[(0, U), (1, RW), (2, R), (4, RW), (7, R), (14, R), (23, RW)],
-};
-/// The lazy sparse update of variables with a row-wise velocity: every distinct listed row.
-pub const ROWS_LAZY: Kernel = Kernel {
-    name: "rmsprop_rowwise::rows_lazy",
-    module: ROWWISE_WGSL,
-    entry: "rows_lazy",
-    bindings: &[
-        (0, U),
-        (1, RW),
-        (4, RW),
-        (7, R),
-        (8, R),
-        (9, R),
-        (14, R),
-        (23, RW),
-    ],
+/// Every row of a variable and its count set to 0, after [`CATCH_UP`] (its history starts again).
+pub const RESET_ROWS: Kernel = Kernel {
+    name: "rmsprop_lazy_exact::reset_rows",
+    module: LAZY_EXACT_WGSL,
+    entry: "reset_rows",
+    bindings: &[(0, U)],
 };
 /// Merging sparse rows into the gradient pool.
 pub const SCATTER: Kernel = Kernel {
@@ -423,7 +414,7 @@ pub const PREPARE_VALUES: Kernel = Kernel {
 };
 
 /// Every kernel, for validation.
-pub const ALL: [Kernel; 20] = [
+pub const ALL: [Kernel; 23] = [
     DENSE,
     ROWS_DENSE,
     ROWS_LAZY,
@@ -433,6 +424,9 @@ pub const ALL: [Kernel; 20] = [
     CATCH_UP,
     STAMP_LISTED,
     STAMP_ALL,
+    CATCH_UP_ROWS,
+    STAMP_ROWS,
+    RESET_ROWS,
     BUMP,
     SCATTER,
     PARTIAL_DENSE,
@@ -502,9 +496,10 @@ pub struct Params {
     /// `SparseMode::LazyExact`: the variable's entry in the row counters (its step count; its rows
     /// follow).
     pub rows_base: u32,
-    /// Padding to 16 bytes (three words, as the WGSL struct spells them).
-    pub pad0: u32,
-    /// Padding.
+    /// `SparseMode::LazyExact` under a schedule: the variable's history of skipped-step maps in the
+    /// row counters (a word index; see `rmsprop_lazy_exact.wgsl`).
+    pub hist_base: u32,
+    /// Padding to 16 bytes (two words, as the WGSL struct spells them).
     pub pad1: u32,
     /// Padding.
     pub pad2: u32,
@@ -711,6 +706,7 @@ pub(crate) fn variant_constants(
         ("ROW_VELOCITY", b(variant.rowwise)),
         ("STOCHASTIC", b(config.stochastic_rounding().is_some())),
         ("Q8_BLOCK", (config.q8_block() / 4) as f64),
+        ("LAZY_HISTORY", f64::from(config.lazy_history())),
         (
             "ACCUMULATE",
             b(config.gradient_accumulation_steps().is_some()),
@@ -791,6 +787,10 @@ pub fn fold_grid(groups: u64, max_groups: u64) -> (u64, u64) {
     let gy = groups.div_ceil(max_groups).max(1);
     (groups.div_ceil(gy), gy)
 }
+
+#[path = "kernels_rowwise.rs"]
+mod rowwise;
+pub use rowwise::{ROWS_DENSE, ROWS_LAZY, ROWWISE_WGSL};
 
 #[cfg(test)]
 #[path = "kernels_tests.rs"]

@@ -285,7 +285,7 @@ pub use readback::ReadBack;
 pub use schedule::{LearningRate, Schedule};
 pub use sparse::Indices;
 pub use step::types::{
-    GpuGradient, GpuIndices, GpuSlice, Gradient, HalfSlice, OptimizerOptions, RecordedStep, Tensor,
-    VarId,
+    GpuGradient, GpuIndices, GpuSlice, Gradient, HalfSlice, OptimizerOptions, RecordedStep, Rows,
+    Tensor, VarId,
 };
 pub use var_options::{VarHyper, VarOptions};

@@ -7,159 +7,13 @@
 
 mod common;
 
+use common::trio::{close, keras, sched, Trio};
 use common::{ctx, Rng};
 use wgpu_rmsprop::reference::{rmsprop, skip_steps, RefGradient, Reference, State};
 use wgpu_rmsprop::{
-    Error, Gradient, Indices, Preset, RmsProp, RmsPropConfig, RmsPropConfigBuilder, Schedule, Slot,
-    SparseMode, VarId, WeightDecay,
+    Error, Gradient, Indices, Preset, RmsProp, RmsPropConfig, RmsPropConfigBuilder, SparseMode,
+    VarId, WeightDecay,
 };
-
-/// Every slot and the variable of `opt`'s variables against the twin's, within `rtol` (relative to
-/// the largest magnitude of the tensor, so that values decayed towards 0 are judged at its scale).
-fn close(opt: &mut RmsProp, r: &Reference, ids: &[VarId], rtol: f32, label: &str) {
-    for (k, &id) in ids.iter().enumerate() {
-        let s = &r.vars[k];
-        let mut pairs = vec![
-            ("x", opt.read_variable(id).unwrap(), s.x.clone()),
-            ("v", opt.read_slot(id, Slot::Velocity).unwrap(), s.v.clone()),
-        ];
-        if let Some(m) = &s.m {
-            pairs.push(("m", opt.read_slot(id, Slot::Momentum).unwrap(), m.clone()));
-        }
-        if let Some(a) = &s.a {
-            let got = opt.read_slot(id, Slot::AverageGradient).unwrap();
-            pairs.push(("a", got, a.clone()));
-        }
-        for (name, got, want) in pairs {
-            let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-30);
-            let bad = (0..got.len())
-                .filter(|&i| (got[i] - want[i]).abs() > rtol * scale)
-                .collect::<Vec<_>>();
-            if let Some(&i) = bad.first() {
-                panic!(
-                    "{label} var{k} {name}: {} of {} off by more than {rtol} x {scale}, first [{i}]: \
-                     {} vs {}",
-                    bad.len(),
-                    got.len(),
-                    got[i],
-                    want[i]
-                );
-            }
-        }
-    }
-}
-
-/// The GPU in LazyExact, its twin, and the twin in Dense mode, fed the same steps.
-struct Trio {
-    opt: RmsProp,
-    exact: Reference,
-    dense: Reference,
-    ids: Vec<VarId>,
-}
-
-impl Trio {
-    fn new(b: RmsPropConfigBuilder, shapes: &[[usize; 2]], seed: u64) -> Self {
-        let config = b
-            .clone()
-            .sparse_mode(SparseMode::LazyExact)
-            .build()
-            .unwrap();
-        let dense_config = b.sparse_mode(SparseMode::Dense).build().unwrap();
-        let mut opt = RmsProp::new(ctx(), config.clone()).unwrap();
-        let (mut exact, mut dense) = (Reference::new(config), Reference::new(dense_config));
-        let mut rng = Rng::new(seed);
-        let mut ids = Vec::new();
-        for (k, shape) in shapes.iter().enumerate() {
-            let init = rng.vec(shape[0] * shape[1], 1.0, 0);
-            ids.push(opt.add_variable(&format!("t{k}"), shape, &init).unwrap());
-            exact.add_variable(shape, &init);
-            dense.add_variable(shape, &init);
-        }
-        Trio {
-            opt,
-            exact,
-            dense,
-            ids,
-        }
-    }
-
-    /// One step: variable `k` gets rows `rows[k]` (duplicates allowed) with values from `rng`, or a
-    /// dense gradient where `rows[k]` is `None`.
-    fn step(&mut self, rows: &[Option<Vec<usize>>], rng: &mut Rng, scale: f32) {
-        let mut values = Vec::new();
-        for (k, r) in rows.iter().enumerate() {
-            let row_len = self.exact.vars[k].shape[1];
-            let n = match r {
-                Some(r) => r.len() * row_len,
-                None => self.exact.vars[k].x.len(),
-            };
-            values.push(rng.vec(n, scale, 4));
-        }
-        let i64s: Vec<Vec<i64>> = rows
-            .iter()
-            .map(|r| r.iter().flatten().map(|&i| i as i64).collect())
-            .collect();
-        let g: Vec<(VarId, Gradient)> = (0..rows.len())
-            .map(|k| {
-                let grad = match &rows[k] {
-                    Some(_) => Gradient::Sparse {
-                        indices: Indices::I64(&i64s[k]),
-                        values: &values[k],
-                    },
-                    None => Gradient::Dense(&values[k]),
-                };
-                (self.ids[k], grad)
-            })
-            .collect();
-        self.opt.apply(&g).unwrap();
-        let rg: Vec<Option<RefGradient>> = (0..rows.len())
-            .map(|k| {
-                Some(match &rows[k] {
-                    Some(r) => RefGradient::Sparse {
-                        indices: r,
-                        values: &values[k],
-                    },
-                    None => RefGradient::Dense(&values[k]),
-                })
-            })
-            .collect();
-        self.exact.step(&rg).unwrap();
-        self.dense.step(&rg).unwrap();
-    }
-
-    /// The GPU (read: caught up) against the twin caught up (tight) and the dense twin (`rtol`).
-    fn check(&mut self, rtol: f32, label: &str) {
-        self.exact.catch_up();
-        close(
-            &mut self.opt,
-            &self.exact,
-            &self.ids,
-            2e-6,
-            &format!("{label} (twin)"),
-        );
-        close(
-            &mut self.opt,
-            &self.dense,
-            &self.ids,
-            rtol,
-            &format!("{label} (dense)"),
-        );
-    }
-}
-
-/// A rate halving every 3 steps.
-fn sched() -> Schedule {
-    Schedule::ExponentialDecay {
-        initial_learning_rate: 0.05,
-        decay_steps: 3.0,
-        decay_rate: 0.5,
-        staircase: false,
-    }
-}
-
-fn keras(lr: f64) -> RmsPropConfigBuilder {
-    RmsPropConfig::preset(Preset::Keras).learning_rate(lr)
-}
 
 #[test]
 fn every_closed_form_matches_dense_steps() {
@@ -455,28 +309,77 @@ fn configurations_without_a_closed_form_are_refused() {
         )),
         "nesterov"
     );
-    let schedule = sched();
-    assert_eq!(
-        field(lazy(
-            keras(0.0)
-                .learning_rate(schedule.clone())
-                .weight_decay_mode(WeightDecay::Decoupled(0.1))
-        )),
-        "learning_rate"
-    );
-    assert_eq!(
-        field(lazy(
-            RmsPropConfig::preset(Preset::Torch)
-                .learning_rate(schedule)
-                .momentum(0.9)
-        )),
-        "learning_rate"
-    );
     assert_eq!(field(lazy(keras(0.01).use_ema(true))), "sparse_mode");
-    // A schedule with the rate inside the momentum buffer, and a constant rate with decay, are fine.
+    for n in [0, 1, 3, 1 << 21] {
+        assert_eq!(
+            field(lazy(keras(0.01).lazy_exact_history(n))),
+            "lazy_exact_history"
+        );
+    }
+    // Schedules where the rate enters the skipped steps, and a constant rate with decay, are fine.
     let schedule = sched();
-    lazy(keras(0.0).learning_rate(schedule).momentum(0.9)).unwrap();
+    lazy(keras(0.0).learning_rate(schedule.clone()).momentum(0.9)).unwrap();
+    lazy(
+        keras(0.0)
+            .learning_rate(schedule.clone())
+            .weight_decay_mode(WeightDecay::Decoupled(0.1)),
+    )
+    .unwrap();
+    lazy(
+        RmsPropConfig::preset(Preset::Torch)
+            .learning_rate(schedule)
+            .momentum(0.9),
+    )
+    .unwrap();
     lazy(keras(0.01).weight_decay_mode(WeightDecay::Decoupled(0.1))).unwrap();
+}
+
+#[test]
+fn schedules_where_the_rate_enters_the_skipped_steps() {
+    // Decoupled decay and PyTorch's momentum form take each skipped step's own rate: the history of
+    // step maps. A history of 4 steps resets (every row caught up, counts to 0) every 4 lazy steps of
+    // a variable; 4,096 (the default) never does here.
+    let torch = || RmsPropConfig::preset(Preset::Torch).learning_rate(sched());
+    let cases: Vec<(&str, RmsPropConfigBuilder)> = vec![
+        (
+            "keras decay momentum",
+            keras(0.0)
+                .learning_rate(sched())
+                .momentum(0.8)
+                .weight_decay_mode(WeightDecay::Decoupled(0.1)),
+        ),
+        (
+            "torch momentum centered",
+            torch().momentum(0.9).centered(true),
+        ),
+        (
+            "torch decay momentum, history 4",
+            torch()
+                .momentum(0.9)
+                .weight_decay_mode(WeightDecay::Decoupled(0.2))
+                .lazy_exact_history(4),
+        ),
+        (
+            "keras decay, history 2",
+            keras(0.0)
+                .learning_rate(sched())
+                .weight_decay_mode(WeightDecay::Decoupled(0.3))
+                .lazy_exact_history(2),
+        ),
+    ];
+    for (label, b) in cases {
+        let mut t = Trio::new(b, &[[30, 5], [7, 3]], 4);
+        let mut rng = Rng::new(6);
+        for s in 0..25 {
+            // Rows skip 1 to 29 steps while the rate falls; the second table is dense at step 12.
+            let second = if s == 12 { None } else { Some(vec![s % 7]) };
+            t.step(&[Some(vec![s % 30, 29]), second], &mut rng, 1.0);
+            if s == 17 {
+                t.check(2e-5, &format!("{label} at step 18"));
+            }
+        }
+        t.check(2e-5, label);
+    }
 }
 
 #[test]
@@ -551,38 +454,67 @@ fn per_variable_options_and_their_change_mid_run() {
     exact.catch_up();
     close(&mut opt, &exact, &[id], 2e-6, "options (twin)");
     close(&mut opt, &dense, &[id], 2e-5, "options (dense)");
-    // A variable's own momentum with the rate after the buffer under a schedule: refused.
+    // A variable's own momentum and decay, with the rate after the buffer, under a schedule (the
+    // history of step maps, per variable: its own options enter the maps).
     let torch = RmsPropConfig::preset(Preset::Torch)
         .learning_rate(sched())
+        .weight_decay_mode(WeightDecay::Decoupled(0.01));
+    let config = torch
+        .clone()
         .sparse_mode(SparseMode::LazyExact)
         .build()
         .unwrap();
-    let mut o = RmsProp::new(ctx(), torch).unwrap();
-    let m = wgpu_rmsprop::VarOptions {
+    let dense_config = torch.sparse_mode(SparseMode::Dense).build().unwrap();
+    let mut opt = RmsProp::new(ctx(), config.clone()).unwrap();
+    let (mut exact, mut dense) = (Reference::new(config), Reference::new(dense_config));
+    let own = wgpu_rmsprop::VarOptions {
         momentum: Some(0.9),
+        lr_multiplier: 0.5,
+        weight_decay: Some(0.2),
         ..Default::default()
     };
-    let e = o
-        .add_variable_with("w", &[4, 2], &[0.0; 8], &m)
-        .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::InvalidVarOptions {
-                field: "learning_rate",
-                ..
-            }
-        ),
-        "{e}"
+    let id = opt.add_variable_with("w", &[50, 3], &init, &own).unwrap();
+    exact.add_variable_with(&[50, 3], &init, &own).unwrap();
+    dense.add_variable_with(&[50, 3], &init, &own).unwrap();
+    for s in 0..12 {
+        let rows = vec![s % 9, 40];
+        step((&mut opt, &mut exact, &mut dense), id, &mut rng, rows);
+    }
+    exact.catch_up();
+    close(
+        &mut opt,
+        &exact,
+        &[id],
+        2e-6,
+        "own momentum, schedule (twin)",
+    );
+    close(
+        &mut opt,
+        &dense,
+        &[id],
+        2e-5,
+        "own momentum, schedule (dense)",
     );
 }
 
 #[test]
 fn steps_the_non_finite_policy_skips_do_not_count() {
-    let b = keras(0.01)
-        .momentum(0.9)
-        .centered(true)
-        .non_finite(wgpu_rmsprop::NonFinite::SkipStep);
+    // Also under a schedule with decay, whose history of 2 steps resets before skipped steps too.
+    let skip = |b: RmsPropConfigBuilder| b.non_finite(wgpu_rmsprop::NonFinite::SkipStep);
+    let constant = skip(keras(0.01).momentum(0.9).centered(true));
+    let scheduled = skip(
+        keras(0.0)
+            .learning_rate(sched())
+            .momentum(0.9)
+            .weight_decay_mode(WeightDecay::Decoupled(0.1))
+            .lazy_exact_history(2),
+    );
+    for (label, b) in [("constant", constant), ("scheduled", scheduled)] {
+        skipping(b, label);
+    }
+}
+
+fn skipping(b: RmsPropConfigBuilder, label: &str) {
     let mut t = Trio::new(b, &[[30, 4], [10, 2]], 14);
     let mut rng = Rng::new(14);
     for s in 0..12 {
@@ -627,5 +559,5 @@ fn steps_the_non_finite_policy_skips_do_not_count() {
     }
     assert_eq!(t.exact.skipped, 3);
     assert_eq!(t.opt.skipped_steps().unwrap(), 3);
-    t.check(2e-5, "skip_step");
+    t.check(2e-5, label);
 }

@@ -367,17 +367,17 @@ fn check(case: Case) {
 }
 
 #[test]
-fn q8_plain() {
+fn cpu_twin_q8_plain() {
     check(Case::Plain);
 }
 
 #[test]
-fn q8_momentum() {
+fn cpu_twin_q8_momentum() {
     check(Case::Momentum);
 }
 
 #[test]
-fn q8_centered() {
+fn cpu_twin_q8_centered() {
     check(Case::Centered);
 }
 
@@ -399,7 +399,7 @@ fn linear(signed: bool) -> Codebook {
 /// 65536 elements, on the scaled gradients (the plain case: its parameter drift is not masked by the
 /// momentum's quantization noise).
 #[test]
-fn broken_quantizers_fail_the_thresholds() {
+fn cpu_twin_broken_quantizers_fail_the_thresholds() {
     let (lin_u, lin_s) = (linear(false), linear(true));
     let (dyn_u, dyn_s) = (Codebook::dynamic(false), Codebook::dynamic(true));
     let linear_map =

@@ -66,7 +66,7 @@ fn params_fields() -> Vec<Field> {
         ema_mode: u32,
         ema_momentum: f32,
         rows_base: u32,
-        pad0: u32,
+        hist_base: u32,
         pad1: u32,
         pad2: u32,
     })

@@ -169,6 +169,15 @@ impl RmsPropConfigBuilder {
         self.cfg.q8_block = elements;
         self
     }
+    /// [`crate::SparseMode::LazyExact`] under a learning-rate schedule: how many of its lazy steps'
+    /// maps each variable keeps on the GPU (a power of two in [2, 2^20]; default 4,096: 128 KiB per
+    /// variable). Rows take the steps they missed from this history; when it is full, the variable's
+    /// next lazy step first brings every row up to date and starts it again (one dense-cost catch-up
+    /// per this many lazy steps of the variable).
+    pub fn lazy_exact_history(mut self, steps: u32) -> Self {
+        self.cfg.lazy_exact_history = steps;
+        self
+    }
     /// Variables with fewer elements than this keep f32 state where the storage asks for 8-bit state
     /// (default 4,096, bitsandbytes' `min_8bit_size`).
     pub fn q8_min_size(mut self, elements: usize) -> Self {
@@ -315,6 +324,15 @@ impl RmsPropConfigBuilder {
                 requirement: "is only defined with the lr_inside or negated_trace momentum forms",
             });
         }
+        if !(c.lazy_exact_history.is_power_of_two()
+            && (2..=1 << 20).contains(&c.lazy_exact_history))
+        {
+            return Err(Error::InvalidConfig {
+                field: "lazy_exact_history",
+                value: c.lazy_exact_history.to_string(),
+                requirement: "must be a power of two in [2, 2^20]",
+            });
+        }
         if !(c.q8_block.is_power_of_two() && (64..=4096).contains(&c.q8_block)) {
             return Err(Error::InvalidConfig {
                 field: "q8_block",
@@ -379,7 +397,6 @@ pub(crate) fn copy_storage_conflict(storage: crate::dtype::StorageTypes) -> Opti
 pub(crate) fn lazy_exact_conflict(
     c: &RmsPropConfig,
 ) -> Option<(&'static str, String, &'static str)> {
-    let constant = matches!(c.learning_rate, crate::LearningRate::Constant(_));
     let momentum = c.momentum != 0.0;
     let why = match () {
         _ if matches!(c.weight_decay, WeightDecay::L2(_)) => (
@@ -393,18 +410,6 @@ pub(crate) fn lazy_exact_conflict(
             "true".into(),
             "cannot be used with sparse_mode lazy_exact (no closed form for the skipped steps yet)",
         ),
-        _ if !constant
-            && (matches!(c.weight_decay, WeightDecay::Decoupled(_))
-                || (momentum && c.momentum_form == MomentumForm::LrAfter)) =>
-        {
-            (
-                "learning_rate",
-                format!("{:?}", c.learning_rate),
-                "must be constant with sparse_mode lazy_exact where it enters the skipped steps \
-                 (decoupled decay, or momentum with the rate after the buffer): per-step factors \
-                 are not kept yet",
-            )
-        }
         _ if c.use_ema
             || c.gradient_accumulation_steps.is_some()
             || c.loss_scale_factor.is_some() =>

@@ -65,6 +65,7 @@ pub struct RmsPropConfig {
     stochastic_rounding: Option<u32>,
     q8_block: usize,
     q8_min_size: usize,
+    lazy_exact_history: u32,
 }
 
 impl Default for RmsPropConfig {
@@ -123,6 +124,7 @@ impl RmsPropConfig {
             stochastic_rounding: None,
             q8_block: 256,
             q8_min_size: 4096,
+            lazy_exact_history: 4096,
         };
         let cfg = match preset {
             Preset::Keras => keras,
@@ -247,6 +249,22 @@ impl RmsPropConfig {
     /// Keras's `ema_momentum` (default 0.99; used with `use_ema`).
     pub fn ema_momentum(&self) -> f64 {
         self.ema_momentum
+    }
+    /// [`SparseMode::LazyExact`] under a learning-rate schedule: each variable keeps the maps of its
+    /// last lazy steps (at most this many, a power of two; default 4,096) so that the rows that
+    /// missed them can take them with each step's own rate.
+    pub fn lazy_exact_history(&self) -> u32 {
+        self.lazy_exact_history
+    }
+    /// The length of the per-variable history of skipped-step maps the kernels keep (0: none, the
+    /// skipped steps are powers of one map): [`RmsPropConfig::lazy_exact_history`] in
+    /// [`SparseMode::LazyExact`] with a rate that changes between steps.
+    pub(crate) fn lazy_history(&self) -> u32 {
+        let constant = matches!(self.learning_rate, LearningRate::Constant(_));
+        match (self.sparse_mode, constant) {
+            (SparseMode::LazyExact, false) => self.lazy_exact_history,
+            _ => 0,
+        }
     }
     /// Elements per block of 8-bit quantized state ([`crate::Dtype::Q8`]; default 256).
     pub fn q8_block(&self) -> usize {

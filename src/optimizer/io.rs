@@ -506,6 +506,7 @@ impl RmsProp {
             queue.write_buffer(&self.gpu.lazy_rows, 0, &vec![0u8; 4 * words]);
             for v in &mut self.layout.variables {
                 v.stale = false;
+                v.lazy_steps = 0;
             }
         }
         let status = [0u32, restored.skipped.min(u64::from(u32::MAX)) as u32, 0, 0];

@@ -45,7 +45,8 @@ struct Committed {
 struct Pending {
     ticket: u64,
     step: u64,
-    lr: f32,
+    /// The step's learning rate (`None`: a row catch-up before any step).
+    lr: Option<f32>,
     slot: Option<usize>,
     generation: u64,
     jobs: Option<Vec<[u32; 4]>>,
@@ -236,6 +237,7 @@ impl RmsProp {
             stochastic: config.stochastic_rounding().is_some(),
             lazy: config.sparse_mode() != SparseMode::Dense,
             lazy_exact: exact,
+            lazy_history: config.lazy_history(),
             jobs_needed: config.clipnorm().is_some()
                 || config.global_clipnorm().is_some()
                 || skip_nonfinite,
@@ -359,7 +361,7 @@ impl RmsProp {
     /// The learning rate the next recorded step will use (the schedule at `iterations()` plus the
     /// steps recorded and not yet resolved).
     pub fn learning_rate(&self) -> Result<f32> {
-        let next = self.iterations + self.pending.len() as u64 + 1;
+        let next = self.next_step();
         self.config.learning_rate().at_step(next)
     }
 
@@ -518,6 +520,12 @@ impl RmsProp {
     }
 
     /// Fails with [`Error::UnresolvedSteps`] while recorded steps wait for their resolution.
+    /// The number the next recorded step takes: one past the last unresolved recording's (a row
+    /// catch-up keeps the count it was recorded at), or past the count.
+    fn next_step(&self) -> u64 {
+        self.pending.back().map_or(self.iterations, |p| p.step) + 1
+    }
+
     fn ensure_resolved(&self, call: &'static str) -> Result<()> {
         match self.pending.len() {
             0 => Ok(()),

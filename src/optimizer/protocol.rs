@@ -5,7 +5,7 @@
 use super::{Pending, RmsProp};
 use crate::context::poll_once;
 use crate::error::{Error, Result};
-use crate::kernels::{Params, ParamsMode};
+use crate::kernels::Params;
 use crate::pool::Kind;
 use crate::step::encode::{Step, Tables};
 use crate::step::gpu::StepSizes;
@@ -162,14 +162,8 @@ impl RmsProp {
         encoder: &mut wgpu::CommandEncoder,
         grads: &[(VarId, Gradient<'_>)],
     ) -> Result<RecordedStep> {
-        self.ctx.check_alive()?;
-        if self.pending.len() >= self.max_unresolved {
-            return Err(Error::UnresolvedSteps {
-                count: self.pending.len(),
-                call: "record another step (max_unresolved_steps reached)",
-            });
-        }
-        let step = self.iterations + self.pending.len() as u64 + 1;
+        self.check_room("record another step (max_unresolved_steps reached)")?;
+        let step = self.next_step();
         let s = self.config.scalars(step)?;
         let sc = &mut self.scratch;
         validate(&self.layout, grads, &self.gradients_seen, &mut sc.shape)?;
@@ -254,15 +248,10 @@ impl RmsProp {
         }
         // Uniform path: one slot per dispatch, copied in before the step's pass (so each recorded step
         // reads its own parameters).
-        sc.uniform.clear();
-        if self.gpu.mode == ParamsMode::Uniform {
-            let stride = self.gpu.uniform_stride as usize;
-            for d in &sc.plan.dispatches {
-                sc.uniform.extend_from_slice(bytemuck::bytes_of(&d.params));
-                sc.uniform
-                    .resize(sc.uniform.len().next_multiple_of(stride), 0);
-            }
-        }
+        let mut uniform = std::mem::take(&mut sc.uniform);
+        self.uniform_slots(&self.scratch.plan.dispatches, &mut uniform);
+        let sc = &mut self.scratch;
+        sc.uniform = uniform;
         let nvars = self.layout.variables.len() as u64;
         let sizes = StepSizes {
             uniform: sc.uniform.len() as u64,
@@ -334,10 +323,19 @@ impl RmsProp {
             self.heads.clone_from(&sc.sparse.heads);
         }
         self.last_dispatches = sc.plan.dispatches.len();
-        // LazyExact: rows of sparse variables may now be behind (a dense step or a read catches up).
+        // LazyExact: rows of sparse variables may now be behind (a dense step or a read catches up);
+        // under a schedule, their histories hold one more step (after a reset, this one).
         if self.gpu.exact {
+            let history = self.plan_cfg.lazy_history;
             for (v, &p) in self.layout.variables.iter_mut().zip(&sc.shape.parts) {
-                v.stale |= p == Part::Sparse;
+                if p == Part::Sparse && !v.frozen() {
+                    v.stale = true;
+                    v.lazy_steps = if v.lazy_steps >= history {
+                        1
+                    } else {
+                        v.lazy_steps + 1
+                    };
+                }
             }
         }
         let ticket = self.next_ticket;
@@ -345,7 +343,7 @@ impl RmsProp {
         self.pending.push_back(Pending {
             ticket,
             step,
-            lr: s.lr,
+            lr: Some(s.lr),
             slot,
             generation: self.committed.generation,
             jobs: tables.jobs.then(|| reuse(&mut self.spare, &sc.plan.jobs)),
@@ -392,6 +390,7 @@ impl RmsProp {
     /// when none of their encoders was submitted (a submitted one ran, but is not counted). Returns how
     /// many steps were abandoned.
     pub fn abandon_all(&mut self) -> usize {
+        self.distrust_lazy_counts();
         let count = self.pending.len();
         while let Some(p) = self.pending.pop_back() {
             self.forget(p);
@@ -404,6 +403,7 @@ impl RmsProp {
     /// numbers count it), so they are abandoned too. Returns how many steps were abandoned.
     pub fn abandon(&mut self, step: RecordedStep) -> Result<usize> {
         let at = self.position(&step)?;
+        self.distrust_lazy_counts();
         let count = self.pending.len() - at;
         while self.pending.len() > at {
             if let Some(p) = self.pending.pop_back() {
@@ -447,6 +447,7 @@ impl RmsProp {
             self.uploader.resolve(slot, submission);
         }
         if !commit {
+            self.distrust_lazy_counts();
             self.forget(p);
             while let Some(later) = self.pending.pop_back() {
                 self.forget(later);
@@ -454,7 +455,7 @@ impl RmsProp {
             return;
         }
         self.iterations = p.step;
-        self.last_lr = Some(p.lr);
+        self.last_lr = p.lr.or(self.last_lr);
         let c = &mut self.committed;
         if p.generation == c.generation {
             if let Some(jobs) = p.jobs.take() {
@@ -471,6 +472,28 @@ impl RmsProp {
 }
 
 impl RmsProp {
+    /// Whether another recording may be made: the device is alive and fewer than
+    /// `max_unresolved_steps` recordings wait for their resolution (`call` names the refused call).
+    pub(super) fn check_room(&self, call: &'static str) -> Result<()> {
+        self.ctx.check_alive()?;
+        if self.pending.len() >= self.max_unresolved {
+            return Err(Error::UnresolvedSteps {
+                count: self.pending.len(),
+                call,
+            });
+        }
+        Ok(())
+    }
+
+    /// An abandoned step may have planned a reset of a variable's history that never ran, so the
+    /// host's counts of lazy steps are no longer bounds: every variable resets at its next lazy step.
+    fn distrust_lazy_counts(&mut self) {
+        let history = self.plan_cfg.lazy_history;
+        for v in &mut self.layout.variables {
+            v.lazy_steps = v.lazy_steps.max(history);
+        }
+    }
+
     /// Drops an unresolved step without committing it (its staging slot, if any, is released; its
     /// tables go back to the spare list).
     fn forget(&mut self, mut p: Pending) {

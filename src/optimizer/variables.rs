@@ -161,14 +161,16 @@ impl RmsProp {
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some(&format!("{}/grow pools", self.config.name())),
         });
-        // SparseMode::LazyExact: the variable's step count and one count per row, zero (current).
+        // SparseMode::LazyExact: the variable's step count and one count per row, zero (current);
+        // under a schedule, room for its history of skipped-step maps (2 x history entries of 4 words).
         let rows_base = self.layout.lazy_rows_used;
+        let rows = match shape.first() {
+            None => 1,
+            Some(&r) => r as u64,
+        };
+        let history = 8 * u64::from(self.config.lazy_history());
         if self.gpu.exact {
-            let rows = match shape.first() {
-                None => 1,
-                Some(&r) => r as u64,
-            };
-            let words = rows_base + 1 + rows;
+            let words = rows_base + 1 + rows + history;
             self.gpu.grow_lazy_rows(&mut encoder, words * 4)?;
         }
         // A row-wise velocity: one f32 per row (fresh memory past the old contents is zero).
@@ -191,7 +193,8 @@ impl RmsProp {
         if self.gpu.exact {
             let v = &mut self.layout.variables[id.index()];
             v.rows_base = rows_base as u32;
-            self.layout.lazy_rows_used = rows_base + 1 + v.rows() as u64;
+            v.hist_base = (rows_base + 1 + rows) as u32;
+            self.layout.lazy_rows_used = rows_base + 1 + rows + history;
         }
         if rowwise {
             self.layout.variables[id.index()].rows_base = velocity_base as u32;

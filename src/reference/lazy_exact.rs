@@ -14,11 +14,73 @@ pub struct LazyRows {
     pub rows: Vec<u32>,
     /// A lazy step may have left rows behind.
     pub stale: bool,
+    /// Under a learning-rate schedule ([`RmsPropConfig::lazy_exact_history`] entries, else empty): the
+    /// maps of the variable's lazy steps since its counts were last reset, by level (see
+    /// `rmsprop_lazy_exact.wgsl`): level `l` holds at entry `i` the steps `(i 2^l, (i + 1) 2^l]`.
+    pub history: Vec<[f32; 4]>,
+    /// Lazy steps since the last reset, as the optimizer counts them (skipped steps too).
+    pub lazy_steps: u32,
+}
+
+impl LazyRows {
+    /// The history's length (0: none).
+    fn len(&self) -> u32 {
+        (self.history.len() / 2) as u32
+    }
+
+    /// First entry of level `l` (`level_at`).
+    fn level_at(&self, l: u32) -> usize {
+        let h = 2 * self.len();
+        (h - (h >> l)) as usize
+    }
+
+    /// The map of steps `(s, t]` (`history_map`).
+    fn history_map(&self, s: u32, t: u32) -> [f32; 4] {
+        let mut acc = [0.0, 0.0, 1.0, 1.0];
+        let mut c = s;
+        while c < t {
+            let mut l = 0;
+            while (c & ((1 << (l + 1)) - 1)) == 0 && c + (1 << (l + 1)) <= t {
+                l += 1;
+            }
+            acc = then(acc, self.history[self.level_at(l) + (c >> l) as usize]);
+            c += 1 << l;
+        }
+        acc
+    }
+
+    /// The count advanced and, with a history, this step's map `one` pushed (`bump`).
+    pub(super) fn bump(&mut self, one: [f32; 4]) {
+        let c = self.count.wrapping_add(1);
+        self.count = c;
+        if self.history.is_empty() {
+            return;
+        }
+        self.history[(c - 1) as usize] = one;
+        let mut l = 1;
+        while (1 << l) <= self.len() && (c & ((1 << l) - 1)) == 0 {
+            let i = ((c >> l) - 1) as usize;
+            let below = self.level_at(l - 1) + 2 * i;
+            let at = self.level_at(l) + i;
+            self.history[at] = then(self.history[below], self.history[below + 1]);
+            l += 1;
+        }
+    }
+}
+
+/// The map `f` then `g` of two different steps (`skip_then`).
+fn then(f: [f32; 4], g: [f32; 4]) -> [f32; 4] {
+    [
+        f[0] + g[0] - f[0] * g[0],
+        f[1] - g[0] * f[1] + g[1] * f[2],
+        f[2] * g[2],
+        f[3] * g[3],
+    ]
 }
 
 /// One step with gradient 0 as a linear map: (d, b, momentum, rho) for x' = x - d*x + b*m,
 /// m' = momentum*m, v' = rho*v, a' = rho*a (`skip_one`; the decay kept as its deficit `d = wd*lr`).
-fn skip_one(c: &RmsPropConfig, p: &StepScalars) -> [f32; 4] {
+pub(super) fn skip_one(c: &RmsPropConfig, p: &StepScalars) -> [f32; 4] {
     let d = if matches!(c.weight_decay(), WeightDecay::Decoupled(_)) {
         p.weight_decay * p.lr
     } else {
@@ -66,7 +128,11 @@ pub fn skip_steps(c: &RmsPropConfig, p: &StepScalars, s: State, k: u32) -> State
     if k == 0 {
         return s;
     }
-    let f = skip_map(c, p, k);
+    skip_apply(c, s, skip_map(c, p, k))
+}
+
+/// An element's state through the map `f` of skipped steps (`skip_apply`).
+fn skip_apply(c: &RmsPropConfig, s: State, f: [f32; 4]) -> State {
     let mut o = s;
     o.v = f[3] * s.v;
     if c.centered() {
@@ -88,10 +154,67 @@ impl ReferenceState {
             .map_or(0, |l| l.count.wrapping_sub(l.rows[row]))
     }
 
+    /// Element state `s` of `row` after the steps the row missed (`caught_up`): from the history
+    /// under a schedule, else the closed form; `c` and `p` the variable's effective configuration and
+    /// scalars.
+    pub(super) fn caught_up(
+        &self,
+        c: &RmsPropConfig,
+        p: &StepScalars,
+        s: State,
+        row: usize,
+    ) -> State {
+        match &self.lazy {
+            Some(l) if !l.history.is_empty() => match l.rows[row] == l.count {
+                true => s,
+                false => skip_apply(c, s, l.history_map(l.rows[row], l.count)),
+            },
+            _ => skip_steps(c, p, s, self.missed(row)),
+        }
+    }
+
+    /// Before a lazy step of the variable (whether or not the non-finite policy then skips it): with
+    /// a full history, every row caught up and every count back to 0 (`catch_up`, `reset_rows`);
+    /// the lazy steps counted as the optimizer counts them.
+    pub(super) fn before_lazy_step(&mut self, config: &RmsPropConfig) {
+        let Some(l) = self.lazy.as_ref() else {
+            return;
+        };
+        let n = l.len();
+        if n == 0 {
+            return;
+        }
+        if l.lazy_steps >= n {
+            self.catch_up(config);
+        }
+        if let Some(l) = self.lazy.as_mut() {
+            if l.lazy_steps >= n {
+                l.count = 0;
+                l.rows.fill(0);
+                l.lazy_steps = 0;
+            }
+            l.lazy_steps += 1;
+        }
+    }
+
     /// Brings every row up to date (`catch_up` then `stamp_all`): each element of a row that missed
     /// steps takes them in closed form and is stored (rounded to its types, to nearest); every row is
     /// then current. `config` is the optimizer's configuration; the variable's options apply.
     pub fn catch_up(&mut self, config: &RmsPropConfig) {
+        if !self.lazy.as_ref().is_some_and(|l| l.stale) {
+            return;
+        }
+        let rows: Vec<usize> = (0..self.x.len() / self.row_len().max(1)).collect();
+        self.catch_up_rows(config, &rows);
+        if let Some(l) = self.lazy.as_mut() {
+            l.stale = false;
+        }
+    }
+
+    /// Brings the listed rows up to date (`catch_up_rows` then `stamp_rows`; repeats, and rows out
+    /// of range, as the GPU: the first caught up once, the second skipped). The variable may stay
+    /// stale: other rows keep their counts.
+    pub fn catch_up_rows(&mut self, config: &RmsPropConfig, rows: &[usize]) {
         if !self.lazy.as_ref().is_some_and(|l| l.stale) {
             return;
         }
@@ -101,17 +224,18 @@ impl ReferenceState {
             .hyper(config)
             .scalars(&config.catch_up_scalars());
         let row_len = self.row_len().max(1);
-        for i in 0..self.x.len() {
-            let k = self.missed(i / row_len);
-            if k > 0 {
-                let s = store(&self.storage, skip_steps(&c, &p, self.state(i), k));
-                self.set(i, s, None);
+        let n_rows = self.x.len() / row_len;
+        for &row in rows.iter().filter(|&&r| r < n_rows) {
+            let k = self.missed(row);
+            for i in row * row_len..(row + 1) * row_len {
+                if k > 0 {
+                    let s = store(&self.storage, self.caught_up(&c, &p, self.state(i), row));
+                    self.set(i, s, None);
+                }
             }
-        }
-        if let Some(l) = self.lazy.as_mut() {
-            let count = l.count;
-            l.rows.fill(count);
-            l.stale = false;
+            if let Some(l) = self.lazy.as_mut() {
+                l.rows[row] = l.count;
+            }
         }
     }
 }

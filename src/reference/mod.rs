@@ -156,6 +156,7 @@ impl ReferenceState {
             };
             LazyRows {
                 rows: vec![0; rows],
+                history: vec![[0.0; 4]; 2 * config.lazy_history() as usize],
                 ..LazyRows::default()
             }
         });
@@ -595,6 +596,14 @@ impl Reference {
         };
         let grads = &grads[..];
         let c = &config;
+        // LazyExact under a schedule: a full history resets before the step, skipped or not.
+        if c.sparse_mode() == SparseMode::LazyExact {
+            for (var, g) in self.vars.iter_mut().zip(grads) {
+                if matches!(g, Some(RefGradient::Sparse { .. })) && !var.options.frozen {
+                    var.before_lazy_step(c);
+                }
+            }
+        }
         if c.non_finite() == crate::config::NonFinite::SkipStep {
             let finite = grads.iter().flatten().all(|g| match g {
                 RefGradient::Dense(v) | RefGradient::Sparse { values: v, .. } => {
@@ -699,10 +708,9 @@ impl Reference {
                             let mut touched = Vec::new();
                             for (row, ks) in &rows {
                                 // LazyExact: the steps the row missed first.
-                                let missed = var.missed(*row);
                                 for col in 0..row_len {
                                     let i = row * row_len + col;
-                                    let mut s = skip_steps(&c, &p, var.state(i), missed);
+                                    let mut s = var.caught_up(&c, &p, var.state(i), *row);
                                     let listed = |k: usize| info.clip(values[k * row_len + col]);
                                     if c.duplicate_indices() == DuplicateIndices::Sequential {
                                         // Each pair is a complete update, stored (rounded)
@@ -739,7 +747,7 @@ impl Reference {
                                 for (row, _) in &rows {
                                     l.rows[*row] = next;
                                 }
-                                l.count = next;
+                                l.bump(lazy_exact::skip_one(&c, &p));
                                 l.stale = true;
                             }
                         }

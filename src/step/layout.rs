@@ -26,6 +26,13 @@ pub(crate) struct Variable {
     /// (`Gpu::lazy_rows`: its step count, then one per row), or its row-wise velocity
     /// (`Gpu::row_velocity`: one per row; the two never meet, see `var_options::rowwise_conflict`).
     pub rows_base: u32,
+    /// ... and its history of skipped-step maps under a schedule (in words; see
+    /// `rmsprop_lazy_exact.wgsl`).
+    pub hist_base: u32,
+    /// ... and its lazy steps recorded since its counts were last reset (an upper bound of the GPU's
+    /// count: steps the non-finite policy skips count here too; an abandoned step sets it to the
+    /// history's length, so that the next lazy step resets).
+    pub lazy_steps: u32,
     /// One velocity per row ([`VarOptions::rowwise_velocity`]): the velocity lives in
     /// `Gpu::row_velocity` from `rows_base`, its chunks keep no element-wise velocity.
     pub rowwise: bool,
@@ -389,6 +396,8 @@ impl Layout {
             storage: p.storage,
             rows_base: 0,
             rowwise: p.rowwise,
+            hist_base: 0,
+            lazy_steps: 0,
             stale: false,
         });
         self.id(index)

@@ -30,6 +30,12 @@ pub(crate) enum Which {
     CatchUp,
     StampListed,
     StampAll,
+    /// Given rows caught up and stamped current ([`crate::RmsProp::record_catch_up`]).
+    CatchUpRows,
+    StampRows,
+    /// Every row of a variable and its count back to 0, its history of skipped-step maps emptied
+    /// (after `CatchUp`).
+    ResetRows,
     Bump,
     Scatter,
     PartialDense,
@@ -80,6 +86,9 @@ pub(crate) struct PlanConfig {
     /// Sparse mode `LazyExact`: lazy steps catch rows up first, stamp them and count the step; dense
     /// steps of variables with rows behind catch them up first.
     pub lazy_exact: bool,
+    /// `RmsPropConfig::lazy_history` (0: none): a variable whose history is full
+    /// (`Variable::lazy_steps`) is caught up and reset before its next lazy step.
+    pub lazy_history: u32,
     /// Norm jobs are needed (clipnorm, global_clipnorm or the non-finite check).
     pub jobs_needed: bool,
     /// Keras 3 duplicates without global_clipnorm: dense-mode sparse rows use the sums of squares.
@@ -382,15 +391,7 @@ pub(crate) fn plan(
     }
     // 3. Sparse rows: indices on the GPU are grouped there first; then the rows are merged into the
     //    gradient pool (dense mode) or updated in place (lazy); the row heads are reset last.
-    let grouping = |sp: &SparseStep, gpu: (u32, u32, u32)| Params {
-        index_base: sp.index_base,
-        unique_rows: sp.unique_rows,
-        seg_first: gpu.0,
-        seg_len: layout.variables[sp.var].shape[0] as u32,
-        values_base: gpu.1,
-        var_index: gpu.2,
-        ..base
-    };
+    let grouping = |sp: &SparseStep, gpu| grouping(layout, sp, gpu, base);
     for sp in &sparse.steps {
         if let Some(gpu) = sp.gpu {
             let params = grouping(sp, gpu);
@@ -401,6 +402,11 @@ pub(crate) fn plan(
     }
     for sp in &sparse.steps {
         let v = &layout.variables[sp.var];
+        // LazyExact under a schedule: a variable whose history is full is caught up and its counts
+        // reset first (every row current at count 0).
+        if cfg.lazy && cfg.lazy_exact && cfg.lazy_history > 0 && v.lazy_steps >= cfg.lazy_history {
+            catch_up(d, (mg, wg), base, (v, sp.var), Which::ResetRows);
+        }
         let items = u64::from(sp.unique_rows) * v.row_len as u64;
         for seg in &v.segments {
             let params = Params {
@@ -414,20 +420,7 @@ pub(crate) fn plan(
                 seg_base: (seg.offset * 4) as u32,
                 ..base
             };
-            // Host-grouped rows are sorted: only the distinct rows that overlap this pool buffer's
-            // part of the variable are dispatched, so a split table still costs O(touched rows).
-            let range = match sp.gpu {
-                Some(_) => (0, items),
-                None => {
-                    let rows = &sparse.index[sp.index_base as usize + sparse::HEADER..]
-                        [..sp.unique_rows as usize];
-                    let row_len = v.row_len as u64;
-                    let (first, end) = (seg.first_elem as u64, (seg.first_elem + seg.elems) as u64);
-                    let lo = rows.partition_point(|&r| (u64::from(r) + 1) * row_len <= first);
-                    let hi = rows.partition_point(|&r| u64::from(r) * row_len < end);
-                    (lo as u64 * row_len, hi as u64 * row_len)
-                }
-            };
+            let range = rows_range(sparse, sp, v.row_len as u64, seg, items);
             let which = match (cfg.lazy, v.storage.state == crate::dtype::Dtype::Q8) {
                 (true, _) if v.rowwise => Which::RowsLazy,
                 (true, _) if cfg.lazy_exact => Which::LazyExact,
@@ -437,6 +430,7 @@ pub(crate) fn plan(
             };
             let params = Params {
                 rows_base: v.rows_base,
+                hist_base: v.hist_base,
                 ..params
             };
             // 8-bit state: the work items are a block's invocations (`q8_block` vec4) per distinct row
@@ -477,9 +471,11 @@ pub(crate) fn plan(
         if cfg.lazy_exact {
             // The listed rows are current at the variable's next count, which the bump then reaches.
             let params = Params {
+                var_index: sp.var as u32,
                 index_base: sp.index_base,
                 unique_rows: sp.unique_rows,
                 rows_base: v.rows_base,
+                hist_base: v.hist_base,
                 ..base
             };
             let chunk = v.segments.first().map_or(0, |s| s.chunk);
@@ -507,7 +503,7 @@ pub(crate) fn plan(
     if cfg.lazy_exact {
         for (var, v) in layout.variables.iter().enumerate() {
             if v.stale && dense_updated(parts[var]) {
-                catch_up(d, mg, wg, base, v, var);
+                catch_up(d, (mg, wg), base, (v, var), Which::StampAll);
             }
         }
     }
@@ -594,20 +590,110 @@ fn rows_per_workgroup(row_len: usize) -> u64 {
     (ROW_GROUP / row_lanes(row_len)) as u64
 }
 
+/// The work items (one per element of a distinct listed row, `items` in all) of `sp`'s rows that
+/// overlap the part `seg` of its variable. Host-grouped rows are sorted: only the distinct rows that
+/// overlap this pool buffer's part are dispatched, so a split table still costs O(touched rows);
+/// GPU-grouped ones are all dispatched (the kernels skip rows outside the part).
+fn rows_range(
+    sparse: &SparsePrep,
+    sp: &SparseStep,
+    row_len: u64,
+    seg: &Segment,
+    items: u64,
+) -> (u64, u64) {
+    if sp.gpu.is_some() {
+        return (0, items);
+    }
+    let rows = &sparse.index[sp.index_base as usize + sparse::HEADER..][..sp.unique_rows as usize];
+    let (first, end) = (seg.first_elem as u64, (seg.first_elem + seg.elems) as u64);
+    let lo = rows.partition_point(|&r| (u64::from(r) + 1) * row_len <= first);
+    let hi = rows.partition_point(|&r| u64::from(r) * row_len < end);
+    (lo as u64 * row_len, hi as u64 * row_len)
+}
+
+/// The parameters of the dispatches that group `sp`'s GPU indices (`sparse_group.wgsl`; `gpu` as
+/// [`SparseStep::gpu`]).
+fn grouping(layout: &Layout, sp: &SparseStep, gpu: (u32, u32, u32), base: Params) -> Params {
+    Params {
+        index_base: sp.index_base,
+        unique_rows: sp.unique_rows,
+        seg_first: gpu.0,
+        seg_len: layout.variables[sp.var].shape[0] as u32,
+        values_base: gpu.1,
+        var_index: gpu.2,
+        ..base
+    }
+}
+
+/// Plans [`crate::RmsProp::record_catch_up`]: the given rows (`sparse`, grouped as a step's indices,
+/// with no values) brought up to date: GPU indices grouped, each part of each variable caught up
+/// (`CatchUpRows`), the rows stamped current (`StampRows`), the grouping's heads reset.
+pub(crate) fn catch_up_rows(
+    cfg: &PlanConfig,
+    base: Params,
+    layout: &Layout,
+    sparse: &SparsePrep,
+    d: &mut Vec<Dispatch>,
+) {
+    let (wg, mg) = (u64::from(cfg.workgroup_size), u64::from(cfg.max_groups));
+    d.clear();
+    let grouping = |sp: &SparseStep, gpu| grouping(layout, sp, gpu, base);
+    for sp in &sparse.steps {
+        if let Some(gpu) = sp.gpu {
+            let listed = (0, u64::from(sp.listed));
+            push(d, mg, Which::GroupLink, 0, grouping(sp, gpu), listed, wg);
+            push(d, mg, Which::GroupGather, 0, grouping(sp, gpu), listed, wg);
+        }
+    }
+    for sp in &sparse.steps {
+        let v = &layout.variables[sp.var];
+        let params = Params {
+            var_index: sp.var as u32,
+            row_len: v.row_len as u32,
+            index_base: sp.index_base,
+            unique_rows: sp.unique_rows,
+            rows_base: v.rows_base,
+            hist_base: v.hist_base,
+            ..base
+        };
+        let items = u64::from(sp.unique_rows) * v.row_len as u64;
+        for seg in &v.segments {
+            let range = rows_range(sparse, sp, v.row_len as u64, seg, items);
+            let params = Params {
+                seg_first: seg.first_elem as u32,
+                seg_len: seg.elems as u32,
+                seg_base: (seg.offset * 4) as u32,
+                ..params
+            };
+            push(d, mg, Which::CatchUpRows, seg.chunk, params, range, wg);
+        }
+        let chunk = v.segments.first().map_or(0, |s| s.chunk);
+        let listed = (0, u64::from(sp.unique_rows));
+        push(d, mg, Which::StampRows, chunk, params, listed, wg);
+    }
+    for sp in &sparse.steps {
+        if let Some(gpu) = sp.gpu {
+            let listed = (0, u64::from(sp.listed));
+            push(d, mg, Which::GroupReset, 0, grouping(sp, gpu), listed, wg);
+        }
+    }
+}
+
 /// Appends the dispatches that bring every row of variable `var` (`v`) up to date: `CatchUp` per part
-/// of it in a pool buffer, then `StampAll` (`rmsprop_lazy_exact.wgsl`).
+/// of it in a pool buffer, then `then` over its rows: `StampAll` (current at its count) or
+/// `ResetRows` (count and rows back to 0) (`rmsprop_lazy_exact.wgsl`).
 pub(crate) fn catch_up(
     d: &mut Vec<Dispatch>,
-    max_groups: u64,
-    per_group: u64,
+    (max_groups, per_group): (u64, u64),
     base: Params,
-    v: &crate::step::layout::Variable,
-    var: usize,
+    (v, var): (&crate::step::layout::Variable, usize),
+    then: Which,
 ) {
     let params = Params {
         var_index: var as u32,
         row_len: v.row_len as u32,
         rows_base: v.rows_base,
+        hist_base: v.hist_base,
         ..base
     };
     for seg in &v.segments {
@@ -630,15 +716,7 @@ pub(crate) fn catch_up(
     }
     let chunk = v.segments.first().map_or(0, |s| s.chunk);
     let rows = (0, v.rows() as u64);
-    push(
-        d,
-        max_groups,
-        Which::StampAll,
-        chunk,
-        params,
-        rows,
-        per_group,
-    );
+    push(d, max_groups, then, chunk, params, rows, per_group);
 }
 
 /// The most blocks of `block` elements a row of `row_len` elements can touch (rows start at multiples

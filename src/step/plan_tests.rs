@@ -33,6 +33,7 @@ fn cfg(max_groups: u32, per_var: bool, jobs: bool, lazy: bool) -> PlanConfig {
         stochastic: false,
         lazy,
         lazy_exact: false,
+        lazy_history: 0,
         jobs_needed: jobs,
         use_squares: false,
     }

@@ -136,6 +136,18 @@ impl HalfSlice<'_> {
     }
 }
 
+/// Rows of a variable to bring up to date with [`crate::RmsProp::record_catch_up`]
+/// ([`crate::SparseMode::LazyExact`]); repeated rows are caught up once.
+#[derive(Debug, Clone, Copy)]
+pub enum Rows<'a> {
+    /// Row indices on the host, checked before anything is recorded.
+    Host(crate::sparse::Indices<'a>),
+    /// `len` i32 row indices on the GPU, e.g. the ids the next forward pass gathers: grouped there with
+    /// no host round trip. They cannot be checked on the host: an out-of-range or negative one is
+    /// skipped and counted, as in [`Gradient::SparseGpuIndices`].
+    Gpu(GpuIndices<'a>),
+}
+
 /// Row indices of a sparse gradient on the GPU: `len` i32 values from byte `offset` of `buffer` (which
 /// needs `COPY_SRC` usage; `offset` a multiple of 4).
 #[derive(Debug, Clone, Copy)]

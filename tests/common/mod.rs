@@ -2,6 +2,8 @@
 //! a deterministic generator, and comparisons with stated tolerances.
 #![allow(dead_code)]
 
+pub mod trio;
+
 use std::sync::OnceLock;
 
 use wgpu_rmsprop::reference::ReferenceState;
