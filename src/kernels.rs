@@ -124,12 +124,6 @@ pub const LAZY_EXACT_WGSL: Module = Module {
     ],
     pools: SPARSE_WGSL.pools,
 };
-/// The row-wise velocity (`rmsprop_rowwise.wgsl`, binding 23): 1 or 64 invocations per row, f32 pools in
-/// scalar form (no velocity, average gradient or copy: the options refuse them).
-pub const ROWWISE_WGSL: Module = Module {
-    files: &[UPDATE, include_str!("../shaders/rmsprop_rowwise.wgsl")],
-    pools: Some((Flavor::Scalar, &[("x", 1, RW), ("g", 2, R), ("m", 4, RW)])),
-};
 /// Keras's base-class preparation of the gradients: loss scale and accumulation (`keras_base.wgsl`).
 pub const KERAS_WGSL: Module = Module {
     files: &[include_str!("../shaders/keras_base.wgsl")],
@@ -339,30 +333,6 @@ pub const RESET_ROWS: Kernel = Kernel {
     module: LAZY_EXACT_WGSL,
     entry: "reset_rows",
     bindings: &[(0, U)],
-};
-/// The dense update of variables with a row-wise velocity: every row of a variable's part
-/// in a pool buffer.
-pub const ROWS_DENSE: Kernel = Kernel {
-    name: "rmsprop_rowwise::rows_dense",
-    module: ROWWISE_WGSL,
-    entry: "rows_dense",
-    bindings: &[(0, U), (1, RW), (2, R), (4, RW), (7, R), (14, R), (23, RW)],
-};
-/// The lazy sparse update of variables with a row-wise velocity: every distinct listed row.
-pub const ROWS_LAZY: Kernel = Kernel {
-    name: "rmsprop_rowwise::rows_lazy",
-    module: ROWWISE_WGSL,
-    entry: "rows_lazy",
-    bindings: &[
-        (0, U),
-        (1, RW),
-        (4, RW),
-        (7, R),
-        (8, R),
-        (9, R),
-        (14, R),
-        (23, RW),
-    ],
 };
 /// Merging sparse rows into the gradient pool.
 pub const SCATTER: Kernel = Kernel {
@@ -703,6 +673,10 @@ pub fn fold_grid(groups: u64, max_groups: u64) -> (u64, u64) {
     let gy = groups.div_ceil(max_groups).max(1);
     (groups.div_ceil(gy), gy)
 }
+
+#[path = "kernels_rowwise.rs"]
+mod rowwise;
+pub use rowwise::{ROWS_DENSE, ROWS_LAZY, ROWWISE_WGSL};
 
 #[cfg(test)]
 #[path = "kernels_tests.rs"]

@@ -395,9 +395,9 @@ impl Layout {
             hyper,
             storage: p.storage,
             rows_base: 0,
+            rowwise: p.rowwise,
             hist_base: 0,
             lazy_steps: 0,
-            rowwise: p.rowwise,
             stale: false,
         });
         self.id(index)

@@ -544,6 +544,52 @@ pub(crate) fn plan(
     }
 }
 
+/// Appends the dense update of the part of row-wise variable `var` (`v`) that starts at vec4 `begin`
+/// of chunk `chunk`: `ROW_GROUP / lanes` rows per workgroup (`rmsprop_rowwise.wgsl::rows_dense`).
+fn rows_dense(
+    d: &mut Vec<Dispatch>,
+    max_groups: u64,
+    base: Params,
+    v: &crate::step::layout::Variable,
+    var: usize,
+    (chunk, begin): (usize, u64),
+) {
+    let Some(seg) = v
+        .segments
+        .iter()
+        .find(|s| s.chunk == chunk && s.offset == begin)
+    else {
+        return;
+    };
+    let row_len = v.row_len.max(1);
+    let params = Params {
+        var_index: var as u32,
+        row_len: row_len as u32,
+        seg_first: seg.first_elem as u32,
+        seg_len: seg.elems as u32,
+        seg_base: (seg.offset * 4) as u32,
+        rows_base: v.rows_base,
+        ..base
+    };
+    let rows = (0, (seg.elems / row_len) as u64);
+    let per_group = rows_per_workgroup(row_len);
+    push(
+        d,
+        max_groups,
+        Which::RowsDense,
+        chunk,
+        params,
+        rows,
+        per_group,
+    );
+}
+
+/// Rows of `row_len` elements that one workgroup of the row-wise kernels updates.
+fn rows_per_workgroup(row_len: usize) -> u64 {
+    use crate::reference::rowwise::{row_lanes, ROW_GROUP};
+    (ROW_GROUP / row_lanes(row_len)) as u64
+}
+
 /// The work items (one per element of a distinct listed row, `items` in all) of `sp`'s rows that
 /// overlap the part `seg` of its variable. Host-grouped rows are sorted: only the distinct rows that
 /// overlap this pool buffer's part are dispatched, so a split table still costs O(touched rows);
@@ -631,52 +677,6 @@ pub(crate) fn catch_up_rows(
             push(d, mg, Which::GroupReset, 0, grouping(sp, gpu), listed, wg);
         }
     }
-}
-
-/// Appends the dense update of the part of row-wise variable `var` (`v`) that starts at vec4 `begin`
-/// of chunk `chunk`: `ROW_GROUP / lanes` rows per workgroup (`rmsprop_rowwise.wgsl::rows_dense`).
-fn rows_dense(
-    d: &mut Vec<Dispatch>,
-    max_groups: u64,
-    base: Params,
-    v: &crate::step::layout::Variable,
-    var: usize,
-    (chunk, begin): (usize, u64),
-) {
-    let Some(seg) = v
-        .segments
-        .iter()
-        .find(|s| s.chunk == chunk && s.offset == begin)
-    else {
-        return;
-    };
-    let row_len = v.row_len.max(1);
-    let params = Params {
-        var_index: var as u32,
-        row_len: row_len as u32,
-        seg_first: seg.first_elem as u32,
-        seg_len: seg.elems as u32,
-        seg_base: (seg.offset * 4) as u32,
-        rows_base: v.rows_base,
-        ..base
-    };
-    let rows = (0, (seg.elems / row_len) as u64);
-    let per_group = rows_per_workgroup(row_len);
-    push(
-        d,
-        max_groups,
-        Which::RowsDense,
-        chunk,
-        params,
-        rows,
-        per_group,
-    );
-}
-
-/// Rows of `row_len` elements that one workgroup of the row-wise kernels updates.
-fn rows_per_workgroup(row_len: usize) -> u64 {
-    use crate::reference::rowwise::{row_lanes, ROW_GROUP};
-    (ROW_GROUP / row_lanes(row_len)) as u64
 }
 
 /// Appends the dispatches that bring every row of variable `var` (`v`) up to date: `CatchUp` per part
