@@ -138,7 +138,10 @@ impl Comm {
 pub fn abort_world(rank: usize, message: &str) -> ! {
     use std::io::Write;
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "rank {rank}: fatal: {message} (MPI_Abort of every rank)");
+    let _ = writeln!(
+        err,
+        "rank {rank}: fatal: {message} (MPI_Abort of every rank)"
+    );
     let _ = err.flush();
     // SAFETY: MPI is initialized (a `Comm` or the panic hook exists only after `mpi::initialize`);
     // MPI_Abort does not return.

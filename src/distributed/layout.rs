@@ -147,7 +147,14 @@ impl ShardLayout {
             if first_full < last_full {
                 let mut shape = v.shape.clone();
                 shape[0] = last_full - first_full;
-                out.push(piece(i, first_full * l, last_full * l, shape, first_full, l));
+                out.push(piece(
+                    i,
+                    first_full * l,
+                    last_full * l,
+                    shape,
+                    first_full,
+                    l,
+                ));
             }
             if last_full * l < b {
                 let s = last_full * l;

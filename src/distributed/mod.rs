@@ -33,8 +33,7 @@
 //! the same world size resumes bit for bit; another world size is [`Error::WorldSize`].
 //!
 //! Not supported here (typed errors at start): stochastic rounding and q8 state (their random streams
-//! and quantization blocks follow a variable's own element indices), and gradient accumulation
-//! together with a norm clip.
+//! and quantization blocks follow a variable's own element indices).
 
 mod case;
 mod comm;
@@ -144,6 +143,8 @@ pub struct ShardedRmsProp {
     /// A non-finite gradient was seen since the last update call (gradient accumulation).
     poisoned: bool,
     skipped: u64,
+    /// The host's accumulator of this shard (gradient accumulation with a norm clip), else empty.
+    acc: Vec<f32>,
     params: wgpu::Buffer,
     grads: wgpu::Buffer,
     /// Host staging: the flattened space (send side), one shard (receive side), gathered space.
@@ -262,14 +263,6 @@ impl ShardedRmsProp {
             ));
         }
         let host_clips = config.clipnorm().is_some() || config.global_clipnorm().is_some();
-        if host_clips && config.gradient_accumulation_steps().is_some() {
-            return Err(unsupported(
-                "gradient_accumulation_steps",
-                format!("{:?}", config.gradient_accumulation_steps()),
-                "cannot be combined with clipnorm or global_clipnorm in the sharded optimizer (the \
-                 host clips across ranks, the shards accumulate)",
-            ));
-        }
         for v in vars {
             let len: usize = v.shape.iter().product();
             if len != v.init.len() {
@@ -335,6 +328,11 @@ impl ShardedRmsProp {
         ctx.queue()
             .write_buffer(&params, 0, bytemuck::cast_slice(&flat[..layout.used]));
         let shard_len = layout.shard;
+        let acc = if host_clips && config.gradient_accumulation_steps().is_some() {
+            vec![0.0; shard_len]
+        } else {
+            Vec::new()
+        };
         Ok(ShardedRmsProp {
             ctx: ctx.clone(),
             var_options: vars.iter().map(|v| v.options.clone()).collect(),
@@ -349,6 +347,7 @@ impl ShardedRmsProp {
             host_clips,
             poisoned: false,
             skipped: 0,
+            acc,
             params,
             grads,
             send: vec![0.0; layout.total()],

@@ -185,11 +185,22 @@ impl ShardedRmsProp {
             .filter(|&k| listed[self.pieces[k].var])
             .collect();
         let step = self.shard.iterations() + 1;
+        // Non-finite values as the shard would see them (after the loss scale), before the host's
+        // accumulation hides them in its accumulator.
+        let nonfinite = self.skip_nonfinite() && {
+            let scale = self.config.loss_scale_factor().map_or(1.0, |s| s as f32);
+            stepped.iter().any(|&k| match &sparse[k] {
+                Some(r) => r.values.iter().any(|&x| !(x / scale).is_finite()),
+                None => self.mine[self.local(k)]
+                    .iter()
+                    .any(|&x| !(x / scale).is_finite()),
+            })
+        };
         if self.host_clips {
-            self.clip(&listed, &stepped, &mut sparse, step)?;
+            self.host_prepare(&listed, &stepped, &mut sparse, step)?;
         }
         if self.skip_nonfinite() {
-            self.agree_on_skip(&stepped, &mut sparse, step);
+            self.agree_on_skip(nonfinite, &stepped, &mut sparse, step);
         }
         self.apply_shard(&stepped, &sparse)?;
         self.gather_params()?;
@@ -240,7 +251,9 @@ impl ShardedRmsProp {
             let k = self.var_pieces[v]
                 .iter()
                 .copied()
-                .find(|&k| (self.pieces[k].start..self.pieces[k].start + self.pieces[k].len).contains(&e))
+                .find(|&k| {
+                    (self.pieces[k].start..self.pieces[k].start + self.pieces[k].len).contains(&e)
+                })
                 .ok_or_else(|| Error::Gpu(format!("row {r} of variable {v} has no piece here")))?;
             let rows = out[k].get_or_insert_with(Rows::default);
             rows.rows.push((r - self.pieces[k].first_row) as i64);
@@ -250,8 +263,12 @@ impl ShardedRmsProp {
         Ok(())
     }
 
-    /// The host's clipping: loss scale, clip by value, norms from all-reduced partial squared norms.
-    fn clip(
+    /// The host's part of the step where a norm clip spans ranks, in Keras's order: the loss scale,
+    /// gradient accumulation (a host accumulator of the shard; the shard optimizer sees zeros on the
+    /// calls that only accumulate, and `N` times the clipped mean on update calls, which its own
+    /// accumulation divides by `N` again), then clipping by value and by norm, the norms from
+    /// all-reduced partial squared norms.
+    fn host_prepare(
         &mut self,
         listed: &[bool],
         stepped: &[usize],
@@ -259,6 +276,62 @@ impl ShardedRmsProp {
         step: u64,
     ) -> Result<()> {
         let scale = self.config.loss_scale_factor().map_or(1.0, |s| s as f32);
+        for &k in stepped {
+            let range = self.local(k);
+            let values = match sparse[k].as_mut() {
+                Some(r) => &mut r.values[..],
+                None => &mut self.mine[range],
+            };
+            values.iter_mut().for_each(|x| *x /= scale);
+        }
+        let accumulation = self.config.gradient_accumulation_steps();
+        if let Some(n) = accumulation {
+            let update = step.is_multiple_of(n);
+            for &k in stepped {
+                let range = self.local(k);
+                // Sparse rows made dense (duplicates summed in list order, absent rows 0), as Keras.
+                if let Some(r) = sparse[k].take() {
+                    let l = self.pieces[k].row_len;
+                    self.mine[range.clone()].fill(0.0);
+                    for (i, &row) in r.rows.iter().enumerate() {
+                        let at = range.start + row as usize * l;
+                        for c in 0..l {
+                            self.mine[at + c] += r.values[i * l + c];
+                        }
+                    }
+                }
+                for i in range {
+                    if update {
+                        self.mine[i] = (self.mine[i] + self.acc[i]) / n as f32;
+                    } else {
+                        self.acc[i] += self.mine[i];
+                        self.mine[i] = 0.0;
+                    }
+                }
+            }
+            if !update {
+                return Ok(());
+            }
+            self.acc.fill(0.0);
+        }
+        self.clip(listed, stepped, sparse, step)?;
+        if let Some(n) = accumulation {
+            for &k in stepped {
+                let range = self.local(k);
+                self.mine[range].iter_mut().for_each(|x| *x *= n as f32);
+            }
+        }
+        Ok(())
+    }
+
+    /// Clipping by value and by norm, the norms from all-reduced partial squared norms.
+    fn clip(
+        &mut self,
+        listed: &[bool],
+        stepped: &[usize],
+        sparse: &mut [Option<Rows>],
+        step: u64,
+    ) -> Result<()> {
         let cv = self.config.scalars(step)?.clipvalue;
         let mut sums = vec![0f64; self.layout.vars.len()];
         for &k in stepped {
@@ -268,8 +341,7 @@ impl ShardedRmsProp {
                 None => &mut self.mine[range],
             };
             let mut s = 0f64;
-            for x in values.iter_mut() {
-                *x /= scale;
+            for x in values.iter() {
                 let y = f64::from(clip_value(*x, cv));
                 s += y * y;
             }
@@ -288,7 +360,11 @@ impl ShardedRmsProp {
                 let s = s as f32;
                 if let Some(cn) = self.config.clipnorm() {
                     let cn = cn as f32;
-                    let div = if s.is_nan() { f32::NAN } else { s.sqrt().max(cn) };
+                    let div = if s.is_nan() {
+                        f32::NAN
+                    } else {
+                        s.sqrt().max(cn)
+                    };
                     (cn, div)
                 } else if let Some(cn) = self.config.global_clipnorm() {
                     let cn = cn as f32;
@@ -322,17 +398,13 @@ impl ShardedRmsProp {
 
     /// [`NonFinite::SkipStep`] on every rank alike: a non-finite value on any rank (since the last
     /// update call, with gradient accumulation) makes every rank's shard see one and skip.
-    fn agree_on_skip(&mut self, stepped: &[usize], sparse: &mut [Option<Rows>], step: u64) {
-        let scale = match (self.host_clips, self.config.loss_scale_factor()) {
-            (false, Some(s)) => s as f32,
-            _ => 1.0,
-        };
-        let local = stepped.iter().any(|&k| match &sparse[k] {
-            Some(r) => r.values.iter().any(|&x| !(x / scale).is_finite()),
-            None => self.mine[self.local(k)]
-                .iter()
-                .any(|&x| !(x / scale).is_finite()),
-        });
+    fn agree_on_skip(
+        &mut self,
+        local: bool,
+        stepped: &[usize],
+        sparse: &mut [Option<Rows>],
+        step: u64,
+    ) {
         self.poisoned |= self.comm.any(local);
         let update = self
             .config
@@ -348,7 +420,8 @@ impl ShardedRmsProp {
                 Some(r) if !r.values.is_empty() => r.values[0] = f32::NAN,
                 Some(r) => {
                     r.rows.push(0);
-                    r.values.extend(std::iter::repeat_n(f32::NAN, self.pieces[k].row_len));
+                    r.values
+                        .extend(std::iter::repeat_n(f32::NAN, self.pieces[k].row_len));
                 }
                 None => self.mine[range.start] = f32::NAN,
             }
@@ -397,7 +470,8 @@ impl ShardedRmsProp {
 
     /// Reads this rank's updated pieces and all-gathers them into every rank's full variables.
     pub(super) fn gather_params(&mut self) -> Result<()> {
-        let items: Vec<(VarId, Tensor)> = self.ids.iter().map(|&id| (id, Tensor::Variable)).collect();
+        let items: Vec<(VarId, Tensor)> =
+            self.ids.iter().map(|&id| (id, Tensor::Variable)).collect();
         self.gather_pieces(&items)?;
         let used = self.layout.used;
         self.ctx.queue().write_buffer(
