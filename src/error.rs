@@ -296,7 +296,9 @@ pub enum Error {
     },
     /// A distributed checkpoint was written by another world size or layout; this version does not
     /// re-shard (resume on the world size that wrote it).
-    #[error("distributed checkpoint {path}: written by {written} ranks, this job has {now}: {hint}")]
+    #[error(
+        "distributed checkpoint {path}: written by {written} ranks, this job has {now}: {hint}"
+    )]
     WorldSize {
         /// The manifest.
         path: String,
