@@ -92,6 +92,33 @@ impl Comm {
         self.comm.all_gather_into(send, recv);
     }
 
+    /// All-gather with variable counts: every rank's `send`, in rank order, and each rank's count.
+    pub fn all_gather_varcount<T: Equivalence + Copy + Default>(
+        &mut self,
+        send: &[T],
+    ) -> Result<(Vec<T>, Vec<usize>)> {
+        let count = i32::try_from(send.len())
+            .map_err(|_| Error::Gpu(format!("all-gather block of {} elements", send.len())))?;
+        let mut counts = vec![0i32; self.size];
+        self.comm.all_gather_into(&count, &mut counts[..]);
+        let displs: Vec<i32> = counts
+            .iter()
+            .scan(0i32, |at, &n| {
+                let d = *at;
+                *at += n;
+                Some(d)
+            })
+            .collect();
+        let total: usize = counts.iter().map(|&c| c as usize).sum();
+        let mut recv = vec![T::default(); total];
+        self.bytes_sent += std::mem::size_of_val(send) as u64;
+        {
+            let mut r = PartitionMut::new(&mut recv[..], &counts[..], &displs[..]);
+            self.comm.all_gather_varcount_into(send, &mut r);
+        }
+        Ok((recv, counts.iter().map(|&c| c as usize).collect()))
+    }
+
     /// All-to-all with variable counts: `send` holds the blocks for ranks `0..size` one after another
     /// (`counts[r]` elements each); returns what every rank sent here, in rank order.
     pub fn all_to_all<T: Equivalence + Copy + Default>(

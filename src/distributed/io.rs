@@ -41,7 +41,8 @@ impl ShardedRmsProp {
             .filter(|&k| self.kept[self.pieces[k].var] & (1 << bit) != 0)
             .map(|k| (self.ids[k], Tensor::Slot(slot)))
             .collect();
-        if let Err(e) = self.gather_pieces(&items) {
+        let mut all = vec![0.0; self.layout.total()];
+        if let Err(e) = self.gather_pieces(&items, &mut all) {
             self.fail(&e);
         }
         Ok(self
@@ -50,7 +51,7 @@ impl ShardedRmsProp {
             .iter()
             .zip(&self.kept)
             .map(|(f, kept)| {
-                (kept & (1 << bit) != 0).then(|| self.gathered[f.offset..f.offset + f.len].to_vec())
+                (kept & (1 << bit) != 0).then(|| all[f.offset..f.offset + f.len].to_vec())
             })
             .collect())
     }

@@ -7,6 +7,7 @@ use std::ops::Range;
 use half::{bf16, f16};
 
 use super::*;
+use crate::config::SparseMode;
 use crate::reference::clip_value;
 use crate::sparse::Indices;
 use crate::step::types::{Gradient, HalfSlice, Tensor};
@@ -203,7 +204,18 @@ impl ShardedRmsProp {
             self.agree_on_skip(nonfinite, &stepped, &mut sparse, step);
         }
         self.apply_shard(&stepped, &sparse)?;
-        self.gather_params()?;
+        // Lazy sparse steps change only the listed rows: only those travel.
+        let rows_only = self.config.sparse_mode() == SparseMode::Lazy
+            && !self.config.use_ema()
+            && self.config.gradient_accumulation_steps().is_none()
+            && grads
+                .iter()
+                .all(|(_, g)| matches!(g, ShardGradient::Sparse { .. }));
+        if rows_only {
+            self.gather_rows(&sparse)?;
+        } else {
+            self.gather_params()?;
+        }
         Ok(self.shard.iterations())
     }
 
@@ -472,7 +484,10 @@ impl ShardedRmsProp {
     pub(super) fn gather_params(&mut self) -> Result<()> {
         let items: Vec<(VarId, Tensor)> =
             self.ids.iter().map(|&id| (id, Tensor::Variable)).collect();
-        self.gather_pieces(&items)?;
+        let mut gathered = std::mem::take(&mut self.gathered);
+        let result = self.gather_pieces(&items, &mut gathered);
+        self.gathered = gathered;
+        result?;
         let used = self.layout.used;
         self.ctx.queue().write_buffer(
             &self.params,
@@ -482,9 +497,69 @@ impl ShardedRmsProp {
         Ok(())
     }
 
+    /// After a lazy sparse step: all-gathers the listed rows of every rank's pieces (each rank's part of
+    /// each distinct row once) into every rank's full variables.
+    fn gather_rows(&mut self, sparse: &[Option<Rows>]) -> Result<()> {
+        let with_rows: Vec<usize> = (0..self.pieces.len())
+            .filter(|&k| sparse[k].as_ref().is_some_and(|r| !r.rows.is_empty()))
+            .collect();
+        let items: Vec<(VarId, Tensor)> = with_rows
+            .iter()
+            .map(|&k| (self.ids[k], Tensor::Variable))
+            .collect();
+        let values = if items.is_empty() {
+            Vec::new()
+        } else {
+            self.shard.read_many(&items)?
+        };
+        let (mut heads, mut vals) = (Vec::new(), Vec::new());
+        for (&k, piece_values) in with_rows.iter().zip(&values) {
+            let p = &self.pieces[k];
+            let mut rows: Vec<i64> = sparse[k]
+                .as_ref()
+                .map(|r| r.rows.clone())
+                .unwrap_or_default();
+            rows.sort_unstable();
+            rows.dedup();
+            for r in rows {
+                let r = r as usize;
+                heads.extend([p.var as i64, (p.first_row + r) as i64]);
+                vals.extend_from_slice(&piece_values[r * p.row_len..(r + 1) * p.row_len]);
+            }
+        }
+        let (heads, head_counts) = self.comm.all_gather_varcount(&heads)?;
+        let (vals, _) = self.comm.all_gather_varcount(&vals)?;
+        let (mut lo, mut hi) = (usize::MAX, 0);
+        let (mut h, mut at) = (0, 0);
+        for (t, &count) in head_counts.iter().enumerate() {
+            let range = self.layout.range(t);
+            for pair in heads[h..h + count].chunks_exact(2) {
+                let f = &self.layout.vars[pair[0] as usize];
+                let a = f.offset + pair[1] as usize * f.row_len;
+                let (x, y) = (a.max(range.start), (a + f.row_len).min(range.end));
+                self.gathered[x..y].copy_from_slice(&vals[at..at + (y - x)]);
+                at += y - x;
+                (lo, hi) = (lo.min(x), hi.max(y));
+            }
+            h += count;
+        }
+        if lo < hi {
+            self.ctx.queue().write_buffer(
+                &self.params,
+                (lo * 4) as u64,
+                bytemuck::cast_slice(&self.gathered[lo..hi]),
+            );
+        }
+        Ok(())
+    }
+
     /// Reads `items` (one per piece, in piece order) from the shard and all-gathers them into
-    /// `self.gathered` (the flattened space; zeros where a piece lacks the tensor).
-    pub(super) fn gather_pieces(&mut self, items: &[(VarId, Tensor)]) -> Result<()> {
+    /// `out` (the flattened space; zeros where a piece lacks the tensor).
+    pub(super) fn gather_pieces(
+        &mut self,
+        items: &[(VarId, Tensor)],
+        out: &mut [f32],
+    ) -> Result<()> {
         let values = if items.is_empty() {
             Vec::new()
         } else {
@@ -499,7 +574,7 @@ impl ShardedRmsProp {
                 self.mine[r].copy_from_slice(&v);
             }
         }
-        self.comm.all_gather(&self.mine, &mut self.gathered);
+        self.comm.all_gather(&self.mine, out);
         Ok(())
     }
 }
