@@ -396,6 +396,18 @@ fn main() {
         Reduction::Sum,
         None,
     );
+    let lazy = RmsPropConfig::preset(Preset::KerasLegacy)
+        .momentum(0.9)
+        .centered(true)
+        .build()
+        .unwrap();
+    check(
+        &world,
+        "keras 2 lazy sparse centered momentum",
+        lazy,
+        Reduction::Sum,
+        None,
+    );
     let lazy = RmsPropConfig::preset(Preset::Keras)
         .momentum(0.5)
         .duplicate_indices(DuplicateIndices::Keras3)

@@ -14,7 +14,9 @@ pub struct Comm {
     comm: SimpleCommunicator,
     rank: usize,
     size: usize,
-    /// Bytes this rank has handed to MPI collectives (payloads, not MPI's own headers).
+    /// Bytes this rank has sent to the other ranks, as ring algorithms move them: `(N - 1) / N` of a
+    /// reduce-scatter's input, `N - 1` times its block of an all-gather, its blocks for the others of
+    /// an all-to-all, `N - 1` times an all-reduce's words (payloads, not MPI's own headers).
     pub bytes_sent: u64,
 }
 
@@ -53,7 +55,7 @@ impl Comm {
     /// Element-wise sum across ranks (f64: partial squared norms).
     pub fn sum_f64(&mut self, values: &mut [f64]) {
         let send = values.to_vec();
-        self.bytes_sent += (send.len() * 8) as u64;
+        self.bytes_sent += ((self.size - 1) * send.len() * 8) as u64;
         self.comm
             .all_reduce_into(&send[..], values, SystemOperation::sum());
     }
@@ -62,7 +64,7 @@ impl Comm {
     pub fn min_max_u64(&mut self, values: &[u64]) -> (Vec<u64>, Vec<u64>) {
         let mut max = vec![0u64; values.len()];
         let mut min = vec![0u64; values.len()];
-        self.bytes_sent += (values.len() * 16) as u64;
+        self.bytes_sent += ((self.size - 1) * values.len() * 16) as u64;
         self.comm
             .all_reduce_into(values, &mut max[..], SystemOperation::max());
         self.comm
@@ -73,7 +75,7 @@ impl Comm {
     /// Logical or of one flag across ranks.
     pub fn any(&mut self, flag: bool) -> bool {
         let mut out = 0u32;
-        self.bytes_sent += 4;
+        self.bytes_sent += ((self.size - 1) * 4) as u64;
         self.comm
             .all_reduce_into(&u32::from(flag), &mut out, SystemOperation::max());
         out != 0
@@ -81,14 +83,14 @@ impl Comm {
 
     /// Reduce-scatter (sum) of `send` (`size * recv.len()` values): rank `r` gets block `r`.
     pub fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) {
-        self.bytes_sent += (send.len() * 4) as u64;
+        self.bytes_sent += ((self.size - 1) * recv.len() * 4) as u64;
         self.comm
             .reduce_scatter_block_into(send, recv, SystemOperation::sum());
     }
 
     /// All-gather of equal blocks: `recv` (`size * send.len()`) gets every rank's block in rank order.
     pub fn all_gather<T: Equivalence + Copy>(&mut self, send: &[T], recv: &mut [T]) {
-        self.bytes_sent += std::mem::size_of_val(send) as u64;
+        self.bytes_sent += ((self.size - 1) * std::mem::size_of_val(send)) as u64;
         self.comm.all_gather_into(send, recv);
     }
 
@@ -111,7 +113,7 @@ impl Comm {
             .collect();
         let total: usize = counts.iter().map(|&c| c as usize).sum();
         let mut recv = vec![T::default(); total];
-        self.bytes_sent += std::mem::size_of_val(send) as u64;
+        self.bytes_sent += ((self.size - 1) * std::mem::size_of_val(send)) as u64;
         {
             let mut r = PartitionMut::new(&mut recv[..], &counts[..], &displs[..]);
             self.comm.all_gather_varcount_into(send, &mut r);
@@ -145,7 +147,8 @@ impl Comm {
         let (sd, rd) = (displs(&send_counts), displs(&recv_counts));
         let total: usize = recv_counts.iter().map(|&c| c as usize).sum();
         let mut recv = vec![T::default(); total];
-        self.bytes_sent += std::mem::size_of_val(send) as u64;
+        let own = send_counts[self.rank] as usize;
+        self.bytes_sent += ((send.len() - own) * std::mem::size_of::<T>()) as u64;
         {
             let s = Partition::new(send, &send_counts[..], &sd[..]);
             let mut r = PartitionMut::new(&mut recv[..], &recv_counts[..], &rd[..]);
