@@ -18,6 +18,8 @@ pub struct Comm {
     /// reduce-scatter's input, `N - 1` times its block of an all-gather, its blocks for the others of
     /// an all-to-all, `N - 1` times an all-reduce's words (payloads, not MPI's own headers).
     pub bytes_sent: u64,
+    /// Seconds this rank has spent inside MPI collectives (waiting for the others included).
+    pub seconds: f64,
 }
 
 impl std::fmt::Debug for Comm {
@@ -26,6 +28,7 @@ impl std::fmt::Debug for Comm {
             .field("rank", &self.rank)
             .field("size", &self.size)
             .field("bytes_sent", &self.bytes_sent)
+            .field("seconds", &self.seconds)
             .finish()
     }
 }
@@ -39,6 +42,7 @@ impl Comm {
             size: comm.size() as usize,
             comm,
             bytes_sent: 0,
+            seconds: 0.0,
         }
     }
 
@@ -54,14 +58,17 @@ impl Comm {
 
     /// Element-wise sum across ranks (f64: partial squared norms).
     pub fn sum_f64(&mut self, values: &mut [f64]) {
+        let started = std::time::Instant::now();
         let send = values.to_vec();
         self.bytes_sent += ((self.size - 1) * send.len() * 8) as u64;
         self.comm
             .all_reduce_into(&send[..], values, SystemOperation::sum());
+        self.seconds += started.elapsed().as_secs_f64();
     }
 
     /// Element-wise maximum and minimum across ranks of u64 words (flags, hashes).
     pub fn min_max_u64(&mut self, values: &[u64]) -> (Vec<u64>, Vec<u64>) {
+        let started = std::time::Instant::now();
         let mut max = vec![0u64; values.len()];
         let mut min = vec![0u64; values.len()];
         self.bytes_sent += ((self.size - 1) * values.len() * 16) as u64;
@@ -69,29 +76,36 @@ impl Comm {
             .all_reduce_into(values, &mut max[..], SystemOperation::max());
         self.comm
             .all_reduce_into(values, &mut min[..], SystemOperation::min());
+        self.seconds += started.elapsed().as_secs_f64();
         (min, max)
     }
 
     /// Logical or of one flag across ranks.
     pub fn any(&mut self, flag: bool) -> bool {
+        let started = std::time::Instant::now();
         let mut out = 0u32;
         self.bytes_sent += ((self.size - 1) * 4) as u64;
         self.comm
             .all_reduce_into(&u32::from(flag), &mut out, SystemOperation::max());
+        self.seconds += started.elapsed().as_secs_f64();
         out != 0
     }
 
     /// Reduce-scatter (sum) of `send` (`size * recv.len()` values): rank `r` gets block `r`.
     pub fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) {
+        let started = std::time::Instant::now();
         self.bytes_sent += ((self.size - 1) * recv.len() * 4) as u64;
         self.comm
             .reduce_scatter_block_into(send, recv, SystemOperation::sum());
+        self.seconds += started.elapsed().as_secs_f64();
     }
 
     /// All-gather of equal blocks: `recv` (`size * send.len()`) gets every rank's block in rank order.
     pub fn all_gather<T: Equivalence + Copy>(&mut self, send: &[T], recv: &mut [T]) {
+        let started = std::time::Instant::now();
         self.bytes_sent += ((self.size - 1) * std::mem::size_of_val(send)) as u64;
         self.comm.all_gather_into(send, recv);
+        self.seconds += started.elapsed().as_secs_f64();
     }
 
     /// All-gather with variable counts: every rank's `send`, in rank order, and each rank's count.
@@ -99,6 +113,7 @@ impl Comm {
         &mut self,
         send: &[T],
     ) -> Result<(Vec<T>, Vec<usize>)> {
+        let started = std::time::Instant::now();
         let count = i32::try_from(send.len())
             .map_err(|_| Error::Gpu(format!("all-gather block of {} elements", send.len())))?;
         let mut counts = vec![0i32; self.size];
@@ -118,6 +133,7 @@ impl Comm {
             let mut r = PartitionMut::new(&mut recv[..], &counts[..], &displs[..]);
             self.comm.all_gather_varcount_into(send, &mut r);
         }
+        self.seconds += started.elapsed().as_secs_f64();
         Ok((recv, counts.iter().map(|&c| c as usize).collect()))
     }
 
@@ -128,6 +144,7 @@ impl Comm {
         send: &[T],
         counts: &[usize],
     ) -> Result<Vec<T>> {
+        let started = std::time::Instant::now();
         let to_count = |c: usize| {
             i32::try_from(c).map_err(|_| Error::Gpu(format!("all-to-all block of {c} elements")))
         };
@@ -154,6 +171,7 @@ impl Comm {
             let mut r = PartitionMut::new(&mut recv[..], &recv_counts[..], &rd[..]);
             self.comm.all_to_all_varcount_into(&s, &mut r);
         }
+        self.seconds += started.elapsed().as_secs_f64();
         Ok(recv)
     }
 

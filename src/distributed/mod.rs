@@ -419,6 +419,11 @@ impl ShardedRmsProp {
         self.comm.bytes_sent
     }
 
+    /// Seconds this rank has spent inside MPI collectives so far (waiting for the others included).
+    pub fn mpi_seconds(&self) -> f64 {
+        self.comm.seconds
+    }
+
     /// Optimizer state bytes on this rank's GPU (its shard's slots).
     pub fn state_bytes(&self) -> u64 {
         self.shard.pool_stats().state_bytes
