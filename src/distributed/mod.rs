@@ -286,26 +286,15 @@ impl ShardedRmsProp {
         } else {
             config.clone()
         };
-        let mut shard = RmsProp::with_options(ctx, shard_config, options.optimizer)?;
-        let mut ids = Vec::with_capacity(pieces.len());
-        let mut var_pieces = vec![Vec::new(); vars.len()];
-        let mut kept = vec![0u64; vars.len()];
-        for (k, p) in pieces.iter().enumerate() {
-            let v = &vars[p.var];
-            let name = if p.len == v.init.len() {
-                v.name.clone()
-            } else {
-                format!("{}[{}..{}]", v.name, p.start, p.start + p.len)
-            };
-            let init = &v.init[p.start..p.start + p.len];
-            let id = shard.add_variable_with(&name, &p.shape, init, &v.options)?;
-            for s in shard.variable_slots(id)? {
-                let bit = ALL_SLOTS.iter().position(|&a| a == s).unwrap_or(0);
-                kept[p.var] |= 1 << bit;
-            }
-            ids.push(id);
-            var_pieces[p.var].push(k);
+        let local = Self::build_shard(ctx, shard_config, options.optimizer, vars, &pieces);
+        // A failure on one rank (an allocation, a variable's options) is an error on every rank.
+        if comm.any(local.is_err()) {
+            return Err(local.err().unwrap_or_else(|| Error::RankMismatch {
+                field: "shard".into(),
+                detail: "another rank could not build its shard optimizer (see its error)".into(),
+            }));
         }
+        let (shard, ids, var_pieces, kept) = local?;
         // A variable's kept slots, from the ranks that hold it.
         let (_, kept) = comm.min_max_u64(&kept);
         let bytes = (layout.used.max(4) * 4) as u64;
@@ -355,6 +344,39 @@ impl ShardedRmsProp {
             gathered: flat,
             layout,
         })
+    }
+
+    /// This rank's shard optimizer over its pieces, the pieces' ids, each variable's pieces and the
+    /// slots each variable keeps (bits in `ALL_SLOTS` order).
+    #[allow(clippy::type_complexity)]
+    fn build_shard(
+        ctx: &GpuContext,
+        config: RmsPropConfig,
+        options: OptimizerOptions,
+        vars: &[VariableSpec],
+        pieces: &[Piece],
+    ) -> Result<(RmsProp, Vec<VarId>, Vec<Vec<usize>>, Vec<u64>)> {
+        let mut shard = RmsProp::with_options(ctx, config, options)?;
+        let mut ids = Vec::with_capacity(pieces.len());
+        let mut var_pieces = vec![Vec::new(); vars.len()];
+        let mut kept = vec![0u64; vars.len()];
+        for (k, p) in pieces.iter().enumerate() {
+            let v = &vars[p.var];
+            let name = if p.len == v.init.len() {
+                v.name.clone()
+            } else {
+                format!("{}[{}..{}]", v.name, p.start, p.start + p.len)
+            };
+            let init = &v.init[p.start..p.start + p.len];
+            let id = shard.add_variable_with(&name, &p.shape, init, &v.options)?;
+            for s in shard.variable_slots(id)? {
+                let bit = ALL_SLOTS.iter().position(|&a| a == s).unwrap_or(0);
+                kept[p.var] |= 1 << bit;
+            }
+            ids.push(id);
+            var_pieces[p.var].push(k);
+        }
+        Ok((shard, ids, var_pieces, kept))
     }
 
     /// The configuration (as given; the shard optimizer's lacks the clipping the host does).
