@@ -14,8 +14,8 @@
 //! the optimizer state sharded across the ranks (`wgpu_rmsprop::distributed::ShardedRmsProp`). Each rank
 //! computes the gradient of its block of every batch of 64 (the same global batch; the per-sample
 //! gradients are divided by 64 and summed across ranks), the sharded step updates every rank's copy
-//! of the weights; epoch lines print the losses with 7 digits and the `final:` line adds `ranks=N`
-//! (`state_bytes` is this rank's). f32 only (no `--dtype`, `--state`, `--ema`).
+//! of the weights; rank 0 prints the epoch lines (losses with 7 digits) and the `final:` line, which
+//! adds `ranks=N` (`state_bytes` is rank 0's), and writes the plot. f32 only (no `--dtype`, `--state`, `--ema`).
 //!
 //! `--dtype` sets the optimizer's storage types: `bf16` keeps the weights and the optimizer state in
 //! bfloat16, `f16` the state in float16 with f32 weights; the gradients stay f32. `dtype` and `state` on
@@ -52,6 +52,9 @@ mod sharded {
         }
         pub fn ranks(&self) -> usize {
             1
+        }
+        pub fn rank(&self) -> usize {
+            0
         }
         pub fn buffers(&self) -> (&wgpu::Buffer, &wgpu::Buffer, [u32; 4]) {
             unreachable!()
@@ -632,6 +635,10 @@ fn run() -> Result<(), Box<dyn Error>> {
         train_curve.push(train_loss);
         test_curve.push(test_loss);
         if let Some(sh) = &shard {
+            // Rank 0 prints for all (every rank has the same losses).
+            if sh.rank() != 0 {
+                continue;
+            }
             println!(
                 "epoch {epoch:3}/{epochs}  train_loss {train_loss:.7}  test_loss {test_loss:.7}  test_accuracy {:.2}%  step {}",
                 accuracy * 100.0,
@@ -666,6 +673,9 @@ fn run() -> Result<(), Box<dyn Error>> {
             / test.n as f32;
         opt.swap_ema_weights()?;
         ema_accuracy = format!(" ema_test_accuracy={a:.4}");
+    }
+    if shard.as_ref().is_some_and(|sh| sh.rank() != 0) {
+        return Ok(());
     }
     plot(&plot_path, &train_curve, &test_curve)?;
     // The 16-bit copy of the weights the forward pass read (master weights), if any.

@@ -49,6 +49,11 @@ impl Sharded {
         n * r / size..n * (r + 1) / size
     }
 
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.opt.rank()
+    }
+
     /// Number of ranks.
     pub fn ranks(&self) -> usize {
         self.opt.world_size()

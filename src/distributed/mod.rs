@@ -20,7 +20,8 @@
 //! ([`RmsPropConfig`] without clipping). [`NonFinite::SkipStep`] agrees across ranks (an all-reduced
 //! flag; a rank whose part is finite makes its shard skip too). The shard is updated on the GPU, read
 //! back, and all-gathered into every rank's full variables. MPI cannot read wgpu's buffers: all
-//! transfers are staged through the host.
+//! transfers are staged through the host; the GPU's copy of `Resident` gradients towards the host runs
+//! while the sparse rows travel.
 //!
 //! **Faults.** Invalid step inputs on any rank end the whole job (`MPI_Abort`, the message on stderr)
 //! instead of leaving the other ranks blocked in a collective; [`abort_on_panic`] does the same for a
@@ -147,6 +148,8 @@ pub struct ShardedRmsProp {
     acc: Vec<f32>,
     params: wgpu::Buffer,
     grads: wgpu::Buffer,
+    /// Reused staging buffer of the gradient read (made at the first `Resident` step).
+    staging: Option<wgpu::Buffer>,
     /// Host staging: the flattened space (send side), one shard (receive side), gathered space.
     send: Vec<f32>,
     mine: Vec<f32>,
@@ -339,6 +342,7 @@ impl ShardedRmsProp {
             acc,
             params,
             grads,
+            staging: None,
             send: vec![0.0; layout.total()],
             mine: vec![0.0; shard_len],
             gathered: flat,

@@ -143,29 +143,18 @@ impl ShardedRmsProp {
     fn exchange_and_apply(&mut self, grads: &[(usize, ShardGradient<'_>)]) -> Result<u64> {
         let n = self.comm.size() as f32;
         let mean = self.options.reduction == Reduction::Mean;
-        if grads
+        let dense = grads
             .iter()
-            .any(|(_, g)| !matches!(g, ShardGradient::Sparse { .. }))
+            .any(|(_, g)| !matches!(g, ShardGradient::Sparse { .. }));
+        // Resident gradients: the GPU copies them towards the host while the sparse rows travel.
+        let pending = if grads
+            .iter()
+            .any(|(_, g)| matches!(g, ShardGradient::Resident))
         {
-            if grads
-                .iter()
-                .any(|(_, g)| matches!(g, ShardGradient::Resident))
-            {
-                let used = self.layout.used;
-                let values = read_buffer(&self.ctx, &self.grads, used)?;
-                self.send[..used].copy_from_slice(&values);
-            }
-            for (v, g) in grads {
-                if let ShardGradient::Dense(values) = g {
-                    let f = &self.layout.vars[*v];
-                    self.send[f.offset..f.offset + f.len].copy_from_slice(values);
-                }
-            }
-            self.comm.reduce_scatter_sum(&self.send, &mut self.mine);
-            if mean {
-                self.mine.iter_mut().for_each(|x| *x /= n);
-            }
-        }
+            Some(self.start_grads_read()?)
+        } else {
+            None
+        };
         let mut sparse: Vec<Option<Rows>> = vec![None; self.pieces.len()];
         if grads
             .iter()
@@ -176,6 +165,21 @@ impl ShardedRmsProp {
                 for r in sparse.iter_mut().flatten() {
                     r.values.iter_mut().for_each(|x| *x /= n);
                 }
+            }
+        }
+        if dense {
+            if let Some(rx) = pending {
+                self.finish_grads_read(rx)?;
+            }
+            for (v, g) in grads {
+                if let ShardGradient::Dense(values) = g {
+                    let f = &self.layout.vars[*v];
+                    self.send[f.offset..f.offset + f.len].copy_from_slice(values);
+                }
+            }
+            self.comm.reduce_scatter_sum(&self.send, &mut self.mine);
+            if mean {
+                self.mine.iter_mut().for_each(|x| *x /= n);
             }
         }
         let mut listed = vec![false; self.layout.vars.len()];
@@ -575,6 +579,59 @@ impl ShardedRmsProp {
             }
         }
         self.comm.all_gather(&self.mine, out);
+        Ok(())
+    }
+}
+
+/// A read of the gradient buffer under way (the copy submitted, the map requested).
+pub(super) type PendingRead =
+    std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
+
+impl ShardedRmsProp {
+    /// Submits the copy of the gradient buffer into the (reused) staging buffer and requests its map;
+    /// [`ShardedRmsProp::finish_grads_read`] waits for it.
+    fn start_grads_read(&mut self) -> Result<PendingRead> {
+        let bytes = (self.layout.used.max(4) * 4) as u64;
+        let device = self.ctx.device();
+        let staging = self.staging.get_or_insert_with(|| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("sharded/gradient read"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
+        let mut encoder = device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&self.grads, 0, staging, 0, bytes);
+        self.ctx.queue().submit([encoder.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        Ok(rx)
+    }
+
+    /// Waits for the read started by [`ShardedRmsProp::start_grads_read`] and puts the gradients into
+    /// the send buffer.
+    fn finish_grads_read(&mut self, pending: PendingRead) -> Result<()> {
+        self.ctx.wait_idle()?;
+        pending
+            .recv()
+            .map_err(|e| Error::Gpu(e.to_string()))?
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        let used = self.layout.used;
+        let staging = self
+            .staging
+            .as_ref()
+            .ok_or_else(|| Error::Gpu("no staging buffer".into()))?;
+        {
+            let slice = staging.slice(..);
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(e.to_string()))?;
+            self.send[..used].copy_from_slice(&bytemuck::cast_slice::<u8, f32>(&view)[..used]);
+        }
+        staging.unmap();
         Ok(())
     }
 }
