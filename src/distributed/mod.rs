@@ -33,6 +33,34 @@
 //! checkpoint (the crate's safetensors format) and rank 0 a `manifest.json` with the layout; loading on
 //! the same world size resumes bit for bit; another world size is [`Error::WorldSize`].
 //!
+//! ```no_run
+//! // mpirun -n 2 ./program
+//! use wgpu_rmsprop::distributed::{
+//!     abort_on_panic, DistributedOptions, Reduction, ShardGradient, ShardedRmsProp, VariableSpec,
+//! };
+//! use wgpu_rmsprop::{GpuContext, RmsPropConfig};
+//! let universe = mpi::initialize().expect("MPI");
+//! let world = universe.world();
+//! abort_on_panic(mpi::topology::Communicator::rank(&world) as usize);
+//! let ctx = GpuContext::new()?;
+//! let config = RmsPropConfig::builder().learning_rate(0.01).global_clipnorm(1.0).build()?;
+//! let vars = [
+//!     VariableSpec::new("w", &[256, 64], vec![0.0; 256 * 64]),
+//!     VariableSpec::new("table", &[1000, 16], vec![0.0; 16_000]),
+//! ];
+//! let options = DistributedOptions { reduction: Reduction::Mean, ..Default::default() };
+//! let mut opt = ShardedRmsProp::new(&ctx, config, &world, &vars, options)?;
+//! // Each rank: the gradients of its part of the batch (the mean over the ranks is applied).
+//! let (dw, rows, values) = (vec![0.1; 256 * 64], [3i64, 7, 3], vec![0.5; 3 * 16]);
+//! opt.step(&[
+//!     (0, ShardGradient::Dense(&dw)),
+//!     (1, ShardGradient::Sparse { indices: &rows, values: &values }),
+//! ])?;
+//! let w = opt.read_variable(0)?; // this rank's full copy, the same on every rank
+//! assert_eq!(w.len(), 256 * 64);
+//! # Ok::<(), wgpu_rmsprop::Error>(())
+//! ```
+//!
 //! Not supported here (typed errors at start): stochastic rounding and q8 state (their random streams
 //! and quantization blocks follow a variable's own element indices).
 
