@@ -125,10 +125,12 @@ impl ShardedRmsProp {
             })
     }
 
-    /// Loads a checkpoint written by [`ShardedRmsProp::save_checkpoint`] (a collective call): on the
-    /// same world size and variables, every rank's state and variables are restored bit for bit
-    /// (the full variables are all-gathered from the restored shards). A checkpoint of another world
-    /// size is [`Error::WorldSize`]; other variables are [`Error::Checkpoint`].
+    /// Loads a checkpoint written by [`ShardedRmsProp::save_checkpoint`] (a collective call): every
+    /// rank's state and variables are restored bit for bit (the full variables are all-gathered from
+    /// the restored shards). A checkpoint of another world size is re-sharded: each rank assembles its
+    /// pieces from the old ranks' files (the stored bytes, by variable coordinates) with the old step
+    /// counts. Other variables are [`Error::Checkpoint`]; a manifest of another world size whose layout
+    /// cannot be read is [`Error::WorldSize`].
     pub fn load_checkpoint(&mut self, dir: &Path) -> Result<()> {
         let result = self.load_local(dir);
         self.agree(result, dir)?;
@@ -150,19 +152,31 @@ impl ShardedRmsProp {
         if found["format"] != MANIFEST_FORMAT {
             return Err(bad(format!("not a {MANIFEST_FORMAT} manifest")));
         }
-        let written = found["world_size"].as_u64().unwrap_or(0) as usize;
-        if written != self.world_size() {
-            return Err(Error::WorldSize {
-                path: path.display().to_string(),
-                written,
-                now: self.world_size(),
-                hint: "resume with the world size that wrote it (this version does not re-shard)",
-            });
-        }
         if found != self.manifest() {
-            return Err(bad(
-                "its variables or layout are not this optimizer's (names, shapes, offsets)".into(),
-            ));
+            // Another world size (or alignment): re-shard from the old ranks' files.
+            let written = found["world_size"].as_u64().unwrap_or(0) as usize;
+            let Some(old) = super::reshard::manifest_layout(&found) else {
+                return Err(Error::WorldSize {
+                    path: path.display().to_string(),
+                    written,
+                    now: self.world_size(),
+                    hint: "its layout cannot be read to re-shard it",
+                });
+            };
+            let same =
+                |a: &FlatVar, b: &FlatVar| (&a.name, &a.shape, a.len) == (&b.name, &b.shape, b.len);
+            if old.vars.len() != self.layout.vars.len()
+                || old
+                    .vars
+                    .iter()
+                    .zip(&self.layout.vars)
+                    .any(|(a, b)| !same(a, b))
+            {
+                return Err(bad(
+                    "its variables are not this optimizer's (names, shapes, in order)".into(),
+                ));
+            }
+            return self.load_resharded(dir, &old);
         }
         let file = Self::shard_file(dir, self.rank(), self.world_size());
         self.shard.load_checkpoint(&file)

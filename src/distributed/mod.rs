@@ -30,8 +30,8 @@
 //! first field that differs.
 //!
 //! **Checkpoints** ([`ShardedRmsProp::save_checkpoint`]): each rank writes its shard optimizer's
-//! checkpoint (the crate's safetensors format) and rank 0 a `manifest.json` with the layout; loading on
-//! the same world size resumes bit for bit; another world size is [`Error::WorldSize`].
+//! checkpoint (the crate's safetensors format) and rank 0 a `manifest.json` with the layout; loading
+//! resumes bit for bit, on the same world size or, re-sharded, on another.
 //!
 //! ```no_run
 //! // mpirun -n 2 ./program
@@ -68,6 +68,7 @@ mod case;
 mod comm;
 mod io;
 mod layout;
+mod reshard;
 mod step;
 
 use std::collections::hash_map::DefaultHasher;
@@ -398,7 +399,7 @@ impl ShardedRmsProp {
                 v.name.clone()
             } else {
                 format!("{}[{}..{}]", v.name, p.start, p.start + p.len)
-            };
+            }; // as `reshard::piece_name`
             let init = &v.init[p.start..p.start + p.len];
             let id = shard.add_variable_with(&name, &p.shape, init, &v.options)?;
             for s in shard.variable_slots(id)? {
