@@ -363,13 +363,21 @@ impl ShardedRmsProp {
             }
             sums[self.pieces[k].var] += s;
         }
-        self.comm.sum_f64(&mut sums);
-        let total = sums
-            .iter()
-            .zip(listed)
-            .filter(|(_, &l)| l)
-            .map(|(s, _)| s)
-            .sum::<f64>() as f32;
+        // clipnorm: each variable's partial squared norms across its shards; global_clipnorm: one
+        // partial squared norm per rank.
+        let total = if self.config.clipnorm().is_some() {
+            self.comm.sum_f64(&mut sums);
+            0.0
+        } else {
+            let mut total = [sums
+                .iter()
+                .zip(listed)
+                .filter(|(_, &l)| l)
+                .map(|(s, _)| s)
+                .sum::<f64>()];
+            self.comm.sum_f64(&mut total);
+            total[0] as f32
+        };
         let factors: Vec<(f32, f32)> = sums
             .iter()
             .map(|&s| {
