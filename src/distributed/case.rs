@@ -42,7 +42,10 @@ pub fn replay_case(
         name: name.to_string(),
         outcome,
         emitted: None,
-        notes: vec![format!("ranks={}", Comm::new(world).size())],
+        notes: vec![format!(
+            "ranks={}",
+            mpi::topology::Communicator::size(world)
+        )],
     };
     let case = match Case::from_path(path) {
         Ok(c) => c,
