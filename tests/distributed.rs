@@ -100,6 +100,13 @@ fn check(
                     ..VarOptions::default()
                 };
             }
+            if i == 0 {
+                // Frozen: its gradient is in no norm and no step.
+                v.options = VarOptions {
+                    frozen: true,
+                    ..VarOptions::default()
+                };
+            }
             v
         })
         .collect();

@@ -184,7 +184,9 @@ impl ShardedRmsProp {
         }
         let mut listed = vec![false; self.layout.vars.len()];
         for (v, _) in grads {
-            listed[*v] = true;
+            // A frozen variable's gradient is ignored entirely (as one process): not in its norms,
+            // its non-finite check, nor its shard's step.
+            listed[*v] = !self.var_options[*v].frozen;
         }
         let stepped: Vec<usize> = (0..self.pieces.len())
             .filter(|&k| listed[self.pieces[k].var])
