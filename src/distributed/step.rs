@@ -296,11 +296,17 @@ impl ShardedRmsProp {
         let scale = self.config.loss_scale_factor().map_or(1.0, |s| s as f32);
         for &k in stepped {
             let range = self.local(k);
+            // The gradient buffers hold the gradient type: the summed values are rounded to it first,
+            // as one process rounds a gradient on entry (identity for f32).
+            let dtype = self.var_options[self.pieces[k].var]
+                .storage
+                .unwrap_or(self.config.storage())
+                .gradient;
             let values = match sparse[k].as_mut() {
                 Some(r) => &mut r.values[..],
                 None => &mut self.mine[range],
             };
-            values.iter_mut().for_each(|x| *x /= scale);
+            values.iter_mut().for_each(|x| *x = dtype.round(*x) / scale);
         }
         let accumulation = self.config.gradient_accumulation_steps();
         if let Some(n) = accumulation {
