@@ -196,11 +196,17 @@ impl ShardedRmsProp {
         // accumulation hides them in its accumulator.
         let nonfinite = self.skip_nonfinite() && {
             let scale = self.config.loss_scale_factor().map_or(1.0, |s| s as f32);
-            stepped.iter().any(|&k| match &sparse[k] {
-                Some(r) => r.values.iter().any(|&x| !(x / scale).is_finite()),
-                None => self.mine[self.local(k)]
-                    .iter()
-                    .any(|&x| !(x / scale).is_finite()),
+            stepped.iter().any(|&k| {
+                // In the gradient type (a 16-bit type overflows to infinity where f32 does not).
+                let d = self.var_options[self.pieces[k].var]
+                    .storage
+                    .unwrap_or(self.config.storage())
+                    .gradient;
+                let bad = |x: &f32| !(d.round(*x) / scale).is_finite();
+                match &sparse[k] {
+                    Some(r) => r.values.iter().any(bad),
+                    None => self.mine[self.local(k)].iter().any(bad),
+                }
             })
         };
         if self.host_clips {
