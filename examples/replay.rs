@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example replay -- [--emit DIR] [--resume-at K] [--memory-budget BYTES]
 //!     [--sparse-mode lazy-exact] CASE.json [CASE.json ...]
+//! mpirun -n N replay --distributed [--resume-at K] CASE.json [CASE.json ...]   # --features distributed
 //! ```
 //!
 //! Runs each case on the GPU and prints exactly one line per case: `PASS <name> max_abs=<x> max_rel=<y>`,
@@ -17,6 +18,12 @@
 //! is an ERROR for the later case. Exits 0 only when every case passed or ran. An unknown option, a
 //! missing or malformed value or no case at all exits 2 with the usage on stderr; after `--` every
 //! argument is a case path.
+//!
+//! With `--distributed` (built with `--features distributed`, run under `mpirun`), each case runs on
+//! the sharded optimizer (`wgpu_rmsprop::distributed`): every rank gives its part of each step's
+//! gradients, the parts are summed across ranks, every rank judges its own copy of the variables and
+//! the slots gathered from all ranks, and rank 0 prints one line per case for all of them (with
+//! `ranks=N`). `--emit` and `--memory-budget` are single-process options.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +33,7 @@ use wgpu_rmsprop::GpuContext;
 
 const USAGE: &str =
     "usage: replay [--emit DIR] [--resume-at K] [--memory-budget BYTES] [--sparse-mode lazy-exact] \
-     CASE.json [CASE.json ...]";
+     [--distributed] CASE.json [CASE.json ...]";
 
 /// `123`, `64K`, `512M`, `4G` (binary units).
 fn parse_bytes(s: &str) -> Option<u64> {
@@ -51,6 +58,7 @@ fn main() -> ExitCode {
     let mut paths = Vec::new();
     let mut args = std::env::args_os().skip(1);
     let mut only_paths = false;
+    let mut distributed = false;
     while let Some(a) = args.next() {
         if only_paths {
             paths.push(PathBuf::from(a));
@@ -80,6 +88,7 @@ fn main() -> ExitCode {
                 Some("as-recorded") => options.lazy_exact = false,
                 _ => return usage_error("--sparse-mode needs lazy-exact or as-recorded"),
             },
+            Some("--distributed") => distributed = true,
             Some("-h" | "--help") => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -96,6 +105,9 @@ fn main() -> ExitCode {
     }
     if paths.is_empty() {
         return usage_error("no CASE.json given");
+    }
+    if distributed {
+        return run_distributed(&paths, options.resume_at);
     }
     let ctx = match GpuContext::new() {
         Ok(c) => c,
@@ -146,4 +158,52 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// `--distributed`: every case on the sharded optimizer over MPI's world; rank 0 prints the lines.
+#[cfg(feature = "distributed")]
+fn run_distributed(paths: &[PathBuf], resume_at: Option<usize>) -> ExitCode {
+    use wgpu_rmsprop::distributed::{abort_on_panic, abort_world, replay_case};
+    let Some(universe) = mpi::initialize() else {
+        eprintln!("error: MPI could not be initialized");
+        return ExitCode::from(2);
+    };
+    let world = universe.world();
+    let rank = mpi::topology::Communicator::rank(&world) as usize;
+    abort_on_panic(rank);
+    let ctx = match GpuContext::new() {
+        Ok(c) => c,
+        Err(e) => abort_world(rank, &format!("no GPU: {e}")),
+    };
+    if rank == 0 {
+        eprintln!("adapter: {}", ctx.adapter_description());
+    }
+    let checkpoints = std::env::temp_dir().join(format!(
+        "wgpu-rmsprop-replay-{}",
+        std::env::var("OMPI_MCA_orte_ess_jobid")
+            .or_else(|_| std::env::var("PMIX_NAMESPACE"))
+            .unwrap_or_else(|_| "job".into())
+            .replace(['/', '\\', '.'], "_")
+    ));
+    let mut all_ok = true;
+    for path in paths {
+        let rep = replay_case(path, &ctx, &world, resume_at, &checkpoints);
+        all_ok &= rep.ok();
+        if rank == 0 {
+            println!("{}", rep.line());
+        }
+    }
+    if rank == 0 {
+        let _ = std::fs::remove_dir_all(&checkpoints);
+    }
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(not(feature = "distributed"))]
+fn run_distributed(_: &[PathBuf], _: Option<usize>) -> ExitCode {
+    usage_error("--distributed needs the crate built with `--features distributed`")
 }

@@ -10,6 +10,13 @@
 //!
 //! `cargo run --release --example train -- [--epochs N] [--plot PATH] [--ema MOMENTUM] [--dtype f32|f16|bf16]`
 //!
+//! `mpirun -n N train --distributed` (built with `--features distributed`): data-parallel training with
+//! the optimizer state sharded across the ranks (`wgpu_rmsprop::distributed::ShardedRmsProp`). Each rank
+//! computes the gradient of its block of every batch of 64 (the same global batch; the per-sample
+//! gradients are divided by 64 and summed across ranks), the sharded step updates every rank's copy
+//! of the weights; rank 0 prints the epoch lines (losses with 7 digits) and the `final:` line, which
+//! adds `ranks=N` (`state_bytes` is rank 0's), and writes the plot. f32 only (no `--dtype`, `--state`, `--ema`).
+//!
 //! `--dtype` sets the optimizer's storage types: `bf16` keeps the weights and the optimizer state in
 //! bfloat16, `f16` the state in float16 with f32 weights; the gradients stay f32. `dtype` and `state` on
 //! the `final:` line are the weights' and the state's types, `state_bytes` the optimizer state's bytes
@@ -24,6 +31,48 @@ use std::error::Error;
 use std::time::Instant;
 
 use wgpu_rmsprop::{GpuContext, Gradient, RmsProp, RmsPropConfig, StorageTypes, VarId};
+
+#[cfg(feature = "distributed")]
+#[path = "support/train_sharded.rs"]
+mod sharded;
+#[cfg(not(feature = "distributed"))]
+mod sharded {
+    /// Without the feature there is no sharded optimizer: `--distributed` is refused.
+    pub struct Sharded;
+    impl Sharded {
+        pub fn new(
+            _: &wgpu_rmsprop::GpuContext,
+            _: wgpu_rmsprop::RmsPropConfig,
+            _: &[(&str, Vec<usize>, Vec<f32>)],
+        ) -> Result<Sharded, Box<dyn std::error::Error>> {
+            Err("--distributed needs the example built with `--features distributed`".into())
+        }
+        pub fn rank_block(&self, _: usize) -> std::ops::Range<usize> {
+            0..0
+        }
+        pub fn ranks(&self) -> usize {
+            1
+        }
+        pub fn rank(&self) -> usize {
+            0
+        }
+        pub fn buffers(&self) -> (&wgpu::Buffer, &wgpu::Buffer, [u32; 4]) {
+            unreachable!()
+        }
+        pub fn step(&mut self) -> Result<u64, Box<dyn std::error::Error>> {
+            unreachable!()
+        }
+        pub fn sum(&mut self, _: f64) -> f64 {
+            unreachable!()
+        }
+        pub fn state_bytes(&self) -> u64 {
+            0
+        }
+        pub fn iterations(&self) -> u64 {
+            0
+        }
+    }
+}
 
 #[path = "support/cli.rs"]
 mod cli;
@@ -241,11 +290,12 @@ fn run() -> Result<(), Box<dyn Error>> {
     env_logger::init();
     let mut cli = cli::Cli::new(
         "usage: train [--epochs N] [--plot PATH] [--ema MOMENTUM] [--dtype f32|f16|bf16] \
-         [--state f32|f16|bf16|q8]",
+         [--state f32|f16|bf16|q8] [--distributed]",
     );
     let (mut epochs, mut plot_path) = (40, "train_loss.png".to_string());
     let mut ema: Option<f64> = None;
     let mut storage_types = StorageTypes::default();
+    let mut distributed = false;
     while let Some(option) = cli.next_option() {
         match option.as_str() {
             "--epochs" => epochs = cli.count(&option),
@@ -255,6 +305,7 @@ fn run() -> Result<(), Box<dyn Error>> {
             // The optimizer state's type alone (q8: 8-bit block-wise quantized; every variable
             // here, down to the 10 biases, so that the parameters share one pool buffer).
             "--state" => storage_types.state = cli.state(&option),
+            "--distributed" => distributed = true,
             _ => cli.unknown(&option),
         }
     }
@@ -266,6 +317,9 @@ fn run() -> Result<(), Box<dyn Error>> {
     let mut rows: Vec<usize> = (0..n).collect();
     rng.shuffle(&mut rows);
     let n_train = n * 4 / 5;
+    if distributed && (ema.is_some() || storage_types != StorageTypes::default()) {
+        cli.fail("--distributed trains f32 weights and state only (no --ema, --dtype, --state)");
+    }
     let ctx = GpuContext::new()?;
     eprintln!("adapter: {}", ctx.adapter_description());
     let train = split(&ctx, &x, &y, &rows[..n_train], "train");
@@ -283,46 +337,77 @@ fn run() -> Result<(), Box<dyn Error>> {
         config = config.use_ema(true).ema_momentum(m);
     }
     let config = config.build()?;
-    let mut opt = RmsProp::new(&ctx, config)?;
     let glorot = |rng: &mut Rng, fan_in: usize, fan_out: usize| {
         let a = (6.0 / (fan_in + fan_out) as f32).sqrt();
         (0..fan_in * fan_out)
             .map(|_| rng.uniform(a))
             .collect::<Vec<f32>>()
     };
-    let w1 = opt.add_variable("w1", &[IN, HID], &glorot(&mut rng, IN, HID))?;
-    let b1 = opt.add_variable("b1", &[HID], &[0.0; HID])?;
-    let w2 = opt.add_variable("w2", &[HID, OUT], &glorot(&mut rng, HID, OUT))?;
-    let b2 = opt.add_variable("b2", &[OUT], &[0.0; OUT])?;
-    let ids = [w1, b1, w2, b2];
-    // The forward pass reads the 16-bit copy of the weights where the optimizer keeps one.
-    let params = ids.map(|id| {
-        match storage_types.copy {
-            Some(_) => opt.copy_slices(id),
-            None => opt.variable_slices(id),
+    let init = [
+        ("w1", vec![IN, HID], glorot(&mut rng, IN, HID)),
+        ("b1", vec![HID], vec![0.0; HID]),
+        ("w2", vec![HID, OUT], glorot(&mut rng, HID, OUT)),
+        ("b2", vec![OUT], vec![0.0; OUT]),
+    ];
+    // One process: the parameters live in the optimizer's pools. Distributed: in the sharded
+    // optimizer's full-variable buffers (every rank a copy), its state sharded.
+    let mut shard = if distributed {
+        Some(sharded::Sharded::new(&ctx, config.clone(), &init)?)
+    } else {
+        None
+    };
+    let mut opt = RmsProp::new(&ctx, config)?;
+    let mut ids = Vec::new();
+    // The buffers the shaders bind, the element offsets of the four parameters and of their
+    // gradients, and the type the variable buffer holds.
+    let (param_buffer, grad_buffer, offsets, grad_offsets, var_dtype) = match &shard {
+        Some(sh) => {
+            let (p, g, at) = sh.buffers();
+            (p.clone(), g.clone(), at, at, wgpu_rmsprop::Dtype::F32)
         }
-        .map(|s| s[0].clone())
-    });
-    let grads = ids.map(|id| opt.gradient_slices(id).map(|s| s[0].clone()));
-    let (params, grads) = (
-        params.map(|p| p.expect("slices")),
-        grads.map(|g| g.expect("slices")),
-    );
-    if params.iter().any(|p| p.buffer != params[0].buffer)
-        || grads.iter().any(|g| g.buffer != grads[0].buffer)
-    {
-        return Err("the parameters are expected in one pool buffer".into());
-    }
+        None => {
+            for (name, shape, values) in &init {
+                ids.push(opt.add_variable(name, shape, values)?);
+            }
+            // The forward pass reads the 16-bit copy of the weights where the optimizer keeps one.
+            let mut params = Vec::new();
+            let mut grads = Vec::new();
+            for &id in &ids {
+                params.push(match storage_types.copy {
+                    Some(_) => opt.copy_slices(id)?.remove(0),
+                    None => opt.variable_slices(id)?.remove(0),
+                });
+                grads.push(opt.gradient_slices(id)?.remove(0));
+            }
+            if params.iter().any(|p| p.buffer != params[0].buffer)
+                || grads.iter().any(|g| g.buffer != grads[0].buffer)
+            {
+                return Err("the parameters are expected in one pool buffer".into());
+            }
+            // The type the variable pool holds (the slices say it).
+            let var_dtype = params[0].dtype;
+            let offset = |i: usize| storage::element_offset(params[i].offset, var_dtype);
+            let grad_offset = |i: usize| storage::element_offset(grads[i].offset, grads[i].dtype);
+            (
+                params[0].buffer.clone(),
+                grads[0].buffer.clone(),
+                [offset(0), offset(1), offset(2), offset(3)],
+                [
+                    grad_offset(0),
+                    grad_offset(1),
+                    grad_offset(2),
+                    grad_offset(3),
+                ],
+                var_dtype,
+            )
+        }
+    };
     let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some("read-out"),
         size: (train.n.max(test.n) * 4) as u64,
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    // The type the variable pool holds (the slices say it).
-    let var_dtype = params[0].dtype;
-    let offset = |i: usize| storage::element_offset(params[i].offset, var_dtype);
-    let grad_offset = |i: usize| storage::element_offset(grads[i].offset, grads[i].dtype);
 
     // Scratch activations and the pipeline (one layout for the four entry points).
     let max_n = BATCH.max(test.n);
@@ -396,24 +481,32 @@ fn run() -> Result<(), Box<dyn Error>> {
     ));
     let mut slots = vec![0u8; (batches + 1) * stride as usize];
     for s in 0..=batches {
-        let (base, count) = if s < batches {
-            (s * BATCH, BATCH)
+        // Distributed: this rank's block of the batch, every sample's gradient divided by the whole
+        // batch's size (the ranks' parts are summed).
+        let (base, count, inv) = if s < batches {
+            match &shard {
+                Some(sh) => {
+                    let r = sh.rank_block(BATCH);
+                    (s * BATCH + r.start, r.len(), 1.0 / BATCH as f32)
+                }
+                None => (s * BATCH, BATCH, 1.0 / BATCH as f32),
+            }
         } else {
-            (0, test.n)
+            (0, test.n, 1.0 / test.n as f32)
         };
         let p: [u32; SLOT / 4] = [
             base as u32,
             count as u32,
-            offset(0),
-            offset(1),
-            offset(2),
-            offset(3),
-            (1.0 / count as f32).to_bits(),
+            offsets[0],
+            offsets[1],
+            offsets[2],
+            offsets[3],
+            inv.to_bits(),
             0,
-            grad_offset(0),
-            grad_offset(1),
-            grad_offset(2),
-            grad_offset(3),
+            grad_offsets[0],
+            grad_offsets[1],
+            grad_offsets[2],
+            grad_offsets[3],
         ];
         let at = s * stride as usize;
         slots[at..at + SLOT].copy_from_slice(bytemuck::cast_slice(&p));
@@ -427,8 +520,8 @@ fn run() -> Result<(), Box<dyn Error>> {
     ctx.queue().write_buffer(&uniform, 0, &slots);
     let bind = |s: &Split| {
         let buffers = [
-            &params[0].buffer,
-            &grads[0].buffer,
+            &param_buffer,
+            &grad_buffer,
             &s.x,
             &s.y,
             &s.order,
@@ -486,6 +579,17 @@ fn run() -> Result<(), Box<dyn Error>> {
                     pass.dispatch_workgroups(groups(items), 1, 1);
                 }
             }
+            // Distributed: the batch's passes, then the sharded step (it reads the gradient buffer
+            // after them and writes the updated weights before the next batch's passes).
+            if let Some(sh) = shard.as_mut() {
+                ctx.queue().submit([std::mem::replace(
+                    &mut encoder,
+                    device.create_command_encoder(&Default::default()),
+                )
+                .finish()]);
+                sh.step()?;
+                continue;
+            }
             recorded.push(opt.record(&mut encoder, &resident)?);
             if (b + 1) % STEPS_PER_SUBMIT == 0 {
                 let index = ctx.queue().submit([std::mem::replace(
@@ -512,10 +616,14 @@ fn run() -> Result<(), Box<dyn Error>> {
             opt.submitted(step, index.clone())?;
         }
         let seen = batches * BATCH;
-        let train_loss = read(&ctx, &staging, &train.losses, seen)?
+        let mut train_loss = read(&ctx, &staging, &train.losses, seen)?
             .iter()
-            .sum::<f32>()
-            / seen as f32;
+            .sum::<f32>();
+        // Distributed: each rank has the losses of its blocks; the sum over the ranks.
+        if let Some(sh) = shard.as_mut() {
+            train_loss = sh.sum(f64::from(train_loss)) as f32;
+        }
+        let train_loss = train_loss / seen as f32;
         let test_loss = read(&ctx, &staging, &test.losses, test.n)?
             .iter()
             .sum::<f32>()
@@ -526,6 +634,18 @@ fn run() -> Result<(), Box<dyn Error>> {
             / test.n as f32;
         train_curve.push(train_loss);
         test_curve.push(test_loss);
+        if let Some(sh) = &shard {
+            // Rank 0 prints for all (every rank has the same losses).
+            if sh.rank() != 0 {
+                continue;
+            }
+            println!(
+                "epoch {epoch:3}/{epochs}  train_loss {train_loss:.7}  test_loss {test_loss:.7}  test_accuracy {:.2}%  step {}",
+                accuracy * 100.0,
+                sh.iterations()
+            );
+            continue;
+        }
         println!(
             "epoch {epoch:3}/{epochs}  train_loss {train_loss:.4}  test_loss {test_loss:.4}  test_accuracy {:.2}%  step {}",
             accuracy * 100.0,
@@ -554,11 +674,19 @@ fn run() -> Result<(), Box<dyn Error>> {
         opt.swap_ema_weights()?;
         ema_accuracy = format!(" ema_test_accuracy={a:.4}");
     }
+    if shard.as_ref().is_some_and(|sh| sh.rank() != 0) {
+        return Ok(());
+    }
     plot(&plot_path, &train_curve, &test_curve)?;
     // The 16-bit copy of the weights the forward pass read (master weights), if any.
-    let copy = storage_types
+    let mut copy = storage_types
         .copy
         .map_or(String::new(), |c| format!(" copy={c}"));
+    let mut state_bytes = opt.pool_stats().state_bytes;
+    if let Some(sh) = &shard {
+        copy = format!(" ranks={}", sh.ranks());
+        state_bytes = sh.state_bytes();
+    }
     println!(
         "final: epochs={epochs} train_loss={:.4} test_loss={:.4} test_accuracy={:.4}{ema_accuracy} seconds={:.1} plot={plot_path} dtype={} state={} state_bytes={}{copy}",
         train_curve.last().copied().unwrap_or(f32::NAN),
@@ -567,7 +695,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         start.elapsed().as_secs_f64(),
         storage_types.variable,
         storage_types.state,
-        opt.pool_stats().state_bytes,
+        state_bytes,
     );
     Ok(())
 }

@@ -179,7 +179,7 @@ fn st_dtype(dtype: Dtype) -> StDtype {
 }
 
 /// The storage type a safetensors type stands for, if any buffer can hold it.
-fn from_st_dtype(dtype: StDtype) -> Option<Dtype> {
+pub(crate) fn from_st_dtype(dtype: StDtype) -> Option<Dtype> {
     match dtype {
         StDtype::F32 => Some(Dtype::F32),
         StDtype::F16 => Some(Dtype::F16),

@@ -284,6 +284,31 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The ranks of a distributed optimizer (`--features distributed`) were given configurations,
+    /// variables or step inputs that differ: found at start (an all-reduced hash per field) or at a
+    /// step, on every rank alike. Names the first field that differs.
+    #[error("distributed: `{field}` differs across ranks ({detail})")]
+    RankMismatch {
+        /// The first field that differs (`rho`, `variables[2].shape`, `step.gradients`, ...).
+        field: String,
+        /// What was compared.
+        detail: String,
+    },
+    /// A distributed checkpoint was written by another world size or layout; this version does not
+    /// re-shard (resume on the world size that wrote it).
+    #[error(
+        "distributed checkpoint {path}: written by {written} ranks, this job has {now}: {hint}"
+    )]
+    WorldSize {
+        /// The manifest.
+        path: String,
+        /// World size of the job that wrote it.
+        written: usize,
+        /// World size of this job.
+        now: usize,
+        /// What to do.
+        hint: &'static str,
+    },
     /// Waiting on or reading from the GPU failed.
     #[error("GPU operation failed: {0}")]
     Gpu(String),

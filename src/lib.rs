@@ -249,6 +249,8 @@ pub mod case;
 pub mod checkpoint;
 pub mod config;
 pub mod context;
+#[cfg(feature = "distributed")]
+pub mod distributed;
 pub mod dtype;
 pub mod error;
 #[doc(hidden)]

@@ -378,6 +378,24 @@ impl RmsPropConfig {
     pub(crate) fn set_loss_scale_factor(&mut self, factor: f64) {
         self.loss_scale_factor = Some(factor);
     }
+
+    /// The configuration of one rank's shard optimizer when the host does the clipping
+    /// (`crate::distributed`): the norms of a sharded variable span ranks, so the host divides by the
+    /// loss scale, clips by value and by norm with factors all-reduced across ranks, and the shard's
+    /// kernels see the clipped gradients with no clipping and no loss scale of their own. Keras 3
+    /// duplicates with `global_clipnorm` are summed duplicates (no sum of squares, as on one process).
+    #[cfg(feature = "distributed")]
+    pub(crate) fn for_host_clipping(&self) -> RmsPropConfig {
+        let mut c = self.clone();
+        if c.duplicate_indices == DuplicateIndices::Keras3 && c.global_clipnorm.is_some() {
+            c.duplicate_indices = DuplicateIndices::Sum;
+        }
+        c.clipvalue = None;
+        c.clipnorm = None;
+        c.global_clipnorm = None;
+        c.loss_scale_factor = None;
+        c
+    }
 }
 
 /// The per-step scalars exactly as the kernels see them (all `f32`, computed once on the host).
