@@ -173,12 +173,21 @@ fn rows_never_listed_and_rows_listed_every_step() {
 
 #[test]
 fn a_checkpoint_in_the_middle_resumes_bit_for_bit() {
-    let b = keras(0.01).momentum(0.9).centered(true);
-    let config = b
-        .clone()
-        .sparse_mode(SparseMode::LazyExact)
-        .build()
-        .unwrap();
+    // A constant rate (the closed form), and a schedule with decay whose history of 4 steps resets
+    // (the saving run and the resumed one count from 0 after the checkpoint alike).
+    let constant = keras(0.01).momentum(0.9).centered(true);
+    let scheduled = keras(0.0)
+        .learning_rate(sched())
+        .momentum(0.9)
+        .weight_decay_mode(WeightDecay::Decoupled(0.1))
+        .lazy_exact_history(4);
+    for (label, b) in [("constant", constant), ("scheduled", scheduled)] {
+        checkpoint_in_the_middle(b, label);
+    }
+}
+
+fn checkpoint_in_the_middle(b: RmsPropConfigBuilder, label: &str) {
+    let config = b.sparse_mode(SparseMode::LazyExact).build().unwrap();
     let mut rng = Rng::new(6);
     let init = rng.vec(100 * 4, 1.0, 0);
     let make = || {
@@ -201,7 +210,7 @@ fn a_checkpoint_in_the_middle_resumes_bit_for_bit() {
             o.apply(&[(id, g)]).unwrap();
         }
     };
-    let dir = std::env::temp_dir().join(format!("lazy-exact-ckpt-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("lazy-exact-ckpt-{label}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("mid.safetensors");
     let (mut a, ida) = make();
@@ -214,7 +223,8 @@ fn a_checkpoint_in_the_middle_resumes_bit_for_bit() {
     run(&mut b2, idb, 6..12);
     assert_eq!(
         common::kept_state(&mut a, &[ida]),
-        common::kept_state(&mut b2, &[idb])
+        common::kept_state(&mut b2, &[idb]),
+        "{label}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

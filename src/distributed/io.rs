@@ -131,8 +131,25 @@ impl ShardedRmsProp {
     /// pieces from the old ranks' files (the stored bytes, by variable coordinates) with the old step
     /// counts. Other variables are [`Error::Checkpoint`]; a manifest of another world size whose layout
     /// cannot be read is [`Error::WorldSize`].
+    ///
+    /// A failure on every rank leaves every rank as it was (each shard optimizer refuses before
+    /// changing anything). A failure on some ranks only (e.g. one corrupt shard file) would leave the
+    /// ranks that loaded out of step with the others, so it ends the whole job (`MPI_Abort` on every
+    /// rank, the failing rank's error on its stderr).
     pub fn load_checkpoint(&mut self, dir: &Path) -> Result<()> {
         let result = self.load_local(dir);
+        let loaded_somewhere = self.comm.any(result.is_ok());
+        let failed_somewhere = self.comm.any(result.is_err());
+        if loaded_somewhere && failed_somewhere {
+            let message = match &result {
+                Err(e) => format!("this rank could not load its shard while others did: {e}"),
+                Ok(()) => "another rank could not load its shard (see its error)".into(),
+            };
+            self.fail(&Error::Checkpoint {
+                path: dir.display().to_string(),
+                message,
+            });
+        }
         self.agree(result, dir)?;
         if let Err(e) = self.gather_params() {
             self.fail(&e);

@@ -200,9 +200,14 @@ fn hash_of(value: &impl Hash) -> u64 {
 }
 
 /// The fields of a configuration and of the variables, each with a hash of its value: top-level
-/// fields of the configuration's `Debug` form, then each variable's name, shape, options and initial
-/// values.
-fn fingerprint(config: &RmsPropConfig, vars: &[VariableSpec]) -> Vec<(String, u64)> {
+/// fields of the configuration's `Debug` form, the sharded optimizer's options and the device's offset
+/// alignment (the layout follows it), then each variable's name, shape, options and initial values.
+fn fingerprint(
+    config: &RmsPropConfig,
+    vars: &[VariableSpec],
+    options: &DistributedOptions,
+    align: usize,
+) -> Vec<(String, u64)> {
     let text = format!("{config:#?}");
     let mut fields: Vec<(String, String)> = Vec::new();
     for line in text.lines().skip(1) {
@@ -220,6 +225,14 @@ fn fingerprint(config: &RmsPropConfig, vars: &[VariableSpec]) -> Vec<(String, u6
         .into_iter()
         .map(|(name, value)| (name, hash_of(&value)))
         .collect();
+    out.push((
+        "distributed_options".into(),
+        hash_of(&format!("{options:?}")),
+    ));
+    out.push((
+        "min_storage_buffer_offset_alignment".into(),
+        hash_of(&align),
+    ));
     for (i, v) in vars.iter().enumerate() {
         let bits: Vec<u32> = v.init.iter().map(|x| x.to_bits()).collect();
         out.push((format!("variables[{i}].name"), hash_of(&v.name)));
@@ -253,8 +266,9 @@ impl ShardedRmsProp {
         options: DistributedOptions,
     ) -> Result<ShardedRmsProp> {
         let mut comm = Comm::new(comm);
+        let align = (ctx.device().limits().min_storage_buffer_offset_alignment / 4) as usize;
         // The number of fields first (a different number of variables), then every field's hash.
-        let fields = fingerprint(&config, vars);
+        let fields = fingerprint(&config, vars, &options, align);
         let (min, max) = comm.min_max_u64(&[vars.len() as u64]);
         if min != max {
             return Err(Error::RankMismatch {
@@ -294,6 +308,15 @@ impl ShardedRmsProp {
                  own elements)",
             ));
         }
+        if let Some(v) = vars.iter().find(|v| v.options.rowwise_velocity) {
+            return Err(Error::InvalidVarOptions {
+                variable: v.name.clone(),
+                field: "rowwise_velocity",
+                value: "true".into(),
+                requirement: "is not supported by the sharded optimizer yet (a row split between \
+                              shards would take its velocity from part of the row)",
+            });
+        }
         let host_clips = config.clipnorm().is_some() || config.global_clipnorm().is_some();
         for v in vars {
             let len: usize = v.shape.iter().product();
@@ -306,7 +329,6 @@ impl ShardedRmsProp {
                 });
             }
         }
-        let align = (ctx.device().limits().min_storage_buffer_offset_alignment / 4) as usize;
         let names: Vec<(String, Vec<usize>)> = vars
             .iter()
             .map(|v| (v.name.clone(), v.shape.clone()))

@@ -237,8 +237,11 @@ impl RmsProp {
         include_variables: bool,
     ) -> Result<()> {
         self.ensure_resolved("save a checkpoint")?;
-        // SparseMode::LazyExact: the file holds every row up to date (so it needs no row counters).
+        // SparseMode::LazyExact: the file holds every row up to date (so it needs no row counters), and
+        // the counts start again from 0 here as in a run resumed from it (under a schedule the history's
+        // blocks follow the counts: so both group the steps rows miss alike, bit for bit).
         self.catch_up_all()?;
+        self.reset_lazy_counts();
         if let Some(n) = self.config.gradient_accumulation_steps() {
             if !self.iterations.is_multiple_of(n) {
                 return Err(Error::Checkpoint {
@@ -501,14 +504,7 @@ impl RmsProp {
         }
         // SparseMode::LazyExact: the file's rows are up to date (the rows it does not hold were caught
         // up above); every row counter starts again from 0, current.
-        if self.gpu.exact {
-            let words = self.layout.lazy_rows_used as usize;
-            queue.write_buffer(&self.gpu.lazy_rows, 0, &vec![0u8; 4 * words]);
-            for v in &mut self.layout.variables {
-                v.stale = false;
-                v.lazy_steps = 0;
-            }
-        }
+        self.reset_lazy_counts();
         let status = [0u32, restored.skipped.min(u64::from(u32::MAX)) as u32, 0, 0];
         queue.write_buffer(&self.gpu.status, 0, bytemuck::cast_slice(&status));
         queue.submit([]);

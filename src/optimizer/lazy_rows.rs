@@ -94,6 +94,25 @@ impl RmsProp {
         Ok(())
     }
 
+    /// [`crate::SparseMode::LazyExact`], once every row is current: every count, row counter and
+    /// history back to 0 (what a checkpoint's rows are when it is loaded).
+    pub(crate) fn reset_lazy_counts(&mut self) {
+        if !self.gpu.exact {
+            return;
+        }
+        let device = self.ctx.device().clone();
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("reset lazy-exact counts"),
+        });
+        let bytes = self.layout.lazy_rows_used * 4;
+        encoder.clear_buffer(&self.gpu.lazy_rows, 0, Some(bytes));
+        self.ctx.queue().submit([encoder.finish()]);
+        for v in &mut self.layout.variables {
+            v.stale = false;
+            v.lazy_steps = 0;
+        }
+    }
+
     /// Every variable's rows brought up to date ([`RmsProp::catch_up`]).
     pub(crate) fn catch_up_all(&mut self) -> Result<()> {
         let ids: Vec<VarId> = (0..self.layout.variables.len())
@@ -271,6 +290,7 @@ impl RmsProp {
             ticket,
             step,
             lr,
+            catch_up: true,
             slot,
             generation: self.committed.generation,
             jobs: None,
@@ -286,8 +306,10 @@ impl RmsProp {
     }
 
     /// [`RmsProp::record_catch_up`] of rows given on the host or the GPU, in an encoder of its own,
-    /// submitted at once.
+    /// submitted at once. Refused with [`crate::Error::UnresolvedSteps`] while recorded steps are
+    /// unresolved (its submission would resolve them).
     pub fn catch_up_rows(&mut self, rows: &[(VarId, Rows<'_>)]) -> Result<()> {
+        self.ensure_resolved("catch rows up")?;
         let device = self.ctx.device().clone();
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("catch up rows"),

@@ -47,6 +47,8 @@ struct Pending {
     step: u64,
     /// The step's learning rate (`None`: a row catch-up before any step).
     lr: Option<f32>,
+    /// A row catch-up ([`RmsProp::record_catch_up`]), not a step.
+    catch_up: bool,
     slot: Option<usize>,
     generation: u64,
     jobs: Option<Vec<[u32; 4]>>,

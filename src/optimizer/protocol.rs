@@ -344,6 +344,7 @@ impl RmsProp {
             ticket,
             step,
             lr: Some(s.lr),
+            catch_up: false,
             slot,
             generation: self.committed.generation,
             jobs: tables.jobs.then(|| reuse(&mut self.spare, &sc.plan.jobs)),
@@ -390,7 +391,7 @@ impl RmsProp {
     /// when none of their encoders was submitted (a submitted one ran, but is not counted). Returns how
     /// many steps were abandoned.
     pub fn abandon_all(&mut self) -> usize {
-        self.distrust_lazy_counts();
+        self.distrust_lazy_counts(self.pending.iter().any(|p| !p.catch_up));
         let count = self.pending.len();
         while let Some(p) = self.pending.pop_back() {
             self.forget(p);
@@ -403,7 +404,7 @@ impl RmsProp {
     /// numbers count it), so they are abandoned too. Returns how many steps were abandoned.
     pub fn abandon(&mut self, step: RecordedStep) -> Result<usize> {
         let at = self.position(&step)?;
-        self.distrust_lazy_counts();
+        self.distrust_lazy_counts(self.pending.iter().skip(at).any(|p| !p.catch_up));
         let count = self.pending.len() - at;
         while self.pending.len() > at {
             if let Some(p) = self.pending.pop_back() {
@@ -447,7 +448,7 @@ impl RmsProp {
             self.uploader.resolve(slot, submission);
         }
         if !commit {
-            self.distrust_lazy_counts();
+            self.distrust_lazy_counts(!p.catch_up || self.pending.iter().any(|q| !q.catch_up));
             self.forget(p);
             while let Some(later) = self.pending.pop_back() {
                 self.forget(later);
@@ -485,9 +486,13 @@ impl RmsProp {
         Ok(())
     }
 
-    /// An abandoned step may have planned a reset of a variable's history that never ran, so the
-    /// host's counts of lazy steps are no longer bounds: every variable resets at its next lazy step.
-    fn distrust_lazy_counts(&mut self) {
+    /// Unresolved recordings are abandoned, steps among them (`steps`; row catch-ups plan no reset):
+    /// a step may have planned a reset of a variable's history that never ran, so the host's counts
+    /// of lazy steps are no longer bounds: every variable resets at its next lazy step.
+    fn distrust_lazy_counts(&mut self, steps: bool) {
+        if !steps {
+            return;
+        }
         let history = self.plan_cfg.lazy_history;
         for v in &mut self.layout.variables {
             v.lazy_steps = v.lazy_steps.max(history);

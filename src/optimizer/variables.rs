@@ -168,7 +168,11 @@ impl RmsProp {
             None => 1,
             Some(&r) => r as u64,
         };
-        let history = 8 * u64::from(self.config.lazy_history());
+        // (Scalars take no sparse gradients: no history.)
+        let history = match shape.is_empty() {
+            true => 0,
+            false => 8 * u64::from(self.config.lazy_history()),
+        };
         if self.gpu.exact {
             let words = rows_base + 1 + rows + history;
             self.gpu.grow_lazy_rows(&mut encoder, words * 4)?;
