@@ -102,6 +102,26 @@ fn step(
     ms
 }
 
+/// One step of each optimizer with its gradients, timed alternately (two warm-up rounds).
+fn steps_alternately<'g, G: AsRef<[(VarId, Gradient<'g>)]>>(
+    timer: &Timer,
+    ctx: &GpuContext,
+    opts: &mut [RmsProp],
+    grads: &[G],
+    reps: usize,
+) -> Vec<Stats> {
+    let mut runs: Vec<_> = opts
+        .iter_mut()
+        .zip(grads)
+        .map(|(opt, g)| move || step(timer, ctx, opt, g.as_ref()))
+        .collect();
+    let mut runs: Vec<&mut dyn FnMut() -> f64> = runs
+        .iter_mut()
+        .map(|r| r as &mut dyn FnMut() -> f64)
+        .collect();
+    time_alternately(2, reps, &mut runs)
+}
+
 /// Times each of `runs` in turn, round after round (`warmup` untimed rounds, then `reps` timed ones), so
 /// that all of them see the same machine; one `Stats` per run.
 fn time_alternately(
@@ -546,20 +566,7 @@ fn main() {
                 )]
             })
             .collect();
-        let mut runs: Vec<_> = opts
-            .iter_mut()
-            .zip(&grads)
-            .map(|(opt, g)| {
-                let (timer, ctx) = (&timer, &ctx);
-                move || step(timer, ctx, opt, g)
-            })
-            .collect();
-        let mut runs: Vec<&mut dyn FnMut() -> f64> = runs
-            .iter_mut()
-            .map(|r| r as &mut dyn FnMut() -> f64)
-            .collect();
-        let times = time_alternately(2, reps, &mut runs);
-        drop(runs);
+        let times = steps_alternately(&timer, &ctx, &mut opts, &grads, reps);
         for (((&rows, opt), (_, indices)), t) in
             row_counts.iter().zip(&opts).zip(&lists).zip(&times)
         {
@@ -636,20 +643,7 @@ fn main() {
                         )],
                     })
                     .collect();
-                let mut runs: Vec<_> = opts
-                    .iter_mut()
-                    .zip(&grads)
-                    .map(|(opt, g)| {
-                        let (timer, ctx) = (&timer, &ctx);
-                        move || step(timer, ctx, opt, g)
-                    })
-                    .collect();
-                let mut runs: Vec<&mut dyn FnMut() -> f64> = runs
-                    .iter_mut()
-                    .map(|r| r as &mut dyn FnMut() -> f64)
-                    .collect();
-                let times = time_alternately(2, reps, &mut runs);
-                drop(runs);
+                let times = steps_alternately(&timer, &ctx, &mut opts, &grads, reps);
                 for ((opt, t), velocity) in opts.iter().zip(&times).zip(["element", "rowwise"]) {
                     // Bytes moved: the variable (and momentum) read and written and the gradient
                     // read per element; the velocity read and written per element or per row.
