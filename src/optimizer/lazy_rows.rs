@@ -5,10 +5,10 @@ use super::Pending;
 use super::RmsProp;
 use crate::error::Error;
 use crate::error::Result;
-use crate::kernels::{Params, ParamsMode};
+use crate::kernels::Params;
 use crate::step::encode::{Step, Tables};
 use crate::step::gpu::StepSizes;
-use crate::step::plan::{catch_up, catch_up_rows, Dispatch, Plan, Which};
+use crate::step::plan::{catch_up, catch_up_rows, Plan, Which};
 use crate::step::sparse_prep::SparsePrep;
 use crate::step::types::{GpuGradient, Gradient, RecordedStep, Rows, VarId};
 use crate::step::validate::{check_gpu_buffer, StepShape};
@@ -52,8 +52,8 @@ impl RmsProp {
             );
         }
         let mut uniform = Vec::new();
-        self.uniform_slots(&plan.dispatches, &mut uniform);
-        self.gpu.reserve(&StepSizes {
+        self.gpu.uniform_slots(&plan.dispatches, &mut uniform);
+        self.reserve_step(&StepSizes {
             uniform: uniform.len() as u64,
             ..StepSizes::default()
         })?;
@@ -74,15 +74,7 @@ impl RmsProp {
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some(&label),
         });
-        self.uploader.begin(&device, st.staging_bytes())?;
-        let staged = st.stage(&self.gpu, &mut self.uploader, &mut encoder);
-        let slot = self.uploader.finish(&mut encoder);
-        if let Err(e) = staged {
-            if let Some(slot) = slot {
-                self.uploader.resolve(slot, None);
-            }
-            return Err(e);
-        }
+        let slot = st.stage_in_slot(&self.gpu, &mut self.uploader, &device, &mut encoder)?;
         st.pass(&self.gpu, &mut encoder);
         let submission = self.ctx.queue().submit([encoder.finish()]);
         if let Some(slot) = slot {
@@ -211,35 +203,16 @@ impl RmsProp {
             &sc.sparse,
             &mut sc.plan.dispatches,
         );
-        let mut uniform = std::mem::take(&mut self.scratch.uniform);
-        self.uniform_slots(&self.scratch.plan.dispatches, &mut uniform);
-        let sc = &self.scratch;
+        self.gpu.uniform_slots(&sc.plan.dispatches, &mut sc.uniform);
         let sizes = StepSizes {
-            uniform: uniform.len() as u64,
+            uniform: sc.uniform.len() as u64,
             sparse_index: sc.sparse.index.len() as u64 * 4,
             gpu_indices: sc.sparse.gpu_indices as u64 * 4,
             next: sc.sparse.next as u64 * 4,
             heads: sc.sparse.heads.len * 4,
             ..StepSizes::default()
         };
-        let checked = self
-            .gpu
-            .check(&sizes)
-            .and_then(|()| self.gpu.reserve(&sizes));
-        let regrown = match checked {
-            Ok(r) => r,
-            Err(e) => {
-                self.scratch.uniform = uniform;
-                return Err(e);
-            }
-        };
-        let c = &mut self.committed;
-        if regrown.jobs || regrown.var_step || regrown.heads {
-            c.generation += 1;
-            c.jobs.clear();
-            c.var_step.clear();
-            c.heads_written = 0;
-        }
+        self.reserve_step(&sizes)?;
         let (shape, sc) = (StepShape::default(), &self.scratch);
         let st = Step {
             layout: &self.layout,
@@ -252,21 +225,13 @@ impl RmsProp {
                 ..Tables::default()
             },
             sparse_mode: self.config.sparse_mode(),
-            uniform: &uniform,
+            uniform: &sc.uniform,
             pass_label: &self.labels[1],
         };
         let mut slot = None;
         if !sc.plan.dispatches.is_empty() {
-            self.uploader.begin(self.ctx.device(), st.staging_bytes())?;
-            let staged = st.stage(&self.gpu, &mut self.uploader, encoder);
-            slot = self.uploader.finish(encoder);
-            if let Err(e) = staged {
-                if let Some(slot) = slot {
-                    self.uploader.resolve(slot, None);
-                }
-                self.scratch.uniform = uniform;
-                return Err(e);
-            }
+            let device = self.ctx.device();
+            slot = st.stage_in_slot(&self.gpu, &mut self.uploader, device, encoder)?;
             for sp in &sc.sparse.steps {
                 let (Some((first, _, _)), Some((_, Rows::Gpu(g)))) =
                     (sp.gpu, rows.iter().find(|(id, _)| id.index() == sp.var))
@@ -283,7 +248,6 @@ impl RmsProp {
             self.heads.clone_from(&sc.sparse.heads);
         }
         let heads_written = self.scratch.sparse.heads.len;
-        self.scratch.uniform = uniform;
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.pending.push_back(Pending {
@@ -317,17 +281,5 @@ impl RmsProp {
         let token = self.record_catch_up(&mut encoder, rows)?;
         self.submit(encoder, token)?;
         Ok(())
-    }
-
-    /// The uniform path's parameters: one slot per dispatch (empty with immediates).
-    pub(super) fn uniform_slots(&self, dispatches: &[Dispatch], out: &mut Vec<u8>) {
-        out.clear();
-        if self.gpu.mode == ParamsMode::Uniform {
-            let stride = self.gpu.uniform_stride as usize;
-            for d in dispatches {
-                out.extend_from_slice(bytemuck::bytes_of(&d.params));
-                out.resize(out.len().next_multiple_of(stride), 0);
-            }
-        }
     }
 }

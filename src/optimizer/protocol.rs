@@ -248,10 +248,7 @@ impl RmsProp {
         }
         // Uniform path: one slot per dispatch, copied in before the step's pass (so each recorded step
         // reads its own parameters).
-        let mut uniform = std::mem::take(&mut sc.uniform);
-        self.uniform_slots(&self.scratch.plan.dispatches, &mut uniform);
-        let sc = &mut self.scratch;
-        sc.uniform = uniform;
+        self.gpu.uniform_slots(&sc.plan.dispatches, &mut sc.uniform);
         let nvars = self.layout.variables.len() as u64;
         let sizes = StepSizes {
             uniform: sc.uniform.len() as u64,
@@ -265,17 +262,8 @@ impl RmsProp {
             var_info: self.layout.var_info_entries() * crate::kernels::VAR_INFO_BYTES,
             var_step: nvars * 16,
         };
-        // A step that does not fit the device's bindings is refused here, before anything changes.
-        self.gpu.check(&sizes)?;
-        let regrown = self.gpu.reserve(&sizes)?;
-        let c = &mut self.committed;
-        if regrown.jobs || regrown.var_step || regrown.heads {
-            // The replaced buffers' contents are gone: what earlier steps staged no longer counts.
-            c.generation += 1;
-            c.jobs.clear();
-            c.var_step.clear();
-            c.heads_written = 0;
-        }
+        self.reserve_step(&sizes)?;
+        let (sc, c) = (&self.scratch, &self.committed);
         // While other steps are unresolved, tables are staged again: an earlier step may be abandoned.
         let unresolved = !self.pending.is_empty();
         let plan_ = &sc.plan;
@@ -297,16 +285,8 @@ impl RmsProp {
             uniform: &sc.uniform,
             pass_label: &self.labels[1],
         };
-        let need = st.staging_bytes();
-        self.uploader.begin(self.ctx.device(), need)?;
-        let staged = st.stage(&self.gpu, &mut self.uploader, encoder);
-        let slot = self.uploader.finish(encoder);
-        if let Err(e) = staged {
-            if let Some(slot) = slot {
-                self.uploader.resolve(slot, None);
-            }
-            return Err(e);
-        }
+        let device = self.ctx.device();
+        let slot = st.stage_in_slot(&self.gpu, &mut self.uploader, device, encoder)?;
         st.pass(&self.gpu, encoder);
         if prep.is_some_and(|p| p.mode == 2) {
             // Keras resets every accumulator on the N-th call, also those of variables absent from it
@@ -473,6 +453,22 @@ impl RmsProp {
 }
 
 impl RmsProp {
+    /// Makes room for a recording of `sizes` (refused, before anything changes, when it does not fit the
+    /// device's bindings). Replaced step buffers lose their contents: what earlier recordings staged
+    /// in them no longer counts.
+    pub(super) fn reserve_step(&mut self, sizes: &StepSizes) -> Result<()> {
+        self.gpu.check(sizes)?;
+        let regrown = self.gpu.reserve(sizes)?;
+        let c = &mut self.committed;
+        if regrown.jobs || regrown.var_step || regrown.heads {
+            c.generation += 1;
+            c.jobs.clear();
+            c.var_step.clear();
+            c.heads_written = 0;
+        }
+        Ok(())
+    }
+
     /// Whether another recording may be made: the device is alive and fewer than
     /// `max_unresolved_steps` recordings wait for their resolution (`call` names the refused call).
     pub(super) fn check_room(&self, call: &'static str) -> Result<()> {

@@ -54,6 +54,28 @@ impl Step<'_> {
         bytes
     }
 
+    /// Opens a staging slot for the step's host data, records the copies of its inputs through it and
+    /// closes it: the slot to resolve with the submission (none when nothing was staged); on error no
+    /// slot is left open.
+    pub fn stage_in_slot(
+        &self,
+        gpu: &Gpu,
+        up: &mut Uploader,
+        device: &wgpu::Device,
+        encoder: &mut wgpu::CommandEncoder,
+    ) -> Result<Option<usize>> {
+        up.begin(device, self.staging_bytes())?;
+        let staged = self.stage(gpu, up, encoder);
+        let slot = up.finish(encoder);
+        if let Err(e) = staged {
+            if let Some(slot) = slot {
+                up.resolve(slot, None);
+            }
+            return Err(e);
+        }
+        Ok(slot)
+    }
+
     /// Records the copies of the step's inputs into `encoder`, through the staging slot opened by the
     /// caller for host data.
     pub fn stage(

@@ -39,6 +39,21 @@ pub(crate) const KERNELS: [(Which, Kernel); 24] = [
 /// Kernels from this index on bind step-wide buffers only (one bind group each, not one per chunk).
 pub(crate) const FIRST_GLOBAL_KERNEL: usize = 18;
 
+impl Gpu {
+    /// The uniform path's parameters of `dispatches` into `out`: one slot per dispatch, copied in before
+    /// their pass so that each recording reads its own (empty with immediates).
+    pub fn uniform_slots(&self, dispatches: &[crate::step::plan::Dispatch], out: &mut Vec<u8>) {
+        out.clear();
+        if self.mode == ParamsMode::Uniform {
+            let stride = self.uniform_stride as usize;
+            for d in dispatches {
+                out.extend_from_slice(bytemuck::bytes_of(&d.params));
+                out.resize(out.len().next_multiple_of(stride), 0);
+            }
+        }
+    }
+}
+
 /// A growable storage buffer of the step machinery (allocated when it must grow, reused otherwise).
 #[derive(Debug)]
 pub(crate) struct StepBuffer {
