@@ -154,3 +154,42 @@ pub fn sched() -> Schedule {
 pub fn keras(lr: f64) -> RmsPropConfigBuilder {
     RmsPropConfig::preset(Preset::Keras).learning_rate(lr)
 }
+
+/// What the GPU holds for `id` (its variable, or `slot`), copied from its slices: no catch-up.
+pub fn raw(opt: &mut RmsProp, id: VarId, slot: Option<Slot>) -> Vec<f32> {
+    let slices = match slot {
+        None => opt.variable_slices(id).unwrap(),
+        Some(s) => opt.slot_slices(id, s).unwrap(),
+    };
+    let bytes: u64 = slices.iter().map(|s| s.len as u64 * 4).sum();
+    let device = ctx().device();
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes.next_multiple_of(4),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    let mut at = 0;
+    for s in &slices {
+        let n = s.len as u64 * 4;
+        enc.copy_buffer_to_buffer(&s.buffer, s.offset, &staging, at, n);
+        at += n;
+    }
+    ctx().queue().submit([enc.finish()]);
+    map(&staging)
+}
+
+pub fn map(buffer: &wgpu::Buffer) -> Vec<f32> {
+    buffer.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+    ctx()
+        .device()
+        .poll(wgpu::PollType::Wait {
+            submission_index: None,
+            timeout: None,
+        })
+        .unwrap();
+    let out = bytemuck::cast_slice(&buffer.slice(..).get_mapped_range().unwrap()).to_vec();
+    buffer.unmap();
+    out
+}
