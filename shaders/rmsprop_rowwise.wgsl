@@ -116,17 +116,10 @@ fn dense_gradient(e: vec4<u32>, info: VarInfo) -> vec4<f32> {
 fn add_squares(sum: f32, ge: vec4<f32>, ok: vec4<bool>) -> f32 {
     let sq = ge * ge;
     var s = sum;
-    if ok.x {
-        s += sq.x;
-    }
-    if ok.y {
-        s += sq.y;
-    }
-    if ok.z {
-        s += sq.z;
-    }
-    if ok.w {
-        s += sq.w;
+    for (var i = 0u; i < 4u; i++) {
+        if ok[i] {
+            s += sq[i];
+        }
     }
     return s;
 }
@@ -147,31 +140,17 @@ fn row_elements(e: vec4<u32>, ok: vec4<bool>, g: vec4<f32>, d: vec4<f32>, h: Hyp
     let w = ok & vec4<bool>(live);
     if keeps_momentum(h) {
         mn = next_momentum(row_m(e), dir, h);
-        if w.x {
-            st_m(e.x, mn.x);
-        }
-        if w.y {
-            st_m(e.y, mn.y);
-        }
-        if w.z {
-            st_m(e.z, mn.z);
-        }
-        if w.w {
-            st_m(e.w, mn.w);
+        for (var i = 0u; i < 4u; i++) {
+            if w[i] {
+                st_m(e[i], mn[i]);
+            }
         }
     }
     let xn = next_variable(x, dir, mn, h);
-    if w.x {
-        st_x(e.x, xn.x);
-    }
-    if w.y {
-        st_x(e.y, xn.y);
-    }
-    if w.z {
-        st_x(e.z, xn.z);
-    }
-    if w.w {
-        st_x(e.w, xn.w);
+    for (var i = 0u; i < 4u; i++) {
+        if w[i] {
+            st_x(e[i], xn[i]);
+        }
     }
 }
 

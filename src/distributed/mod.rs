@@ -193,6 +193,16 @@ const ALL_SLOTS: [Slot; 4] = [
     Slot::Ema,
 ];
 
+/// The slots whose bits (in `ALL_SLOTS` order) are set.
+fn slots_of(bits: u64) -> Vec<Slot> {
+    ALL_SLOTS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, &s)| s)
+        .collect()
+}
+
 fn hash_of(value: &impl Hash) -> u64 {
     let mut h = DefaultHasher::new();
     value.hash(&mut h);
@@ -508,24 +518,12 @@ impl ShardedRmsProp {
 
     /// The slots variable `var` keeps (the same on every rank).
     pub fn variable_slots(&self, var: usize) -> Vec<Slot> {
-        let bits = self.kept.get(var).copied().unwrap_or(0);
-        ALL_SLOTS
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| bits & (1 << i) != 0)
-            .map(|(_, &s)| s)
-            .collect()
+        slots_of(self.kept.get(var).copied().unwrap_or(0))
     }
 
     /// The slots any variable keeps.
     pub fn slots(&self) -> Vec<Slot> {
-        let bits = self.kept.iter().fold(0, |a, b| a | b);
-        ALL_SLOTS
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| bits & (1 << i) != 0)
-            .map(|(_, &s)| s)
-            .collect()
+        slots_of(self.kept.iter().fold(0, |a, b| a | b))
     }
 
     /// Ends the whole job with `e` (see [`Comm::abort`]).
