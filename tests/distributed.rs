@@ -19,7 +19,8 @@ use wgpu_rmsprop::distributed::{
 };
 use wgpu_rmsprop::reference::{RefGradient, Reference};
 use wgpu_rmsprop::{
-    DuplicateIndices, Error, NonFinite, Preset, RmsPropConfig, Slot, SparseMode, VarOptions,
+    DuplicateIndices, Error, NonFinite, Preset, RmsPropConfig, RmsPropConfigBuilder, Slot,
+    SparseMode, VarOptions,
 };
 
 use mpi::collective::CommunicatorCollectives;
@@ -486,101 +487,78 @@ fn main() {
         reshard(&world, &dir, args[i] == "--reshard-save");
         return;
     }
-    let keras = RmsPropConfig::preset(Preset::Keras)
-        .learning_rate(0.01)
-        .momentum(0.9)
-        .centered(true)
-        .global_clipnorm(1.5)
-        .duplicate_indices(DuplicateIndices::Keras3)
-        .sparse_mode(SparseMode::Dense)
-        .build()
-        .unwrap();
-    check(
-        &world,
-        "keras centered momentum global_clipnorm keras3 duplicates",
-        keras,
-        Reduction::Sum,
-        None,
-    );
-    let clip = RmsPropConfig::preset(Preset::Keras)
-        .learning_rate(0.01)
-        .clipnorm(0.5)
-        .weight_decay(0.01)
-        .build()
-        .unwrap();
-    check(
-        &world,
-        "keras clipnorm weight decay",
-        clip,
-        Reduction::Sum,
-        None,
-    );
-    let lazy = RmsPropConfig::preset(Preset::KerasLegacy)
-        .momentum(0.9)
-        .centered(true)
-        .build()
-        .unwrap();
-    check(
-        &world,
-        "keras 2 lazy sparse centered momentum",
-        lazy,
-        Reduction::Sum,
-        None,
-    );
-    let lazy = RmsPropConfig::preset(Preset::Keras)
-        .momentum(0.5)
-        .duplicate_indices(DuplicateIndices::Keras3)
-        .sparse_mode(SparseMode::LazyExact)
-        .build()
-        .unwrap();
-    check(
-        &world,
-        "keras lazy_exact keras3 duplicates",
-        lazy,
-        Reduction::Sum,
-        None,
-    );
-    let torch = RmsPropConfig::preset(Preset::Torch)
-        .momentum(0.5)
-        .weight_decay(0.1)
-        .sparse_mode(SparseMode::Dense)
-        .build()
-        .unwrap();
-    check(
-        &world,
-        "torch dense-mode sparse, mean of ranks",
-        torch,
-        Reduction::Mean,
-        None,
-    );
-    let skip = RmsPropConfig::preset(Preset::TfRaw)
-        .momentum(0.9)
-        .non_finite(NonFinite::SkipStep)
-        .duplicate_indices(DuplicateIndices::Sequential)
-        .build()
-        .unwrap();
-    check(
-        &world,
-        "tf raw sequential duplicates, a NaN on the last rank skips step 3 everywhere",
-        skip,
-        Reduction::Sum,
-        Some(3),
-    );
-    let accum = RmsPropConfig::builder()
-        .learning_rate(0.01)
-        .gradient_accumulation_steps(2)
-        .use_ema(true)
-        .clipnorm(1.0)
-        .loss_scale_factor(4.0)
-        .build()
-        .unwrap();
-    check(
-        &world,
-        "accumulation, ema, clipnorm, loss scale",
-        accum,
-        Reduction::Sum,
-        None,
-    );
+    let b = RmsPropConfig::preset;
+    // (label, configuration, reduction across ranks, a NaN on the last rank at that step)
+    let cases: Vec<(&str, RmsPropConfigBuilder, Reduction, Option<usize>)> = vec![
+        (
+            "keras centered momentum global_clipnorm keras3 duplicates",
+            b(Preset::Keras)
+                .learning_rate(0.01)
+                .momentum(0.9)
+                .centered(true)
+                .global_clipnorm(1.5)
+                .duplicate_indices(DuplicateIndices::Keras3)
+                .sparse_mode(SparseMode::Dense),
+            Reduction::Sum,
+            None,
+        ),
+        (
+            "keras clipnorm weight decay",
+            b(Preset::Keras)
+                .learning_rate(0.01)
+                .clipnorm(0.5)
+                .weight_decay(0.01),
+            Reduction::Sum,
+            None,
+        ),
+        (
+            "keras 2 lazy sparse centered momentum",
+            b(Preset::KerasLegacy).momentum(0.9).centered(true),
+            Reduction::Sum,
+            None,
+        ),
+        (
+            "keras lazy_exact keras3 duplicates",
+            b(Preset::Keras)
+                .momentum(0.5)
+                .duplicate_indices(DuplicateIndices::Keras3)
+                .sparse_mode(SparseMode::LazyExact),
+            Reduction::Sum,
+            None,
+        ),
+        (
+            "torch dense-mode sparse, mean of ranks",
+            b(Preset::Torch)
+                .momentum(0.5)
+                .weight_decay(0.1)
+                .sparse_mode(SparseMode::Dense),
+            Reduction::Mean,
+            None,
+        ),
+        (
+            "tf raw sequential duplicates, a NaN on the last rank skips step 3 everywhere",
+            b(Preset::TfRaw)
+                .momentum(0.9)
+                .non_finite(NonFinite::SkipStep)
+                .duplicate_indices(DuplicateIndices::Sequential),
+            Reduction::Sum,
+            Some(3),
+        ),
+        (
+            "accumulation, ema, clipnorm, loss scale",
+            RmsPropConfig::builder()
+                .learning_rate(0.01)
+                .gradient_accumulation_steps(2)
+                .use_ema(true)
+                .clipnorm(1.0)
+                .loss_scale_factor(4.0),
+            Reduction::Sum,
+            None,
+        ),
+    ];
+    for (label, config, reduction, nan_at) in cases {
+        check(&world, label, config.build().unwrap(), reduction, nan_at);
+    }
     checkpoint_resumes_bit_for_bit(&world);
     if world.size() > 1 {
         configs_that_differ_are_named(&world);
