@@ -165,34 +165,33 @@ impl RmsProp {
                 }
             }
         }
-        // A row catch-up is a sparse step's grouping without values: the step's sparse machinery.
-        let as_sparse: Vec<(VarId, Gradient<'_>)> = rows
-            .iter()
-            .filter(|(id, _)| self.gpu.exact && !self.layout.variables[id.index()].frozen())
-            .map(|&(id, r)| match r {
-                Rows::Host(indices) => (
-                    id,
-                    Gradient::Sparse {
-                        indices,
-                        values: &[],
-                    },
-                ),
-                Rows::Gpu(indices) => {
-                    let values = GpuGradient {
-                        buffer: indices.buffer,
-                        offset: indices.offset,
-                    };
-                    (id, Gradient::SparseGpuIndices { indices, values })
-                }
-            })
-            .collect();
+        // A row catch-up is a sparse step's grouping without values: the step's sparse machinery
+        // (frozen variables are skipped there; in other sparse modes there is nothing to catch up).
+        let exact = self.gpu.exact;
+        let as_sparse = rows.iter().filter(move |_| exact).map(|&(id, r)| match r {
+            Rows::Host(indices) => (
+                id,
+                Gradient::Sparse {
+                    indices,
+                    values: &[],
+                },
+            ),
+            Rows::Gpu(indices) => {
+                let values = GpuGradient {
+                    buffer: indices.buffer,
+                    offset: indices.offset,
+                };
+                (id, Gradient::SparseGpuIndices { indices, values })
+            }
+        });
         let (step, lr) = match self.pending.back() {
             Some(p) => (p.step, p.lr),
             None => (self.iterations, self.last_lr),
         };
         let sc = &mut self.scratch;
         sc.sparse
-            .prepare(&self.layout, &as_sparse, as_sparse.len(), &self.heads);
+            .prepare(&self.layout, as_sparse, rows.len(), &self.heads);
+        // No values travel (the layout keeps room for those of GPU indices).
         sc.sparse.gpu_values = 0;
         let s = self.config.catch_up_scalars();
         let base = Params::of_step(&s, step, self.layout.options_base() as u32);

@@ -187,8 +187,12 @@ impl RmsProp {
                               (host sparse gradients are accumulated as Keras does)",
             });
         }
-        sc.sparse
-            .prepare(&self.layout, grads, sc.shape.sparse, &self.heads);
+        sc.sparse.prepare(
+            &self.layout,
+            grads.iter().copied(),
+            sc.shape.sparse,
+            &self.heads,
+        );
         let base = Params {
             sr_seed: self.config.stochastic_rounding().unwrap_or(0),
             ..Params::of_step(&s, step, self.layout.options_base() as u32)

@@ -138,7 +138,7 @@ fn sparse_rows_of_a_split_table_are_dispatched_per_chunk() {
         },
     )];
     let mut sp = SparsePrep::default();
-    sp.prepare(&l, &grads, 1, &HeadRegions::default());
+    sp.prepare(&l, grads.iter().copied(), 1, &HeadRegions::default());
     let mut out = Plan::default();
     plan(
         &cfg(65535, false, false, true),

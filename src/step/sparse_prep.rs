@@ -62,11 +62,12 @@ pub(crate) struct SparsePrep {
 
 impl SparsePrep {
     /// Fills the layout for `grads` (`count` of them sparse; those of frozen variables are skipped) from
-    /// the committed `heads`.
-    pub fn prepare(
+    /// the committed `heads`. An iterator, walked three times, so that a caller can hand over gradients
+    /// it makes on the fly without collecting them.
+    pub fn prepare<'a>(
         &mut self,
         layout: &Layout,
-        grads: &[(VarId, Gradient<'_>)],
+        grads: impl Iterator<Item = (VarId, Gradient<'a>)> + Clone,
         count: usize,
         heads: &HeadRegions,
     ) {
@@ -82,7 +83,7 @@ impl SparsePrep {
         }
         // Host values first (one contiguous write), then room for the values copied on the GPU.
         for host in [true, false] {
-            for (id, g) in grads {
+            for (id, g) in grads.clone() {
                 let var = id.index as usize;
                 if layout.variables[var].frozen() {
                     continue;
@@ -96,7 +97,7 @@ impl SparsePrep {
                     _ => continue,
                 };
                 let index_base = self.index.len() as u32;
-                let unique = sparse::group_rows(indices, &mut self.keys, &mut self.index);
+                let unique = sparse::group_rows(&indices, &mut self.keys, &mut self.index);
                 let values_base = (self.values.len() + self.gpu_values) as u32;
                 match g {
                     Gradient::Sparse { values, .. } => self.values.extend_from_slice(values),
