@@ -7,8 +7,8 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::{checksum, ctx, expect_refused, kept_state, Rng};
-use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
+use common::{ctx, expect_refused, kept_state, Rng};
+use safetensors::tensor::{Dtype as StDtype, SafeTensors};
 use wgpu_rmsprop::half::{bf16, f16};
 use wgpu_rmsprop::{
     Dtype, Gradient, HalfSlice, OptimizerOptions, RmsProp, RmsPropConfig, StorageTypes, Tensor,
@@ -247,7 +247,7 @@ fn all_f32_checkpoints_still_load() {
     let file = dir.join("new.safetensors");
     a.save_checkpoint(&file, true).unwrap();
     let legacy = dir.join("legacy.safetensors");
-    rewrite(
+    common::rewrite_checkpoint(
         &file,
         &legacy,
         |_, _, _, _| None,
@@ -345,44 +345,6 @@ fn differing_storage_types_are_refused_and_change_nothing() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-type Replace<'a> =
-    dyn Fn(&str, StDtype, &[usize], &[u8]) -> Option<(StDtype, Vec<usize>, Vec<u8>)> + 'a;
-
-/// Copies the checkpoint `from` to `to`, replacing tensors as `replace` says (None: kept) and editing
-/// the metadata, with a correct checksum: a well-formed file whose contents are wrong.
-fn rewrite(
-    from: &Path,
-    to: &Path,
-    replace: impl Fn(&str, StDtype, &[usize], &[u8]) -> Option<(StDtype, Vec<usize>, Vec<u8>)>,
-    edit: impl FnOnce(&mut HashMap<String, String>),
-) {
-    let replace: &Replace<'_> = &replace;
-    let bytes = std::fs::read(from).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut meta = SafeTensors::read_metadata(&bytes)
-        .unwrap()
-        .1
-        .metadata()
-        .clone()
-        .unwrap();
-    let tensors: Vec<(String, StDtype, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, v)| {
-            let (dtype, shape, data) = replace(&name, v.dtype(), v.shape(), v.data())
-                .unwrap_or_else(|| (v.dtype(), v.shape().to_vec(), v.data().to_vec()));
-            (name, dtype, shape, data)
-        })
-        .collect();
-    edit(&mut meta);
-    meta.insert("checksum".into(), checksum(&tensors));
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, d, s, data)| (n.clone(), TensorView::new(*d, s.clone(), data).unwrap()))
-        .collect();
-    std::fs::write(to, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
-}
-
 #[test]
 fn malformed_16_bit_tensors_are_typed_errors() {
     let dir = temp_dir("malformed");
@@ -411,12 +373,12 @@ fn malformed_16_bit_tensors_are_typed_errors() {
         ("f32.safetensors", StDtype::F32, 4, "F32"),
     ] {
         let p = dir.join(file);
-        rewrite(&good, &p, wide(dtype, size), |_| {});
+        common::rewrite_checkpoint(&good, &p, wide(dtype, size), |_| {});
         files.push((p, vec![target, needle, "BF16 here"]));
     }
     // A 16-bit tensor of the wrong shape.
     let p = dir.join("shape.safetensors");
-    rewrite(
+    common::rewrite_checkpoint(
         &good,
         &p,
         |name, dtype, _, data| (name == target).then(|| (dtype, vec![5, 3], data.to_vec())),
@@ -425,7 +387,7 @@ fn malformed_16_bit_tensors_are_typed_errors() {
     files.push((p, vec![target, "shape"]));
     // A malformed `storage` record.
     let p = dir.join("storage.safetensors");
-    rewrite(
+    common::rewrite_checkpoint(
         &good,
         &p,
         |_, _, _, _| None,
@@ -435,7 +397,7 @@ fn malformed_16_bit_tensors_are_typed_errors() {
     );
     files.push((p, vec!["storage"]));
     let p = dir.join("storage-json.safetensors");
-    rewrite(
+    common::rewrite_checkpoint(
         &good,
         &p,
         |_, _, _, _| None,

@@ -9,8 +9,8 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::{checksum, ctx, expect_refused, kept_state, Rng};
-use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
+use common::{ctx, expect_refused, kept_state, Rng};
+use safetensors::tensor::{Dtype as StDtype, SafeTensors};
 use wgpu_rmsprop::{
     Dtype, Gradient, OptimizerOptions, RmsProp, RmsPropConfig, StorageTypes, VarId,
 };
@@ -164,31 +164,6 @@ fn q8_and_f32_state_files_are_refused_either_way() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Copies `from` to `to` with tensor `target` replaced (a correct checksum: well formed, wrong).
-fn rewrite(from: &Path, to: &Path, target: &str, dtype: StDtype, shape: Vec<usize>, data: Vec<u8>) {
-    let bytes = std::fs::read(from).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut meta = SafeTensors::read_metadata(&bytes)
-        .unwrap()
-        .1
-        .metadata()
-        .clone()
-        .unwrap();
-    let mut list: Vec<(String, StDtype, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
-    let t = list.iter_mut().find(|t| t.0 == target).unwrap();
-    (t.1, t.2, t.3) = (dtype, shape, data);
-    meta.insert("checksum".into(), checksum(&list));
-    let views: Vec<(String, TensorView<'_>)> = list
-        .iter()
-        .map(|(n, d, s, data)| (n.clone(), TensorView::new(*d, s.clone(), data).unwrap()))
-        .collect();
-    std::fs::write(to, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
-}
-
 #[test]
 fn malformed_absmax_and_codes_are_refused() {
     let dir = temp_dir("malformed");
@@ -203,21 +178,21 @@ fn malformed_absmax_and_codes_are_refused() {
     let blocks = 10_007usize.div_ceil(BLOCK);
     // One block short.
     let short = vec![0u8; 4 * (blocks - 1)];
-    rewrite(&good, &bad, absmax, StDtype::F32, vec![blocks - 1], short);
+    common::replace_tensor(&good, &bad, absmax, StDtype::F32, vec![blocks - 1], short);
     expect_refused(&mut opt, &ids_o, &bad, &[absmax, "shape"]);
     // Missing: a file without it.
     let none = Vec::new();
-    rewrite(&good, &bad, absmax, StDtype::F32, vec![0], none);
+    common::replace_tensor(&good, &bad, absmax, StDtype::F32, vec![0], none);
     expect_refused(&mut opt, &ids_o, &bad, &[absmax]);
     // Not F32.
     let halves = vec![0u8; 2 * blocks];
-    rewrite(&good, &bad, absmax, StDtype::F16, vec![blocks], halves);
+    common::replace_tensor(&good, &bad, absmax, StDtype::F16, vec![blocks], halves);
     expect_refused(&mut opt, &ids_o, &bad, &[absmax, "F16"]);
     // Codes of the wrong shape and type.
     let codes = "slots/velocity/w";
-    rewrite(&good, &bad, codes, StDtype::U8, vec![6000], vec![0; 6000]);
+    common::replace_tensor(&good, &bad, codes, StDtype::U8, vec![6000], vec![0; 6000]);
     expect_refused(&mut opt, &ids_o, &bad, &[codes, "shape"]);
-    rewrite(
+    common::replace_tensor(
         &good,
         &bad,
         codes,

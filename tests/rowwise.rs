@@ -447,37 +447,16 @@ fn checkpoints_hold_one_velocity_per_row_and_resume_bit_for_bit() {
     // The row-wise file with the velocity in the element-wise shape (checksum made good): refused.
     let forged = dir.join("forged.safetensors");
     let target = "slots/velocity/v0";
-    rewrite(&file, &forged, target, vec![6, 5], vec![0u8; 4 * 30]);
+    common::replace_tensor(
+        &file,
+        &forged,
+        target,
+        safetensors::tensor::Dtype::F32,
+        vec![6, 5],
+        vec![0u8; 4 * 30],
+    );
     common::expect_refused(&mut b.opt, &ids_b, &forged, &[target, "shape"]);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// `from` with tensor `target` replaced by f32 `data` of `shape`, its checksum recomputed, in `to`.
-fn rewrite(
-    from: &std::path::Path,
-    to: &std::path::Path,
-    target: &str,
-    shape: Vec<usize>,
-    data: Vec<u8>,
-) {
-    use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-    let bytes = std::fs::read(from).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-    let mut meta = header.metadata().clone().unwrap();
-    let mut list: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
-    let t = list.iter_mut().find(|t| t.0 == target).unwrap();
-    (t.2, t.3) = (shape, data);
-    meta.insert("checksum".into(), common::checksum(&list));
-    let views: Vec<(String, TensorView<'_>)> = list
-        .iter()
-        .map(|(n, d, s, data)| (n.clone(), TensorView::new(*d, s.clone(), data).unwrap()))
-        .collect();
-    std::fs::write(to, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
 }
 
 #[test]

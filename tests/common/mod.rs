@@ -180,3 +180,74 @@ pub fn checksum(tensors: &[(String, safetensors::tensor::Dtype, Vec<usize>, Vec<
     }
     format!("{h:016x}")
 }
+
+pub type Replace<'a> = dyn Fn(
+        &str,
+        safetensors::tensor::Dtype,
+        &[usize],
+        &[u8],
+    ) -> Option<(safetensors::tensor::Dtype, Vec<usize>, Vec<u8>)>
+    + 'a;
+
+/// Copies the checkpoint `from` to `to`, replacing tensors as `replace` says (None: kept) and editing
+/// the metadata, with a correct checksum: a well-formed file whose contents are wrong.
+pub fn rewrite_checkpoint(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    replace: impl Fn(
+        &str,
+        safetensors::tensor::Dtype,
+        &[usize],
+        &[u8],
+    ) -> Option<(safetensors::tensor::Dtype, Vec<usize>, Vec<u8>)>,
+    edit: impl FnOnce(&mut std::collections::HashMap<String, String>),
+) {
+    let replace: &Replace<'_> = &replace;
+    let bytes = std::fs::read(from).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut meta = safetensors::SafeTensors::read_metadata(&bytes)
+        .unwrap()
+        .1
+        .metadata()
+        .clone()
+        .unwrap();
+    let tensors: Vec<(String, safetensors::tensor::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let (dtype, shape, data) = replace(&name, v.dtype(), v.shape(), v.data())
+                .unwrap_or_else(|| (v.dtype(), v.shape().to_vec(), v.data().to_vec()));
+            (name, dtype, shape, data)
+        })
+        .collect();
+    edit(&mut meta);
+    meta.insert("checksum".into(), checksum(&tensors));
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, data)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(to, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+}
+
+/// Copies the checkpoint `from` to `to` with tensor `target` replaced by `data` of `dtype` and `shape`
+/// (a correct checksum: well formed, wrong).
+pub fn replace_tensor(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    target: &str,
+    dtype: safetensors::tensor::Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+) {
+    rewrite_checkpoint(
+        from,
+        to,
+        |name, _, _, _| (name == target).then(|| (dtype, shape.clone(), data.clone())),
+        |_| {},
+    );
+}
